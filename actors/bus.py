@@ -1,0 +1,200 @@
+"""Bus: the pod's NSQ consumer side, bridging pynsq's IOLoop thread to actor mailboxes.
+
+pynsq (0.9.1) binds `IOLoop.current()` when a Reader is built, so every Reader is built, fed and
+acknowledged inside one thread that owns its own asyncio loop; other threads reach it only through
+`add_callback`. A `Delivery` wraps one message with thread-safe finish/requeue/touch so the actor that
+ends up holding it can acknowledge it without knowing any of this. Publishing is not here: it goes over
+nsqd's HTTP API (store/task_queue.py), which is synchronous and callable from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import nsq
+import pykka
+from tornado.ioloop import IOLoop
+
+from taskherd.config.settings import NsqSettings
+from taskherd.supervisor import Supervised
+
+log = logging.getLogger("taskherd.bus")
+
+
+class Delivery:
+    """One NSQ message, acknowledged from any thread. Acknowledging twice is harmless."""
+
+    __slots__ = ("_msg", "_loop", "body", "attempts", "id")
+
+    def __init__(self, msg: nsq.Message, loop: IOLoop) -> None:
+        self._msg, self._loop = msg, loop
+        self.body: bytes = msg.body
+        self.attempts: int = msg.attempts
+        self.id: bytes = msg.id
+
+    def finish(self) -> None:
+        self._loop.add_callback(self._fin)
+
+    def requeue(self, delay_s: float = 0.0) -> None:
+        """Back to nsqd without throttling the whole Reader (pynsq's backoff would)."""
+        self._loop.add_callback(self._req, int(delay_s * 1000))
+
+    def touch(self) -> None:
+        self._loop.add_callback(lambda: None if self._msg.has_responded() else self._msg.touch())
+
+    def _fin(self) -> None:
+        if not self._msg.has_responded():
+            self._msg.finish()
+
+    def _req(self, delay_ms: int) -> None:
+        if not self._msg.has_responded():
+            self._msg.requeue(backoff=False, delay=delay_ms)
+
+
+Handler = Callable[[Delivery], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Ask: consume `topic` on `channel`; `handler` runs in the IOLoop thread and must not block."""
+
+    topic: str
+    channel: str
+    max_in_flight: int
+    handler: Handler
+
+
+@dataclass(frozen=True, slots=True)
+class SetReady:
+    """Tell: cap how many messages of `topic` may be in flight to this pod (0 pauses the Reader)."""
+
+    topic: str
+    ready: int
+
+
+class NsqLoop:
+    """A daemon thread running a tornado IOLoop that owns every pynsq Reader of this pod."""
+
+    def __init__(self, settings: NsqSettings) -> None:
+        self.settings = settings
+        self.readers: dict[str, nsq.Reader] = {}
+        self._started = threading.Event()
+        self.loop: IOLoop | None = None
+        self._thread = threading.Thread(target=self._main, name="nsq-ioloop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("the NSQ IOLoop thread did not start within 10 s")
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        self.loop = IOLoop.current()
+        self.loop.add_callback(self._started.set)
+        self.loop.start()
+
+    def call(self, fn: Callable[..., object], *args: object, timeout: float = 10.0) -> object:
+        """Run fn in the IOLoop thread and wait for its result (for set-up, never per message)."""
+        done: dict[str, object] = {}
+        ready = threading.Event()
+
+        def run() -> None:
+            try:
+                done["value"] = fn(*args)
+            except Exception as exc:  # noqa: BLE001 - handed back to the calling thread
+                done["error"] = exc
+            ready.set()
+
+        assert self.loop is not None
+        self.loop.add_callback(run)
+        if not ready.wait(timeout):
+            raise TimeoutError("the NSQ IOLoop did not answer")
+        if "error" in done:
+            raise done["error"]  # type: ignore[misc]
+        return done.get("value")
+
+    def subscribe(self, sub: Subscribe) -> None:
+        self.call(self._make_reader, sub)
+
+    def _make_reader(self, sub: Subscribe) -> None:
+        loop = self.loop
+        assert loop is not None
+
+        def on_message(msg: nsq.Message) -> None:
+            msg.enable_async()
+            sub.handler(Delivery(msg, loop))
+
+        s = self.settings
+        old = self.readers.pop(sub.topic, None)
+        if old is not None:
+            old.close()
+        self.readers[sub.topic] = nsq.Reader(
+            topic=sub.topic, channel=sub.channel, message_handler=on_message,
+            nsqd_tcp_addresses=[s.nsqd_tcp_address] if s.nsqd_tcp_address else None,
+            lookupd_http_addresses=list(s.lookupd_http_addresses) or None,
+            lookupd_poll_interval=s.lookupd_poll_interval_s, lookupd_poll_jitter=0.1,
+            max_in_flight=max(1, sub.max_in_flight), max_tries=0, heartbeat_interval=5,
+            user_agent="taskherd")
+
+    def set_ready(self, topic: str, ready: int) -> None:
+        """RDY = `ready`, spread over this Reader's nsqd connections (called in the IOLoop thread)."""
+        reader = self.readers.get(topic)
+        if reader is None:
+            return
+        if ready <= 0:
+            reader.set_max_in_flight(0)
+            return
+        reader.max_in_flight = ready
+        conns = list(reader.conns.values())
+        for i, conn in enumerate(conns):
+            share = ready // len(conns) + (1 if i < ready % len(conns) else 0)
+            if conn.rdy != share:
+                reader._send_rdy(conn, share)  # noqa: SLF001 - pynsq has no public per-connection RDY
+
+    def stop(self) -> None:
+        if self.loop is None:
+            return
+        try:
+            self.call(self._close_all, timeout=5)
+        except (TimeoutError, RuntimeError):
+            pass
+        self.loop.add_callback(self.loop.stop)
+        self._thread.join(5)
+
+    def _close_all(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        self.readers.clear()
+
+
+class Bus(Supervised, pykka.ThreadingActor):
+    """Owns the pod's NsqLoop. Subscribers ask `Subscribe` in their on_start, so a restarted Bus is
+    followed by restarted subscribers (the pod puts the Bus first under rest_for_one)."""
+
+    def __init__(self, settings: NsqSettings, **supervised: object) -> None:
+        super().__init__(**supervised)
+        self.nsq = NsqLoop(settings)
+
+    def on_start(self) -> None:
+        self.nsq.start()
+        log.info("bus started (nsqd %s, lookupd %s)", self.nsq.settings.nsqd_tcp_address,
+                 ",".join(self.nsq.settings.lookupd_http_addresses))
+
+    def on_stop(self) -> None:
+        self.nsq.stop()
+        super().on_stop()
+
+    def on_receive(self, message: object) -> object:
+        match message:
+            case Subscribe() as sub:
+                self.nsq.subscribe(sub)
+                return self.nsq
+            case SetReady(topic, ready):
+                self.nsq.loop.add_callback(self.nsq.set_ready, topic, ready)  # type: ignore[union-attr]
+            case _:
+                log.warning("bus: unknown message %r", message)
+        return None

@@ -1,0 +1,32 @@
+"""Ticker: tells an actor a message on a fixed interval, from a daemon thread.
+
+pykka has no timers; a thread that only `tell`s keeps the actor's own work in its mailbox, so the
+periodic work is serialised with everything else the actor does and needs no locks.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pykka
+
+
+class Ticker:
+    def __init__(self, ref: pykka.ActorRef, message: object, interval_s: float) -> None:
+        self._ref, self._message, self._interval = ref, message, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"tick-{type(message).__name__}", daemon=True)
+
+    def start(self) -> "Ticker":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._ref.tell(self._message)
+            except pykka.ActorDeadError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,125 @@
+"""TimeoutWatcher: the manager's sweep that makes "nothing lost" true when pods, nsqd or Redis fail.
+
+Where a task is timed out on the manager side: every `watcher_interval_s` it requeues running tasks
+whose lease expired (the worker died, was partitioned, or overran its deadline), promotes retries
+that are due (retry times live in Redis, never in NSQ's memory-only deferred messages), republishes
+pending tasks and results that NSQ lost, and writes the summary of a done job if its writer crashed.
+
+Only one watcher is active at a time: it holds a Redis lease (SET NX PX) that it renews every sweep,
+so two manager replicas never both requeue.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import redis
+
+from taskherd.actors.context import PodContext
+from taskherd.actors.ticker import Ticker
+from taskherd.errors import QueueError, StoreError
+from taskherd.jobs import summarize
+from taskherd.store import keys
+from taskherd.store.task_queue import TaskRef
+from taskherd.supervisor import Supervised
+
+log = logging.getLogger("taskherd.watcher")
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """From the ticker."""
+
+
+class TimeoutWatcher(Supervised, pykka.ThreadingActor):
+    def __init__(self, ctx: PodContext, **supervised: Any) -> None:
+        super().__init__(**supervised)
+        self.ctx = ctx
+        self._ticker: Ticker | None = None
+        self.sweeps = 0
+
+    def on_start(self) -> None:
+        self._ticker = Ticker(self.actor_ref, Sweep(), self.ctx.settings.manager.watcher_interval_s).start()
+
+    def on_stop(self) -> None:
+        if self._ticker:
+            self._ticker.stop()
+        super().on_stop()
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Sweep():
+                try:
+                    if self._leader():
+                        self.sweep()
+                except (StoreError, QueueError, redis.RedisError) as exc:
+                    log.warning("sweep skipped: %s", exc)
+            case _:
+                log.warning("watcher: unknown message %r", message)
+        return None
+
+    def _leader(self) -> bool:
+        r, me = self.ctx.store.redis, self.ctx.node_id
+        ttl_ms = int(self.ctx.settings.manager.watcher_interval_s * 3000)
+        if r.set(keys.WATCHER_LEASE, me, nx=True, px=ttl_ms):
+            log.info("this node is now the active TimeoutWatcher")
+            return True
+        if r.get(keys.WATCHER_LEASE) == me:
+            r.pexpire(keys.WATCHER_LEASE, ttl_ms)
+            return True
+        return False
+
+    def sweep(self) -> None:
+        store, s = self.ctx.store, self.ctx.settings
+        tasks: list[bytes] = []
+        results: list[bytes] = []
+        stale: dict[str, dict[str, list[str]]] = {}
+        now = store.now_ms()
+        stale_before = now - int(s.manager.republish_after_s * 1000)
+        for job in store.jobs():
+            for task_id in store.due(job, keys.RUNNING, now):
+                moved = store.requeue(job, task_id)
+                log.info("lease of %s/%s expired -> %s", job, task_id, moved)
+                (tasks if moved == keys.PENDING else results if moved == keys.ANALYZING else []).append(
+                    TaskRef(job, task_id).encode())
+            for task_id in store.due(job, keys.RETRY, now):
+                if store.promote(job, task_id):
+                    tasks.append(TaskRef(job, task_id).encode())
+            stale[job] = {st: store.due(job, st, stale_before) for st in (keys.PENDING, keys.ANALYZING)}
+            if self.ctx.archive is not None:
+                summarize(store, self.ctx.archive, job)
+        self._ring(s.nsq.tasks_topic, tasks)
+        self._ring(s.nsq.results_topic, results)
+        self._republish_lost(stale)
+        self.sweeps += 1
+
+    def _republish_lost(self, stale: dict[str, dict[str, list[str]]]) -> None:
+        """Republish waiting refs only when nsqd holds fewer messages than Redis has waiting tasks.
+
+        A long backlog is not a loss: republishing every old pending task would flood NSQ with
+        duplicates. A shortfall means nsqd lost messages (a SIGKILL, a wiped disk) or a publish failed
+        after the Redis write; the oldest waiting tasks are then the likeliest lost, and a duplicate is
+        harmless (the lease drops it).
+        """
+        s = self.ctx.settings.nsq
+        for state, topic in ((keys.PENDING, s.tasks_topic), (keys.ANALYZING, s.results_topic)):
+            waiting = sum(self.ctx.store.count(j, state) for j in stale)
+            backlog = self.ctx.queue.backlog(topic)
+            if backlog is None or backlog >= waiting:
+                continue
+            budget = waiting - backlog
+            for job, by_state in stale.items():
+                ids = by_state[state][:budget]
+                if not ids:
+                    continue
+                budget -= len(ids)
+                log.warning("republishing %d %s task(s) of %s that NSQ no longer holds", len(ids), state, job)
+                self._ring(topic, [TaskRef(job, i).encode() for i in ids])
+                self.ctx.store.touch_state(job, state, ids)
+
+    def _ring(self, topic: str, bodies: list[bytes]) -> None:
+        if bodies:
+            self.ctx.queue.publish(topic, bodies)

@@ -1,0 +1,164 @@
+"""Worker: one execution slot. Leases a task, runs its executor, records the outcome, rings the manager.
+
+Where a task is leased (`_lease`), run under its deadline (`Runner.run` kills the whole process tree
+at the time-out), and finished (`_finish`, fenced by the execution id). The slot's Runner keeps a
+warm Python child between tasks, so a task costs a pipe round trip rather than a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from taskherd.actors.bus import Delivery
+from taskherd.actors.context import PodContext, find
+from taskherd.actors.manager import runner_spec
+from taskherd.errors import QueueError, StoreError, TaskherdError
+from taskherd.runners import Outcome, Runner, RunnerSpec
+from taskherd.store.state_store import Lease
+from taskherd.store.task_queue import TaskRef, decode
+from taskherd.supervisor import Supervised
+
+log = logging.getLogger("taskherd.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Tell: lease and run the task this delivery names."""
+
+    delivery: Delivery
+
+
+class Worker(Supervised, pykka.ThreadingActor):
+    def __init__(self, ctx: PodContext, index: int, **supervised: Any) -> None:
+        super().__init__(**supervised)
+        self.ctx, self.index = ctx, index
+        self.name = f"{ctx.node_id}/{index}"
+        self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
+        self._specs: dict[str, RunnerSpec] = {}
+
+    def on_start(self) -> None:
+        from taskherd.actors.dispatcher import SlotIdle
+
+        find_dispatcher().tell(SlotIdle(self.index, self.actor_ref, self.runner))
+
+    def on_stop(self) -> None:
+        self.runner.close()
+        super().on_stop()
+
+    def on_receive(self, message: Any) -> None:
+        from taskherd.actors.dispatcher import SlotDone
+
+        match message:
+            case Run(delivery):
+                try:
+                    self._run(delivery)
+                finally:
+                    find_dispatcher().tell(SlotDone(self.index))
+            case _:
+                log.warning("worker: unknown message %r", message)
+
+    def _run(self, delivery: Delivery) -> None:
+        try:
+            ref = decode(delivery.body, self.ctx.settings.nsq.max_message_bytes)
+        except ValueError as exc:
+            self.ctx.dead_letter(delivery, f"tasks topic: {exc}")
+            return
+        lease = self._lease(ref, delivery)
+        if lease is None:
+            return
+        from taskherd.actors.dispatcher import Leased, Released
+
+        dispatcher = find_dispatcher()
+        dispatcher.tell(Leased(self.index, lease))
+        try:
+            outcome, spec = self._execute(lease)
+            self._finish(lease, outcome, spec)
+        finally:
+            dispatcher.tell(Released(self.index))
+
+    def _lease(self, ref: TaskRef, delivery: Delivery) -> Lease | None:
+        exec_id = uuid.uuid4().hex
+        ttl_ms = int(self.ctx.settings.worker.lease_ttl_s * 1000)
+        try:
+            lease = self.ctx.store.lease(ref.job, ref.task_id, exec_id, self.name, ttl_ms)
+        except StoreError as exc:
+            log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
+            delivery.requeue(1.0)
+            return None
+        delivery.finish()  # the lease in Redis is the truth from here on; NSQ only rang the bell
+        if isinstance(lease, str):
+            log.debug("task %s not leased: %s", ref.task_id, lease)
+            return None
+        return lease
+
+    def _execute(self, lease: Lease) -> tuple[Outcome | str, dict[str, Any] | None]:
+        spec = self.ctx.store.spec("executor", lease.type)
+        if spec is None:
+            return f"no executor registered for task type {lease.type!r}", None
+        try:
+            runnable = runner_spec(spec)
+        except TaskherdError as exc:
+            return f"executor spec for {lease.type!r} is unusable: {exc}", spec
+        return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s), spec
+
+    def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None) -> None:
+        if isinstance(outcome, str):
+            outcome = Outcome("failed", None, outcome, False, 0.0)
+        delay_ms = retry_delay_ms(self.ctx, lease, outcome, spec)
+        record = {"exec": lease.exec_id, "worker": self.name, "started": lease.started_ms,
+                  "duration_s": round(outcome.duration_s, 6), "status": outcome.status, "error": outcome.error,
+                  "exit_code": outcome.exit_code, "error_type": outcome.error_type, "detail": outcome.detail}
+        error = outcome.error or ""
+        state = _with_retries(lambda: self.ctx.store.finish(lease, "ok" if outcome.ok else "failed", outcome.result,
+                                                            error, delay_ms, record))
+        if state == "analyzing":
+            try:
+                self.ctx.queue.publish(self.ctx.settings.nsq.results_topic, [TaskRef(lease.job, lease.task_id).encode()])
+            except QueueError as exc:
+                log.warning("result of %s not published; the TimeoutWatcher will: %s", lease.task_id, exc)
+        elif state == "fenced":
+            log.warning("result of %s discarded: execution %s was superseded", lease.task_id, lease.exec_id)
+
+
+def retry_delay_ms(ctx: PodContext, lease: Lease, outcome: Outcome, spec: dict[str, Any] | None) -> int:
+    """-1 when the outcome is final; else the backoff before the next attempt (exponential, jittered)."""
+    if outcome.ok or lease.attempts >= lease.max_attempts or not _retryable(outcome, spec):
+        return -1
+    m = ctx.settings.manager
+    base = min(m.retry_backoff_max_s, m.retry_backoff_base_s * 2 ** (lease.attempts - 1))
+    return int(base * random.uniform(0.5, 1.0) * 1000)
+
+
+def _retryable(outcome: Outcome, spec: dict[str, Any] | None) -> bool:
+    """A spec's `retry_on` (exception type names, exit codes, HTTP statuses) narrows the runner's view."""
+    retry_on = (spec or {}).get("retry_on")
+    if outcome.status == "timeout" or retry_on is None:
+        return outcome.retryable or outcome.status == "timeout"
+    return outcome.error_type in retry_on or outcome.exit_code in retry_on
+
+
+def _with_retries(fn: Any, attempts: int = 5) -> Any:
+    """Redis may blink (a restart with AOF); the lease keeps the task ours for a few seconds meanwhile."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except StoreError as exc:
+            if i == attempts - 1:
+                log.error("giving up recording a result; the lease will expire and the task re-run: %s", exc)
+                return "error"
+            time.sleep(min(2.0, 0.1 * 2 ** i))
+    return "error"
+
+
+def find_dispatcher() -> pykka.ActorRef:
+    from taskherd.actors.dispatcher import Dispatcher
+
+    return find(Dispatcher)

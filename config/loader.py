@@ -1,0 +1,93 @@
+"""Read one TOML file into `Settings`, turning every problem into one line that names file and key.
+
+The only boundary where untrusted configuration enters: past `load`, settings are typed and frozen.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from taskherd.config.settings import Settings
+from taskherd.errors import ConfigError
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from `path` (defaults alone when None), with `overrides` merged over the file."""
+    data: dict[str, Any] = {} if path is None else _read_toml(Path(path))
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {})
+        if isinstance(data[section], dict):
+            data[section] = {**data[section], **values}
+    return from_dict(data, source=str(path) if path else "<defaults>")
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>") -> Settings:
+    try:
+        return Settings.model_validate(_lists_to_tuples(data))
+    except ValidationError as exc:
+        raise ConfigError([f"{source}: {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a TOML file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not valid TOML: not UTF-8 text"]) from None
+
+
+def _lists_to_tuples(value: Any) -> Any:
+    """TOML arrays arrive as lists; the frozen settings hold tuples (strict mode won't coerce)."""
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    if not parts:
+        return "(top level)"
+    if len(parts) == 1:
+        return f"[{parts[0]}]" if parts[0] in Settings.model_fields else parts[0]
+    return f"[{parts[0]}]." + ".".join(parts[1:])
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind, given = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing"
+    ctx = err.get("ctx") or {}
+    bounds = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"out of range: expected a number {bounds[kind]} {limit}, got {given!r}"
+    if kind == "string_pattern_mismatch":
+        return f"expected a value matching {ctx.get('pattern')}, got {given!r}"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"wrong type: expected {_expected(kind)}, got {type(given).__name__} {given!r}"
+    return f"{err['msg']} (got {given!r})"
+
+
+def _expected(kind: str) -> str:
+    for prefix, word in (("int", "an integer"), ("float", "a number"), ("string", "a string"),
+                         ("bool", "true or false"), ("tuple", "an array"), ("model", "a table"),
+                         ("dict", "a table")):
+        if kind.startswith(prefix):
+            return word
+    return kind.replace("_type", "")

@@ -1,0 +1,107 @@
+"""Typed, frozen settings: one model per TOML section, built once at the boundary.
+
+Every duration is a float of seconds and every name ends in `_s`, so nothing downstream converts units.
+Unknown keys are errors rather than ignored: a typo in a config file must not silently fall back to a
+default (a misspelt `max_attemps` would otherwise retry forever at the default).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NsqSettings(_Section):
+    """Where NSQ lives. Producers publish over nsqd's HTTP API; consumers discover nsqd via lookupd."""
+
+    nsqd_tcp_address: str = "127.0.0.1:14150"
+    nsqd_http_addresses: tuple[str, ...] = ("127.0.0.1:14151",)
+    lookupd_tcp_address: str = "127.0.0.1:14160"
+    lookupd_http_addresses: tuple[str, ...] = ("127.0.0.1:14161",)
+    tasks_topic: str = Field("taskherd.tasks", min_length=1, max_length=64)
+    results_topic: str = Field("taskherd.results", min_length=1, max_length=64)
+    deadletter_topic: str = Field("taskherd.deadletter", min_length=1, max_length=64)
+    max_message_bytes: int = Field(1_048_576, ge=1024)
+    lookupd_poll_interval_s: float = Field(5.0, gt=0)
+
+
+class RedisSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(16379, ge=1, le=65535)
+    db: int = Field(0, ge=0)
+    password: str | None = None
+    socket_timeout_s: float = Field(5.0, gt=0)
+
+
+class MysqlSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(13306, ge=1, le=65535)
+    user: str = "root"
+    password: str = ""
+    database: str = Field("taskherd", pattern=r"^[A-Za-z0-9_]+$")
+    connect_timeout_s: float = Field(5.0, gt=0)
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(18080, ge=1, le=65535)
+    max_payload_bytes: int = Field(262_144, ge=1)
+    max_batch: int = Field(1000, ge=1, le=10_000)
+
+
+class ManagerSettings(_Section):
+    default_timeout_s: float = Field(300.0, gt=0)
+    default_max_attempts: int = Field(3, ge=1)
+    analyzer_timeout_s: float = Field(60.0, gt=0)
+    analyzer_slots: int = Field(2, ge=1, le=256)
+    watcher_interval_s: float = Field(1.0, gt=0)
+    republish_after_s: float = Field(10.0, gt=0)
+    retry_backoff_base_s: float = Field(1.0, ge=0)
+    retry_backoff_max_s: float = Field(60.0, ge=0)
+
+
+class WorkerSettings(_Section):
+    slots: int = Field(4, ge=1, le=256)
+    drain_grace_s: float = Field(20.0, ge=0)
+    lease_renew_s: float = Field(1.0, gt=0)
+    lease_ttl_s: float = Field(5.0, gt=0)
+    recycle_after: int = Field(1000, ge=1)
+
+
+class RegistrySettings(_Section):
+    heartbeat_s: float = Field(1.0, gt=0)
+    node_ttl_s: float = Field(2.0, gt=0)
+
+
+class SupervisorSettings(_Section):
+    max_restarts: int = Field(5, ge=0)
+    max_seconds: float = Field(30.0, gt=0)
+    sweep_interval_s: float = Field(1.0, gt=0)
+
+
+class LogSettings(_Section):
+    level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    format: str = Field("text", pattern=r"^(text|json)$")
+
+
+class LocalSettings(_Section):
+    """Only for `taskherd up`: where the local cluster keeps its data and how many workers it starts."""
+
+    data_dir: str = ".taskherd/data"
+    workers: int = Field(2, ge=0, le=64)
+
+
+class Settings(_Section):
+    nsq: NsqSettings = NsqSettings()
+    redis: RedisSettings = RedisSettings()
+    mysql: MysqlSettings = MysqlSettings()
+    api: ApiSettings = ApiSettings()
+    manager: ManagerSettings = ManagerSettings()
+    worker: WorkerSettings = WorkerSettings()
+    registry: RegistrySettings = RegistrySettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    log: LogSettings = LogSettings()
+    local: LocalSettings = LocalSettings()

@@ -1,0 +1,27 @@
+"""Write Settings back as TOML: `config show`, and the file `taskherd up` hands to its pods."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from taskherd.config.settings import Settings
+
+
+def dumps(settings: Settings) -> str:
+    lines: list[str] = []
+    for section, values in settings.model_dump().items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_value(v)}" for key, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    return repr(v)

@@ -1,0 +1,151 @@
+"""`taskherd up`: a whole cluster on one machine, from real services down to pods.
+
+Services first (ServiceManager), then one manager pod and N worker pods as child processes, each
+`taskherd run --role ...` with the same effective config (written into the data dir, so every pod
+agrees on ports). Pod logs stream to our stdout with a prefix per pod. A pod that exits on its own
+(its supervisor escalated) is restarted, as Kubernetes would. Stop order: pods (SIGTERM, so workers
+drain), then services.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from taskherd.config.settings import Settings
+from taskherd.config.toml_out import dumps
+from taskherd.deploy.local.services import ServiceManager
+from taskherd.errors import ServiceError
+
+
+class Pod:
+    """One `taskherd run` child process, its output streamed with a prefix."""
+
+    def __init__(self, name: str, role: str, config: Path, out: IO[str]) -> None:
+        self.name, self.role, self.config, self.out = name, role, config, out
+        self.proc: subprocess.Popen[str] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "taskherd", "--config", str(self.config), "run", "--role", self.role]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        threading.Thread(target=self._stream, args=(self.proc,), daemon=True).start()
+
+    def _stream(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.out.write(f"[{self.name}] {line}")
+            self.out.flush()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def stop(self, grace_s: float) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+class Cluster:
+    """Context manager: services + pods up on enter (API answering), all down on exit."""
+
+    def __init__(self, settings: Settings, config_path: str | None = None, workers: int | None = None,
+                 data_dir: str | None = None, out: IO[str] | None = None) -> None:
+        self.settings = settings
+        self.data_dir = Path(data_dir or settings.local.data_dir).resolve()
+        self.workers = settings.local.workers if workers is None else workers
+        self.out = out or sys.stdout
+        self.services = ServiceManager(settings, self.data_dir)
+        self.config = self.data_dir / "cluster.toml"
+        self.pods: list[Pod] = []
+        self._stopping = threading.Event()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api.host}:{self.settings.api.port}"
+
+    def __enter__(self) -> "Cluster":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(dumps(self.settings))
+        self.services.start()
+        try:
+            self.pods = [Pod("manager", "manager", self.config, self.out)]
+            self.pods += [Pod(f"worker-{i + 1}", "worker", self.config, self.out) for i in range(self.workers)]
+            for pod in self.pods:
+                pod.start()
+            self._wait_ready(90)
+            threading.Thread(target=self._keep_alive, daemon=True).start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        grace = self.settings.worker.drain_grace_s + 10
+        threads = [threading.Thread(target=p.stop, args=(grace,)) for p in self.pods]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.services.stop()
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Until the API is ready and every pod has registered."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            dead = [p.name for p in self.pods if p.exited()]
+            if dead:
+                raise ServiceError(f"pod(s) exited during start-up: {', '.join(dead)} (see their log lines above)")
+            try:
+                if httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200 and \
+                        len(httpx.get(f"{self.api_url}/nodes", timeout=2).json()) >= len(self.pods):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            self._stopping.wait(0.2)
+        raise ServiceError(f"the cluster was not ready within {timeout_s:.0f} s (API {self.api_url})")
+
+    def _keep_alive(self) -> None:
+        while not self._stopping.wait(1.0):
+            for pod in self.pods:
+                if pod.exited() and not self._stopping.is_set():
+                    pod.restarts += 1
+                    self.out.write(f"[up] pod {pod.name} exited ({pod.proc.returncode}); restarting\n")
+                    pod.start()
+
+
+def up(settings: Settings, config_path: str | None, workers: int | None, data_dir: str | None) -> int:
+    """Run the local cluster until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with Cluster(settings, config_path, workers, data_dir) as cluster:
+            print(f"[up] cluster ready: API {cluster.api_url} (docs at {cluster.api_url}/docs), "
+                  f"{cluster.workers} worker pod(s), data in {cluster.data_dir}. Ctrl-C stops it.", flush=True)
+            stop.wait()
+            print("[up] stopping pods, then services ...", flush=True)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("[up] stopped.", flush=True)
+    return 0

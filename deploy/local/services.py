@@ -1,0 +1,396 @@
+"""Run private nsqlookupd, nsqd, redis-server and mariadbd for a local cluster or a test session.
+
+Why a manager of our own rather than the system services: every instance binds 127.0.0.1 on the
+ports from `Settings` and keeps all of its data under one `data_dir`, so a cluster, a test session
+and the machine's own databases never share a port, a socket or a file, and deleting `data_dir`
+resets everything. Starting again on the same `data_dir` resumes the data (MariaDB is bootstrapped
+only once; Redis replays its AOF; nsqd reloads its disk queues).
+
+Layout of `data_dir`: `nsqd/`, `redis/`, `mariadb/` (datadir, socket, pid file) and `logs/NAME.log`
+(each service's stdout and stderr; MariaDB's error log is the same file).
+
+Each service runs in a session of its own, so a Ctrl-C typed at the parent's terminal reaches the
+parent only: the parent decides the order of shutdown (SIGTERM in reverse start order, SIGKILL after
+`stop_timeout_s`). On Linux each service also gets SIGTERM if the thread that started it dies
+(PR_SET_PDEATHSIG), so a crashed parent leaves no service holding the ports. Start services from a
+thread that lives as long as they should (the main thread), or pass `die_with_parent=False`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import psutil
+import pymysql
+import redis
+
+from taskherd.config import Settings
+from taskherd.deploy.local import binaries
+from taskherd.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("nsqlookupd", "nsqd", "redis", "mariadb")
+"""Start order; stop runs in reverse (nsqd deregisters from lookupd before lookupd goes)."""
+
+_LOOPBACK = "127.0.0.1"
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
+_PR_SET_PDEATHSIG = 1
+
+
+class PortInUse(ServiceError):
+    """Something already listens on a port a service needs; names the service, port and config key."""
+
+    def __init__(self, service: str, port: int, key: str, holder: str = "") -> None:
+        super().__init__(f"{service}: port {port} on {_LOOPBACK} is already in use{holder}; stop that "
+                         f"process or choose another port ({key} in the config)")
+        self.service, self.port = service, port
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to launch one service and how to tell that it answers."""
+
+    name: str  # service name, also its log file's name
+    argv: list[str]  # full command line, binary first
+    ports: tuple[tuple[int, str], ...]  # each port it binds, with the config key that chose it
+    probe: Callable[[], None]  # returns when the service answers; raises otherwise
+
+
+class ServiceManager:
+    """Starts, probes and stops the four services; per-service control for fault tests."""
+
+    def __init__(self, settings: Settings, data_dir: str | Path, *, start_timeout_s: float = 60.0,
+                 stop_timeout_s: float = 30.0, die_with_parent: bool = True) -> None:
+        self.settings = settings
+        self.data_dir = Path(data_dir).absolute()
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.die_with_parent = die_with_parent
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- public face ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every service not already running and wait until all answer.
+
+        Binaries and ports are checked before anything is launched, so a missing binary or a busy
+        port starts nothing. If one service fails to answer, the ones this call started are killed.
+        """
+        self._start(SERVICES)
+
+    def stop(self) -> None:
+        """Stop every service: SIGTERM in reverse start order, SIGKILL past `stop_timeout_s`."""
+        for name in reversed(SERVICES):
+            self.stop_one(name)
+
+    def start_one(self, name: str) -> int:
+        """Start `name` (a no-op if running), wait until it answers, and return its pid."""
+        self._start([_known(name)])
+        return self._procs[name].pid
+
+    def stop_one(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` to `name`, wait up to `stop_timeout_s`, then SIGKILL its process group."""
+        proc = self._procs.get(_known(name))
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal(proc.pid, sig, group=(sig == signal.SIGKILL))
+            try:
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored signal %d for %.0f s; sending SIGKILL",
+                            name, proc.pid, sig, self.stop_timeout_s)
+                _signal(proc.pid, signal.SIGKILL, group=True)
+                proc.wait()
+        # Anything the service forked (a Redis AOF rewrite child) must not outlive it.
+        _signal(proc.pid, signal.SIGKILL, group=True)
+        del self._procs[name]
+        log.info("%s stopped (pid %d, exit %s)", name, proc.pid, proc.returncode)
+
+    def kill_one(self, name: str) -> None:
+        """SIGKILL `name` and its process group, as a crash would; the data stays for a restart."""
+        self.stop_one(name, signal.SIGKILL)
+
+    def pid(self, name: str) -> int | None:
+        """Pid of `name` while it runs, else None."""
+        proc = self._procs.get(_known(name))
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def log_path(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def __enter__(self) -> ServiceManager:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- plans ------------------------------------------------------------------------------------
+
+    def _plan(self, name: str) -> _Plan:
+        return {"nsqlookupd": self._nsqlookupd, "nsqd": self._nsqd, "redis": self._redis,
+                "mariadb": self._mariadb}[_known(name)]()
+
+    def _nsqlookupd(self) -> _Plan:
+        nsq = self.settings.nsq
+        tcp, http = _port(nsq.lookupd_tcp_address), _port(nsq.lookupd_http_addresses[0])
+        argv = [binaries.find("nsqlookupd"), f"--tcp-address={_LOOPBACK}:{tcp}",
+                f"--http-address={_LOOPBACK}:{http}", f"--broadcast-address={_LOOPBACK}"]
+        ports = ((tcp, "[nsq].lookupd_tcp_address"), (http, "[nsq].lookupd_http_addresses"))
+        return _Plan("nsqlookupd", argv, ports, lambda: _http_ping(http))
+
+    def _nsqd(self) -> _Plan:
+        nsq = self.settings.nsq
+        tcp, http = _port(nsq.nsqd_tcp_address), _port(nsq.nsqd_http_addresses[0])
+        data = self.data_dir / "nsqd"
+        data.mkdir(parents=True, exist_ok=True)
+        # --mem-queue-size=0: every PUB reaches the disk queue before OK, so a restart keeps it.
+        argv = [binaries.find("nsqd"), "--mem-queue-size=0", f"--data-path={data}",
+                f"--tcp-address={_LOOPBACK}:{tcp}", f"--http-address={_LOOPBACK}:{http}",
+                f"--broadcast-address={_LOOPBACK}",
+                f"--lookupd-tcp-address={_LOOPBACK}:{_port(nsq.lookupd_tcp_address)}",
+                f"--max-msg-size={nsq.max_message_bytes}"]
+        ports = ((tcp, "[nsq].nsqd_tcp_address"), (http, "[nsq].nsqd_http_addresses"))
+        return _Plan("nsqd", argv, ports, lambda: _http_ping(http))
+
+    def _redis(self) -> _Plan:
+        cfg = self.settings.redis
+        data = self.data_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        # AOF with everysec: a process crash loses nothing acknowledged; no RDB snapshots.
+        argv = [binaries.find("redis-server"), "--port", str(cfg.port), "--bind", _LOOPBACK,
+                "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
+                "--save", "", "--daemonize", "no", "--protected-mode", "no"]
+        if cfg.password:
+            argv += ["--requirepass", cfg.password]
+        return _Plan("redis", argv, ((cfg.port, "[redis].port"),),
+                     lambda: _redis_ping(cfg.port, cfg.password))
+
+    def _mariadb(self) -> _Plan:
+        cfg = self.settings.mysql
+        datadir = self.data_dir / "mariadb"
+        # --no-defaults must come first: it keeps /etc/mysql/*.cnf (the system instance's) out.
+        argv = [binaries.find("mariadbd"), "--no-defaults", f"--datadir={datadir}",
+                f"--socket={self._mariadb_socket()}", f"--port={cfg.port}",
+                f"--bind-address={_LOOPBACK}", f"--user={_user()}",
+                f"--pid-file={datadir / 'mariadbd.pid'}", f"--log-error={self.log_path('mariadb')}",
+                "--skip-name-resolve"]
+        return _Plan("mariadb", argv, ((cfg.port, "[mysql].port"),), self._mariadb_ready)
+
+    def _mariadb_socket(self) -> Path:
+        """DIR/mariadb/mysqld.sock, or a short path in the temp dir if that would not fit sun_path."""
+        path = self.data_dir / "mariadb" / "mysqld.sock"
+        if len(str(path)) <= _MAX_SOCKET_PATH:
+            return path
+        digest = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"taskherd-{digest}.sock"
+
+    def _mariadb_ready(self) -> None:
+        """`SELECT 1` as the bootstrap's root, then create the configured database (and user)."""
+        cfg = self.settings.mysql
+        conn = pymysql.connect(host=_LOOPBACK, port=cfg.port, user="root", password="",
+                               connect_timeout=1, autocommit=True)
+        with contextlib.closing(conn), conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{cfg.database}`")
+            if cfg.user != "root":  # the bootstrap made only root; an app user is ours to make
+                for host in (_LOOPBACK, "localhost"):
+                    cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s",
+                                (cfg.user, host, cfg.password))
+                    cur.execute(f"GRANT ALL ON `{cfg.database}`.* TO %s@%s", (cfg.user, host))
+
+    def _bootstrap_mariadb(self) -> None:
+        """Run mariadb-install-db once; into a sibling directory renamed into place when done.
+
+        The rename makes "the datadir exists" mean "bootstrap finished", so a bootstrap interrupted
+        halfway is redone rather than mistaken for an initialised datadir.
+        """
+        datadir = self.data_dir / "mariadb"
+        if datadir.is_dir():
+            return
+        staging = self.data_dir / "mariadb.bootstrap"
+        shutil.rmtree(staging, ignore_errors=True)
+        argv = [binaries.find("mariadb-install-db"), "--no-defaults", f"--datadir={staging}",
+                f"--user={_user()}", "--auth-root-authentication-method=normal", "--skip-test-db"]
+        logfile = self.log_path("mariadb-install-db")
+        with _open_log(logfile, argv) as out:
+            try:
+                code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                      cwd=self.data_dir, timeout=self.start_timeout_s).returncode
+                problem = f"exit {code}" if code else ""
+            except subprocess.TimeoutExpired:
+                problem = f"timed out after {self.start_timeout_s:.0f} s"
+        if problem:
+            raise ServiceError(f"mariadb: mariadb-install-db failed ({problem}); "
+                               f"last lines of {logfile}:\n{_tail(logfile)}")
+        staging.rename(datadir)
+        log.info("mariadb: bootstrapped a new datadir in %s", datadir)
+
+    # --- launching and waiting --------------------------------------------------------------------
+
+    def _start(self, names: Sequence[str]) -> None:
+        plans = [self._plan(name) for name in names if self.pid(name) is None]
+        for plan in plans:
+            self._check_ports(plan)
+        try:
+            for plan in plans:
+                self._spawn(plan)
+            for plan in plans:
+                self._wait_ready(plan)
+        except BaseException:
+            for plan in reversed(plans):
+                self.kill_one(plan.name)
+            raise
+
+    def _check_ports(self, plan: _Plan) -> None:
+        for port, key in plan.ports:
+            if _port_in_use(port):
+                raise PortInUse(plan.name, port, key, _holder(port))
+
+    def _spawn(self, plan: _Plan) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if plan.name == "mariadb":
+            self._bootstrap_mariadb()
+        with _open_log(self.log_path(plan.name), plan.argv) as out:
+            self._procs[plan.name] = subprocess.Popen(
+                plan.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.data_dir, start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()) if self.die_with_parent else None)
+
+    def _wait_ready(self, plan: _Plan) -> None:
+        proc = self._procs[plan.name]
+        started = time.monotonic()
+        deadline = started + self.start_timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServiceError(f"{plan.name} exited with code {proc.returncode} while starting; "
+                                   f"last lines of {self.log_path(plan.name)}:\n"
+                                   f"{_tail(self.log_path(plan.name))}")
+            try:
+                plan.probe()
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                last = exc
+                time.sleep(0.05)
+                continue
+            log.info("%s answering on %s (pid %d) after %.1f s", plan.name,
+                     "/".join(str(p) for p, _ in plan.ports), proc.pid, time.monotonic() - started)
+            return
+        raise ServiceError(f"{plan.name} did not answer on {_LOOPBACK}:{plan.ports[0][0]} within "
+                           f"{self.start_timeout_s:.0f} s (last error: {last}); last lines of "
+                           f"{self.log_path(plan.name)}:\n{_tail(self.log_path(plan.name))}")
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def _known(name: str) -> str:
+    if name not in SERVICES:
+        raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
+    return name
+
+
+def _port(address: str) -> int:
+    """The port of a "host:port" address from the config."""
+    return int(address.rsplit(":", 1)[1])
+
+
+def _user() -> str:
+    """MariaDB runs as whoever runs us; as root it needs `--user=root` said explicitly."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _http_ping(port: int) -> None:
+    with urllib.request.urlopen(f"http://{_LOOPBACK}:{port}/ping", timeout=1) as resp:
+        body = resp.read()
+    if body.strip() != b"OK":
+        raise ServiceError(f"/ping answered {body[:80]!r}")
+
+
+def _redis_ping(port: int, password: str | None) -> None:
+    client = redis.Redis(host=_LOOPBACK, port=port, password=password, socket_timeout=1,
+                         socket_connect_timeout=1)
+    with contextlib.closing(client):
+        client.ping()
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: a port held only by TIME_WAIT connections of a stopped service is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_LOOPBACK, port))
+        except OSError:
+            return True
+    return False
+
+
+def _holder(port: int) -> str:
+    """" by pid N (name)" for the process listening on `port`, when the OS lets us see it."""
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+def _signal(pid: int, sig: int, *, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        # Each service leads its own session, so its process group id is its pid.
+        (os.killpg if group else os.kill)(pid, sig)
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A preexec hook asking Linux to SIGTERM the child when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+@contextlib.contextmanager
+def _open_log(path: Path, argv: list[str]) -> Iterator[BinaryIO]:
+    """Append mode, with a header line, so restarts of a service read as one story in one file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as file:
+        file.write(f"--- taskherd {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}\n".encode())
+        file.flush()
+        yield file
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError as exc:
+        return f"(cannot read log: {exc})"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (log is empty)"

@@ -1,0 +1,48 @@
+"""One error root for taskherd, with a sub-root per subsystem.
+
+Errors that come from input keep the input, so a message can name exactly what was wrong.
+Control flow (a retry, a drain) is never expressed with these: they mean failure.
+"""
+
+from __future__ import annotations
+
+
+class TaskherdError(Exception):
+    """Root of every error taskherd raises on purpose."""
+
+
+class ConfigError(TaskherdError):
+    """A configuration file could not be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class ServiceError(TaskherdError):
+    """A backing service (nsqd, nsqlookupd, redis-server, mariadbd) is missing or would not start."""
+
+
+class MissingBinary(ServiceError):
+    """A service binary is on neither PATH nor the project cache; says how to install it."""
+
+    def __init__(self, name: str, install_hint: str) -> None:
+        super().__init__(f"{name} not found on PATH or in the taskherd cache; install it with: {install_hint}")
+        self.name = name
+        self.install_hint = install_hint
+
+
+class StoreError(TaskherdError):
+    """Redis refused or lost a state transition."""
+
+
+class QueueError(TaskherdError):
+    """NSQ refused a publish or a subscription."""
+
+
+class SupervisorEscalation(TaskherdError):
+    """A supervisor exceeded its restart intensity and gave up on its children."""
+
+
+class ExecutorError(TaskherdError):
+    """An executor or analyzer could not be described or started as asked (its spec, not its run)."""

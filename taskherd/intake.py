@@ -1,0 +1,159 @@
+"""Intake: how a task enters the system, whether from the API or from an analyzer's children.
+
+Order matters for "nothing lost, nothing doubled": the archive (MySQL) is asked first whether an id
+was already finished, then Redis creates what is new (one script per job), then NSQ is rung. A crash
+after the Redis write leaves a pending task that the TimeoutWatcher republishes; a crash before it
+leaves nothing, and the caller's retry with the same id is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskherd.config.settings import Settings
+from taskherd.errors import QueueError, TaskherdError
+from taskherd.store.archive import Archive
+from taskherd.store.state_store import NewTask, StateStore
+from taskherd.store.task_queue import TaskQueue, TaskRef
+
+log = logging.getLogger("taskherd.intake")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+MAX_ID_CHARS = 255
+
+
+class InvalidTask(TaskherdError):
+    """A submitted task is unusable; `field` names the part that is wrong (e.g. `tasks[3].type`)."""
+
+    def __init__(self, field_: str, problem: str) -> None:
+        super().__init__(f"{field_}: {problem}")
+        self.field = field_
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A task as a user or an analyzer asks for it; defaults are filled in at intake."""
+
+    type: str
+    job: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    id: str
+    status: str
+    """'created' | 'exists' | 'conflict'"""
+
+
+def child_id(parent_id: str, position: int) -> str:
+    """Deterministic, so re-running an analyzer on the same result re-submits the same ids (no-ops)."""
+    return "c-" + hashlib.sha256(f"{parent_id}\0{position}".encode()).hexdigest()[:32]
+
+
+def canonical(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_name(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise InvalidTask(where, "expected 1-128 characters of letters, digits, '_', '.', ':' or '-', "
+                                 f"starting with a letter or digit; got {value!r}")
+    return value
+
+
+class Intake:
+    """Validates and submits batches of tasks. Thread-safe; shared by the Manager and ResultAnalyzer."""
+
+    def __init__(self, settings: Settings, store: StateStore, archive: Archive, queue: TaskQueue) -> None:
+        self.settings = settings
+        self.store = store
+        self.archive = archive
+        self.queue = queue
+
+    def submit(self, subs: list[Submission], where: str = "tasks") -> list[Accepted]:
+        """Accept a batch all or nothing: any invalid task raises InvalidTask before anything is written."""
+        tasks = self._prepare(subs, where)
+        statuses = self._known(tasks)
+        by_job: dict[str, list[NewTask]] = {}
+        for t in tasks:
+            if t.id not in statuses:
+                by_job.setdefault(t.job, []).append(t)
+        for job, group in by_job.items():
+            statuses.update(zip([t.id for t in group], self.store.submit(job, group)))
+        created = [TaskRef(t.job, t.id).encode() for t in tasks if statuses[t.id] == "created"]
+        self.ring(created)
+        return [Accepted(t.id, statuses[t.id]) for t in tasks]
+
+    def ring(self, bodies: list[bytes]) -> None:
+        """Publish task refs; on failure the tasks stay pending in Redis and the watcher republishes."""
+        if not bodies:
+            return
+        try:
+            self.queue.publish(self.settings.nsq.tasks_topic, bodies)
+        except QueueError as exc:
+            log.warning("publish of %d task(s) failed; the TimeoutWatcher will republish them: %s", len(bodies), exc)
+
+    def _known(self, tasks: list[NewTask]) -> dict[str, str]:
+        """Statuses of ids that are already archived: the same payload exists, anything else conflicts."""
+        archived = self.archive.known([t.id for t in tasks])
+        return {t.id: ("exists" if archived[t.id] == (t.job, t.digest) else "conflict")
+                for t in tasks if t.id in archived}
+
+    def _prepare(self, subs: list[Submission], where: str) -> list[NewTask]:
+        specs = self.store.specs("executor", {s.type for s in subs if isinstance(s.type, str)})
+        return [self._one(s, f"{where}[{i}]", specs) for i, s in enumerate(subs)]
+
+    def _one(self, s: Submission, where: str, specs: dict[str, dict | None]) -> NewTask:
+        check_name(f"{where}.job", s.job)
+        check_name(f"{where}.type", s.type)
+        spec = specs.get(s.type)
+        if spec is None:
+            raise InvalidTask(f"{where}.type", f"no executor registered for task type {s.type!r}")
+        task_id = s.id if s.id is not None else uuid.uuid4().hex
+        if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_CHARS:
+            raise InvalidTask(f"{where}.id", f"expected a non-empty string of at most {MAX_ID_CHARS} characters")
+        if not isinstance(s.payload, dict):
+            raise InvalidTask(f"{where}.payload", f"expected a JSON object, got {type(s.payload).__name__}")
+        payload = canonical(s.payload)
+        limit = self.settings.api.max_payload_bytes
+        if len(payload.encode()) > limit:
+            raise InvalidTask(f"{where}.payload", f"{len(payload.encode())} bytes exceeds the limit of {limit}")
+        m = self.settings.manager
+        timeout_s = _positive(f"{where}.timeout_s", s.timeout_s, spec.get("timeout_s") or m.default_timeout_s, float)
+        attempts = _positive(f"{where}.max_attempts", s.max_attempts, spec.get("max_attempts") or m.default_max_attempts, int)
+        digest = hashlib.sha256(f"{s.type}\0{payload}".encode()).hexdigest()
+        return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent)
+
+
+def _positive(where: str, given: Any, default: Any, kind: type) -> Any:
+    value = default if given is None else given
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise InvalidTask(where, f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if value <= 0 or value > 7 * 24 * 3600:
+        raise InvalidTask(where, f"expected a value > 0 and ≤ 604800, got {value!r}")
+    return kind(value)
+
+
+def from_child(obj: Any, parent: dict[str, Any], position: int) -> Submission:
+    """A Submission from an analyzer's child entry; the child joins its parent's job."""
+    where = f"children[{position}]"
+    if not isinstance(obj, dict):
+        raise InvalidTask(where, f"expected an object, got {type(obj).__name__}")
+    unknown = set(obj) - {"id", "type", "payload", "timeout_s", "max_attempts"}
+    if unknown:
+        raise InvalidTask(f"{where}.{sorted(unknown)[0]}", "unknown field")
+    return Submission(type=obj.get("type", parent["type"]), job=parent["job"], payload=obj.get("payload", {}),
+                      id=obj.get("id") or child_id(parent["id"], position), timeout_s=obj.get("timeout_s"),
+                      max_attempts=obj.get("max_attempts"), parent=parent["id"])

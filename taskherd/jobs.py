@@ -1,0 +1,75 @@
+"""Reads that join Redis (live work) and MySQL (finished work), and the job summary written once a
+job is done. The API, the CLI and the TimeoutWatcher share these so they never disagree."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from taskherd.store import keys
+from taskherd.store.archive import Archive
+from taskherd.store.state_store import StateStore
+
+
+class Queries:
+    def __init__(self, store: StateStore, archive: Archive) -> None:
+        self.store, self.archive = store, archive
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        """A task wherever it is: live in Redis, or archived in MySQL; None if never submitted."""
+        job = self.store.job_of(task_id)
+        live = self.store.task(job, task_id) if job else None
+        if live is not None:
+            return _live_view(live)
+        row = self.archive.task(task_id)
+        if row is None:
+            return None
+        return {"id": row["id"], "job": row["job"], "type": row["type"], "state": row["state"],
+                "attempts": row["attempts"], "parent": row["parent"] or None, "payload": row["payload"],
+                "result": row["result"], "error": row["error"], "record": row.get("record"),
+                "executions": row["executions"], "created_ms": row["created_ms"], "finished_ms": row["finished_ms"]}
+
+    def job(self, job: str) -> dict[str, Any] | None:
+        """Counts by state and the done flag; after teardown, the summary kept in MySQL."""
+        live = self.store.job(job)
+        if live is not None:
+            return {"job": job, **live}
+        row = self.archive.job(job)
+        if row is None:
+            return None
+        counts = {s: 0 for s in keys.LIVE_STATES} | {s: row[s] for s in keys.FINAL_STATES}
+        return {"job": job, "counts": counts, "open": 0, "total": row["total"], "done": True,
+                "created_ms": row["created_ms"], "finished_ms": row["finished_ms"], "fenced": 0,
+                "summarized": True, "torn_down": True}
+
+    def job_tasks(self, job: str, state: str, limit: int, cursor: str) -> tuple[list[str], str | None]:
+        """A page of task ids in one state; the cursor is opaque to callers."""
+        if state in keys.LIVE_STATES:
+            offset = int(cursor or 0)
+            ids = self.store.ids_in_state(job, state, offset, limit)
+            return ids, (str(offset + len(ids)) if len(ids) == limit else None)
+        ids = self.archive.task_ids(job, state, cursor or "", limit)
+        return ids, (ids[-1] if len(ids) == limit else None)
+
+
+def summarize(store: StateStore, archive: Archive, job: str) -> None:
+    """Write the done job's summary to MySQL once; the watcher retries if this crashes midway."""
+    status = store.job(job)
+    if status is None or not status["done"] or status["summarized"]:
+        return
+    counts = status["counts"]
+    archive.save_job(job, {"total": status["total"], "succeeded": counts["succeeded"], "failed": counts["failed"],
+                           "cancelled": counts["cancelled"], "created_ms": status["created_ms"],
+                           "finished_ms": status["finished_ms"]})
+    store.mark_summarized(job)
+
+
+def _live_view(t: dict[str, Any]) -> dict[str, Any]:
+    def maybe_json(v: str | None) -> Any:
+        return json.loads(v) if v else None
+
+    return {"id": t["id"], "job": t["job"], "type": t["type"], "state": t["state"],
+            "attempts": int(t.get("attempts", 0)), "parent": t.get("parent") or None,
+            "payload": json.loads(t["payload"]), "result": maybe_json(t.get("result")),
+            "error": t.get("error") or None, "record": None, "executions": t["executions"],
+            "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None}

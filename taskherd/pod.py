@@ -1,0 +1,125 @@
+"""One pod: one process, one supervisor tree, until SIGTERM (`taskherd run --role ...`).
+
+The tree is rest_for_one with the Bus first: if the Bus (NSQ) restarts, everything that subscribed
+through it restarts after it. Worker slots sit under their own one_for_one supervisor, so one
+crashing slot restarts alone. Past the restart intensity the root gives up and the process exits 1,
+so Kubernetes (or `taskherd up`) restarts the pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import pykka
+
+from taskherd.actors.bus import Bus
+from taskherd.actors.context import PodContext, find
+from taskherd.actors.registry import NodeInfo, Registry
+from taskherd.config.settings import Settings
+from taskherd.errors import StoreError
+from taskherd.logs import configure_logging
+from taskherd.store.archive import Archive
+from taskherd.store.state_store import StateStore
+from taskherd.store.task_queue import TaskQueue
+from taskherd.supervisor import ChildSpec, OneForOne, RestForOne, Supervisor
+
+log = logging.getLogger("taskherd.pod")
+ROLES = ("manager", "worker", "all")
+
+
+def run(settings: Settings, role: str, config_path: str | None = None) -> int:
+    configure_logging(settings.log, role)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    node = NodeInfo.for_this_process(role, settings.worker.slots if role != "manager" else 0)
+    ctx = _context(settings, role, node, stop)
+    if ctx is None:
+        return 0
+    escalated = threading.Event()
+    root = Supervisor.start(children(ctx, role, node), strategy=RestForOne(), name="pod",
+                            max_restarts=settings.supervisor.max_restarts, max_seconds=settings.supervisor.max_seconds,
+                            sweep_interval_s=settings.supervisor.sweep_interval_s,
+                            on_escalate=lambda exc: (escalated.set(), stop.set()))
+    log.info("pod %s up (role %s)", ctx.node_id, role)
+    stop.wait()
+    if not escalated.is_set() and role in ("worker", "all"):
+        drain(settings.worker.drain_grace_s)
+    root.stop(timeout=30)
+    pykka.ActorRegistry.stop_all(timeout=30)
+    log.info("pod %s stopped%s", ctx.node_id, " after escalation" if escalated.is_set() else "")
+    return 1 if escalated.is_set() else 0
+
+
+def _context(settings: Settings, role: str, node: NodeInfo, stop: threading.Event) -> PodContext | None:
+    archive = None
+    if role in ("manager", "all"):
+        archive = Archive(settings.mysql)
+        if not _until_ready(archive.ensure_schema, "MySQL schema", stop):
+            return None
+    return PodContext(settings, node.id, StateStore(settings.redis), TaskQueue(settings.nsq), archive)
+
+
+def _until_ready(step: Callable[[], Any], what: str, stop: threading.Event) -> bool:
+    """A pod may start before its services (Kubernetes gives no order): wait for them, loudly."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            step()
+            return True
+        except StoreError as exc:
+            log.warning("%s not ready, retrying in %.1fs: %s", what, delay, exc)
+            stop.wait(delay)
+            delay = min(5.0, delay * 2)
+    return False
+
+
+def children(ctx: PodContext, role: str, node: NodeInfo) -> list[ChildSpec]:
+    from taskherd.actors.api import Api
+    from taskherd.actors.dispatcher import Dispatcher
+    from taskherd.actors.manager import Manager
+    from taskherd.actors.result_analyzer import ResultAnalyzer
+    from taskherd.actors.timeout_watcher import TimeoutWatcher
+    from taskherd.actors.worker import Worker
+    from taskherd.intake import Intake
+
+    s = ctx.settings
+    specs = [ChildSpec("bus", lambda sup, slot: Bus.start(s.nsq, supervisor=sup, slot=slot)),
+             ChildSpec("registry", lambda sup, slot: Registry.start(ctx.store.redis, node, s.registry,
+                                                                    supervisor=sup, slot=slot))]
+    if role in ("manager", "all"):
+        assert ctx.archive is not None
+        intake = Intake(s, ctx.store, ctx.archive, ctx.queue)
+        specs += [ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
+                  ChildSpec("analyzer", lambda sup, slot: ResultAnalyzer.start(ctx, intake, supervisor=sup, slot=slot)),
+                  ChildSpec("watcher", lambda sup, slot: TimeoutWatcher.start(ctx, supervisor=sup, slot=slot)),
+                  ChildSpec("api", lambda sup, slot: Api.start(ctx, supervisor=sup, slot=slot))]
+    if role in ("worker", "all"):
+        slots = [ChildSpec(f"worker-{i}", lambda sup, slot, i=i: Worker.start(ctx, i, supervisor=sup, slot=slot))
+                 for i in range(s.worker.slots)]
+        specs += [ChildSpec("dispatcher", lambda sup, slot: Dispatcher.start(ctx, supervisor=sup, slot=slot)),
+                  Supervisor.spec("slots", slots, strategy=OneForOne(), max_restarts=s.supervisor.max_restarts,
+                                  max_seconds=s.supervisor.max_seconds, sweep_interval_s=s.supervisor.sweep_interval_s)]
+    return specs
+
+
+def drain(grace_s: float) -> None:
+    """Take no new work, let running tasks finish within the grace period, hand back the rest."""
+    from taskherd.actors.dispatcher import Dispatcher, Drain, HeldCount
+
+    try:
+        dispatcher = find(Dispatcher)
+        dispatcher.ask(Drain(), timeout=5)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and dispatcher.ask(HeldCount(), timeout=5):
+            time.sleep(0.1)
+        left = dispatcher.ask(HeldCount(), timeout=5)
+        if left:
+            log.warning("grace period over: handing back %d running task(s)", left)
+            dispatcher.ask(Drain(hand_back=True), timeout=10)
+    except (pykka.ActorDeadError, pykka.Timeout) as exc:
+        log.warning("drain incomplete: %s", exc)

@@ -1,0 +1,292 @@
+"""Running python executors in a persistent child the caller owns, with a hard time-out.
+
+The child (`taskherd.runners.child`, protocol described there) is started lazily, reused for
+`recycle_after` calls (so a slow leak in user code cannot grow forever), and thrown away, whole
+process tree included, whenever a call times out, is killed, or leaves the child in doubt. The next
+call then starts a fresh one. Waiting is one selector over the child's pipes, never a thread.
+
+Where user modules come from: the child inherits the worker's environment and its working directory
+(`-m` puts the cwd first on `sys.path`); `pythonpath` entries are put in front of PYTHONPATH. The
+worker's own `sys.path` is not copied: what a task can import is decided by configuration, not by
+how the worker happened to be started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from taskherd.runners.outcome import Outcome, encode_payload, failed, killed, since, succeeded, timed_out
+from taskherd.runners.process_tree import CallGuard, descendants, kill_all, kill_tree
+
+CHILD_MODULE = "taskherd.runners.child"
+RETIRE_GRACE_S = 1.0
+
+
+class _ChildGone(Exception):
+    """The child's pipes closed under us: it exited or was killed."""
+
+
+class PythonRunner:
+    """Runs `module:function` targets in one persistent child process.
+
+    Not thread-safe: one call at a time. `kill()` is the one method another thread may call.
+    """
+
+    def __init__(
+        self,
+        *,
+        pythonpath: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        recycle_after: int = 1000,
+    ) -> None:
+        if recycle_after < 1:
+            raise ValueError(f"recycle_after: expected an integer >= 1, got {recycle_after!r}")
+        self._pythonpath = tuple(str(p) for p in pythonpath)
+        self._env = dict(env or {})
+        self._recycle_after = recycle_after
+        self._child: _Child | None = None
+        self._guard = CallGuard()
+        self._last_id = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The current child's pid, None when none is running (before the first call, after a kill)."""
+        return self._child.pid if self._child else None
+
+    def start(self) -> int:
+        """Start the child now rather than on the first call (which would pay its start-up); return its pid."""
+        return self._ensure_child().pid
+
+    def run(self, target: str, payload: dict[str, Any], timeout_s: float) -> Outcome:
+        """Call `target(payload)` in the child; the deadline covers start-up, import and the call."""
+        started = time.monotonic()
+        request, problem = self._encode_request(target, payload)
+        if problem:
+            return failed(problem, since(started), retryable=False)
+        if timeout_s <= 0:
+            return timed_out(timeout_s, 0.0)
+        self._guard.begin()
+        try:
+            child = self._ensure_child()
+        except OSError as exc:
+            self._guard.end()
+            return failed(f"cannot start the python child: {exc}", since(started), retryable=True)
+        line = self._exchange(child, request, started + timeout_s)
+        was_killed = self._guard.end()
+        return self._conclude(child, line, was_killed, timeout_s, started)
+
+    def kill(self) -> bool:
+        """Abort the call in flight from another thread (its `run` returns status "killed"); False if none."""
+        return self._guard.kill()
+
+    def close(self) -> None:
+        """Kill the child and its tree; the runner stays usable (the next call starts a new child)."""
+        if self._child:
+            self._discard(self._child)
+
+    def _encode_request(self, target: str, payload: Any) -> tuple[bytes, str | None]:
+        data, problem = encode_payload(payload)
+        if problem:
+            return b"", problem
+        self._last_id += 1
+        envelope = json.dumps({"id": self._last_id, "target": target}, separators=(",", ":"))
+        return envelope[:-1].encode() + b',"payload":' + data + b"}\n", None  # splice: no second encoding
+
+    def _ensure_child(self) -> _Child:
+        if self._child is None:
+            self._child = _Child([sys.executable, "-m", CHILD_MODULE], self._child_env())
+        return self._child
+
+    def _child_env(self) -> dict[str, str]:
+        env = {**os.environ, **self._env}
+        paths = [*self._pythonpath, env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        return env
+
+    def _exchange(self, child: _Child, request: bytes, deadline: float) -> bytes | None | _ChildGone:
+        if not self._guard.attach(child.pid):
+            return _ChildGone()
+        try:
+            return child.exchange(request, deadline)
+        except _ChildGone as gone:
+            return gone
+
+    def _conclude(
+        self, child: _Child, line: bytes | None | _ChildGone, was_killed: bool, timeout_s: float, started: float
+    ) -> Outcome:
+        if was_killed:
+            self._discard(child)
+            return killed(since(started))
+        if line is None:
+            self._discard(child)
+            return timed_out(timeout_s, since(started))
+        if isinstance(line, _ChildGone):
+            code = self._discard(child)
+            return failed(f"the python child died during the call ({_describe_exit(code)})",
+                          since(started), retryable=True, exit_code=code)
+        return self._read_reply(child, line, started)
+
+    def _read_reply(self, child: _Child, line: bytes, started: float) -> Outcome:
+        try:
+            reply = json.loads(line)
+            valid = isinstance(reply, dict) and reply.get("id") == self._last_id
+        except ValueError:
+            valid = False
+        if not valid:
+            self._discard(child)
+            error = f"the python child sent an unreadable reply: {line[:80]!r}"
+            return failed(error, since(started), retryable=True)
+        duration = since(started)
+        child.calls += 1
+        if child.calls >= self._recycle_after:
+            self._retire(child)
+        return _outcome_from_reply(reply, duration)
+
+    def _discard(self, child: _Child) -> int | None:
+        """Kill the child's tree at once and reap it: its state is in doubt."""
+        if self._child is child:
+            self._child = None
+        kill_tree(child.pid)
+        return child.reap()
+
+    def _retire(self, child: _Child) -> None:
+        """End a healthy child gently (EOF lets it exit by itself), then kill whatever it left behind."""
+        if self._child is child:
+            self._child = None
+        leftovers = descendants(child.pid)  # before it exits: its orphans leave its tree
+        child.close_stdin()
+        child.await_exit(RETIRE_GRACE_S)
+        kill_all(leftovers, pgid=None, wait_s=0)
+        kill_tree(child.pid)  # not reaped yet, so its pid and group are still its own
+        child.reap()
+
+
+def _outcome_from_reply(reply: dict[str, Any], duration: float) -> Outcome:
+    if reply.get("ok") and isinstance(reply.get("result"), dict):
+        return succeeded(reply["result"], duration)
+    # Only an exception inside the call may go away on its own; a target that will not load or a
+    # result of the wrong shape fails the same way every time.
+    return failed(
+        str(reply.get("error") or "the python executor failed"),
+        duration,
+        retryable=reply.get("stage") == "call",
+        error_type=reply.get("error_type"),
+        detail=reply.get("traceback"),
+    )
+
+
+class _Child:
+    """One running child and its two pipes; knows the framing, not what the messages mean."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
+            start_new_session=True,  # its own group: a terminal's Ctrl-C does not reach it; killpg reaches all of it
+        )
+        self.pid = self.proc.pid
+        self.calls = 0
+        self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        os.set_blocking(self._in, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._out, selectors.EVENT_READ)
+        self._writing = False
+        self._buffer = bytearray()
+
+    def exchange(self, request: bytes, deadline: float) -> bytes | None:
+        """Send a request and return the reply line; None if the deadline comes first; _ChildGone on EOF."""
+        pending = self._send(memoryview(request))
+        try:
+            while (line := self._take_line()) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                pending = self._wait(pending, remaining)
+            return line
+        finally:
+            self._set_writing(False)
+
+    def _wait(self, pending: memoryview, remaining: float) -> memoryview:
+        # A large payload may not fit the pipe while the child is still importing: write as it reads.
+        self._set_writing(bool(pending))
+        for key, _ in self._selector.select(remaining):
+            if key.fd == self._out:
+                self._receive()
+            elif pending:
+                pending = self._send(pending)
+        return pending
+
+    def _send(self, pending: memoryview) -> memoryview:
+        try:
+            while pending:
+                pending = pending[os.write(self._in, pending):]
+        except BlockingIOError:
+            pass
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _ChildGone() from exc
+        return pending
+
+    def _receive(self) -> None:
+        chunk = os.read(self._out, 1 << 16)
+        if not chunk:
+            raise _ChildGone()
+        self._buffer += chunk
+
+    def _take_line(self) -> bytes | None:
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
+
+    def _set_writing(self, on: bool) -> None:
+        if on and not self._writing:
+            self._selector.register(self._in, selectors.EVENT_WRITE)
+        elif self._writing and not on:
+            self._selector.unregister(self._in)
+        self._writing = on
+
+    def close_stdin(self) -> None:
+        self._set_writing(False)
+        self.proc.stdin.close()
+
+    def await_exit(self, timeout_s: float) -> bool:
+        """Wait for EOF on the child's stdout without reaping it; True if it came in time."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                if self._selector.select(remaining):
+                    self._receive()
+        except _ChildGone:
+            return True
+        return False
+
+    def reap(self) -> int | None:
+        """Wait for the (already killed or exited) child and free its pipes; return its exit code."""
+        try:
+            code = self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._selector.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
+        return code
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

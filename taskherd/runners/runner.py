@@ -1,0 +1,78 @@
+"""The one object a worker slot uses to run executor and analyzer calls, whatever their kind.
+
+A slot owns its `Runner` for its whole life: the python child and the HTTP connections it keeps
+are what make the second task fast, and owning them per slot means no call ever waits for another.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from taskherd.runners.exe_runner import ExeRunner
+from taskherd.runners.http_runner import HttpRunner
+from taskherd.runners.outcome import Outcome
+from taskherd.runners.python_runner import PythonRunner
+from taskherd.runners.spec import RunnerSpec
+
+
+class Runner:
+    """Runs one call at a time for one worker slot, with a hard time-out, and never raises for it.
+
+    NOT thread-safe: `run` and `close` belong to the slot's thread. The exception is `kill()`, which
+    another thread (cancel, lost lease, shutdown) calls to abort the call in flight at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        pythonpath: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        recycle_after: int = 1000,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        """`pythonpath`/`env`/`recycle_after` shape the python child (see `PythonRunner`);
+        `http_client` is for callers that share or configure one (it is then not closed here)."""
+        self._python = PythonRunner(pythonpath=pythonpath, env=env, recycle_after=recycle_after)
+        self._exe = ExeRunner()
+        self._http = HttpRunner(http_client)
+        self._lock = threading.Lock()
+        self._active: PythonRunner | ExeRunner | HttpRunner | None = None
+
+    @property
+    def python_pid(self) -> int | None:
+        """The python child's pid, or None while none runs: for health checks and tests."""
+        return self._python.pid
+
+    def run(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Outcome:
+        """Run `spec` on `payload`, giving up after `timeout_s` (the task's remaining time)."""
+        kind_runner = {"python": self._python, "exe": self._exe, "http": self._http}[spec.kind]
+        with self._lock:
+            self._active = kind_runner
+        try:
+            if kind_runner is self._python:
+                return self._python.run(str(spec.target), payload, timeout_s)
+            return kind_runner.run(spec, payload, timeout_s)
+        finally:
+            with self._lock:
+                self._active = None
+
+    def kill(self) -> bool:
+        """Abort the call in flight from any thread; its `run` returns status "killed". False if none."""
+        with self._lock:
+            active = self._active
+        return active.kill() if active else False
+
+    def close(self) -> None:
+        """Kill the python child's tree and close HTTP connections; `run` may still be called after."""
+        self._python.close()
+        self._http.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

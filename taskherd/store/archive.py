@@ -1,0 +1,215 @@
+"""Archive: the one protocol taskherd speaks to MySQL/MariaDB, where finished work lives for good.
+
+Rows are unique on task id and written with INSERT IGNORE, so archiving the same task twice (a result
+redelivered after a crash between the MySQL commit and the Redis cleanup) is a no-op. Each thread gets
+its own connection: pymysql connections are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from taskherd.config.settings import MysqlSettings
+from taskherd.errors import StoreError
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tasks (
+        id VARCHAR(255) NOT NULL PRIMARY KEY,
+        job VARCHAR(128) NOT NULL,
+        type VARCHAR(128) NOT NULL,
+        state VARCHAR(16) NOT NULL,
+        attempts INT NOT NULL,
+        digest CHAR(64) NOT NULL,
+        parent VARCHAR(255) NOT NULL DEFAULT '',
+        payload MEDIUMTEXT NOT NULL,
+        result MEDIUMTEXT NULL,
+        error TEXT NULL,
+        executions MEDIUMTEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        finished_ms BIGINT NOT NULL,
+        KEY job_state (job, state, id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS records (
+        task_id VARCHAR(255) NOT NULL PRIMARY KEY,
+        job VARCHAR(128) NOT NULL,
+        type VARCHAR(128) NOT NULL,
+        record MEDIUMTEXT NOT NULL,
+        KEY job (job)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        job VARCHAR(128) NOT NULL PRIMARY KEY,
+        total INT NOT NULL,
+        succeeded INT NOT NULL,
+        failed INT NOT NULL,
+        cancelled INT NOT NULL,
+        created_ms BIGINT NULL,
+        finished_ms BIGINT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+)
+
+_TASK_COLUMNS = ("id", "job", "type", "state", "attempts", "digest", "parent", "payload", "result", "error",
+                 "executions", "created_ms", "finished_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedTask:
+    """One finished task as it is kept for good."""
+
+    id: str
+    job: str
+    type: str
+    state: str
+    attempts: int
+    digest: str
+    parent: str
+    payload: str
+    result: str | None
+    error: str | None
+    executions: str
+    created_ms: int
+    finished_ms: int
+    record: str | None = None
+    """The analyzer's record (JSON), when it gave one."""
+
+
+class Archive:
+    """MySQL tables `tasks`, `records` and `jobs`. Thread-safe: one connection per thread."""
+
+    def __init__(self, settings: MysqlSettings) -> None:
+        self._settings = settings
+        self._local = threading.local()
+
+    def _conn(self) -> pymysql.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            s = self._settings
+            try:
+                conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password,
+                                       database=s.database, connect_timeout=s.connect_timeout_s,
+                                       read_timeout=60, write_timeout=60, autocommit=False, charset="utf8mb4",
+                                       cursorclass=pymysql.cursors.DictCursor)
+            except pymysql.MySQLError as exc:
+                raise StoreError(f"mysql connect {s.host}:{s.port}: {exc}") from exc
+            self._local.conn = conn
+        return conn
+
+    def _execute(self, fn: Any) -> Any:
+        """Run fn(cursor) in one transaction; on a lost connection, reconnect once and retry."""
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                with conn.cursor() as cur:
+                    out = fn(cur)
+                conn.commit()
+                return out
+            except pymysql.err.OperationalError as exc:
+                self._drop()
+                if attempt == 2:
+                    raise StoreError(f"mysql: {exc}") from exc
+            except pymysql.MySQLError as exc:
+                self._drop()
+                raise StoreError(f"mysql: {exc}") from exc
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken; closing is best effort
+                pass
+
+    def close(self) -> None:
+        self._drop()
+
+    def ensure_schema(self) -> None:
+        self._execute(lambda cur: [cur.execute(sql) for sql in _SCHEMA])
+
+    def archive(self, tasks: list[ArchivedTask]) -> None:
+        """Insert finished tasks and their records in one transaction (a repeat is a no-op)."""
+        if not tasks:
+            return
+        cols = ", ".join(_TASK_COLUMNS)
+        marks = ", ".join(["%s"] * len(_TASK_COLUMNS))
+        task_rows = [tuple(getattr(t, c) for c in _TASK_COLUMNS) for t in tasks]
+        record_rows = [(t.id, t.job, t.type, t.record) for t in tasks if t.record is not None]
+
+        def write(cur: Any) -> None:
+            cur.executemany(f"INSERT IGNORE INTO tasks ({cols}) VALUES ({marks})", task_rows)
+            if record_rows:
+                cur.executemany("INSERT IGNORE INTO records (task_id, job, type, record) VALUES (%s, %s, %s, %s)",
+                                record_rows)
+
+        self._execute(write)
+
+    def known(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        """Archived ids among `ids`, each with (job, payload digest)."""
+        if not ids:
+            return {}
+        marks = ", ".join(["%s"] * len(ids))
+
+        def read(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(f"SELECT id, job, digest FROM tasks WHERE id IN ({marks})", ids)
+            return cur.fetchall()
+
+        return {r["id"]: (r["job"], r["digest"]) for r in self._execute(read)}
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        def read(cur: Any) -> dict[str, Any] | None:
+            cur.execute("SELECT t.*, r.record FROM tasks t LEFT JOIN records r ON r.task_id = t.id WHERE t.id = %s",
+                        (task_id,))
+            return cur.fetchone()
+
+        row = self._execute(read)
+        if row is None:
+            return None
+        for field in ("payload", "result", "executions", "record"):
+            if row.get(field):
+                row[field] = json.loads(row[field])
+        return row
+
+    def task_ids(self, job: str, state: str, after: str, limit: int) -> list[str]:
+        def read(cur: Any) -> list[dict[str, Any]]:
+            cur.execute("SELECT id FROM tasks WHERE job = %s AND state = %s AND id > %s ORDER BY id LIMIT %s",
+                        (job, state, after, limit))
+            return cur.fetchall()
+
+        return [r["id"] for r in self._execute(read)]
+
+    def counts(self, job: str) -> dict[str, int]:
+        """Archived tasks of a job by final state, and its records (for cross-checks and summaries)."""
+        def read(cur: Any) -> dict[str, int]:
+            cur.execute("SELECT state, COUNT(*) AS n FROM tasks WHERE job = %s GROUP BY state", (job,))
+            out = {r["state"]: int(r["n"]) for r in cur.fetchall()}
+            cur.execute("SELECT COUNT(*) AS n FROM records WHERE job = %s", (job,))
+            out["records"] = int(cur.fetchone()["n"])
+            return out
+
+        return self._execute(read)
+
+    def records(self, job: str, limit: int = 100_000) -> list[dict[str, Any]]:
+        def read(cur: Any) -> list[dict[str, Any]]:
+            cur.execute("SELECT task_id, type, record FROM records WHERE job = %s LIMIT %s", (job, limit))
+            return cur.fetchall()
+
+        return [{**r, "record": json.loads(r["record"])} for r in self._execute(read)]
+
+    def save_job(self, job: str, summary: dict[str, Any]) -> None:
+        row = (job, summary["total"], summary["succeeded"], summary["failed"], summary["cancelled"],
+               summary.get("created_ms"), summary.get("finished_ms"))
+        self._execute(lambda cur: cur.execute(
+            "REPLACE INTO jobs (job, total, succeeded, failed, cancelled, created_ms, finished_ms) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)", row))
+
+    def job(self, job: str) -> dict[str, Any] | None:
+        def read(cur: Any) -> dict[str, Any] | None:
+            cur.execute("SELECT * FROM jobs WHERE job = %s", (job,))
+            return cur.fetchone()
+
+        return self._execute(read)

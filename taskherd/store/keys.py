@@ -1,0 +1,84 @@
+"""Every Redis key taskherd uses, built in one place.
+
+Keys of one job carry the job's hash tag (`{j:NAME}`) so each Lua transition touches one slot and the
+layout also fits Redis Cluster. Global keys (specs, nodes, the job set, the task-id index) are never
+touched by the same script as a job's keys.
+
+Per job, Redis holds only live work: a task's hash and execution list are deleted when it is archived
+to MySQL, so Redis memory follows the number of unfinished tasks, not the size of the job.
+"""
+
+from __future__ import annotations
+
+PREFIX = "th"
+
+# Task states, as stored in the task hash's `state` field.
+PENDING, RUNNING, RETRY, ANALYZING = "pending", "running", "retry", "analyzing"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+LIVE_STATES = (PENDING, RUNNING, RETRY, ANALYZING)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def _tag(job: str) -> str:
+    return f"{PREFIX}:{{j:{job}}}"
+
+
+def task(job: str, task_id: str) -> str:
+    """Hash: the task's fields and current state while it is live."""
+    return f"{_tag(job)}:task:{task_id}"
+
+
+def executions(job: str, task_id: str) -> str:
+    """List of JSON execution records (one per attempt), kept until archive."""
+    return f"{_tag(job)}:execs:{task_id}"
+
+
+def job_meta(job: str) -> str:
+    """Hash of the job's counters by state, its open count, done flag and times."""
+    return f"{_tag(job)}:meta"
+
+
+def by_state(job: str, state: str) -> str:
+    """Sorted set of the job's task ids in a live state.
+
+    Scores: pending = when published; running = lease expiry; retry = due time; analyzing = when the
+    result was recorded. The TimeoutWatcher sweeps each by score.
+    """
+    return f"{_tag(job)}:{state}"
+
+
+def job_pattern(job: str) -> str:
+    """SCAN pattern matching every key of one job, for teardown and its verification."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in job)
+    return f"{PREFIX}:{{j:{escaped}}}:*"
+
+
+JOBS = f"{PREFIX}:jobs"
+"""Set of job names with runtime state; the TimeoutWatcher iterates it."""
+
+TASK_INDEX = f"{PREFIX}:task-index"
+"""Hash task id -> job for live tasks, so `GET /tasks/{id}` finds a task without its job.
+Entries are removed at archive, so it too is bounded by live work."""
+
+
+def executor(task_type: str) -> str:
+    return f"{PREFIX}:executor:{task_type}"
+
+
+def analyzer(task_type: str) -> str:
+    return f"{PREFIX}:analyzer:{task_type}"
+
+
+SPEC_TYPES = {"executor": executor, "analyzer": analyzer}
+
+NODES = f"{PREFIX}:nodes"
+"""Sorted set node id -> expiry (ms); a node is live while its score is in the future."""
+
+
+def node(node_id: str) -> str:
+    """Hash of one node's registration; expires on its own if the node stops heartbeating."""
+    return f"{PREFIX}:node:{node_id}"
+
+
+WATCHER_LEASE = f"{PREFIX}:lease:timeout-watcher"
+"""String holding the node id of the one active TimeoutWatcher, with a TTL."""

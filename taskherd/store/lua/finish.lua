@@ -1,0 +1,24 @@
+-- running -> analyzing (a final outcome) or -> retry (a retryable failure with attempts left).
+-- Only the live execution may finish: a superseded one is fenced and counted.
+-- KEYS[1] task, KEYS[2] executions list, KEYS[3] running, KEYS[4] analyzing, KEYS[5] retry, KEYS[6] meta
+-- ARGV[1] id, ARGV[2] execution id, ARGV[3] outcome (ok|failed), ARGV[4] result JSON, ARGV[5] error,
+-- ARGV[6] retry delay ms (-1: final), ARGV[7] execution record JSON
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local st = redis.call('HMGET', KEYS[1], 'state', 'exec')
+if not st[1] then return 'gone' end
+if st[1] ~= 'running' or st[2] ~= ARGV[2] then
+  redis.call('HINCRBY', KEYS[6], 'fenced', 1)
+  return 'fenced'
+end
+redis.call('RPUSH', KEYS[2], ARGV[7])
+redis.call('ZREM', KEYS[3], ARGV[1])
+local delay = tonumber(ARGV[6])
+if delay >= 0 then
+  redis.call('HSET', KEYS[1], 'state', 'retry', 'error', ARGV[5], 'due', now + delay)
+  redis.call('ZADD', KEYS[5], now + delay, ARGV[1])
+  return 'retry'
+end
+redis.call('HSET', KEYS[1], 'state', 'analyzing', 'outcome', ARGV[3], 'result', ARGV[4], 'error', ARGV[5], 'finished', now)
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+return 'analyzing'

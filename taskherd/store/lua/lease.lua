@@ -1,0 +1,15 @@
+-- pending -> running with a fresh execution id (the fencing token) and a lease that expires.
+-- KEYS[1] task, KEYS[2] pending zset, KEYS[3] running zset
+-- ARGV[1] task id, ARGV[2] execution id, ARGV[3] worker (node/slot), ARGV[4] lease ttl ms
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local st = redis.call('HMGET', KEYS[1], 'state', 'timeout_s', 'attempts', 'max_attempts', 'type', 'payload', 'cancelled')
+if not st[1] then return {'gone'} end
+if st[1] ~= 'pending' then return {'dup', st[1]} end
+local attempts = tonumber(st[3]) + 1
+local deadline = now + math.floor(tonumber(st[2]) * 1000)
+redis.call('HSET', KEYS[1], 'state', 'running', 'exec', ARGV[2], 'worker', ARGV[3], 'started', now,
+  'deadline', deadline, 'attempts', attempts)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], math.min(now + tonumber(ARGV[4]), deadline + tonumber(ARGV[4])), ARGV[1])
+return {'ok', st[5], st[6], st[2], tostring(attempts), st[4], tostring(now)}

@@ -1,0 +1,30 @@
+-- Create tasks that do not exist yet; answer exists/conflict for those that do (by payload digest).
+-- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3..] task hashes (one per task, in ARGV order)
+-- ARGV[1] job; then 7 per task: id, type, payload, digest, max_attempts, timeout_s, parent
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local created, out = 0, {}
+for i = 3, #KEYS do
+  local a = 1 + (i - 3) * 7
+  local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
+  local old = redis.call('HGET', key, 'digest')
+  if old then
+    out[#out + 1] = (old == digest) and 'exists' or 'conflict'
+  else
+    redis.call('HSET', key, 'id', id, 'job', ARGV[1], 'type', ARGV[a + 2], 'payload', ARGV[a + 3],
+      'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
+      'state', 'pending', 'attempts', 0, 'created', now)
+    redis.call('ZADD', KEYS[2], now, id)
+    created = created + 1
+    out[#out + 1] = 'created'
+  end
+end
+if created > 0 then
+  redis.call('HINCRBY', KEYS[1], 'total', created)
+  redis.call('HSETNX', KEYS[1], 'created', now)
+  if redis.call('HGET', KEYS[1], 'done') == '1' then
+    redis.call('HSET', KEYS[1], 'done', 0)
+    redis.call('HDEL', KEYS[1], 'finished')
+  end
+end
+return out

@@ -1,0 +1,285 @@
+"""StateStore: the one protocol taskherd speaks to Redis.
+
+Every change of a task's state is one Lua script (files in `lua/`, one per transition) that checks the
+expected state and, where it matters, the execution id, so concurrent pods can never double a task or
+let a superseded execution write a result. redis-py's `register_script` uses EVALSHA and reloads the
+script after a Redis restart empties the script cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Iterable
+
+import redis
+
+from taskherd.config.settings import RedisSettings
+from taskherd.errors import StoreError
+from taskherd.store import keys
+
+_LIVE = keys.LIVE_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated task, ready to be created."""
+
+    id: str
+    job: str
+    type: str
+    payload: str
+    """Canonical JSON of the payload (sorted keys), so its digest is stable."""
+    digest: str
+    max_attempts: int
+    timeout_s: float
+    parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A running execution this worker now owns."""
+
+    job: str
+    task_id: str
+    exec_id: str
+    type: str
+    payload: str
+    timeout_s: float
+    attempts: int
+    max_attempts: int
+    started_ms: int
+
+
+def connect(settings: RedisSettings) -> redis.Redis:
+    return redis.Redis(host=settings.host, port=settings.port, db=settings.db, password=settings.password,
+                       socket_timeout=settings.socket_timeout_s, socket_connect_timeout=settings.socket_timeout_s,
+                       decode_responses=True, health_check_interval=30,
+                       retry_on_error=[redis.ConnectionError], retry=_retry())
+
+
+def _retry() -> Any:
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+
+
+class StateStore:
+    """Runtime state of tasks, jobs and specs in Redis. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
+        self.redis = client or connect(settings)
+        self._scripts = {name: self.redis.register_script(_lua(name)) for name in
+                         ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register")}
+
+    def _run(self, name: str, keys_: list[str], args: list[Any], client: Any = None) -> Any:
+        try:
+            return self._scripts[name](keys=keys_, args=args, client=client)
+        except redis.RedisError as exc:
+            raise StoreError(f"redis {name}: {exc}") from exc
+
+    # --- submit -------------------------------------------------------------------------------------
+    def submit(self, job: str, tasks: list[NewTask]) -> list[str]:
+        """'created' | 'exists' | 'conflict' per task, in order. Claims each id for this job first."""
+        if not tasks:
+            return []
+        owners = self.claim_ids(job, [t.id for t in tasks])
+        ours = [t for t in tasks if owners[t.id] == job]
+        statuses = dict(zip([t.id for t in ours], self._submit_script(job, ours))) if ours else {}
+        return [statuses.get(t.id, "conflict") for t in tasks]
+
+    def claim_ids(self, job: str, ids: list[str]) -> dict[str, str]:
+        """Task ids are global: the first job to claim an id owns it while the task is live."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hsetnx(keys.TASK_INDEX, task_id, job)
+            pipe.hmget(keys.TASK_INDEX, ids)
+            return dict(zip(ids, pipe.execute()[-1]))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis claim ids: {exc}") from exc
+
+    def _submit_script(self, job: str, tasks: list[NewTask]) -> list[str]:
+        args: list[Any] = [job]
+        for t in tasks:
+            args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent]
+        task_keys = [keys.task(job, t.id) for t in tasks]
+        self.redis.sadd(keys.JOBS, job)
+        return self._run("submit", [keys.job_meta(job), keys.by_state(job, keys.PENDING), *task_keys], args)
+
+    # --- worker transitions -------------------------------------------------------------------------
+    def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int) -> Lease | str:
+        """A Lease, or why not: 'gone' (archived, torn down, unknown) or the state it is already in."""
+        r = self._run("lease", [keys.task(job, task_id), keys.by_state(job, keys.PENDING),
+                                keys.by_state(job, keys.RUNNING)], [task_id, exec_id, worker, ttl_ms])
+        if r[0] != "ok":
+            return r[1] if len(r) > 1 else r[0]
+        return Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]))
+
+    def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
+        """Renew leases (task id, exec id) of one job; False where the execution was superseded."""
+        args: list[Any] = [ttl_ms]
+        for task_id, exec_id in held:
+            args += [task_id, exec_id]
+        r = self._run("renew", [keys.by_state(job, keys.RUNNING), *[keys.task(job, t) for t, _ in held]], args)
+        return [bool(x) for x in r]
+
+    def finish(self, lease: Lease, outcome: str, result: dict | None, error: str, retry_delay_ms: int,
+               record: dict) -> str:
+        """'analyzing' | 'retry' | 'fenced' | 'gone'."""
+        job, tid = lease.job, lease.task_id
+        ks = [keys.task(job, tid), keys.executions(job, tid), keys.by_state(job, keys.RUNNING),
+              keys.by_state(job, keys.ANALYZING), keys.by_state(job, keys.RETRY), keys.job_meta(job)]
+        args = [tid, lease.exec_id, outcome, json.dumps(result) if result is not None else "", error or "",
+                retry_delay_ms, json.dumps(record)]
+        return self._run("finish", ks, args)
+
+    def release(self, lease: Lease) -> bool:
+        """Hand a running task back to pending (drain); False if the execution was already superseded."""
+        ks = [keys.task(lease.job, lease.task_id), keys.by_state(lease.job, keys.RUNNING),
+              keys.by_state(lease.job, keys.PENDING)]
+        return bool(self._run("release", ks, [lease.task_id, lease.exec_id]))
+
+    # --- watcher transitions ------------------------------------------------------------------------
+    def requeue(self, job: str, task_id: str) -> str:
+        ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.by_state(job, keys.RUNNING),
+              keys.by_state(job, keys.PENDING), keys.by_state(job, keys.ANALYZING)]
+        return self._run("requeue", ks, [task_id])
+
+    def promote(self, job: str, task_id: str) -> bool:
+        ks = [keys.task(job, task_id), keys.by_state(job, keys.RETRY), keys.by_state(job, keys.PENDING)]
+        return bool(self._run("promote", ks, [task_id]))
+
+    def due(self, job: str, state: str, before_ms: int, limit: int = 500) -> list[str]:
+        """Ids in a live state whose score (lease expiry, due time, publish time) is before `before_ms`."""
+        return self.redis.zrangebyscore(keys.by_state(job, state), "-inf", before_ms, start=0, num=limit)
+
+    def touch_state(self, job: str, state: str, ids: list[str]) -> None:
+        """Mark waiting tasks (pending, analyzing) as just republished, so they are not republished at once."""
+        now = self.now_ms()
+        self.redis.zadd(keys.by_state(job, state), {i: now for i in ids}, xx=True)
+
+    # --- analysis and archive -----------------------------------------------------------------------
+    def archive(self, job: str, task_id: str, final_state: str) -> str:
+        """'done' (the job just finished), 'ok', or 'skip' (not awaiting analysis: a duplicate)."""
+        ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.job_meta(job),
+              *[keys.by_state(job, s) for s in _LIVE]]
+        r = self._run("archive", ks, [task_id, final_state])
+        if r != "skip":
+            self.redis.hdel(keys.TASK_INDEX, task_id)
+        return r
+
+    # --- reads --------------------------------------------------------------------------------------
+    def job_of(self, task_id: str) -> str | None:
+        return self.redis.hget(keys.TASK_INDEX, task_id)
+
+    def task(self, job: str, task_id: str) -> dict[str, Any] | None:
+        """The live task with its executions, or None once archived (or never submitted)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.task(job, task_id))
+        pipe.lrange(keys.executions(job, task_id), 0, -1)
+        fields, execs = pipe.execute()
+        if not fields:
+            return None
+        return {**fields, "executions": [json.loads(e) for e in execs]}
+
+    def tasks(self, job: str, ids: list[str]) -> list[dict[str, Any] | None]:
+        """Many live tasks of one job in one round trip (for a batch of results)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hgetall(keys.task(job, task_id))
+            pipe.lrange(keys.executions(job, task_id), 0, -1)
+        out = pipe.execute()
+        return [{**f, "executions": [json.loads(e) for e in x]} if f else None for f, x in zip(out[::2], out[1::2])]
+
+    def job(self, job: str) -> dict[str, Any] | None:
+        """Counters by state, or None when Redis knows nothing of the job."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.job_meta(job))
+        for s in _LIVE:
+            pipe.zcard(keys.by_state(job, s))
+        meta, *live = pipe.execute()
+        if not meta:
+            return None
+        counts = dict(zip(_LIVE, live))
+        for s in keys.FINAL_STATES:
+            counts[s] = int(meta.get(s, 0))
+        return {"counts": counts, "open": sum(live), "total": int(meta.get("total", 0)),
+                "done": meta.get("done") == "1", "created_ms": _int(meta.get("created")),
+                "finished_ms": _int(meta.get("finished")), "fenced": int(meta.get("fenced", 0)),
+                "summarized": meta.get("summarized") == "1"}
+
+    def mark_summarized(self, job: str) -> None:
+        self.redis.hset(keys.job_meta(job), "summarized", 1)
+
+    def count(self, job: str, state: str) -> int:
+        return self.redis.zcard(keys.by_state(job, state))
+
+    def ids_in_state(self, job: str, state: str, offset: int, limit: int) -> list[str]:
+        return self.redis.zrange(keys.by_state(job, state), offset, offset + limit - 1)
+
+    def jobs(self) -> set[str]:
+        return self.redis.smembers(keys.JOBS)
+
+    def now_ms(self) -> int:
+        """Redis's clock, the one clock every lease and deadline is measured on."""
+        sec, usec = self.redis.time()
+        return sec * 1000 + usec // 1000
+
+    # --- specs --------------------------------------------------------------------------------------
+    def register(self, kind: str, task_type: str, spec: dict[str, Any], replace: bool) -> str:
+        """'created' | 'unchanged' | 'replaced' | 'conflict'."""
+        body = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        return self._run("register", [keys.SPEC_TYPES[kind](task_type)], [body, "1" if replace else "0"])
+
+    def spec(self, kind: str, task_type: str) -> dict[str, Any] | None:
+        raw = self.redis.get(keys.SPEC_TYPES[kind](task_type))
+        return json.loads(raw) if raw else None
+
+    def specs(self, kind: str, task_types: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        types = list(dict.fromkeys(task_types))
+        raws = self.redis.mget([keys.SPEC_TYPES[kind](t) for t in types]) if types else []
+        return {t: json.loads(r) if r else None for t, r in zip(types, raws)}
+
+    def spec_raw(self, kind: str, task_type: str) -> str | None:
+        return self.redis.get(keys.SPEC_TYPES[kind](task_type))
+
+    # --- teardown -----------------------------------------------------------------------------------
+    def teardown(self, job: str) -> list[str]:
+        """Delete every key of the job and its id claims; return what is still there (should be [])."""
+        for batch in _chunks(self.redis.scan_iter(match=keys.job_pattern(job), count=1000), 500):
+            self.redis.delete(*batch)
+        stale = [tid for tid, owner in self.redis.hscan_iter(keys.TASK_INDEX, count=1000) if owner == job]
+        for batch in _chunks(iter(stale), 500):
+            self.redis.hdel(keys.TASK_INDEX, *batch)
+        self.redis.srem(keys.JOBS, job)
+        return self.leftovers(job)
+
+    def leftovers(self, job: str) -> list[str]:
+        left = list(self.redis.scan_iter(match=keys.job_pattern(job), count=1000))
+        left += [f"{keys.TASK_INDEX}[{tid}]" for tid, owner in self.redis.hscan_iter(keys.TASK_INDEX, count=1000)
+                 if owner == job]
+        if self.redis.sismember(keys.JOBS, job):
+            left.append(f"{keys.JOBS}[{job}]")
+        return left
+
+
+def _lua(name: str) -> str:
+    return resources.files("taskherd.store").joinpath(f"lua/{name}.lua").read_text()
+
+
+def _int(v: str | None) -> int | None:
+    return int(v) if v is not None else None
+
+
+def _chunks(it: Iterable[Any], n: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for x in it:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,112 @@
+"""TaskQueue: publishing to NSQ, the doorbell that tells workers and the manager there is work.
+
+Publishing goes over nsqd's HTTP API: it is synchronous (a 200 means the message is on nsqd's disk
+queue, with `--mem-queue-size=0`), callable from any thread, and batches with /mpub. Consuming is the
+Bus actor's job (pynsq, in its own IOLoop thread). NSQ is never the source of truth: Redis is, and the
+TimeoutWatcher republishes anything NSQ loses.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from taskherd.config.settings import NsqSettings
+from taskherd.errors import QueueError
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """Body of a message on either topic: which task to lease (tasks) or to analyze (results).
+
+    Only the reference travels; the task itself lives in Redis, so a stale or repeated message is
+    harmless: the transition it triggers checks the task's state first.
+    """
+
+    job: str
+    task_id: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"j": self.job, "t": self.task_id}, separators=(",", ":")).encode()
+
+
+def decode(body: bytes, max_bytes: int) -> TaskRef:
+    """The TaskRef in a message body; raises ValueError naming what is wrong with it."""
+    if len(body) > max_bytes:
+        raise ValueError(f"message of {len(body)} bytes exceeds {max_bytes}")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("j"), str) or not isinstance(data.get("t"), str):
+        raise ValueError('expected {"j": job, "t": task id} with string values')
+    return TaskRef(data["j"], data["t"])
+
+
+class TaskQueue:
+    """Publishes to the first nsqd (of those configured) that answers. Thread-safe."""
+
+    def __init__(self, settings: NsqSettings) -> None:
+        self.settings = settings
+        self._addresses = list(settings.nsqd_http_addresses)
+        self._http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=16))
+        self._lock = threading.Lock()
+
+    def publish(self, topic: str, bodies: list[bytes]) -> None:
+        """Put every body on `topic`, or raise QueueError; chunks keep each MPUB under nsqd's limit."""
+        for chunk in _chunks(bodies, 5000):
+            self._post(f"/mpub?topic={topic}" if len(chunk) > 1 else f"/pub?topic={topic}", b"\n".join(chunk))
+
+    def _post(self, path: str, content: bytes) -> None:
+        errors = []
+        for addr in self._order():
+            try:
+                r = self._http.post(f"http://{addr}{path}", content=content)
+                if r.status_code == 200:
+                    return
+                errors.append(f"{addr}: HTTP {r.status_code} {r.text.strip()}")
+            except httpx.HTTPError as exc:
+                errors.append(f"{addr}: {exc}")
+                self._demote(addr)
+        raise QueueError(f"nsqd publish {path.split('?')[0]} failed: " + "; ".join(errors))
+
+    def _order(self) -> list[str]:
+        with self._lock:
+            return list(self._addresses)
+
+    def _demote(self, addr: str) -> None:
+        """Try an nsqd that refused us last, so one dead nsqd costs one failure, not one per message."""
+        with self._lock:
+            if addr in self._addresses and len(self._addresses) > 1:
+                self._addresses.remove(addr)
+                self._addresses.append(addr)
+
+    def backlog(self, topic: str) -> int | None:
+        """Messages held by nsqd for `topic` (topic depth plus, per channel, depth, in flight and deferred);
+        None when no nsqd answers. The TimeoutWatcher compares it with Redis to find lost messages."""
+        total, answered = 0, False
+        for addr in self._order():
+            try:
+                r = self._http.get(f"http://{addr}/stats", params={"format": "json", "topic": topic})
+                stats: dict[str, Any] = r.json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            answered = True
+            for t in stats.get("topics", []):
+                if t.get("topic_name") != topic:
+                    continue
+                total += int(t.get("depth", 0))
+                for ch in t.get("channels", []):
+                    total += int(ch.get("depth", 0)) + int(ch.get("in_flight_count", 0)) + int(ch.get("deferred_count", 0))
+        return total if answered else None
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _chunks(items: list[bytes], n: int) -> list[list[bytes]]:
+    return [items[i:i + n] for i in range(0, len(items), n)]

@@ -1,0 +1,1 @@
+"""taskherd tests; a package so that `from tests.helpers import wait_until` works."""

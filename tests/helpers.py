@@ -1,0 +1,129 @@
+"""Helpers shared by tests: wait on a condition with a deadline, and reach the session's services.
+
+Tests never sleep to wait for a state: they poll the state with `wait_until`, which fails with a
+message naming what never happened, so a slow machine makes a test slower, not flaky.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pymysql
+import redis
+
+from taskherd.config import Settings, from_dict
+from taskherd.deploy.local.services import ServiceManager
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the session fixture `services` yields."""
+
+    settings: Settings
+    """Settings pointing at the test ports (read ports from here, never hard-code them)."""
+    manager: ServiceManager
+    """The manager running the four services; fault tests kill and restart through it."""
+    data_dir: Path
+    """Where the services keep their data and logs (`data_dir/logs/NAME.log`)."""
+
+
+TEST_PORTS = {"nsqd_tcp": 24150, "nsqd_http": 24151, "lookupd_tcp": 24160, "lookupd_http": 24161,
+              "redis": 26379, "mysql": 23306, "api": 28080}
+"""Base test ports; no two differ by a multiple of 1000, so shifted blocks never overlap."""
+PORT_SHIFTS = range(0, 10_000, 1000)
+"""Shifts tried in turn when another test session holds the base ports."""
+
+
+def settings_for_tests(shift: int = 0) -> Settings:
+    """Settings for the test services, every port moved by `shift`."""
+    p = {key: port + shift for key, port in TEST_PORTS.items()}
+    return from_dict({
+        "nsq": {"nsqd_tcp_address": f"127.0.0.1:{p['nsqd_tcp']}",
+                "nsqd_http_addresses": [f"127.0.0.1:{p['nsqd_http']}"],
+                "lookupd_tcp_address": f"127.0.0.1:{p['lookupd_tcp']}",
+                "lookupd_http_addresses": [f"127.0.0.1:{p['lookupd_http']}"]},
+        "redis": {"port": p["redis"]},
+        "mysql": {"port": p["mysql"], "database": "taskherd_test"},
+        "api": {"port": p["api"]},
+    }, source="<tests>")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+               message: str | None = None,
+               ignore: tuple[type[BaseException], ...] = ()) -> T:
+    """Poll `predicate` until it returns a truthy value, and return that value.
+
+    Exceptions of the types in `ignore` count as "not yet" (e.g. `ConnectionError` while a service
+    restarts); any other exception propagates at once. On deadline, raises AssertionError naming
+    the condition and the last value or exception seen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            last: Any = predicate()
+            if last:
+                return last
+        except ignore as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            what = message or getattr(predicate, "__name__", repr(predicate))
+            raise AssertionError(f"not true within {timeout} s: {what} (last result: {last!r})")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    cfg = settings.redis
+    return redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db, password=cfg.password,
+                       socket_timeout=cfg.socket_timeout_s)
+
+
+def mysql_connect(settings: Settings, database: str | None = None) -> pymysql.connections.Connection:
+    """A connection to the configured database (or `database`; "" for none)."""
+    cfg = settings.mysql
+    return pymysql.connect(host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password,
+                           database=cfg.database if database is None else (database or None),
+                           connect_timeout=cfg.connect_timeout_s, autocommit=True)
+
+
+def nsqd_url(settings: Settings, path: str) -> str:
+    return f"http://{settings.nsq.nsqd_http_addresses[0]}{path}"
+
+
+def nsqd_post(settings: Settings, path: str, body: bytes = b"") -> int:
+    """POST to nsqd's HTTP API; returns the status code (404 included, other errors raise)."""
+    request = urllib.request.Request(nsqd_url(settings, path), data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return 404
+        raise
+
+
+def topic_depth(settings: Settings, topic: str) -> int | None:
+    """Messages waiting in `topic` on nsqd (None when the topic does not exist)."""
+    url = nsqd_url(settings, f"/stats?format=json&topic={topic}")
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        stats = json.load(resp)
+    for entry in stats.get("topics", []):
+        if entry["topic_name"] == topic:
+            return int(entry["depth"])
+    return None
