@@ -136,7 +136,7 @@ class NsqLoop:
             topic=sub.topic, channel=sub.channel, message_handler=on_message,
             nsqd_tcp_addresses=[s.nsqd_tcp_address] if s.nsqd_tcp_address else None,
             lookupd_http_addresses=list(s.lookupd_http_addresses) or None,
-            lookupd_poll_interval=s.lookupd_poll_interval_s, lookupd_poll_jitter=0.1,
+            lookupd_poll_interval=max(1, round(s.lookupd_poll_interval_s)), lookupd_poll_jitter=0.1,
             max_in_flight=max(1, sub.max_in_flight), max_tries=0, heartbeat_interval=5,
             user_agent="taskherd")
 

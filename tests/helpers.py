@@ -23,6 +23,8 @@ from taskherd.config import Settings, from_dict
 from taskherd.deploy.local.services import ServiceManager
 
 T = TypeVar("T")
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Opens URLs without any $http_proxy: the services are on loopback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ def nsqd_post(settings: Settings, path: str, body: bytes = b"") -> int:
     """POST to nsqd's HTTP API; returns the status code (404 included, other errors raise)."""
     request = urllib.request.Request(nsqd_url(settings, path), data=body, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
+        with DIRECT.open(request, timeout=5) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
@@ -121,7 +123,7 @@ def nsqd_post(settings: Settings, path: str, body: bytes = b"") -> int:
 def topic_depth(settings: Settings, topic: str) -> int | None:
     """Messages waiting in `topic` on nsqd (None when the topic does not exist)."""
     url = nsqd_url(settings, f"/stats?format=json&topic={topic}")
-    with urllib.request.urlopen(url, timeout=5) as resp:
+    with DIRECT.open(url, timeout=5) as resp:
         stats = json.load(resp)
     for entry in stats.get("topics", []):
         if entry["topic_name"] == topic:

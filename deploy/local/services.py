@@ -9,11 +9,10 @@ only once; Redis replays its AOF; nsqd reloads its disk queues).
 Layout of `data_dir`: `nsqd/`, `redis/`, `mariadb/` (datadir, socket, pid file) and `logs/NAME.log`
 (each service's stdout and stderr; MariaDB's error log is the same file).
 
-Each service runs in a session of its own, so a Ctrl-C typed at the parent's terminal reaches the
-parent only: the parent decides the order of shutdown (SIGTERM in reverse start order, SIGKILL after
-`stop_timeout_s`). On Linux each service also gets SIGTERM if the thread that started it dies
-(PR_SET_PDEATHSIG), so a crashed parent leaves no service holding the ports. Start services from a
-thread that lives as long as they should (the main thread), or pass `die_with_parent=False`.
+Each service runs in a session of its own, so a Ctrl-C at the parent's terminal reaches the parent
+only, which then stops them in order (SIGTERM in reverse start order, SIGKILL after `stop_timeout_s`).
+On Linux a service also gets SIGTERM when the *thread* that started it dies (PR_SET_PDEATHSIG), so a
+crashed parent leaves no service holding the ports: start them from a long-lived thread (main).
 """
 
 from __future__ import annotations
@@ -41,6 +40,8 @@ from typing import BinaryIO
 import psutil
 import pymysql
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from taskherd.config import Settings
 from taskherd.deploy.local import binaries
@@ -54,6 +55,7 @@ SERVICES = ("nsqlookupd", "nsqd", "redis", "mariadb")
 _LOOPBACK = "127.0.0.1"
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
 _PR_SET_PDEATHSIG = 1
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
 
 
 class PortInUse(ServiceError):
@@ -76,7 +78,9 @@ class _Plan:
 
 
 class ServiceManager:
-    """Starts, probes and stops the four services; per-service control for fault tests."""
+    """Starts, probes and stops the four services; per-service control for fault tests.
+
+    `die_with_parent=False` keeps services alive past the starting thread (see the module doc)."""
 
     def __init__(self, settings: Settings, data_dir: str | Path, *, start_timeout_s: float = 60.0,
                  stop_timeout_s: float = 30.0, die_with_parent: bool = True) -> None:
@@ -301,8 +305,6 @@ class ServiceManager:
                            f"{self.log_path(plan.name)}:\n{_tail(self.log_path(plan.name))}")
 
 
-# --- helpers --------------------------------------------------------------------------------------
-
 def _known(name: str) -> str:
     if name not in SERVICES:
         raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
@@ -320,15 +322,16 @@ def _user() -> str:
 
 
 def _http_ping(port: int) -> None:
-    with urllib.request.urlopen(f"http://{_LOOPBACK}:{port}/ping", timeout=1) as resp:
+    with _DIRECT.open(f"http://{_LOOPBACK}:{port}/ping", timeout=1) as resp:
         body = resp.read()
     if body.strip() != b"OK":
         raise ServiceError(f"/ping answered {body[:80]!r}")
 
 
 def _redis_ping(port: int, password: str | None) -> None:
+    # No retry: redis-py's default retries with backoff would take ~4 s to report "not yet".
     client = redis.Redis(host=_LOOPBACK, port=port, password=password, socket_timeout=1,
-                         socket_connect_timeout=1)
+                         socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
     with contextlib.closing(client):
         client.ping()
 

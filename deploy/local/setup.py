@@ -120,7 +120,8 @@ def _run_go_build(go: str, module: Path, out: Path) -> None:
 
 def ensure_apt_services() -> None:
     """apt-get install the Debian packages whose binaries are missing; nothing when all are found."""
-    missing = [name for name in _APT_PACKAGES if name in binaries.missing()]
+    absent = binaries.missing()
+    missing = [name for name in _APT_PACKAGES if name in absent]
     if not missing:
         say("redis-server, mariadbd, mariadb-install-db: found")
         return
@@ -140,7 +141,8 @@ def ensure_apt_services() -> None:
             result = _apt_install(packages)
     if result.returncode != 0:
         raise SetupError(f"{command} failed (exit {result.returncode}): {_tail(result.stdout)}")
-    still = [name for name in missing if name in binaries.missing()]
+    absent = binaries.missing()
+    still = [name for name in missing if name in absent]
     if still:
         raise SetupError(f"{' '.join(packages)} installed but {', '.join(still)} still not found")
     say(f"{' and '.join(packages)}: installed")

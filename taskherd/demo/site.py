@@ -4,7 +4,8 @@
         site.root          # http://127.0.0.1:PORT/p/0.html
         site.expected()    # SiteFacts(pages=300, links=..., max_depth=...)
 
-Page i lives at `/p/i.html`. The link graph is a pure function of (pages, seed); only the absolute
+Page i lives at `/p/i.html` (under `/<run>/` when a run name is given, so URLs, and the task ids made
+from them, differ between runs). The link graph is a pure function of (pages, seed); only the absolute
 links in the HTML carry the port. Every page links to the next one (so all pages are reachable from
 page 0) plus to pages a little ahead and some behind, 2 to 8 distinct pages in all, so a crawl goes
 many levels deep and meets pages it has already seen. The same page is linked in several spellings
@@ -21,10 +22,11 @@ from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 MIN_LINKS, MAX_LINKS = 2, 8
 """Distinct pages each page links to (fewer only when the site is too small to have that many)."""
-AHEAD = 12
+AHEAD = 24
 """Forward links go at most this many pages ahead: with the chain i -> i+1 it sets the depth (~pages/AHEAD)."""
 
 _SPELLINGS = ("rel", "rel", "dot", "abs", "up", "full")
@@ -84,7 +86,7 @@ def _href(link: _Link, base: str, rng: random.Random) -> str:
     return {
         "rel": f"{t}.html",
         "dot": f"./{t}.html",
-        "abs": f"/p/{t}.html",
+        "abs": f"{urlsplit(base).path}p/{t}.html",
         "up": f"../p/{t}.html",
         "full": f"{base}p/{t}.html",
         "frag": f"{t}.html#part-{rng.randint(1, 9)}",
@@ -130,12 +132,15 @@ class _Handler(BaseHTTPRequestHandler):
 class DemoSite:
     """The generated site, served by a ThreadingHTTPServer in a daemon thread while started."""
 
-    def __init__(self, pages: int = 300, seed: int = 7, host: str = "127.0.0.1", port: int = 0) -> None:
-        """`port=0` picks any free port; read the real one from `url` after `start()`."""
+    def __init__(self, pages: int = 300, seed: int = 7, host: str = "127.0.0.1", port: int = 0,
+                 run: str = "") -> None:
+        """`port=0` picks any free port; read the real one from `url` after `start()`. A `run` name
+        puts the site under `/<run>/` (the graph does not depend on it)."""
         if pages < 1:
             raise ValueError(f"pages: expected at least 1, got {pages}")
         self.pages = pages
         self.seed = seed
+        self._prefix = f"/{quote(run, safe='')}" if run else ""
         self._host, self._port = host, port
         self._plan = _plan(pages, seed)
         self._server: _Server | None = None
@@ -147,7 +152,7 @@ class DemoSite:
         if self._server is None:
             raise RuntimeError("DemoSite is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{host}:{port}{self._prefix}/"
 
     @property
     def root(self) -> str:
@@ -179,9 +184,10 @@ class DemoSite:
             return self
         server = _Server((self._host, self._port), _Handler)
         host, port = server.server_address[:2]
-        base = f"http://{host}:{port}/"
-        server.pages = {f"/p/{i}.html": _render(i, links, base, self.seed) for i, links in enumerate(self._plan)}
-        server.pages["/"] = b'<!doctype html>\n<html><body><a href="/p/0.html">start here</a></body></html>\n'
+        base = f"http://{host}:{port}{self._prefix}/"
+        p = self._prefix
+        server.pages = {f"{p}/p/{i}.html": _render(i, links, base, self.seed) for i, links in enumerate(self._plan)}
+        server.pages[f"{p}/"] = f'<!doctype html>\n<html><body><a href="{p}/p/0.html">start</a></body></html>\n'.encode()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="demo-site", daemon=True)

@@ -96,11 +96,11 @@ class TaskQueue:
             except (httpx.HTTPError, ValueError):
                 continue
             answered = True
-            for t in stats.get("topics", []):
+            for t in stats.get("topics") or []:
                 if t.get("topic_name") != topic:
                     continue
                 total += int(t.get("depth", 0))
-                for ch in t.get("channels", []):
+                for ch in t.get("channels") or []:
                     total += int(ch.get("depth", 0)) + int(ch.get("in_flight_count", 0)) + int(ch.get("deferred_count", 0))
         return total if answered else None
 

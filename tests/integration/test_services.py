@@ -7,8 +7,8 @@ published message through a clean restart.
 
 from __future__ import annotations
 
+import os
 import socket
-import urllib.request
 
 import psutil
 import pytest
@@ -18,14 +18,14 @@ from taskherd.deploy.local import binaries
 from taskherd.deploy.local.services import SERVICES, PortInUse, ServiceManager
 from taskherd.errors import MissingBinary, ServiceError
 from taskherd.config import Settings, from_dict
-from tests.helpers import (Services, free_port, mysql_connect, nsqd_post, redis_client,
+from tests.helpers import (DIRECT, Services, free_port, mysql_connect, nsqd_post, redis_client,
                            settings_for_tests, topic_depth, wait_until)
 
 
 def test_all_four_services_answer(services: Services) -> None:
     settings = services.settings
     for address in (settings.nsq.nsqd_http_addresses[0], settings.nsq.lookupd_http_addresses[0]):
-        with urllib.request.urlopen(f"http://{address}/ping", timeout=5) as resp:
+        with DIRECT.open(f"http://{address}/ping", timeout=5) as resp:
             assert resp.read() == b"OK"
     client = redis_client(settings)
     assert client.ping()
@@ -138,6 +138,27 @@ def test_a_busy_port_names_the_service_and_port_and_starts_nothing(busy_service:
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_service_that_dies_at_start_reports_the_tail_of_its_log(monkeypatch, tmp_path) -> None:
+    # Given a redis-server that fails at once, saying why
+    _fake_binary(monkeypatch, tmp_path, "redis-server", "echo 'FATAL: cannot open the AOF' >&2; exit 3")
+    manager = ServiceManager(_on_free_ports(), tmp_path / "data")
+    # When it is started, Then the error carries the exit code and the log's last lines
+    with pytest.raises(ServiceError, match=r"(?s)redis exited with code 3 .*FATAL: cannot open the AOF"):
+        manager.start_one("redis")
+    assert manager.pid("redis") is None
+
+
+def test_a_service_that_never_answers_is_killed_at_the_deadline(monkeypatch, tmp_path) -> None:
+    # Given a redis-server that runs but never answers
+    _fake_binary(monkeypatch, tmp_path, "redis-server", "echo 'still thinking'; exec sleep 60")
+    manager = ServiceManager(_on_free_ports(), tmp_path / "data", start_timeout_s=0.5)
+    # When it is started, Then the deadline names service and port, shows the log, kills the process
+    with pytest.raises(ServiceError, match=r"(?s)redis did not answer on 127.0.0.1:\d+ within .*still thinking"):
+        manager.start_one("redis")
+    assert manager.pid("redis") is None
+    assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "sleep"]
+
+
 def test_a_missing_binary_names_itself_and_its_install_command(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -170,3 +191,12 @@ def _on_free_ports(**override: int) -> Settings:
         section, key = dotted.split(".")
         data[section][key] = f"127.0.0.1:{port}" if key.endswith("address") else port
     return from_dict(data)
+
+
+def _fake_binary(monkeypatch: pytest.MonkeyPatch, tmp_path, name: str, script: str) -> None:
+    """Put a shell script called `name` first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -1,0 +1,112 @@
+"""Api: serves the HTTP JSON API (`taskherd.api`) with uvicorn, in a daemon thread the actor owns.
+
+The port is bound in `on_start`, before the server thread starts, so a port that is taken fails the
+start at once with a message naming it (uvicorn alone would `sys.exit` inside its thread). The actor
+receives no messages of its own: requests reach the Manager through `ask`, from FastAPI's threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+import pykka
+import uvicorn
+
+from taskherd.actors.context import PodContext, find
+from taskherd.api import build_app
+from taskherd.errors import TaskherdError
+from taskherd.supervisor import Supervised
+
+log = logging.getLogger("taskherd.api")
+
+START_DEADLINE_S = 10.0
+STOP_DEADLINE_S = 10.0
+
+
+class ApiStartError(TaskherdError):
+    """The API server could not start: its port is taken, or it did not come up in time."""
+
+
+def current_manager() -> pykka.ActorRef:
+    """The live Manager of this process (a restarted Manager has a new ref, so look it up each time)."""
+    from taskherd.actors.manager import Manager
+
+    return find(Manager)
+
+
+class Api(Supervised, pykka.ThreadingActor):
+    def __init__(self, ctx: PodContext, manager: Callable[[], pykka.ActorRef] = current_manager,
+                 **supervised: Any) -> None:
+        super().__init__(**supervised)
+        self.ctx, self.manager = ctx, manager
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
+
+    def on_start(self) -> None:
+        api = self.ctx.settings.api
+        sock = _bind(api.host, api.port)
+        config = uvicorn.Config(build_app(self.ctx, self.manager), host=api.host, port=api.port,
+                                log_level="warning", log_config=None, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._serve, args=(sock,), name="api-http", daemon=True)
+        self.thread.start()
+        try:
+            self._wait_started()
+        except ApiStartError:
+            self._shutdown()
+            sock.close()
+            raise
+        log.info("API listening on http://%s:%d", api.host, api.port)
+
+    def on_stop(self) -> None:
+        self._shutdown()
+        super().on_stop()
+
+    def on_receive(self, message: Any) -> Any:
+        log.warning("api: unknown message %r", message)
+
+    def _serve(self, sock: socket.socket) -> None:
+        assert self.server is not None
+        try:
+            self.server.run(sockets=[sock])
+        except BaseException as exc:  # noqa: BLE001 - uvicorn exits by SystemExit; the actor must not die of it
+            log.error("API server stopped: %s: %s", type(exc).__name__, exc)
+        finally:
+            sock.close()
+
+    def _wait_started(self) -> None:
+        deadline = time.monotonic() + START_DEADLINE_S
+        assert self.server is not None and self.thread is not None
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise ApiStartError("the API server thread exited before it started serving")
+            if time.monotonic() > deadline:
+                raise ApiStartError(f"the API server did not start within {START_DEADLINE_S:g} s")
+            time.sleep(0.02)
+
+    def _shutdown(self) -> None:
+        if self.server is None or self.thread is None:
+            return
+        self.server.should_exit = True
+        self.thread.join(STOP_DEADLINE_S)
+        if self.thread.is_alive():
+            log.warning("API server thread still running %g s after stop was asked", STOP_DEADLINE_S)
+        else:
+            log.info("API stopped")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ApiStartError(f"cannot listen on {host}:{port} ([api] host/port): {exc.strerror or exc}") from None
+    return sock

@@ -1,0 +1,5 @@
+"""The manager's HTTP JSON API (FastAPI): `build_app(ctx, manager)`; served by `taskherd.actors.api.Api`."""
+
+from taskherd.api.app import build_app
+
+__all__ = ["build_app"]

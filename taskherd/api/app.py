@@ -1,0 +1,401 @@
+"""The manager's HTTP JSON API: `build_app(ctx, manager)` returns the FastAPI app the Api actor serves.
+
+Writes (registrations, submissions, teardown) are asked of the Manager actor, the one writer; reads go
+straight to `taskherd.jobs.Queries`. Endpoints are plain `def`s: FastAPI runs them in its thread pool,
+where blocking on an actor's answer is harmless.
+
+Every error, FastAPI's own validation errors included, answers with one body shape:
+
+    {"errors": [{"field": "tasks.3.payload", "message": "...", "service": null}]}
+
+`field` is the dotted path of the bad input (null when no input is to blame), and `service` names the
+backing service (redis, mysql, nsqd, manager) when a 503 is its fault. Extra top-level keys may add
+context (a failed teardown lists its `leftovers`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import pykka
+import redis
+from fastapi import Body, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException
+
+from taskherd import __version__
+from taskherd.actors.context import PodContext
+from taskherd.actors.manager import RegisterSpec, SubmitTasks, Teardown, normalize_spec
+from taskherd.actors.registry import live_nodes
+from taskherd.api import models as m
+from taskherd.errors import QueueError, StoreError
+from taskherd.intake import InvalidTask, Submission
+from taskherd.jobs import Queries
+from taskherd.runners.spec import SpecError
+from taskherd.store import keys
+
+log = logging.getLogger("taskherd.api")
+
+ASK_TIMEOUT_S = 30.0
+SPEC_BODY_LIMIT = 1 << 20
+"""Bytes accepted for any body but a task submission (an executor spec is a few hundred bytes)."""
+TASK_OVERHEAD_BYTES = 2048
+"""Room per task for its fields around the payload, when sizing the largest sensible batch body."""
+
+REQUESTS = Counter("taskherd_api_requests_total", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram("taskherd_api_request_seconds", "HTTP request latency", ["method", "route"])
+
+
+class ApiError(Exception):
+    """An answer other than success: status, one error item, and optional extra top-level keys."""
+
+    def __init__(self, status: int, field: str | None, message: str, service: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.extra = status, extra
+        self.items = [error_item(field, message, service)]
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a body streams in; an HTTPException so FastAPI's body reader lets it through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
+
+
+def error_item(field: str | None, message: str, service: str | None = None) -> dict[str, Any]:
+    return {"field": field, "message": message, "service": service}
+
+
+def error_response(status: int, items: list[dict[str, Any]], **extra: Any) -> JSONResponse:
+    return JSONResponse({"errors": items, **extra}, status_code=status)
+
+
+class Pod:
+    """What the endpoints share: the pod context, the Manager lookup and the read side (Queries)."""
+
+    def __init__(self, ctx: PodContext, manager: Callable[[], pykka.ActorRef]) -> None:
+        if ctx.archive is None:
+            raise ValueError("the API needs a PodContext with an archive (the manager role)")
+        self.ctx, self.manager = ctx, manager
+        self.queries = Queries(ctx.store, ctx.archive)
+
+    def ask(self, message: Any) -> Any:
+        """The Manager's answer; 503 while it is restarting or too busy to answer in time."""
+        try:
+            return self.manager().ask(message, timeout=ASK_TIMEOUT_S)
+        except pykka.ActorDeadError:
+            raise ApiError(503, None, "the manager is not running (restarting?); try again", "manager") from None
+        except pykka.Timeout:
+            raise ApiError(503, None, f"the manager did not answer within {ASK_TIMEOUT_S:g} s", "manager") from None
+
+
+def _pod(request: Request) -> Pod:
+    return request.app.state.pod
+
+
+PodDep = Annotated[Pod, Depends(_pod)]
+
+
+def build_app(ctx: PodContext, manager: Callable[[], pykka.ActorRef]) -> FastAPI:
+    """The API over one pod's context; `manager` returns the current Manager (it changes on restart)."""
+    errors = {code: {"model": m.ErrorBody} for code in (400, 404, 409, 413, 422, 500, 503)}
+    app = FastAPI(title="taskherd", version=__version__, responses=errors,
+                  description="Register executors and analyzers, submit tasks, follow jobs.")
+    app.state.pod = Pod(ctx, manager)
+    for routes in (_spec_routes, _task_routes, _job_routes, _ops_routes):
+        routes(app)
+    _install_error_handlers(app)
+    api = ctx.settings.api
+    task_limit = api.max_batch * (api.max_payload_bytes + TASK_OVERHEAD_BYTES)
+    app.add_middleware(BodyLimit, limit_for=lambda path: task_limit if path == "/tasks" else SPEC_BODY_LIMIT)
+    app.add_middleware(Metrics)
+    return app
+
+
+# --- executors and analyzers ------------------------------------------------------------------------
+def _spec_routes(app: FastAPI) -> None:
+    @app.put("/executors/{task_type}", response_model=m.Registered, status_code=201, tags=["specs"])
+    def put_executor(task_type: str, spec: m.ExecutorIn, pod: PodDep, response: Response,
+                     replace: bool = False) -> m.Registered:
+        """Register how to run tasks of a type: 201 created, 200 unchanged or replaced, 409 conflict."""
+        return _register(pod, response, "executor", task_type, spec, replace)
+
+    @app.put("/analyzers/{task_type}", response_model=m.Registered, status_code=201, tags=["specs"])
+    def put_analyzer(task_type: str, spec: m.AnalyzerIn, pod: PodDep, response: Response,
+                     replace: bool = False) -> m.Registered:
+        """Register how to analyze results of a type: same answers as executors."""
+        return _register(pod, response, "analyzer", task_type, spec, replace)
+
+    for kind in ("executor", "analyzer"):
+        _spec_reads(app, kind)
+
+
+def _register(pod: Pod, response: Response, kind: str, task_type: str, spec: m._SpecIn,
+              replace: bool) -> m.Registered:
+    body = spec.model_dump(exclude_none=True)
+    status = pod.ask(RegisterSpec(kind, task_type, body, replace))
+    if status == "conflict":
+        raise ApiError(409, "replace", f"an {kind} with a different spec is already registered for "
+                                       f"{task_type!r}; pass replace=true to replace it")
+    response.status_code = 201 if status == "created" else 200
+    return m.Registered(task_type=task_type, status=status, spec=normalize_spec(kind, task_type, body))
+
+
+def _spec_reads(app: FastAPI, kind: str) -> None:
+    @app.get(f"/{kind}s", tags=["specs"], summary=f"List {kind}s by task type")
+    def list_specs(pod: PodDep) -> dict[str, Any]:
+        prefix = keys.SPEC_TYPES[kind]("")
+        types = sorted(k[len(prefix):] for k in pod.ctx.store.redis.scan_iter(match=prefix + "*", count=1000))
+        return {f"{kind}s": pod.ctx.store.specs(kind, types)}
+
+    @app.get(f"/{kind}s/{{task_type}}", tags=["specs"], summary=f"Show the {kind} of a task type")
+    def get_spec(task_type: str, pod: PodDep) -> dict[str, Any]:
+        spec = pod.ctx.store.spec(kind, task_type)
+        if spec is None:
+            raise ApiError(404, "task_type", f"no {kind} registered for task type {task_type!r}")
+        return spec
+
+
+# --- tasks ------------------------------------------------------------------------------------------
+def _task_routes(app: FastAPI) -> None:
+    @app.post("/tasks", response_model=m.Accepted | m.BatchAccepted, status_code=201, tags=["tasks"])
+    def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Response) -> Any:
+        """Submit one task or `{"tasks": [...]}`. 201 if any was created, else 200; one conflicting
+        task is a 409, while a batch reports conflicts per task. A batch is accepted all or nothing."""
+        batch = isinstance(body, m.TaskBatch)
+        tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
+        limit = pod.ctx.settings.api.max_batch
+        if len(tasks) > limit:
+            raise ApiError(422, "tasks", f"at most {limit} tasks per request, got {len(tasks)}")
+        subs = tuple(Submission(type=t.type, job=t.job, payload=t.payload, id=t.id, timeout_s=t.timeout_s,
+                                max_attempts=t.max_attempts) for t in tasks)
+        try:
+            accepted = pod.ask(SubmitTasks(subs))
+        except InvalidTask as exc:
+            raise ApiError(422, task_field(exc.field, batch), exc.problem) from None
+        statuses = [a.status for a in accepted]
+        response.status_code = 201 if "created" in statuses else 200
+        if not batch:
+            return _single(accepted[0])
+        return m.BatchAccepted(tasks=[m.Accepted(id=a.id, status=a.status) for a in accepted],
+                               **{s: statuses.count(s) for s in ("created", "exists", "conflict")})
+
+    @app.get("/tasks/{task_id:path}", tags=["tasks"])
+    def get_task(task_id: str, pod: PodDep) -> dict[str, Any]:
+        """A task, live or archived: state, attempts, executions, result or error. Unknown → 404."""
+        task = pod.queries.task(task_id)
+        if task is None:
+            raise ApiError(404, "id", f"no task with id {task_id!r}")
+        return task
+
+
+def _single(accepted: Any) -> m.Accepted:
+    if accepted.status == "conflict":
+        raise ApiError(409, "id", f"task {accepted.id!r} already exists with a different payload or job",
+                       id=accepted.id)
+    return m.Accepted(id=accepted.id, status=accepted.status)
+
+
+def task_field(field: str, batch: bool) -> str:
+    """Intake's `tasks[3].type` as a dotted path (`tasks.3.type`), relative to a single task's body."""
+    dotted = re.sub(r"\[(\d+)\]", r".\1", field)
+    return dotted if batch else dotted.removeprefix("tasks.0.")
+
+
+# --- jobs -------------------------------------------------------------------------------------------
+def _job_routes(app: FastAPI) -> None:
+    @app.get("/jobs/{job}", tags=["jobs"])
+    def get_job(job: str, pod: PodDep) -> dict[str, Any]:
+        """Counts by state, open and total, done flag, created and finished times (ms)."""
+        return _job(pod, job)
+
+    @app.get("/jobs/{job}/tasks", response_model=m.TaskPage, tags=["jobs"])
+    def get_job_tasks(job: str, pod: PodDep, state: m.State,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str = "") -> m.TaskPage:
+        """One page of the job's task ids in one state; pass `next_cursor` back for the next page."""
+        _job(pod, job)
+        ids, next_cursor = pod.queries.job_tasks(job, state, limit, cursor)
+        return m.TaskPage(job=job, state=state, ids=ids, next_cursor=next_cursor)
+
+    @app.post("/jobs/{job}/teardown", response_model=m.Teardown, tags=["jobs"])
+    def post_teardown(job: str, pod: PodDep) -> m.Teardown:
+        """Delete the job's runtime state, then prove Redis holds none of it (500 lists leftovers)."""
+        leftovers = pod.ask(Teardown(job))
+        if leftovers:
+            raise ApiError(500, "job", f"{len(leftovers)} key(s) of job {job!r} remain in Redis after teardown",
+                           "redis", job=job, leftovers=leftovers)
+        return m.Teardown(job=job, leftovers=[])
+
+
+def _job(pod: Pod, job: str) -> dict[str, Any]:
+    status = pod.queries.job(job)
+    if status is None:
+        raise ApiError(404, "job", f"no job named {job!r}")
+    return status
+
+
+# --- operations -------------------------------------------------------------------------------------
+def _ops_routes(app: FastAPI) -> None:
+    @app.get("/nodes", tags=["ops"])
+    def get_nodes(pod: PodDep) -> list[dict[str, Any]]:
+        """Live pods, as registered in Redis (oldest first): a JSON array of node objects."""
+        return live_nodes(pod.ctx.store.redis)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, bool]:
+        """Liveness: the process answers HTTP. Touches no backing service."""
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["ops"])
+    def readyz(pod: PodDep) -> JSONResponse:
+        """Readiness: Redis, MySQL, nsqd and the Manager actor all answer; 503 names what does not."""
+        checks = {name: _probe(fn) for name, fn in _probes(pod).items()}
+        down = [error_item(None, f"{name}: {why}", name) for name, why in checks.items() if why != "ok"]
+        if down:
+            return error_response(503, down, checks=checks)
+        return JSONResponse({"ok": True, "checks": checks})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics of this process (default registry)."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _probes(pod: Pod) -> dict[str, Callable[[], Any]]:
+    ctx = pod.ctx
+    return {"redis": ctx.store.redis.ping,
+            "mysql": lambda: ctx.archive.job("__readyz__"),
+            "nsqd": lambda: ctx.queue.backlog(ctx.settings.nsq.tasks_topic) is not None,
+            "manager": lambda: pod.manager().is_alive()}
+
+
+def _probe(fn: Callable[[], Any]) -> str:
+    try:
+        return "ok" if fn() is not False else "not answering"
+    except Exception as exc:  # noqa: BLE001 - a probe reports any failure as "not ready"
+        return f"{type(exc).__name__}: {exc}"
+
+
+# --- errors -----------------------------------------------------------------------------------------
+def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, lambda _r, e: error_response(e.status, e.items, **e.extra))
+    app.add_exception_handler(RequestValidationError, lambda _r, e: _validation_response(e.errors()))
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(InvalidTask, lambda _r, e: error_response(422, [error_item(
+        task_field(e.field, True), e.problem)]))
+    app.add_exception_handler(SpecError, lambda _r, e: error_response(422, [_spec_item(p) for p in e.problems]))
+    app.add_exception_handler(StoreError, lambda _r, e: _unavailable(
+        "mysql" if str(e).startswith("mysql") else "redis", e))
+    app.add_exception_handler(redis.RedisError, lambda _r, e: _unavailable("redis", e))
+    app.add_exception_handler(QueueError, lambda _r, e: _unavailable("nsqd", e))
+    app.add_exception_handler(Exception, _internal_error)
+
+
+def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+        message = f"no route for {request.method} {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, [error_item("body" if exc.status_code == 413 else None, message)])
+
+
+def _unavailable(service: str, exc: Exception) -> JSONResponse:
+    log.warning("%s unavailable: %s", service, exc)
+    return error_response(503, [error_item(None, f"{service} unavailable: {exc}", service)])
+
+
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, [error_item(None, f"internal error ({type(exc).__name__}); see the manager's log")])
+
+
+def _spec_item(problem: str) -> dict[str, Any]:
+    field, sep, message = problem.partition(": ")
+    return error_item(field, message) if sep and " " not in field else error_item("body", problem)
+
+
+def _validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    bad_json = [e for e in errors if e["type"] == "json_invalid"]
+    if bad_json:
+        e = bad_json[0]
+        where = f" at character {e['loc'][1]}" if len(e["loc"]) > 1 else ""
+        return error_response(400, [error_item("body", f"not valid JSON: {e['ctx']['error']}{where}")])
+    return error_response(422, [error_item(_field_path(e["loc"]), _message(e)) for e in errors])
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """pydantic's ('body', 'batch', 'tasks', 3, 'payload') as 'tasks.3.payload'."""
+    parts = list(loc)
+    where = parts.pop(0) if parts and parts[0] in ("body", "query", "path", "header", "cookie") else "body"
+    if parts and parts[0] in m.SHAPE_TAGS:
+        parts.pop(0)
+    return ".".join(str(p) for p in parts) or where
+
+
+def _message(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "required" if len(err["loc"]) > 1 else "a JSON body is required"
+    given = repr(err.get("input"))
+    return f"{err['msg']}, got {given if len(given) <= 80 else given[:77] + '...'}"
+
+
+# --- middleware -------------------------------------------------------------------------------------
+class BodyLimit:
+    """413 for a body larger than makes sense, before it is read (Content-Length) or while it streams."""
+
+    def __init__(self, app: Any, limit_for: Callable[[str], int]) -> None:
+        self.app, self.limit_for = app, limit_for
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit_for(scope["path"])
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            response = error_response(413, [error_item("body", f"request body of {int(length)} bytes exceeds "
+                                                               f"the limit of {limit}")])
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class Metrics:
+    """Counts and times requests by method, route template (never the raw path) and status."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUESTS.labels(scope["method"], route, str(status[0])).inc()
+            LATENCY.labels(scope["method"], route).observe(time.perf_counter() - start)

@@ -1,0 +1,48 @@
+"""Executors and analyzers the end-to-end tests register (imported by the pods' runner children)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def echo(payload: dict) -> dict:
+    return {"echo": payload, "pid": os.getpid()}
+
+
+def version_a(payload: dict) -> dict:
+    return {"version": "a"}
+
+
+def version_b(payload: dict) -> dict:
+    return {"version": "b"}
+
+
+def boom(payload: dict) -> dict:
+    raise ValueError(f"boom on {payload.get('n')}")
+
+
+def sleepy(payload: dict) -> dict:
+    time.sleep(float(payload.get("sleep_s", 0.05)))
+    return {"slept": payload.get("sleep_s")}
+
+
+def tree(data: dict) -> dict:
+    """Analyzer: a task of depth d < max spawns `fan` children without ids (deterministic ids)."""
+    p = data["task"]["payload"]
+    depth, fan, top = p.get("depth", 0), p.get("fan", 2), p.get("max_depth", 2)
+    children = [] if depth >= top else [
+        {"payload": {"depth": depth + 1, "fan": fan, "max_depth": top, "i": i}} for i in range(fan)]
+    return {"children": children, "record": {"depth": depth, "from": data["task"]["id"]}}
+
+
+def twice(data: dict) -> dict:
+    """Analyzer: names the same child twice; the second must be a no-op."""
+    if data["task"]["payload"].get("leaf"):
+        return {"record": {"leaf": True}}
+    child = {"id": "the-child", "payload": {"leaf": True}}
+    return {"children": [child, child], "record": {"leaf": False}}
+
+
+def bad_analyzer(data: dict) -> dict:
+    raise RuntimeError("analyzer exploded")
