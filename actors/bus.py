@@ -52,7 +52,7 @@ class Delivery:
 
     def _req(self, delay_ms: int) -> None:
         if not self._msg.has_responded():
-            self._msg.requeue(backoff=False, delay=delay_ms)
+            self._msg.requeue(backoff=False, time_ms=delay_ms)
 
 
 Handler = Callable[[Delivery], None]
@@ -166,6 +166,8 @@ class NsqLoop:
         self._thread.join(5)
 
     def _close_all(self) -> None:
+        # Closing mid-read makes pynsq log a spurious "failed to unpack size" error per connection.
+        logging.getLogger("nsq.client").setLevel(logging.CRITICAL)
         for reader in self.readers.values():
             reader.close()
         self.readers.clear()

@@ -23,9 +23,8 @@ import pykka
 from taskherd.actors.bus import Bus, Delivery, NsqLoop, Subscribe
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.ticker import Ticker
-from taskherd.actors.worker import Run
+from taskherd.actors.worker import Execution, Run
 from taskherd.errors import QueueError, StoreError
-from taskherd.runners import Runner
 from taskherd.store.state_store import Lease
 from taskherd.store.task_queue import TaskRef
 from taskherd.supervisor import Supervised
@@ -48,8 +47,8 @@ class SlotIdle:
 
     index: int
     ref: pykka.ActorRef
-    runner: Runner
-    """The slot's runner, so a lost lease can kill its executor from this thread."""
+    execution: Execution
+    """The slot's current execution, so a lost lease can kill its executor from this thread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +95,15 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         self.ctx = ctx
         self.topic = ctx.settings.nsq.tasks_topic
         self.refs: dict[int, pykka.ActorRef] = {}
-        self.runners: dict[int, Runner] = {}
+        self.executions: dict[int, Execution] = {}
         self.idle: list[int] = []
         self.waiting: deque[Delivery] = deque()
         self.held: dict[int, Lease] = {}
         self.renewed_at: dict[int, float] = {}
         self._free = 0
-        """Owned by the IOLoop thread: slots not yet promised to a message."""
+        """Owned by the IOLoop thread: slots not yet promised to a message (briefly < 0 if nsqd
+        delivered on a RDY it had not yet seen lowered; such a message waits for a slot)."""
+        self._paused = False
         self.nsq: NsqLoop | None = None
         self._ticker: Ticker | None = None
 
@@ -120,7 +121,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
     def pause(self) -> None:
         """RDY 0: take no more messages (drain, shutdown)."""
         if self.nsq and self.nsq.loop:
-            self.nsq.loop.add_callback(self._set_free, -10**9)
+            self.nsq.loop.add_callback(self._pause)
 
     # --- IOLoop thread ------------------------------------------------------------------------------
     def _on_delivery(self, delivery: Delivery) -> None:
@@ -130,11 +131,14 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
     def _set_free(self, free: int) -> None:
         self._free = free
         assert self.nsq is not None
-        self.nsq.set_ready(self.topic, max(0, free))
+        self.nsq.set_ready(self.topic, 0 if self._paused else max(0, free))
 
     def _release(self) -> None:
-        if self._free >= 0:
-            self._set_free(self._free + 1)
+        self._set_free(self._free + 1)
+
+    def _pause(self) -> None:
+        self._paused = True
+        self._set_free(self._free)
 
     # --- actor thread -------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
@@ -142,8 +146,8 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
             case Delivered(delivery):
                 self.waiting.append(delivery)
                 self._assign()
-            case SlotIdle(index, ref, runner):
-                self.refs[index], self.runners[index] = ref, runner
+            case SlotIdle(index, ref, execution):
+                self.refs[index], self.executions[index] = ref, execution
                 self.held.pop(index, None)
                 self._idle(index)
             case SlotDone(index):
@@ -222,7 +226,9 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 log.warning("handed-back tasks not published; the TimeoutWatcher will: %s", exc)
 
     def _kill(self, index: int, lease: Lease, why: str) -> None:
+        if self.held.get(index) is not lease:
+            return  # the slot already moved on (it finished this lease while we were renewing it)
         log.warning("killing the executor of %s (slot %d): %s", lease.task_id, index, why)
         self.held.pop(index, None)
-        if index in self.runners:
-            self.runners[index].kill()
+        if index in self.executions:
+            self.executions[index].kill(lease.exec_id)

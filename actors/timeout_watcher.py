@@ -40,6 +40,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         self.ctx = ctx
         self._ticker: Ticker | None = None
         self.sweeps = 0
+        self._shortfall: dict[str, int] = {}
 
     def on_start(self) -> None:
         self._ticker = Ticker(self.actor_ref, Sweep(), self.ctx.settings.manager.watcher_interval_s).start()
@@ -108,9 +109,12 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         for state, topic in ((keys.PENDING, s.tasks_topic), (keys.ANALYZING, s.results_topic)):
             waiting = sum(self.ctx.store.count(j, state) for j in stale)
             backlog = self.ctx.queue.backlog(topic)
-            if backlog is None or backlog >= waiting:
+            shortfall = 0 if backlog is None else max(0, waiting - backlog)
+            # Counts read at two instants race with live traffic: act only on a shortfall seen twice.
+            budget = min(shortfall, self._shortfall.get(state, 0))
+            self._shortfall[state] = shortfall
+            if budget <= 0:
                 continue
-            budget = waiting - backlog
             for job, by_state in stale.items():
                 ids = by_state[state][:budget]
                 if not ids:

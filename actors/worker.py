@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,28 @@ from taskherd.supervisor import Supervised
 log = logging.getLogger("taskherd.worker")
 
 
+class Execution:
+    """The slot's current execution, killable from another thread, but only while it is still the
+    one asked for: a kill meant for a finished lease must not hit the slot's next task."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._exec_id: str | None = None
+
+    def begin(self, exec_id: str) -> None:
+        with self._lock:
+            self._exec_id = exec_id
+
+    def end(self) -> None:
+        with self._lock:
+            self._exec_id = None
+
+    def kill(self, exec_id: str) -> bool:
+        with self._lock:
+            return self._exec_id == exec_id and self._runner.kill()
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """Tell: lease and run the task this delivery names."""
@@ -42,12 +65,13 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.ctx, self.index = ctx, index
         self.name = f"{ctx.node_id}/{index}"
         self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
+        self.execution = Execution(self.runner)
         self._specs: dict[str, RunnerSpec] = {}
 
     def on_start(self) -> None:
         from taskherd.actors.dispatcher import SlotIdle
 
-        find_dispatcher().tell(SlotIdle(self.index, self.actor_ref, self.runner))
+        find_dispatcher().tell(SlotIdle(self.index, self.actor_ref, self.execution))
 
     def on_stop(self) -> None:
         self.runner.close()
@@ -107,7 +131,11 @@ class Worker(Supervised, pykka.ThreadingActor):
             runnable = runner_spec(spec)
         except TaskherdError as exc:
             return f"executor spec for {lease.type!r} is unusable: {exc}", spec
-        return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s), spec
+        self.execution.begin(lease.exec_id)
+        try:
+            return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s), spec
+        finally:
+            self.execution.end()
 
     def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None) -> None:
         if isinstance(outcome, str):

@@ -4,43 +4,31 @@ Writes (registrations, submissions, teardown) are asked of the Manager actor, th
 straight to `taskherd.jobs.Queries`. Endpoints are plain `def`s: FastAPI runs them in its thread pool,
 where blocking on an actor's answer is harmless.
 
-Every error, FastAPI's own validation errors included, answers with one body shape:
-
-    {"errors": [{"field": "tasks.3.payload", "message": "...", "service": null}]}
-
-`field` is the dotted path of the bad input (null when no input is to blame), and `service` names the
-backing service (redis, mysql, nsqd, manager) when a 503 is its fault. Extra top-level keys may add
-context (a failed teardown lists its `leftovers`).
+Every error answers with one body shape, `{"errors": [{"field", "message", "service"}]}` (see
+`taskherd.api.errors`).
 """
 
 from __future__ import annotations
 
-import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import pykka
-import redis
 from fastapi import Body, Depends, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from starlette.exceptions import HTTPException
 
 from taskherd import __version__
 from taskherd.actors.context import PodContext
 from taskherd.actors.manager import RegisterSpec, SubmitTasks, Teardown, normalize_spec
 from taskherd.actors.registry import live_nodes
 from taskherd.api import models as m
-from taskherd.errors import QueueError, StoreError
+from taskherd.api.errors import (ApiError, BodyTooLarge, error_item, error_response, install_error_handlers,
+                                 task_field)
 from taskherd.intake import InvalidTask, Submission
 from taskherd.jobs import Queries
-from taskherd.runners.spec import SpecError
 from taskherd.store import keys
-
-log = logging.getLogger("taskherd.api")
 
 ASK_TIMEOUT_S = 30.0
 SPEC_BODY_LIMIT = 1 << 20
@@ -50,31 +38,6 @@ TASK_OVERHEAD_BYTES = 2048
 
 REQUESTS = Counter("taskherd_api_requests_total", "HTTP requests answered", ["method", "route", "status"])
 LATENCY = Histogram("taskherd_api_request_seconds", "HTTP request latency", ["method", "route"])
-
-
-class ApiError(Exception):
-    """An answer other than success: status, one error item, and optional extra top-level keys."""
-
-    def __init__(self, status: int, field: str | None, message: str, service: str | None = None,
-                 **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.extra = status, extra
-        self.items = [error_item(field, message, service)]
-
-
-class BodyTooLarge(HTTPException):
-    """Raised while a body streams in; an HTTPException so FastAPI's body reader lets it through."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds {limit} bytes")
-
-
-def error_item(field: str | None, message: str, service: str | None = None) -> dict[str, Any]:
-    return {"field": field, "message": message, "service": service}
-
-
-def error_response(status: int, items: list[dict[str, Any]], **extra: Any) -> JSONResponse:
-    return JSONResponse({"errors": items, **extra}, status_code=status)
 
 
 class Pod:
@@ -111,7 +74,7 @@ def build_app(ctx: PodContext, manager: Callable[[], pykka.ActorRef]) -> FastAPI
     app.state.pod = Pod(ctx, manager)
     for routes in (_spec_routes, _task_routes, _job_routes, _ops_routes):
         routes(app)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     api = ctx.settings.api
     task_limit = api.max_batch * (api.max_payload_bytes + TASK_OVERHEAD_BYTES)
     app.add_middleware(BodyLimit, limit_for=lambda path: task_limit if path == "/tasks" else SPEC_BODY_LIMIT)
@@ -171,9 +134,7 @@ def _task_routes(app: FastAPI) -> None:
         task is a 409, while a batch reports conflicts per task. A batch is accepted all or nothing."""
         batch = isinstance(body, m.TaskBatch)
         tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
-        limit = pod.ctx.settings.api.max_batch
-        if len(tasks) > limit:
-            raise ApiError(422, "tasks", f"at most {limit} tasks per request, got {len(tasks)}")
+        _check_batch(tasks, pod.ctx.settings.api.max_batch)
         subs = tuple(Submission(type=t.type, job=t.job, payload=t.payload, id=t.id, timeout_s=t.timeout_s,
                                 max_attempts=t.max_attempts) for t in tasks)
         try:
@@ -196,17 +157,21 @@ def _task_routes(app: FastAPI) -> None:
         return task
 
 
+def _check_batch(tasks: list[m.TaskIn], limit: int) -> None:
+    """At most `limit` tasks, and no id twice (one answer per id could not say which copy won)."""
+    if len(tasks) > limit:
+        raise ApiError(422, "tasks", f"at most {limit} tasks per request, got {len(tasks)}")
+    first: dict[str, int] = {}
+    for i, t in enumerate(tasks):
+        if t.id is not None and first.setdefault(t.id, i) != i:
+            raise ApiError(422, f"tasks.{i}.id", f"id {t.id!r} appears twice in the batch (first at tasks.{first[t.id]})")
+
+
 def _single(accepted: Any) -> m.Accepted:
     if accepted.status == "conflict":
         raise ApiError(409, "id", f"task {accepted.id!r} already exists with a different payload or job",
                        id=accepted.id)
     return m.Accepted(id=accepted.id, status=accepted.status)
-
-
-def task_field(field: str, batch: bool) -> str:
-    """Intake's `tasks[3].type` as a dotted path (`tasks.3.type`), relative to a single task's body."""
-    dotted = re.sub(r"\[(\d+)\]", r".\1", field)
-    return dotted if batch else dotted.removeprefix("tasks.0.")
 
 
 # --- jobs -------------------------------------------------------------------------------------------
@@ -281,71 +246,6 @@ def _probe(fn: Callable[[], Any]) -> str:
         return "ok" if fn() is not False else "not answering"
     except Exception as exc:  # noqa: BLE001 - a probe reports any failure as "not ready"
         return f"{type(exc).__name__}: {exc}"
-
-
-# --- errors -----------------------------------------------------------------------------------------
-def _install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, lambda _r, e: error_response(e.status, e.items, **e.extra))
-    app.add_exception_handler(RequestValidationError, lambda _r, e: _validation_response(e.errors()))
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(InvalidTask, lambda _r, e: error_response(422, [error_item(
-        task_field(e.field, True), e.problem)]))
-    app.add_exception_handler(SpecError, lambda _r, e: error_response(422, [_spec_item(p) for p in e.problems]))
-    app.add_exception_handler(StoreError, lambda _r, e: _unavailable(
-        "mysql" if str(e).startswith("mysql") else "redis", e))
-    app.add_exception_handler(redis.RedisError, lambda _r, e: _unavailable("redis", e))
-    app.add_exception_handler(QueueError, lambda _r, e: _unavailable("nsqd", e))
-    app.add_exception_handler(Exception, _internal_error)
-
-
-def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
-        message = f"no route for {request.method} {request.url.path}"
-    else:
-        message = str(exc.detail)
-    return error_response(exc.status_code, [error_item("body" if exc.status_code == 413 else None, message)])
-
-
-def _unavailable(service: str, exc: Exception) -> JSONResponse:
-    log.warning("%s unavailable: %s", service, exc)
-    return error_response(503, [error_item(None, f"{service} unavailable: {exc}", service)])
-
-
-def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(500, [error_item(None, f"internal error ({type(exc).__name__}); see the manager's log")])
-
-
-def _spec_item(problem: str) -> dict[str, Any]:
-    field, sep, message = problem.partition(": ")
-    return error_item(field, message) if sep and " " not in field else error_item("body", problem)
-
-
-def _validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
-    bad_json = [e for e in errors if e["type"] == "json_invalid"]
-    if bad_json:
-        e = bad_json[0]
-        where = f" at character {e['loc'][1]}" if len(e["loc"]) > 1 else ""
-        return error_response(400, [error_item("body", f"not valid JSON: {e['ctx']['error']}{where}")])
-    return error_response(422, [error_item(_field_path(e["loc"]), _message(e)) for e in errors])
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    """pydantic's ('body', 'batch', 'tasks', 3, 'payload') as 'tasks.3.payload'."""
-    parts = list(loc)
-    where = parts.pop(0) if parts and parts[0] in ("body", "query", "path", "header", "cookie") else "body"
-    if parts and parts[0] in m.SHAPE_TAGS:
-        parts.pop(0)
-    return ".".join(str(p) for p in parts) or where
-
-
-def _message(err: dict[str, Any]) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown field"
-    if err["type"] == "missing":
-        return "required" if len(err["loc"]) > 1 else "a JSON body is required"
-    given = repr(err.get("input"))
-    return f"{err['msg']}, got {given if len(given) <= 80 else given[:77] + '...'}"
 
 
 # --- middleware -------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_same_id_twice_runs_once_and_archives_once(cluster):
     c.add_executor("echo", {"kind": "python", "target": f"{PY}:echo"})
     first = c.submit({"id": "t-1", "type": "echo", "job": "j1", "payload": {"n": 1}})
     again = c.submit({"id": "t-1", "type": "echo", "job": "j1", "payload": {"n": 1}})
-    assert first["tasks"][0]["status"] == "created" and again["tasks"][0]["status"] == "exists"
+    assert first["status"] == "created" and again["status"] == "exists"
     done(cluster, "j1")
     task = c.task("t-1")
     assert task["state"] == "succeeded" and len(task["executions"]) == 1
@@ -42,7 +42,7 @@ def test_same_id_twice_runs_once_and_archives_once(cluster):
     with pytest.raises(ClientError) as conflict:
         c.submit({"id": "t-1", "type": "echo", "job": "j1", "payload": {"n": 2}})
     assert conflict.value.status == 409
-    assert c.submit({"id": "t-1", "type": "echo", "job": "j1", "payload": {"n": 1}})["tasks"][0]["status"] == "exists"
+    assert c.submit({"id": "t-1", "type": "echo", "job": "j1", "payload": {"n": 1}})["status"] == "exists"
     counts = Archive(cluster.settings.mysql).counts("j1")
     assert counts == {"succeeded": 1, "records": 1}
 
@@ -105,7 +105,7 @@ def _topic_drained(cluster) -> bool:
 def test_teardown_leaves_no_key_of_the_job(cluster):
     c = cluster.client
     c.add_executor("echo", {"kind": "python", "target": f"{PY}:echo"})
-    c.submit({"tasks": [{"type": "echo", "job": "jx", "payload": {"n": i}} for i in range(20)]})
+    c.submit([{"type": "echo", "job": "jx", "payload": {"n": i}} for i in range(20)])
     done(cluster, "jx")
     assert c.teardown("jx")["leftovers"] == []
     assert job_keys(cluster, "jx") == []
@@ -156,7 +156,7 @@ def test_every_executor_and_analyzer_kind_including_failures(cluster, http_targe
         c.add_executor(task_type, executor)
         if analyzer:
             c.add_analyzer(task_type, analyzer)
-    c.submit({"tasks": [{"id": t, "type": t, "job": "kinds", "payload": {"depth": 9, "n": 1}} for t in specs]})
+    c.submit([{"id": t, "type": t, "job": "kinds", "payload": {"depth": 9, "n": 1}} for t in specs])
     status = done(cluster, "kinds", timeout=90)
     tasks = {t: c.task(t) for t in specs}
     assert tasks["py-ok"]["state"] == "succeeded" and tasks["py-ok"]["record"]["depth"] == 9
