@@ -202,7 +202,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 if renewed:
                     self.renewed_at[index] = now
                 else:
-                    self._kill(index, lease, "its execution was superseded")
+                    self._kill(index, lease, "the task was cancelled or its execution superseded")
 
     def _kill_unrenewed(self, held: list[tuple[int, Lease]], ttl: float, exc: Exception) -> None:
         margin = self.ctx.settings.worker.lease_renew_s * 1.5
@@ -215,7 +215,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         for index, lease in list(self.held.items()):
             try:
                 if self.ctx.store.release(lease):
-                    refs.append(TaskRef(lease.job, lease.task_id).encode())
+                    refs.append(TaskRef(lease.job, lease.task_id, lease.type).encode())
             except StoreError as exc:
                 log.warning("could not hand back %s; its lease will expire instead: %s", lease.task_id, exc)
             self._kill(index, lease, "the pod is shutting down")
@@ -227,8 +227,8 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
 
     def _kill(self, index: int, lease: Lease, why: str) -> None:
         if self.held.get(index) is not lease:
-            return  # the slot already moved on (it finished this lease while we were renewing it)
-        log.warning("killing the executor of %s (slot %d): %s", lease.task_id, index, why)
+            return  # the slot already moved on
         self.held.pop(index, None)
-        if index in self.executions:
-            self.executions[index].kill(lease.exec_id)
+        execution = self.executions.get(index)
+        if execution is not None and execution.kill(lease.exec_id):
+            log.warning("killed the executor of %s (slot %d): %s", lease.task_id, index, why)

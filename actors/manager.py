@@ -1,4 +1,5 @@
-"""Manager: the one writer behind the API (add task, add executor or analyzer, tear a job down).
+"""Manager: the one writer behind the API (add, cancel and retry tasks, add executors and analyzers,
+tear a job down).
 
 Writes go through this actor so that the API's threads never interleave a registration with a
 submission; reads (task, job, listing) go straight to `taskherd.jobs.Queries`, which only reads.
@@ -14,6 +15,7 @@ import pykka
 
 from taskherd.intake import Intake, Submission
 from taskherd.runners import RunnerSpec
+from taskherd.store.task_queue import TaskRef
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.manager")
@@ -48,6 +50,30 @@ class Teardown:
     job: str
 
 
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    """Ask -> the state the task was in: pending/retry (cancelled now), running (killed at its next
+    lease renewal), analyzing (too late), or 'gone' (finished or unknown)."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """Ask -> how many live tasks were cancelled; the job accepts no new tasks from now on."""
+
+    job: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTasks:
+    """Ask -> list[Accepted] for the dead letters requeued (failed or cancelled archived tasks)."""
+
+    task_ids: tuple[str, ...] = ()
+    job: str | None = None
+    """Every failed task of this job, in addition to task_ids."""
+
+
 class Manager(Supervised, pykka.ThreadingActor):
     def __init__(self, intake: Intake, **supervised: Any) -> None:
         super().__init__(**supervised)
@@ -63,9 +89,40 @@ class Manager(Supervised, pykka.ThreadingActor):
                 left = self.intake.store.teardown(job)
                 log.info("job %s torn down%s", job, f"; {len(left)} key(s) left: {left[:5]}" if left else "")
                 return left
+            case CancelTask(task_id):
+                return self._cancel(task_id)
+            case CancelJob(job):
+                moved = self.intake.store.cancel_job(job)
+                self._ring_results(job, [t for t, prior in moved if prior in ("pending", "retry")])
+                log.info("job %s cancelled (%d live task(s))", job, len(moved))
+                return len(moved)
+            case RetryTasks(task_ids, job):
+                return self._retry(list(task_ids), job)
             case _:
                 log.warning("manager: unknown message %r", message)
         return None
+
+    def _cancel(self, task_id: str) -> str:
+        job = self.intake.store.job_of(task_id)
+        if job is None:
+            return "gone"
+        prior = self.intake.store.cancel(job, task_id)
+        if prior in ("pending", "retry"):
+            self._ring_results(job, [task_id])
+        return prior
+
+    def _ring_results(self, job: str, task_ids: list[str]) -> None:
+        """Cancelled waiting tasks go straight to analysis (to be archived as cancelled)."""
+        if task_ids:
+            self.intake.queue.publish(self.intake.settings.nsq.results_topic,
+                                      [TaskRef(job, t).encode() for t in task_ids])
+
+    def _retry(self, task_ids: list[str], job: str | None) -> list[Any]:
+        if job is not None:
+            task_ids += self.intake.archive.task_ids(job, "failed", "", 1_000_000)
+        accepted = self.intake.retry(task_ids)
+        log.info("requeued %d dead letter(s)", len(accepted))
+        return accepted
 
     def _register(self, kind: str, task_type: str, spec: dict[str, Any], replace: bool) -> str:
         spec = normalize_spec(kind, task_type, spec)

@@ -47,7 +47,7 @@ class Verdict:
     """What analysis decided for one task."""
 
     state: str
-    """'succeeded' or 'failed'"""
+    """'succeeded', 'failed' or 'cancelled'"""
     record: dict[str, Any] | None = None
     children: tuple[Submission, ...] = ()
     error: str | None = None
@@ -98,9 +98,10 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
 
     def _analyze(self, deliveries: list[Delivery]) -> None:
         work = self._load(deliveries)
+        specs = self.ctx.store.specs("analyzer", {task["type"] for _, task in work})
         verdicts: list[tuple[Delivery, dict[str, Any], Verdict]] = []
         for d, task in work:
-            verdict = self._verdict(task, d)
+            verdict = self._verdict(task, d, specs[task["type"]])
             if verdict is None:
                 d.requeue(float(d.attempts))
             else:
@@ -127,12 +128,13 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                     out.append((d, task))
         return out
 
-    def _verdict(self, task: dict[str, Any], delivery: Delivery) -> Verdict | None:
+    def _verdict(self, task: dict[str, Any], delivery: Delivery, spec: dict[str, Any] | None) -> Verdict | None:
         """None: the analyzer failed in a way worth retrying; redeliver later."""
         result = json.loads(task["result"]) if task.get("result") else None
+        if task.get("outcome") == "cancelled":
+            return Verdict("cancelled", error="cancelled")
         if task.get("outcome") != "ok":
             return Verdict("failed", error=task.get("error") or "failed")
-        spec = self.ctx.store.spec("analyzer", task["type"])
         if spec is None:
             return Verdict("succeeded", record=result)
         try:
@@ -168,8 +170,9 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
     def _archive(self, verdicts: list[tuple[Delivery, dict[str, Any], Verdict]]) -> None:
         assert self.ctx.archive is not None
         self.ctx.archive.archive([_row(task, v) for _, task, v in verdicts])
-        for d, task, v in verdicts:
-            if self.ctx.store.archive(task["job"], task["id"], v.state) == "done":
+        outs = self.ctx.store.archive([(task["job"], task["id"], v.state) for _, task, v in verdicts])
+        for (d, task, _), out in zip(verdicts, outs):
+            if out == "done":
                 log.info("job %s is done", task["job"])
                 summarize(self.ctx.store, self.ctx.archive, task["job"])
             d.finish()

@@ -95,24 +95,24 @@ class Worker(Supervised, pykka.ThreadingActor):
         except ValueError as exc:
             self.ctx.dead_letter(delivery, f"tasks topic: {exc}")
             return
-        lease = self._lease(ref, delivery)
-        if lease is None:
+        leased = self._lease(ref, delivery)
+        if leased is None:
             return
+        lease, spec = leased
         from taskherd.actors.dispatcher import Leased, Released
 
         dispatcher = find_dispatcher()
         dispatcher.tell(Leased(self.index, lease))
         try:
-            outcome, spec = self._execute(lease)
-            self._finish(lease, outcome, spec)
+            self._finish(lease, self._execute(lease, spec), spec)
         finally:
             dispatcher.tell(Released(self.index))
 
-    def _lease(self, ref: TaskRef, delivery: Delivery) -> Lease | None:
+    def _lease(self, ref: TaskRef, delivery: Delivery) -> tuple[Lease, dict[str, Any] | None] | None:
         exec_id = uuid.uuid4().hex
         ttl_ms = int(self.ctx.settings.worker.lease_ttl_s * 1000)
         try:
-            lease = self.ctx.store.lease(ref.job, ref.task_id, exec_id, self.name, ttl_ms)
+            lease, spec = self.ctx.store.lease(ref.job, ref.task_id, exec_id, self.name, ttl_ms, ref.type)
         except StoreError as exc:
             log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
             delivery.requeue(1.0)
@@ -121,21 +121,27 @@ class Worker(Supervised, pykka.ThreadingActor):
         if isinstance(lease, str):
             log.debug("task %s not leased: %s", ref.task_id, lease)
             return None
-        return lease
+        return lease, spec
 
-    def _execute(self, lease: Lease) -> tuple[Outcome | str, dict[str, Any] | None]:
-        spec = self.ctx.store.spec("executor", lease.type)
+    def _execute(self, lease: Lease, spec: dict[str, Any] | None) -> Outcome | str:
         if spec is None:
-            return f"no executor registered for task type {lease.type!r}", None
+            return f"no executor registered for task type {lease.type!r}"
         try:
-            runnable = runner_spec(spec)
+            runnable = self._runnable(spec)
         except TaskherdError as exc:
-            return f"executor spec for {lease.type!r} is unusable: {exc}", spec
+            return f"executor spec for {lease.type!r} is unusable: {exc}"
         self.execution.begin(lease.exec_id)
         try:
-            return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s), spec
+            return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s)
         finally:
             self.execution.end()
+
+    def _runnable(self, spec: dict[str, Any]) -> RunnerSpec:
+        """Specs parsed once per distinct spec (a replacement is a new key)."""
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._specs:
+            self._specs[key] = runner_spec(spec)
+        return self._specs[key]
 
     def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None) -> None:
         if isinstance(outcome, str):

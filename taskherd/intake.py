@@ -8,6 +8,7 @@ leaves nothing, and the caller's retry with the same id is safe.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -85,14 +86,28 @@ class Intake:
     def submit(self, subs: list[Submission], where: str = "tasks") -> list[Accepted]:
         """Accept a batch all or nothing: any invalid task raises InvalidTask before anything is written."""
         tasks = self._prepare(subs, where)
-        statuses = self._known(tasks)
+        return self._create(tasks, self._known(tasks))
+
+    def retry(self, ids: list[str]) -> list[Accepted]:
+        """Requeue dead letters (archived failed or cancelled tasks) under their own ids, fresh attempts.
+
+        The archived row stays until the task ends again and overwrites it, so a crash midway loses
+        nothing; the job counts the task out of its final state as it comes back, in the same script.
+        """
+        rows = {r["id"]: r for r in self.archive.dead(ids)}
+        subs = [Submission(type=r["type"], job=r["job"], payload=json.loads(r["payload"]), id=r["id"])
+                for r in rows.values()]
+        tasks = [dataclasses.replace(t, revives=rows[t.id]["state"]) for t in self._prepare(subs, "tasks")]
+        return self._create(tasks, {})
+
+    def _create(self, tasks: list[NewTask], statuses: dict[str, str]) -> list[Accepted]:
         by_job: dict[str, list[NewTask]] = {}
         for t in tasks:
             if t.id not in statuses:
                 by_job.setdefault(t.job, []).append(t)
         for job, group in by_job.items():
             statuses.update(zip([t.id for t in group], self.store.submit(job, group)))
-        created = [TaskRef(t.job, t.id).encode() for t in tasks if statuses[t.id] == "created"]
+        created = [TaskRef(t.job, t.id, t.type).encode() for t in tasks if statuses[t.id] == "created"]
         self.ring(created)
         return [Accepted(t.id, statuses[t.id]) for t in tasks]
 

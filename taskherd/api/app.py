@@ -68,7 +68,7 @@ PodDep = Annotated[Pod, Depends(_pod)]
 
 def build_app(ctx: PodContext, manager: Callable[[], pykka.ActorRef]) -> FastAPI:
     """The API over one pod's context; `manager` returns the current Manager (it changes on restart)."""
-    errors = {code: {"model": m.ErrorBody} for code in (400, 404, 409, 413, 422, 500, 503)}
+    errors = {code: {"model": m.ErrorBody} for code in (400, 404, 409, 413, 415, 422, 500, 503)}
     app = FastAPI(title="taskherd", version=__version__, responses=errors,
                   description="Register executors and analyzers, submit tasks, follow jobs.")
     app.state.pod = Pod(ctx, manager)

@@ -62,7 +62,7 @@ def task_field(field: str, batch: bool) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, lambda _r, e: error_response(e.status, e.items, **e.extra))
-    app.add_exception_handler(RequestValidationError, lambda _r, e: _validation_response(e.errors()))
+    app.add_exception_handler(RequestValidationError, lambda r, e: _validation_response(r, e.errors()))
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(InvalidTask, lambda _r, e: error_response(422, [error_item(
         task_field(e.field, True), e.problem)]))
@@ -97,11 +97,15 @@ def _spec_item(problem: str) -> dict[str, Any]:
     return error_item(field, message) if sep and " " not in field else error_item("body", problem)
 
 
-def _validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
+def _validation_response(request: Request, errors: list[dict[str, Any]]) -> JSONResponse:
     for e in errors:
         if e["type"] == "json_invalid":
             where = f" at character {e['loc'][1]}" if len(e["loc"]) > 1 else ""
             return error_response(400, [error_item("body", f"not valid JSON: {e['ctx']['error']}{where}")])
+        if isinstance(e.get("input"), bytes) and e["loc"][0] == "body":  # FastAPI parses JSON bodies only
+            kind = request.headers.get("content-type", "none")
+            return error_response(415, [error_item("body", f"expected a JSON body with Content-Type: "
+                                                           f"application/json, got Content-Type: {kind}")])
     return error_response(422, [error_item(_field_path(e["loc"]), _message(e)) for e in errors])
 
 

@@ -1,7 +1,7 @@
 """Archive: the one protocol taskherd speaks to MySQL/MariaDB, where finished work lives for good.
 
-Rows are unique on task id and written with INSERT IGNORE, so archiving the same task twice (a result
-redelivered after a crash between the MySQL commit and the Redis cleanup) is a no-op. Each thread gets
+Rows are unique on task id and upserted, so archiving the same task twice (a result redelivered after
+a crash between the MySQL commit and the Redis cleanup) leaves one row. Each thread gets
 its own connection: pymysql connections are not thread-safe.
 """
 
@@ -132,19 +132,21 @@ class Archive:
         self._execute(lambda cur: [cur.execute(sql) for sql in _SCHEMA])
 
     def archive(self, tasks: list[ArchivedTask]) -> None:
-        """Insert finished tasks and their records in one transaction (a repeat is a no-op)."""
+        """Upsert finished tasks and their records in one transaction. A repeat writes the same row again
+        (a redelivered result); a retried dead letter overwrites its failed row when it ends again."""
         if not tasks:
             return
         cols = ", ".join(_TASK_COLUMNS)
         marks = ", ".join(["%s"] * len(_TASK_COLUMNS))
+        updates = ", ".join(f"{c} = VALUES({c})" for c in _TASK_COLUMNS if c != "id")
         task_rows = [tuple(getattr(t, c) for c in _TASK_COLUMNS) for t in tasks]
         record_rows = [(t.id, t.job, t.type, t.record) for t in tasks if t.record is not None]
 
         def write(cur: Any) -> None:
-            cur.executemany(f"INSERT IGNORE INTO tasks ({cols}) VALUES ({marks})", task_rows)
+            cur.executemany(f"INSERT INTO tasks ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {updates}", task_rows)
             if record_rows:
-                cur.executemany("INSERT IGNORE INTO records (task_id, job, type, record) VALUES (%s, %s, %s, %s)",
-                                record_rows)
+                cur.executemany("INSERT INTO records (task_id, job, type, record) VALUES (%s, %s, %s, %s) "
+                                "ON DUPLICATE KEY UPDATE record = VALUES(record)", record_rows)
 
         self._execute(write)
 
@@ -174,13 +176,29 @@ class Archive:
                 row[field] = json.loads(row[field])
         return row
 
-    def task_ids(self, job: str, state: str, after: str, limit: int) -> list[str]:
+    def task_ids(self, job: str | None, state: str, after: str, limit: int) -> list[str]:
+        """Archived ids in a final state, in id order after `after` (of one job, or of every job)."""
+        where, args = ("job = %s AND ", [job]) if job is not None else ("", [])
+
         def read(cur: Any) -> list[dict[str, Any]]:
-            cur.execute("SELECT id FROM tasks WHERE job = %s AND state = %s AND id > %s ORDER BY id LIMIT %s",
-                        (job, state, after, limit))
+            cur.execute(f"SELECT id FROM tasks WHERE {where}state = %s AND id > %s ORDER BY id LIMIT %s",
+                        (*args, state, after, limit))
             return cur.fetchall()
 
         return [r["id"] for r in self._execute(read)]
+
+    def dead(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Archived rows among `ids` that ended failed or cancelled: what `task retry` may requeue."""
+        if not ids:
+            return []
+        marks = ", ".join(["%s"] * len(ids))
+
+        def read(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(f"SELECT id, job, type, state, payload FROM tasks WHERE id IN ({marks}) "
+                        "AND state IN ('failed', 'cancelled')", ids)
+            return cur.fetchall()
+
+        return self._execute(read)
 
     def counts(self, job: str) -> dict[str, int]:
         """Archived tasks of a job by final state, and its records (for cross-checks and summaries)."""

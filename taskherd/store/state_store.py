@@ -35,6 +35,8 @@ class NewTask:
     max_attempts: int
     timeout_s: float
     parent: str = ""
+    revives: str = ""
+    """The final state of an archived task being retried (its row is overwritten when it ends again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class StateStore:
     def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
         self.redis = client or connect(settings)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
-                         ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register")}
+                         ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register", "cancel")}
 
     def _run(self, name: str, keys_: list[str], args: list[Any], client: Any = None) -> Any:
         try:
@@ -104,19 +106,32 @@ class StateStore:
     def _submit_script(self, job: str, tasks: list[NewTask]) -> list[str]:
         args: list[Any] = [job]
         for t in tasks:
-            args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent]
+            args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives]
         task_keys = [keys.task(job, t.id) for t in tasks]
         self.redis.sadd(keys.JOBS, job)
         return self._run("submit", [keys.job_meta(job), keys.by_state(job, keys.PENDING), *task_keys], args)
 
     # --- worker transitions -------------------------------------------------------------------------
-    def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int) -> Lease | str:
-        """A Lease, or why not: 'gone' (archived, torn down, unknown) or the state it is already in."""
-        r = self._run("lease", [keys.task(job, task_id), keys.by_state(job, keys.PENDING),
-                                keys.by_state(job, keys.RUNNING)], [task_id, exec_id, worker, ttl_ms])
+    def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int,
+              type_hint: str = "") -> tuple[Lease | str, dict[str, Any] | None]:
+        """(Lease, its executor spec), or (why not, None): 'gone' (archived, torn down, unknown) or the
+        state the task is already in. With the type hint from the message, the spec comes in the same
+        round trip; a replaced executor is thus used from the next task on, with no cache to invalidate."""
+        ks = [keys.task(job, task_id), keys.by_state(job, keys.PENDING), keys.by_state(job, keys.RUNNING)]
+        args = [task_id, exec_id, worker, ttl_ms]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            self._scripts["lease"](keys=ks, args=args, client=pipe)
+            pipe.get(keys.executor(type_hint or "-"))
+            r, raw = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"redis lease: {exc}") from exc
         if r[0] != "ok":
-            return r[1] if len(r) > 1 else r[0]
-        return Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]))
+            return (r[1] if len(r) > 1 else r[0]), None
+        lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]))
+        if lease.type != type_hint:
+            return lease, self.spec("executor", lease.type)
+        return lease, json.loads(raw) if raw else None
 
     def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
         """Renew leases (task id, exec id) of one job; False where the execution was superseded."""
@@ -161,15 +176,39 @@ class StateStore:
         now = self.now_ms()
         self.redis.zadd(keys.by_state(job, state), {i: now for i in ids}, xx=True)
 
+    # --- cancel and retry ----------------------------------------------------------------------------
+    def cancel(self, job: str, task_id: str) -> str:
+        """The state the task was in ('gone' if not live). Waiting tasks move to analyzing at once;
+        a running one is flagged and its worker kills it at the next lease renewal."""
+        ks = [keys.task(job, task_id), *[keys.by_state(job, s) for s in (keys.PENDING, keys.RETRY, keys.ANALYZING)]]
+        return self._run("cancel", ks, [task_id])
+
+    def cancel_job(self, job: str) -> list[tuple[str, str]]:
+        """Refuse new tasks in the job, then cancel each live one; returns (task id, prior state)."""
+        self.redis.hset(keys.job_meta(job), "cancel_requested", 1)
+        out = []
+        for state in (keys.PENDING, keys.RETRY, keys.RUNNING):
+            for task_id in self.redis.zrange(keys.by_state(job, state), 0, -1):
+                out.append((task_id, self.cancel(job, task_id)))
+        return out
+
     # --- analysis and archive -----------------------------------------------------------------------
-    def archive(self, job: str, task_id: str, final_state: str) -> str:
-        """'done' (the job just finished), 'ok', or 'skip' (not awaiting analysis: a duplicate)."""
-        ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.job_meta(job),
-              *[keys.by_state(job, s) for s in _LIVE]]
-        r = self._run("archive", ks, [task_id, final_state])
-        if r != "skip":
-            self.redis.hdel(keys.TASK_INDEX, task_id)
-        return r
+    def archive(self, done: list[tuple[str, str, str]]) -> list[str]:
+        """For each (job, task id, final state): 'done' (its job just finished), 'ok', or 'skip' (not
+        awaiting analysis: a duplicate). Two round trips for any number of tasks."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for job, task_id, final_state in done:
+                ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.job_meta(job),
+                      *[keys.by_state(job, s) for s in _LIVE]]
+                self._scripts["archive"](keys=ks, args=[task_id, final_state], client=pipe)
+            out = pipe.execute()
+            gone = [task_id for (_, task_id, _), r in zip(done, out) if r != "skip"]
+            if gone:
+                self.redis.hdel(keys.TASK_INDEX, *gone)
+            return out
+        except redis.RedisError as exc:
+            raise StoreError(f"redis archive: {exc}") from exc
 
     # --- reads --------------------------------------------------------------------------------------
     def job_of(self, task_id: str) -> str | None:

@@ -29,9 +29,12 @@ class TaskRef:
 
     job: str
     task_id: str
+    type: str = ""
+    """A hint (tasks topic only) so a worker fetches the executor spec in the lease's round trip."""
 
     def encode(self) -> bytes:
-        return json.dumps({"j": self.job, "t": self.task_id}, separators=(",", ":")).encode()
+        body = {"j": self.job, "t": self.task_id, **({"y": self.type} if self.type else {})}
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def decode(body: bytes, max_bytes: int) -> TaskRef:
@@ -44,7 +47,8 @@ def decode(body: bytes, max_bytes: int) -> TaskRef:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("j"), str) or not isinstance(data.get("t"), str):
         raise ValueError('expected {"j": job, "t": task id} with string values')
-    return TaskRef(data["j"], data["t"])
+    hint = data.get("y")
+    return TaskRef(data["j"], data["t"], hint if isinstance(hint, str) else "")
 
 
 class TaskQueue:

@@ -227,6 +227,13 @@ def test_a_body_that_is_not_json_or_too_large_is_rejected_naming_the_body(typed:
     assert typed.frozen() == before
 
 
+def test_a_body_that_is_not_sent_as_json_is_a_415(typed: Stack) -> None:
+    response = typed.http.post("/tasks", content=b'{"type": "echo", "job": "j1"}',
+                               headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and error(response)["field"] == "body"
+    assert "application/json" in error(response)["message"]
+
+
 def test_a_streamed_body_over_the_limit_is_a_413(typed: Stack) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"tasks": ['
@@ -419,3 +426,42 @@ def test_cli_config_show_prints_toml_that_reads_back(capsys: pytest.CaptureFixtu
     assert main(["config", "show"]) == 0
     shown = tomllib.loads(capsys.readouterr().out)
     assert shown["api"]["port"] == Settings().api.port and shown["nsq"]["tasks_topic"] == "taskherd.tasks"
+
+
+def test_nodes_are_listed_by_the_api_and_by_the_cli_from_redis(stack: Stack, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from taskherd.actors.registry import NodeInfo, Registry
+
+    info = NodeInfo.for_this_process("worker", 3)
+    Registry.start(StateStore(stack.settings.redis).redis, info, stack.settings.registry, supervisor=None,
+                   slot="registry")
+    wait_until(lambda: stack.http.get("/nodes").json(), timeout=10, message="node registered")
+    assert [n["id"] for n in stack.http.get("/nodes").json()] == [info.id]
+    config = tmp_path / "taskherd.toml"
+    config.write_text(f"[redis]\nport = {stack.settings.redis.port}\n")
+    assert main(["--config", str(config), "nodes"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["ID", "ROLE", "HOST"] and row.split()[:2] == [info.id, "worker"]
+
+
+@pytest.mark.parametrize("failed, code", [(0, 0), (2, 1)])
+def test_cli_job_wait_polls_until_done_and_exits_by_outcome(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            failed: int, code: int) -> None:
+    # Given a job that is done on the third poll (the API answered by a stub transport)
+    polls = iter([(0, 1, False), (1, 3, False), (3, 3, True)])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        done, total, finished = next(polls)
+        counts = {"pending": total - done, "succeeded": done - (failed if finished else 0),
+                  "failed": failed if finished else 0, "cancelled": 0}
+        return httpx.Response(200, json={"job": "j1", "counts": counts, "total": total,
+                                         "open": total - done, "done": finished})
+
+    stub = Client("http://stub", http=httpx.Client(base_url="http://stub", transport=httpx.MockTransport(answer)))
+    monkeypatch.setattr("taskherd.cli._client", lambda args: stub)
+    monkeypatch.setattr("taskherd.client.time.sleep", lambda s: None)
+    # When `job wait` follows it, Then it exits 0 when all succeeded and 1 when some failed
+    assert main(["job", "wait", "j1", "--timeout", "30"]) == code
+    out = capsys.readouterr()
+    assert f"{3 - failed} succeeded, {failed} failed" in out.out and "3/3" in out.err

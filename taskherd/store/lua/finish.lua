@@ -5,7 +5,7 @@
 -- ARGV[6] retry delay ms (-1: final), ARGV[7] execution record JSON
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local st = redis.call('HMGET', KEYS[1], 'state', 'exec')
+local st = redis.call('HMGET', KEYS[1], 'state', 'exec', 'cancelled')
 if not st[1] then return 'gone' end
 if st[1] ~= 'running' or st[2] ~= ARGV[2] then
   redis.call('HINCRBY', KEYS[6], 'fenced', 1)
@@ -14,6 +14,11 @@ end
 redis.call('RPUSH', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local delay = tonumber(ARGV[6])
+if st[3] then
+  redis.call('HSET', KEYS[1], 'state', 'analyzing', 'outcome', 'cancelled', 'error', 'cancelled', 'finished', now)
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+  return 'analyzing'
+end
 if delay >= 0 then
   redis.call('HSET', KEYS[1], 'state', 'retry', 'error', ARGV[5], 'due', now + delay)
   redis.call('ZADD', KEYS[5], now + delay, ARGV[1])

@@ -3,7 +3,7 @@
 -- ARGV[1] task id, ARGV[2] execution id, ARGV[3] worker (node/slot), ARGV[4] lease ttl ms
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local st = redis.call('HMGET', KEYS[1], 'state', 'timeout_s', 'attempts', 'max_attempts', 'type', 'payload', 'cancelled')
+local st = redis.call('HMGET', KEYS[1], 'state', 'timeout_s', 'attempts', 'max_attempts', 'type', 'payload')
 if not st[1] then return {'gone'} end
 if st[1] ~= 'pending' then return {'dup', st[1]} end
 local attempts = tonumber(st[3]) + 1

@@ -6,12 +6,17 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not score or tonumber(score) > now then return 'alive' end
-local st = redis.call('HMGET', KEYS[1], 'state', 'exec', 'attempts', 'max_attempts', 'worker', 'started')
+local st = redis.call('HMGET', KEYS[1], 'state', 'exec', 'attempts', 'max_attempts', 'worker', 'started', 'cancelled')
 redis.call('ZREM', KEYS[3], ARGV[1])
 if st[1] ~= 'running' then return 'stale' end
 local err = 'lease expired: worker ' .. (st[5] or '?') .. ' stopped renewing or overran the deadline'
 redis.call('RPUSH', KEYS[2], cjson.encode({exec = st[2], worker = st[5], started = tonumber(st[6]),
   ended = now, status = 'lost', error = err}))
+if st[7] then
+  redis.call('HSET', KEYS[1], 'state', 'analyzing', 'outcome', 'cancelled', 'error', 'cancelled', 'finished', now)
+  redis.call('ZADD', KEYS[5], now, ARGV[1])
+  return 'analyzing'
+end
 if tonumber(st[3]) < tonumber(st[4]) then
   redis.call('HSET', KEYS[1], 'state', 'pending', 'error', err)
   redis.call('ZADD', KEYS[4], now, ARGV[1])

@@ -1,11 +1,16 @@
 -- Create tasks that do not exist yet; answer exists/conflict for those that do (by payload digest).
 -- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3..] task hashes (one per task, in ARGV order)
--- ARGV[1] job; then 7 per task: id, type, payload, digest, max_attempts, timeout_s, parent
+-- ARGV[1] job; then 8 per task: id, type, payload, digest, max_attempts, timeout_s, parent, revives
+-- (revives: the final state of an archived task being retried, counted out of the job as it returns)
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local created, out = 0, {}
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  for i = 3, #KEYS do out[#out + 1] = 'cancelled' end
+  return out
+end
 for i = 3, #KEYS do
-  local a = 1 + (i - 3) * 7
+  local a = 1 + (i - 3) * 8
   local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
   local old = redis.call('HGET', key, 'digest')
   if old then
@@ -15,6 +20,7 @@ for i = 3, #KEYS do
       'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
       'state', 'pending', 'attempts', 0, 'created', now)
     redis.call('ZADD', KEYS[2], now, id)
+    if ARGV[a + 8] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[a + 8], -1) end
     created = created + 1
     out[#out + 1] = 'created'
   end
