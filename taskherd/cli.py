@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = _group(sub, "task", "look at tasks")
     _cmd(group, "show", cmd_task_show, "print a task as JSON").add_argument("id")
+    from taskherd import cli_control  # built on this module's helpers, so imported once they exist
+
+    cli_control.task_commands(group)
     group = _group(sub, "job", "follow and tear down jobs")
     _cmd(group, "status", cmd_job_status, "print a job's counts as JSON").add_argument("job")
     w = _cmd(group, "wait", cmd_job_wait, "progress bar until done: exit 0, 1 with failed tasks, 3 on timeout")
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: never)")
     _cmd(group, "teardown", cmd_job_teardown, "delete the job's runtime state and verify none is left") \
         .add_argument("job")
+    cli_control.job_commands(group)
 
     _cmd(sub, "run", cmd_run, "run one pod until SIGTERM") \
         .add_argument("--role", choices=("manager", "worker", "all"), default="all")

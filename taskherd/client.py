@@ -162,6 +162,28 @@ class Client:
     def ready(self) -> dict[str, Any]:
         return self._request("GET", "/readyz")
 
+    # --- control ------------------------------------------------------------------------------------
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """`{id, was, cancelled}`: a running task is killed within one lease renewal."""
+        return self._request("POST", f"/tasks/{_seg(task_id)}/cancel")
+
+    def cancel_job(self, job: str) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{_seg(job)}/cancel")
+
+    def retry(self, task_id: str) -> dict[str, Any]:
+        """Requeue a failed or cancelled task with fresh attempts."""
+        return self._request("POST", f"/tasks/{_seg(task_id)}/retry")
+
+    def retry_job(self, job: str) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{_seg(job)}/retry")
+
+    def tasks(self, state: str, job: str | None = None, limit: int = 100,
+              cursor: str | None = None) -> tuple[list[str], str | None]:
+        """Archived task ids in a final state (`failed`: the dead letters), and the next cursor."""
+        params = {"state": state, "limit": limit, **({"job": job} if job else {}), **({"cursor": cursor} if cursor else {})}
+        page = self._request("GET", "/tasks", params=params)
+        return page["ids"], page["next_cursor"]
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)

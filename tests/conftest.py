@@ -28,6 +28,7 @@ from taskherd.errors import MissingBinary
 from tests.helpers import (PORT_SHIFTS, Services, mysql_connect, nsqd_post, redis_client,
                            settings_for_tests)
 
+
 @pytest.fixture(scope="session")
 def service_binaries() -> dict[str, str]:
     """Path of every service binary; skips (locally) or fails (CI set) when one is missing."""

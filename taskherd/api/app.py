@@ -72,7 +72,9 @@ def build_app(ctx: PodContext, manager: Callable[[], pykka.ActorRef]) -> FastAPI
     app = FastAPI(title="taskherd", version=__version__, responses=errors,
                   description="Register executors and analyzers, submit tasks, follow jobs.")
     app.state.pod = Pod(ctx, manager)
-    for routes in (_spec_routes, _task_routes, _job_routes, _ops_routes):
+    from taskherd.api.control import control_routes  # it builds on this module's Pod dependency
+
+    for routes in (_spec_routes, control_routes, _task_routes, _job_routes, _ops_routes):
         routes(app)
     install_error_handlers(app)
     api = ctx.settings.api
@@ -100,7 +102,7 @@ def _spec_routes(app: FastAPI) -> None:
         _spec_reads(app, kind)
 
 
-def _register(pod: Pod, response: Response, kind: str, task_type: str, spec: m._SpecIn,
+def _register(pod: Pod, response: Response, kind: str, task_type: str, spec: m.SpecIn,
               replace: bool) -> m.Registered:
     body = spec.model_dump(exclude_none=True)
     status = pod.ask(RegisterSpec(kind, task_type, body, replace))

@@ -49,7 +49,7 @@ SHAPE_TAGS = ("one", "batch")
 """Tags pydantic puts in an error's location; they are not part of the field path a user sees."""
 
 
-class _SpecIn(_In):
+class SpecIn(_In):
     id: str | None = Field(None, min_length=1, max_length=255, description="Defaults to the task type.")
     kind: Any = Field(description="python, exe or http.")
     target: Any = Field(description='"pkg.module:function" (python), an argv list (exe) or a URL (http).')
@@ -60,7 +60,7 @@ class _SpecIn(_In):
     description: str | None = Field(None, max_length=2000)
 
 
-class ExecutorIn(_SpecIn):
+class ExecutorIn(SpecIn):
     """How to run tasks of one type."""
 
     max_attempts: int | None = Field(None, ge=1, le=1000, description="Default attempts per task.")
@@ -68,13 +68,14 @@ class ExecutorIn(_SpecIn):
                                              "statuses that are retried; others fail at once.")
 
 
-class AnalyzerIn(_SpecIn):
+class AnalyzerIn(SpecIn):
     """How to analyze results of one type: returns `{"children": [...], "record": {...}}`."""
 
 
 class Accepted(BaseModel):
     id: str
-    status: Literal["created", "exists", "conflict"]
+    status: Literal["created", "exists", "conflict", "cancelled"]
+    """'cancelled': the job was cancelled and accepts no new tasks."""
 
 
 class BatchAccepted(BaseModel):

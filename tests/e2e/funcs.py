@@ -46,3 +46,12 @@ def twice(data: dict) -> dict:
 
 def bad_analyzer(data: dict) -> dict:
     raise RuntimeError("analyzer exploded")
+
+
+def marker_sleep(payload: dict) -> dict:
+    """Sleeps with a marker in its process title argv-visible via an env-free way: writes its pid."""
+    import pathlib
+
+    pathlib.Path(payload["pidfile"]).write_text(str(os.getpid()))
+    time.sleep(float(payload.get("sleep_s", 30)))
+    return {"slept": True}

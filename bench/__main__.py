@@ -1,0 +1,317 @@
+"""`python -m bench [--quick] [--only WORKLOAD[,WORKLOAD]] [--reps 3] [--systems taskherd,celery,dramatiq,rq]`
+
+Runs issue 6's workloads against a taskherd cluster started here and against Celery, Dramatiq and RQ
+(in the bench-only venv bench/.peers-venv, each against a redis-server of its own), with the same
+number of worker processes; prints a table and writes bench/results/<timestamp>.json and
+bench/results/latest.json (+ latest.md). See bench/README.md for the method.
+
+Order of a run: taskherd's no-op, latency, 10 ms and fan-out workloads; then the peers' recovery
+trials start in the background (they mostly wait for a capped 60 s each) while taskherd's scale-of-state
+and recovery workloads run; then the cluster stops and the peers run their other workloads one at a
+time on an otherwise quiet machine. Every process started is stopped at the end, on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (RESULTS, ROOT, BenchError, RedisServer, command_output, dump_json, log, reap_leftovers,
+                          record_pid, stop_proc)
+
+WORKLOADS = ("noop", "latency", "sleep10", "fanout", "scale", "recovery")
+PEERS = ("celery", "dramatiq", "rq")
+PEER_PORTS = {"celery": 19380, "dramatiq": 19381, "rq": 19382}
+
+FULL = {"noop": 20_000, "latency": 500, "sleep": 2_000, "fan": 10, "depth": 4, "scale": 200_000,
+        "peer_scale": 20_000, "cap": 60.0, "task_s": 5.0, "max_rep_s": 90.0, "scale_timeout": 2400.0}
+QUICK = {"noop": 1_500, "latency": 100, "sleep": 400, "fan": 10, "depth": 2, "scale": 3_000,
+         "peer_scale": 2_000, "cap": 10.0, "task_s": 5.0, "max_rep_s": 10.0, "scale_timeout": 300.0}
+
+WORKER_PODS, SLOTS_PER_POD = 2, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small N, 1 repetition, 10 s recovery cap (a smoke run)")
+    ap.add_argument("--only", default="", help=f"comma-separated workloads among {', '.join(WORKLOADS)}")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per figure (default 3; 1 with --quick)")
+    ap.add_argument("--systems", default="taskherd," + ",".join(PEERS))
+    ap.add_argument("--workers", type=int, default=WORKER_PODS, help="taskherd worker pods")
+    ap.add_argument("--slots", type=int, default=SLOTS_PER_POD, help="slots per taskherd worker pod")
+    ap.add_argument("--keep", action="store_true", help="keep the services' data dir after the run")
+    args = ap.parse_args(argv)
+
+    cfg = dict(QUICK if args.quick else FULL)
+    reps = args.reps or (1 if args.quick else 3)
+    workloads = [w for w in (args.only.split(",") if args.only else WORKLOADS) if w]
+    unknown = set(workloads) - set(WORKLOADS)
+    systems = [s for s in args.systems.split(",") if s]
+    if unknown or set(systems) - {"taskherd", *PEERS}:
+        ap.error(f"unknown workload(s) {sorted(unknown)} or system(s) in {systems}")
+    total_slots = args.workers * args.slots
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    left = reap_leftovers()
+    if left:
+        log(f"ended processes an earlier run left behind: {', '.join(left)}")
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(tempfile.gettempdir()) / f"taskherd-bench-{stamp}"
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    report: dict[str, Any] = {
+        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
+        "quick": args.quick, "reps": reps, "workloads": workloads, "systems": systems,
+        "machine": machine(), "versions": {}, "configuration": {}, "results": {}, "errors": {},
+        "logs": str(logs), "load": {"start": os.getloadavg()},
+    }
+    log(f"bench: {'quick' if args.quick else 'full'} run, {reps} repetition(s), workloads {','.join(workloads)}, "
+        f"systems {','.join(systems)}; taskherd: 1 manager + {args.workers} worker pods x {args.slots} slots = "
+        f"{total_slots} slots; each peer: {total_slots} worker processes; load average {os.getloadavg()}")
+    log(f"bench: logs in {logs}")
+
+    peers = [p for p in systems if p in PEERS]
+    redises: dict[str, RedisServer] = {}
+    recovery_drivers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    try:
+        peer_python = None
+        if peers:
+            from bench import peers_env
+            peer_python = peers_env.ensure()
+            report["versions"]["peers"] = peers_env.versions()
+            for p in peers:
+                redises[p] = RedisServer(PEER_PORTS[p], run_dir / f"redis-{p}").start()
+        report["versions"] |= versions()
+        report["configuration"] = configuration(cfg, reps, args.workers, args.slots, peers)
+
+        def launch_peer_recovery() -> None:
+            if "recovery" not in workloads:
+                return
+            for p in peers:
+                out = run_dir / f"{p}-recovery.json"
+                recovery_drivers[p] = (driver(peer_python, p, ["recovery"], cfg, reps, total_slots, args.workers,
+                                              out, logs), out)
+            log(f"bench: peers' recovery trials started in the background ({', '.join(peers)})")
+
+        if "taskherd" in systems:
+            report["results"]["taskherd"] = run_taskherd(workloads, cfg, reps, args, run_dir, logs, report,
+                                                         launch_peer_recovery)
+        else:
+            launch_peer_recovery()
+
+        for p, (proc, out) in recovery_drivers.items():
+            budget = reps * (cfg["cap"] + cfg["task_s"] + 60) + 120
+            report["results"].setdefault(p, {}).update(collect(p, proc, out, budget, report))
+        recovery_drivers.clear()
+
+        rest = [w for w in workloads if w != "recovery"]
+        for p in peers:
+            if not rest:
+                break
+            out = run_dir / f"{p}.json"
+            log(f"bench: {p}: {', '.join(rest)}")
+            proc = driver(peer_python, p, rest, cfg, reps, total_slots, args.workers, out, logs)
+            budget = 600 + reps * len(rest) * (cfg["max_rep_s"] * 2 + 60)
+            report["results"].setdefault(p, {}).update(collect(p, proc, out, budget, report))
+    except KeyboardInterrupt as exc:
+        report["errors"]["interrupted"] = str(exc) or "Ctrl-C"
+        log("bench: interrupted; stopping everything")
+    except BenchError as exc:
+        report["errors"]["bench"] = str(exc)
+        log(f"bench: {exc}")
+    finally:
+        for p, (proc, _) in recovery_drivers.items():
+            stop_proc(proc, 20)
+        for server in redises.values():
+            server.stop()
+        if not args.keep:
+            for sub in run_dir.iterdir():
+                if sub.is_dir() and sub.name != "logs":
+                    shutil.rmtree(sub, ignore_errors=True)
+        (RESULTS / "processes.tmp").unlink(missing_ok=True)
+
+    report["load"]["end"] = os.getloadavg()
+    report["duration_s"] = round(time.time() - started, 1)
+    from bench.report import markdown_table, text_table, update_readme
+    table = text_table(report)
+    print(table)
+    md = markdown_table(report)
+    path = RESULTS / f"{stamp}.json"
+    dump_json(path, report)
+    dump_json(RESULTS / "latest.json", report)
+    (RESULTS / "latest.md").write_text(md)
+    log(f"bench: done in {report['duration_s']:.0f} s; results in {path} and {RESULTS / 'latest.json'}")
+    if not args.quick and not args.only and set(systems) == {"taskherd", *PEERS} and not report["errors"]:
+        update_readme(md)
+    return 1 if report["errors"] else 0
+
+
+def run_taskherd(workloads: list[str], cfg: dict[str, Any], reps: int, args: argparse.Namespace, run_dir: Path,
+                 logs: Path, report: dict[str, Any], launch_peer_recovery: Any) -> dict[str, Any]:
+    from bench.taskherd_runs import Taskherd
+
+    results: dict[str, Any] = {}
+    with (logs / "taskherd-cluster.log").open("a") as out, \
+            Taskherd(args.workers, args.slots, run_dir / "taskherd", out) as th:
+        report["configuration"]["taskherd_settings"] = th.settings.model_dump()
+        th.warm_up()
+
+        def attempt(name: str, fn: Any) -> None:
+            if name not in workloads:
+                return
+            log(f"bench: taskherd: {name} (load average {os.getloadavg()[0]:.2f})")
+            try:
+                results[name] = fn()
+                results[name]["load_average"] = os.getloadavg()
+            except BenchError as exc:
+                log(f"bench: taskherd {name}: {exc}")
+                report["errors"][f"taskherd.{name}"] = str(exc)
+
+        attempt("noop", lambda: th.throughput("noop", cfg["noop"], reps))
+        attempt("latency", lambda: th.latency(cfg["latency"], reps))
+        attempt("sleep10", lambda: _sleep10(th, cfg, reps, args.workers * args.slots))
+        attempt("fanout", lambda: th.fanout(cfg["fan"], cfg["depth"], reps))
+        launch_peer_recovery()
+        attempt("scale", lambda: th.scale(cfg["scale"], cfg["scale_timeout"]))
+        attempt("recovery", lambda: th.recovery(reps, cfg["cap"], cfg["task_s"]))
+        restarts = {p.name: p.restarts for p in th.cluster.pods} if th.cluster else {}
+        report["configuration"]["taskherd_pod_restarts"] = restarts
+    return results
+
+
+def _sleep10(th: Any, cfg: dict[str, Any], reps: int, slots: int) -> dict[str, Any]:
+    from bench.common import summary
+
+    res = th.throughput("sleep", cfg["sleep"], reps)
+    ideal = slots * 100.0
+    res["ideal_rate"] = ideal
+    res["of_ideal"] = summary([r / ideal for r in res["drain_rate"]["values"]], "fraction", "higher")
+    return res
+
+
+def driver(python: Path | None, system: str, workloads: list[str], cfg: dict[str, Any], reps: int, slots: int,
+           pods: int, out: Path, logs: Path) -> subprocess.Popen[bytes]:
+    if python is None:
+        raise BenchError("the peers' venv is missing")
+    argv = [str(python), "-m", "bench.peers.driver", "--system", system, "--redis-port", str(PEER_PORTS[system]),
+            "--slots", str(slots), "--pods", str(pods), "--workloads", ",".join(workloads), "--reps", str(reps),
+            "--n-noop", str(cfg["noop"]), "--n-latency", str(cfg["latency"]), "--n-sleep", str(cfg["sleep"]),
+            "--fan", str(cfg["fan"]), "--depth", str(cfg["depth"]), "--n-scale", str(cfg["peer_scale"]),
+            "--recovery-cap", str(cfg["cap"]), "--task-s", str(cfg["task_s"]), "--max-rep-s", str(cfg["max_rep_s"]),
+            "--logdir", str(logs), "--out", str(out)]
+    errlog = (logs / f"{system}-driver.log").open("ab")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    errlog.close()
+    record_pid(proc.pid, f"{system} driver")
+    return proc
+
+
+def collect(system: str, proc: subprocess.Popen[bytes], out: Path, budget_s: float,
+            report: dict[str, Any]) -> dict[str, Any]:
+    """Wait for a driver (bounded), relay its progress lines, and return its workloads' results."""
+    deadline = time.monotonic() + budget_s
+    logfile = Path(report["logs"]) / f"{system}-driver.log"
+    seen = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen = _relay(logfile, seen)
+        time.sleep(0.5)
+    _relay(logfile, seen)
+    if proc.poll() is None:
+        log(f"bench: {system}: driver still running after {budget_s:.0f} s; stopping it")
+        report["errors"][f"{system}.timeout"] = f"driver stopped after {budget_s:.0f} s"
+        stop_proc(proc, 30)
+    if not out.exists():
+        report["errors"][system] = f"driver exited {proc.returncode} without results; see {logfile}"
+        return {}
+    data = json.loads(out.read_text())
+    for w, e in data.get("errors", {}).items():
+        report["errors"][f"{system}.{w}"] = e
+    return data.get("workloads", {})
+
+
+def _relay(path: Path, seen: int) -> int:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return seen
+    lines = text.splitlines()
+    for line in lines[seen:]:
+        if line[:2].isdigit() and line[2:3] == ":":  # the driver's own progress lines (timestamped)
+            print(line, file=sys.stderr, flush=True)
+    return len(lines)
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor()
+    return {"cpu_model": model, "cores_logical": psutil.cpu_count(), "cores_physical": psutil.cpu_count(logical=False),
+            "ram_gb": round(psutil.virtual_memory().total / 2 ** 30, 1), "os": platform.platform(),
+            "hostname": platform.node()}
+
+
+def versions() -> dict[str, Any]:
+    import importlib.metadata
+
+    from taskherd.deploy.local import binaries
+
+    def find(name: str) -> str:
+        try:
+            return binaries.find(name)
+        except Exception:  # noqa: BLE001 - reported as missing
+            return name
+
+    git = command_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return {"python": sys.version.split()[0], "taskherd": importlib.metadata.version("taskherd"),
+            "taskherd_git": git + (" (with uncommitted changes)" if dirty else ""),
+            "redis-server": command_output([find("redis-server"), "--version"]),
+            "mariadb": command_output([find("mariadbd"), "--version"]),
+            "nsqd": command_output([find("nsqd"), "--version"])}
+
+
+def configuration(cfg: dict[str, Any], reps: int, workers: int, slots: int, peers: list[str]) -> dict[str, Any]:
+    total = workers * slots
+    return {
+        "taskherd": f"1 manager pod + {workers} worker pods x {slots} slots = {total} slots; default settings "
+                    "except ports (+3000) and database name; Redis AOF everysec, nsqd --mem-queue-size=0",
+        "celery": f"{workers} workers x -c {slots} (prefork), acks_late=True, worker_prefetch_multiplier=1, "
+                  "Redis broker and result backend, defaults otherwise (visibility_timeout 1 h)",
+        "dramatiq": f"{workers} workers x --processes {slots} --threads 1, RedisBroker + Results(RedisBackend), "
+                    "defaults otherwise (heartbeat timeout 60 s)",
+        "rq": f"{total} `rq worker` processes (a forked work horse per job, RQ's default Worker), results in Redis",
+        "peer_redis": "one redis-server 7 per peer, its own port, --appendonly yes --appendfsync everysec --save ''",
+        "total_slots": total, "peers": peers, "reps": reps, "sizes": cfg,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
