@@ -138,6 +138,7 @@ class NsqLoop:
             lookupd_http_addresses=list(s.lookupd_http_addresses) or None,
             lookupd_poll_interval=max(1, round(s.lookupd_poll_interval_s)), lookupd_poll_jitter=0.1,
             max_in_flight=max(1, sub.max_in_flight), max_tries=0, heartbeat_interval=5,
+            msg_timeout=s.msg_timeout_s,
             user_agent="taskherd")
 
     def set_ready(self, topic: str, ready: int) -> None:

@@ -164,7 +164,11 @@ class Worker(Supervised, pykka.ThreadingActor):
 
 def retry_delay_ms(ctx: PodContext, lease: Lease, outcome: Outcome, spec: dict[str, Any] | None) -> int:
     """-1 when the outcome is final; else the backoff before the next attempt (exponential, jittered)."""
-    if outcome.ok or lease.attempts >= lease.max_attempts or not _retryable(outcome, spec):
+    if outcome.ok or lease.attempts >= lease.max_attempts:
+        return -1
+    if outcome.status == "killed":
+        return 0  # we killed it (lease lost or cancelled, which finish.lua records): not the task's fault
+    if not _retryable(outcome, spec):
         return -1
     m = ctx.settings.manager
     base = min(m.retry_backoff_max_s, m.retry_backoff_base_s * 2 ** (lease.attempts - 1))

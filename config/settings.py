@@ -26,6 +26,9 @@ class NsqSettings(_Section):
     deadletter_topic: str = Field("taskherd.deadletter", min_length=1, max_length=64)
     max_message_bytes: int = Field(1_048_576, ge=1024)
     lookupd_poll_interval_s: float = Field(5.0, gt=0)
+    msg_timeout_s: float = Field(15.0, ge=1, le=900)
+    """How long nsqd waits for a consumer to acknowledge before it redelivers (messages held by a
+    pod that died come back after this). Acknowledgement is quick: at lease, or after archiving."""
 
 
 class RedisSettings(_Section):

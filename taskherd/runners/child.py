@@ -22,7 +22,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from typing import Any, BinaryIO, Callable
 
@@ -30,12 +33,28 @@ TAIL_CHARS = 4096
 
 
 def main() -> int:
+    _die_with_parent(os.getppid())
     requests, replies = _claim_protocol_fds()
     functions: dict[str, Callable[[dict[str, Any]], Any]] = {}
     for line in requests:
         replies.write(_serve(line, functions))
         replies.flush()
     return 0
+
+
+def _die_with_parent(parent: int, interval_s: float = 0.2) -> None:
+    """If the worker dies without killing us (SIGKILL, OOM), kill our whole process group at once.
+
+    Otherwise an orphaned executor would keep running while the task's lease expires and another
+    worker runs it again: two executions at once. We are our group's leader (the worker starts us
+    with a new session), so the group is us and whatever user code started.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _claim_protocol_fds() -> tuple[BinaryIO, BinaryIO]:
