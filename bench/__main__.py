@@ -35,8 +35,8 @@ PEERS = ("celery", "dramatiq", "rq")
 PEER_PORTS = {"celery": 19380, "dramatiq": 19381, "rq": 19382}
 
 FULL = {"noop": 20_000, "latency": 500, "sleep": 2_000, "fan": 10, "depth": 4, "scale": 200_000,
-        "peer_scale": 20_000, "cap": 60.0, "task_s": 5.0, "max_rep_s": 90.0, "scale_timeout": 2400.0}
-QUICK = {"noop": 1_500, "latency": 100, "sleep": 400, "fan": 10, "depth": 2, "scale": 3_000,
+        "peer_scale": 10_000, "cap": 60.0, "task_s": 5.0, "max_rep_s": 40.0, "scale_timeout": 2400.0}
+QUICK = {"noop": 1_500, "latency": 50, "sleep": 400, "fan": 10, "depth": 2, "scale": 3_000,
          "peer_scale": 2_000, "cap": 10.0, "task_s": 5.0, "max_rep_s": 10.0, "scale_timeout": 300.0}
 
 WORKER_PODS, SLOTS_PER_POD = 2, 2
@@ -51,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default="taskherd," + ",".join(PEERS))
     ap.add_argument("--workers", type=int, default=WORKER_PODS, help="taskherd worker pods")
     ap.add_argument("--slots", type=int, default=SLOTS_PER_POD, help="slots per taskherd worker pod")
+    ap.add_argument("--scale-n", type=int, default=None,
+                    help="tasks of taskherd's scale-of-state job (default 200,000; 3,000 with --quick)")
     ap.add_argument("--keep", action="store_true", help="keep the services' data dir after the run")
     args = ap.parse_args(argv)
 
     cfg = dict(QUICK if args.quick else FULL)
+    if args.scale_n:
+        cfg["scale"] = args.scale_n
     reps = args.reps or (1 if args.quick else 3)
     workloads = [w for w in (args.only.split(",") if args.only else WORKLOADS) if w]
     unknown = set(workloads) - set(WORKLOADS)
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in peers:
                 out = run_dir / f"{p}-recovery.json"
                 recovery_drivers[p] = (driver(peer_python, p, ["recovery"], cfg, reps, total_slots, args.workers,
-                                              out, logs), out)
+                                              out, logs, "recovery"), out)
             log(f"bench: peers' recovery trials started in the background ({', '.join(peers)})")
 
         if "taskherd" in systems:
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for p, (proc, out) in recovery_drivers.items():
             budget = reps * (cfg["cap"] + cfg["task_s"] + 60) + 120
-            report["results"].setdefault(p, {}).update(collect(p, proc, out, budget, report))
+            report["results"].setdefault(p, {}).update(collect(p, proc, out, budget, report, "recovery"))
         recovery_drivers.clear()
 
         rest = [w for w in workloads if w != "recovery"]
@@ -129,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                 break
             out = run_dir / f"{p}.json"
             log(f"bench: {p}: {', '.join(rest)}")
-            proc = driver(peer_python, p, rest, cfg, reps, total_slots, args.workers, out, logs)
+            proc = driver(peer_python, p, rest, cfg, reps, total_slots, args.workers, out, logs, "workloads")
             budget = 600 + reps * len(rest) * (cfg["max_rep_s"] * 2 + 60)
-            report["results"].setdefault(p, {}).update(collect(p, proc, out, budget, report))
+            report["results"].setdefault(p, {}).update(collect(p, proc, out, budget, report, "workloads"))
     except KeyboardInterrupt as exc:
         report["errors"]["interrupted"] = str(exc) or "Ctrl-C"
         log("bench: interrupted; stopping everything")
@@ -209,7 +213,7 @@ def _sleep10(th: Any, cfg: dict[str, Any], reps: int, slots: int) -> dict[str, A
 
 
 def driver(python: Path | None, system: str, workloads: list[str], cfg: dict[str, Any], reps: int, slots: int,
-           pods: int, out: Path, logs: Path) -> subprocess.Popen[bytes]:
+           pods: int, out: Path, logs: Path, label: str) -> subprocess.Popen[bytes]:
     if python is None:
         raise BenchError("the peers' venv is missing")
     argv = [str(python), "-m", "bench.peers.driver", "--system", system, "--redis-port", str(PEER_PORTS[system]),
@@ -218,7 +222,7 @@ def driver(python: Path | None, system: str, workloads: list[str], cfg: dict[str
             "--fan", str(cfg["fan"]), "--depth", str(cfg["depth"]), "--n-scale", str(cfg["peer_scale"]),
             "--recovery-cap", str(cfg["cap"]), "--task-s", str(cfg["task_s"]), "--max-rep-s", str(cfg["max_rep_s"]),
             "--logdir", str(logs), "--out", str(out)]
-    errlog = (logs / f"{system}-driver.log").open("ab")
+    errlog = (logs / f"{system}-{label}-driver.log").open("ab")
     proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
                             start_new_session=True)
     errlog.close()
@@ -227,10 +231,10 @@ def driver(python: Path | None, system: str, workloads: list[str], cfg: dict[str
 
 
 def collect(system: str, proc: subprocess.Popen[bytes], out: Path, budget_s: float,
-            report: dict[str, Any]) -> dict[str, Any]:
+            report: dict[str, Any], label: str) -> dict[str, Any]:
     """Wait for a driver (bounded), relay its progress lines, and return its workloads' results."""
     deadline = time.monotonic() + budget_s
-    logfile = Path(report["logs"]) / f"{system}-driver.log"
+    logfile = Path(report["logs"]) / f"{system}-{label}-driver.log"
     seen = 0
     while proc.poll() is None and time.monotonic() < deadline:
         seen = _relay(logfile, seen)

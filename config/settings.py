@@ -14,6 +14,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+TOPIC = r"^[.a-zA-Z0-9_-]{1,64}$"
+"""nsqd's rule for topic names."""
+
+
 class NsqSettings(_Section):
     """Where NSQ lives. Producers publish over nsqd's HTTP API; consumers discover nsqd via lookupd."""
 
@@ -21,9 +25,9 @@ class NsqSettings(_Section):
     nsqd_http_addresses: tuple[str, ...] = ("127.0.0.1:14151",)
     lookupd_tcp_address: str = "127.0.0.1:14160"
     lookupd_http_addresses: tuple[str, ...] = ("127.0.0.1:14161",)
-    tasks_topic: str = Field("taskherd.tasks", min_length=1, max_length=64)
-    results_topic: str = Field("taskherd.results", min_length=1, max_length=64)
-    deadletter_topic: str = Field("taskherd.deadletter", min_length=1, max_length=64)
+    tasks_topic: str = Field("taskherd.tasks", pattern=TOPIC)
+    results_topic: str = Field("taskherd.results", pattern=TOPIC)
+    deadletter_topic: str = Field("taskherd.deadletter", pattern=TOPIC)
     max_message_bytes: int = Field(1_048_576, ge=1024)
     lookupd_poll_interval_s: float = Field(5.0, gt=0)
     msg_timeout_s: float = Field(15.0, ge=1, le=900)

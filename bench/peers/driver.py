@@ -351,6 +351,7 @@ def sized(peer: Peer, n: int, per_task_s: float, max_rep_s: float) -> int:
 def throughput(peer: Peer, n: int, reps: int, sleep_ms: float | None, max_rep_s: float) -> dict[str, Any]:
     submit_rates, drain_rates, retained, failures = [], [], [], []
     requested = n
+    probe_rate(peer, min(300, max(100, n // 5)))
     n = sized(peer, n, 0.0 if sleep_ms is None else sleep_ms / 1000.0 / peer.slots, max_rep_s)
     if n != requested:
         log(f"{peer.name}: {n} tasks per repetition instead of {requested} (time budget {max_rep_s:.0f} s)")

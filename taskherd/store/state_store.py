@@ -76,11 +76,32 @@ class StateStore:
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register", "cancel")}
 
-    def _run(self, name: str, keys_: list[str], args: list[Any], client: Any = None) -> Any:
+    def _run(self, name: str, keys_: list[str], args: list[Any]) -> Any:
         try:
-            return self._scripts[name](keys=keys_, args=args, client=client)
+            return self._scripts[name](keys=keys_, args=args)
         except redis.RedisError as exc:
             raise StoreError(f"redis {name}: {exc}") from exc
+
+    def _pipelined(self, calls: list[tuple[str, list[str], list[Any]]], then: Any = None) -> list[Any]:
+        """Many script calls (plus `then(pipe)` commands) in one round trip.
+
+        EVALSHA directly: redis-py's pipeline would first ask SCRIPT EXISTS on every execute, a second
+        round trip. After a Redis restart the script cache is empty: load the scripts and go again.
+        """
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for name, keys_, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys_), *keys_, *args)
+            if then is not None:
+                then(pipe)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                for script in self._scripts.values():
+                    self.redis.script_load(script.script)
+        return []
 
     # --- submit -------------------------------------------------------------------------------------
     def submit(self, job: str, tasks: list[NewTask]) -> list[str]:
@@ -120,10 +141,7 @@ class StateStore:
         ks = [keys.task(job, task_id), keys.by_state(job, keys.PENDING), keys.by_state(job, keys.RUNNING)]
         args = [task_id, exec_id, worker, ttl_ms]
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            self._scripts["lease"](keys=ks, args=args, client=pipe)
-            pipe.get(keys.executor(type_hint or "-"))
-            r, raw = pipe.execute()
+            r, raw = self._pipelined([("lease", ks, args)], then=lambda p: p.get(keys.executor(type_hint or "-")))
         except redis.RedisError as exc:
             raise StoreError(f"redis lease: {exc}") from exc
         if r[0] != "ok":
@@ -197,12 +215,9 @@ class StateStore:
         """For each (job, task id, final state): 'done' (its job just finished), 'ok', or 'skip' (not
         awaiting analysis: a duplicate). Two round trips for any number of tasks."""
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for job, task_id, final_state in done:
-                ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.job_meta(job),
-                      *[keys.by_state(job, s) for s in _LIVE]]
-                self._scripts["archive"](keys=ks, args=[task_id, final_state], client=pipe)
-            out = pipe.execute()
+            out = self._pipelined([("archive", [keys.task(job, task_id), keys.executions(job, task_id),
+                                                keys.job_meta(job), *[keys.by_state(job, s) for s in _LIVE]],
+                                    [task_id, final_state]) for job, task_id, final_state in done])
             gone = [task_id for (_, task_id, _), r in zip(done, out) if r != "skip"]
             if gone:
                 self.redis.hdel(keys.TASK_INDEX, *gone)

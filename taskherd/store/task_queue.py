@@ -1,19 +1,25 @@
 """TaskQueue: publishing to NSQ, the doorbell that tells workers and the manager there is work.
 
-Publishing goes over nsqd's HTTP API: it is synchronous (a 200 means the message is on nsqd's disk
-queue, with `--mem-queue-size=0`), callable from any thread, and batches with /mpub. Consuming is the
-Bus actor's job (pynsq, in its own IOLoop thread). NSQ is never the source of truth: Redis is, and the
-TimeoutWatcher republishes anything NSQ loses.
+Publishing is synchronous and callable from any thread: an OK from nsqd means the message is on its
+disk queue (`--mem-queue-size=0`). It speaks nsqd's TCP protocol (PUB/MPUB, encoded by pynsq's
+`nsq.protocol`) on one blocking connection per thread, because pynsq's Writer is asynchronous and bound
+to an IOLoop, and nsqd's HTTP /pub cost 1.4 ms a message through httpx against 0.08 ms over TCP (the
+worker publishes once per task). When the TCP nsqd fails, it falls back to the HTTP addresses (which
+may be other nsqds). Consuming is the Bus actor's job. NSQ is never the source of truth: Redis is, and
+the TimeoutWatcher republishes anything NSQ loses.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from nsq import protocol
 
 from taskherd.config.settings import NsqSettings
 from taskherd.errors import QueueError
@@ -52,18 +58,34 @@ def decode(body: bytes, max_bytes: int) -> TaskRef:
 
 
 class TaskQueue:
-    """Publishes to the first nsqd (of those configured) that answers. Thread-safe."""
+    """Publishes to nsqd over TCP, else to the first nsqd HTTP address that answers. Thread-safe."""
 
     def __init__(self, settings: NsqSettings) -> None:
         self.settings = settings
         self._addresses = list(settings.nsqd_http_addresses)
         self._http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=16))
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def publish(self, topic: str, bodies: list[bytes]) -> None:
         """Put every body on `topic`, or raise QueueError; chunks keep each MPUB under nsqd's limit."""
         for chunk in _chunks(bodies, 5000):
-            self._post(f"/mpub?topic={topic}" if len(chunk) > 1 else f"/pub?topic={topic}", b"\n".join(chunk))
+            try:
+                self._tcp_publish(topic, chunk)
+            except (OSError, QueueError):
+                self._drop_tcp()
+                self._post(f"/mpub?topic={topic}" if len(chunk) > 1 else f"/pub?topic={topic}", b"\n".join(chunk))
+
+    def _tcp_publish(self, topic: str, chunk: list[bytes]) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _TcpProducer(self.settings.nsqd_tcp_address)
+        conn.publish(topic, chunk)
+
+    def _drop_tcp(self) -> None:
+        conn, self._local.conn = getattr(self._local, "conn", None), None
+        if conn is not None:
+            conn.close()
 
     def _post(self, path: str, content: bytes) -> None:
         errors = []
@@ -110,6 +132,42 @@ class TaskQueue:
 
     def close(self) -> None:
         self._http.close()
+
+
+class _TcpProducer:
+    """One blocking producer connection to nsqd: send PUB/MPUB, read frames until the response."""
+
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+        host, port = address.rsplit(":", 1)
+        self._sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock.sendall(protocol.MAGIC_V2)
+
+    def publish(self, topic: str, bodies: list[bytes]) -> None:
+        self._sock.sendall(protocol.mpub(topic, bodies) if len(bodies) > 1 else protocol.pub(topic, bodies[0]))
+        while True:
+            frame, data = protocol.unpack_response(self._read(struct.unpack(">l", self._read(4))[0]))
+            if frame == protocol.FRAME_TYPE_RESPONSE and data == b"_heartbeat_":
+                self._sock.sendall(protocol.nop())
+                continue
+            if frame == protocol.FRAME_TYPE_ERROR or data != b"OK":
+                raise QueueError(f"nsqd refused a publish to {topic}: {data[:200]!r}")
+            return
+
+    def _read(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            part = self._sock.recv(n - len(buf))
+            if not part:
+                raise ConnectionError("nsqd closed the connection")
+            buf += part
+        return bytes(buf)
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
 
 
 def _chunks(items: list[bytes], n: int) -> list[list[bytes]]:

@@ -9,7 +9,6 @@ Pods run as child processes (`taskherd run`, through `deploy.local.cluster.Pod`)
 from __future__ import annotations
 
 import io
-import json
 import os
 import queue
 import signal
@@ -279,6 +278,14 @@ def runner_children(pod: Pod) -> list[psutil.Process]:
     return found
 
 
+def gone(proc: psutil.Process) -> bool:
+    """The process exited (a zombie counts: it runs nothing)."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_a_garbage_task_message_is_dead_lettered_and_the_pod_keeps_working(herd: Pods) -> None:
     settings, client = herd.settings, herd.client
     # When a message that names no task lands on the tasks topic
@@ -298,7 +305,7 @@ def test_a_sigkilled_runner_child_fails_the_attempt_and_the_retry_succeeds(herd:
     client = herd.client
     worker = next(p for p in herd.started if p.role == "worker")
     # Given a long task running in a worker slot's python child
-    client.submit({"id": "long", "type": "sleepy", "job": "k", "payload": {"sleep_s": 2.0}})
+    client.submit({"id": "long", "type": "sleepy", "job": "k", "payload": {"sleep_s": 3.0}})
     wait_until(lambda: client.task("long")["state"] == "running", timeout=30, message="task running")
     child = wait_until(lambda: runner_children(worker), timeout=15, message="the slot's runner child")[0]
     # When that child is SIGKILLed mid-task
@@ -309,7 +316,7 @@ def test_a_sigkilled_runner_child_fails_the_attempt_and_the_retry_succeeds(herd:
     first, second = task["executions"]
     assert first["status"] == "failed" and "died during the call" in first["error"], first
     assert second["status"] == "ok"
-    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert gone(child)
     assert not worker.exited()
 
 
@@ -370,7 +377,7 @@ def crashed_slot(pods: Callable[..., Pods]) -> CrashedSlot:
     wait_until(lambda: client.ready(), timeout=30, ignore=(ClientError,), message="manager API ready")
     client.add_executor("fragile", {"kind": "python", "target": f"{PY}:echo"})
     client.add_executor("sleepy", {"kind": "python", "target": f"{PY}:sleepy"})
-    client.submit({"id": "busy", "type": "sleepy", "job": "c", "payload": {"sleep_s": 1.5}})
+    client.submit({"id": "busy", "type": "sleepy", "job": "c", "payload": {"sleep_s": 3.0}})
     wait_until(lambda: client.task("busy")["state"] == "running", timeout=30, message="busy task running")
     warm = wait_until(lambda: runner_children(worker), timeout=15, message="the slot's runner child")[0]
     client.submit({"id": "victim", "type": "fragile", "job": "c", "payload": {"n": 7}})
@@ -394,7 +401,7 @@ def test_a_one_slot_pod_runs_the_task_again_soon_after_its_slot_crashed(crashed_
                                        "Runner and its warm python child lives on in the pod")
 def test_a_crashed_slot_leaves_no_python_child_behind(crashed_slot: CrashedSlot) -> None:
     child = crashed_slot.warm_child
-    wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, timeout=10,
+    wait_until(lambda: gone(child), timeout=10,
                message=f"the crashed slot's python child {child.pid} gone")
 
 
@@ -506,6 +513,17 @@ class Up:
         self.proc.wait(10)
 
 
+def descendants(pid: int) -> list[tuple[int, float, str]]:
+    """(pid, create time, start of command line) of every process below `pid`."""
+    found = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            found.append((proc.pid, proc.create_time(), " ".join(proc.cmdline()[:3])))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def still_running(recorded: list[tuple[int, float, str]]) -> list[str]:
     """Recorded (pid, create time, name) that still run: same pid and start time, not a zombie."""
     alive = []
@@ -544,8 +562,7 @@ def test_taskherd_up_stops_every_process_on_ctrl_c_and_resumes_its_data(up: Up) 
     store.redis.set("th-test:resume", "still here")
     TaskQueue(up.settings.nsq).publish("th-test.resume", [b"kept on disk"])
     store.redis.close()
-    family = psutil.Process(up.proc.pid).children(recursive=True)
-    recorded = [(p.pid, p.create_time(), " ".join(p.cmdline()[:3])) for p in family]
+    recorded = descendants(up.proc.pid)
     names = " ".join(name for _, _, name in recorded)
     for binary in ("nsqd", "nsqlookupd", "redis-server", "mariadbd", "taskherd.runners.child"):
         assert binary in names, f"{binary} not among the cluster's processes: {names}"
