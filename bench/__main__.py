@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # also when started with SIGINT ignored (a background job)
     RESULTS.mkdir(parents=True, exist_ok=True)
     left = reap_leftovers()
     if left:
@@ -161,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown_table(report)
     path = RESULTS / f"{stamp}.json"
     dump_json(path, report)
-    dump_json(RESULTS / "latest.json", report)
-    (RESULTS / "latest.md").write_text(md)
+    if "interrupted" not in report["errors"]:
+        dump_json(RESULTS / "latest.json", report)
+        (RESULTS / "latest.md").write_text(md)
     log(f"bench: done in {report['duration_s']:.0f} s; results in {path} and {RESULTS / 'latest.json'}")
     if not args.quick and not args.only and set(systems) == {"taskherd", *PEERS} and not report["errors"]:
         update_readme(md)
