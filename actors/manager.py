@@ -45,7 +45,8 @@ class RegisterSpec:
 
 @dataclass(frozen=True, slots=True)
 class Teardown:
-    """Ask -> list of Redis keys of the job still present after deletion (should be empty)."""
+    """Ask -> list of Redis keys of the job still present after deletion (should be empty).
+    A job still running is cancelled first, so its workers stop rather than write into the void."""
 
     job: str
 
@@ -86,6 +87,7 @@ class Manager(Supervised, pykka.ThreadingActor):
             case RegisterSpec(kind, task_type, spec, replace):
                 return self._register(kind, task_type, spec, replace)
             case Teardown(job):
+                self.intake.store.cancel_job(job)  # running executors are killed at their next renewal
                 left = self.intake.store.teardown(job)
                 log.info("job %s torn down%s", job, f"; {len(left)} key(s) left: {left[:5]}" if left else "")
                 return left

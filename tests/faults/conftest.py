@@ -1,0 +1,121 @@
+"""Fixtures of the fault suite, and the table of figures printed at the end of the session.
+
+- `case` (function): names the case, collects its figures and its own violations, and at teardown
+  adds its row to the table (also for a failed case) and kills any executor process it leaked.
+- `make_cluster` (function): `make_cluster(hooked=False, workers=2)` starts the manager and worker pods
+  on the session's services, emptied first (`clean`); stops them at teardown.
+
+The table is printed by `pytest_terminal_summary` and written to `tests/faults/last_run.md` (an artifact
+of the run, ignored by git).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults import report
+from tests.faults.harness import EXE_TASK, FUNCS, FaultCluster, JobRun, kill_leftovers
+from tests.faults.history import Figures, History, read_calls
+from tests.helpers import Services, wait_until
+
+SESSION_STARTED = time.monotonic()
+
+
+class Case:
+    """One fault case: its job run, its figures, and the violations it found on the way."""
+
+    def __init__(self, name: str, tmp: Path) -> None:
+        self.name, self.tmp = name, tmp
+        self.run: JobRun | None = None
+        self.figures: Figures | None = None
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def start(self, cluster: FaultCluster, executors: dict[str, dict[str, Any]] | None = None) -> JobRun:
+        """The job of this case, with the `work` executors (python and exe) and any others registered."""
+        specs = {"work": {"kind": "python", "target": f"{FUNCS}:work", "max_attempts": 5},
+                 "exe-work": {"kind": "exe", "target": [sys.executable, EXE_TASK], "max_attempts": 5},
+                 **(executors or {})}
+        for task_type, spec in specs.items():
+            cluster.client.add_executor(task_type, spec)
+        self.run = JobRun(cluster, self.name, self.tmp)
+        return self.run
+
+    def expect(self, predicate: Callable[[], Any], timeout: float, message: str) -> Any:
+        """Like `wait_until`, but a miss is recorded as a violation and the case carries on to its figures."""
+        try:
+            return wait_until(predicate, timeout=timeout, message=message)
+        except AssertionError as exc:
+            self.problems.append(str(exc))
+            return None
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.problems.append(message)
+
+    def finish(self, *, overlaps: bool = True) -> History:
+        """Wait for the job, read its history, record the figures; fail with every violation found."""
+        assert self.run is not None
+        history = History.read(self.run)
+        self.figures = history.figures(self.name)
+        self.figures.notes += self.notes
+        violations = history.violations(overlaps=overlaps) + self.problems
+        assert not violations, "\n".join(violations) + f"\n(pods log: {self.run.cluster.log.path})"
+        return history
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture
+def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
+    c = Case(_label(request), tmp_path)
+    yield c
+    rep = getattr(request.node, "rep_call", None)
+    figures = c.figures or Figures(c.name, notes=list(c.notes) + ["no figures: failed before the history"])
+    figures.outcome = "pass" if rep is not None and rep.passed else "FAIL"
+    report.ROWS.append(figures)
+    if c.run is not None:
+        pids = {p for call in read_calls(c.run.calls) for p in (call.pid, *call.spawned)}
+        leaked = kill_leftovers(pids)
+        if leaked:
+            figures.notes.append(f"teardown killed {len(leaked)} leftover executor process(es)")
+
+
+def _label(request: pytest.FixtureRequest) -> str:
+    """`test_01_worker_sigkill_...` -> `01 worker sigkill ...` (the first four words)."""
+    words = request.node.name.removeprefix("test_").split("_")
+    return " ".join(words[:4])
+
+
+@pytest.fixture
+def make_cluster(case: Case, clean: Services, tmp_path: Path) -> Iterator[Callable[..., FaultCluster]]:
+    clusters: list[FaultCluster] = []
+
+    def make(*, hooked: bool = False, workers: int = 2, slots: int = 2) -> FaultCluster:
+        cluster = FaultCluster(clean, tmp_path, hooked=hooked, slots=slots)
+        clusters.append(cluster)
+        return cluster.start(workers)
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not report.ROWS:
+        return
+    path = report.write(report.ROWS, time.monotonic() - SESSION_STARTED)
+    terminalreporter.write_sep("=", "fault suite: figures per case")
+    terminalreporter.write(report.markdown(report.ROWS))
+    terminalreporter.write_line(f"(legend and table in {path})")
