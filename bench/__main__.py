@@ -35,9 +35,9 @@ PEERS = ("celery", "dramatiq", "rq")
 PEER_PORTS = {"celery": 19380, "dramatiq": 19381, "rq": 19382}
 
 FULL = {"noop": 20_000, "latency": 500, "sleep": 2_000, "fan": 10, "depth": 4, "scale": 200_000,
-        "peer_scale": 10_000, "cap": 60.0, "task_s": 5.0, "max_rep_s": 40.0, "scale_timeout": 2400.0}
-QUICK = {"noop": 1_500, "latency": 50, "sleep": 400, "fan": 10, "depth": 2, "scale": 3_000,
-         "peer_scale": 2_000, "cap": 10.0, "task_s": 5.0, "max_rep_s": 10.0, "scale_timeout": 300.0}
+        "peer_scale": 10_000, "cap": 60.0, "task_s": 5.0, "max_rep_s": 30.0, "scale_timeout": 2400.0}
+QUICK = {"noop": 1_500, "latency": 50, "sleep": 400, "fan": 10, "depth": 2, "scale": 2_000,
+         "peer_scale": 500, "cap": 10.0, "task_s": 5.0, "max_rep_s": 6.0, "scale_timeout": 300.0}
 
 WORKER_PODS, SLOTS_PER_POD = 2, 2
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=WORKER_PODS, help="taskherd worker pods")
     ap.add_argument("--slots", type=int, default=SLOTS_PER_POD, help="slots per taskherd worker pod")
     ap.add_argument("--scale-n", type=int, default=None,
-                    help="tasks of taskherd's scale-of-state job (default 200,000; 3,000 with --quick)")
+                    help="tasks of taskherd's scale-of-state job (default 200,000; 2,000 with --quick)")
     ap.add_argument("--keep", action="store_true", help="keep the services' data dir after the run")
     args = ap.parse_args(argv)
 

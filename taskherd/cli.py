@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail([str(exc)], 2)
     except ClientError as exc:
         return _fail(exc.describe().splitlines(), 1)
+    except TaskherdError as exc:  # a service that would not start, a store that refused: said, not traced
+        return _fail(str(exc).splitlines(), 1)
     except KeyboardInterrupt:
         return 130
 

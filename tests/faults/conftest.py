@@ -11,8 +11,11 @@ of the run, ignored by git).
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,12 @@ from typing import Any
 import pytest
 
 from tests.faults import report
-from tests.faults.harness import EXE_TASK, FUNCS, FaultCluster, JobRun, kill_leftovers
+from tests.faults.harness import EXE_TASK, FUNCS, FaultCluster, JobRun, describe, is_dead, kill_leftovers
 from tests.faults.history import Figures, History, read_calls
 from tests.helpers import Services, wait_until
 
 SESSION_STARTED = time.monotonic()
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll of the job otherwise
 
 
 class Case:
@@ -55,19 +59,41 @@ class Case:
             self.problems.append(str(exc))
             return None
 
+    def expect_dead(self, pids: list[int], timeout: float, what: str) -> None:
+        """Every pid gone (or a zombie) within `timeout`; else a violation naming the survivors."""
+        try:
+            wait_until(lambda: all(is_dead(p) for p in pids), timeout=timeout, message=what)
+        except AssertionError:
+            alive = {p: describe(p) for p in pids if not is_dead(p)}
+            self.problems.append(f"{what}: still alive after {timeout:g} s: {alive}")
+
     def check(self, ok: bool, message: str) -> None:
         if not ok:
             self.problems.append(message)
 
     def finish(self, *, overlaps: bool = True) -> History:
-        """Wait for the job, read its history, record the figures; fail with every violation found."""
+        """Wait for the job, read its history, record the figures and the history's violations."""
         assert self.run is not None
         history = History.read(self.run)
         self.figures = history.figures(self.name)
-        self.figures.notes += self.notes
-        violations = history.violations(overlaps=overlaps) + self.problems
-        assert not violations, "\n".join(violations) + f"\n(pods log: {self.run.cluster.log.path})"
+        self.figures.notes = self.notes  # notes added after the history still reach the table
+        self.problems = history.violations(overlaps=overlaps) + self.problems
+        crashes = self.crashes()
+        if crashes:
+            self.notes.append("actor crashes: " + ", ".join(f"{a} x{n}" for a, n in sorted(crashes.items())))
         return history
+
+    def crashes(self) -> Counter:
+        """Actors that died of an exception in any pod, by class (pykka logs each one)."""
+        assert self.run is not None
+        found = (re.search(r"\[([\w-]+)\].*Unhandled exception in (\w+)", line)
+                 for line in self.run.cluster.log.grep("Unhandled exception in"))
+        return Counter(f"{m.group(1)}/{m.group(2)}" for m in found if m)
+
+    def assert_ok(self) -> None:
+        """Fail with every violation found, the history's and the case's own."""
+        where = f"\n(pods log: {self.run.cluster.log.path})" if self.run else ""
+        assert not self.problems, "\n".join(self.problems) + where
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -266,6 +266,13 @@ def wait_dead(pids: list[int], timeout: float, what: str) -> None:
                message=f"{what}: pids {pids} gone (alive: {[p for p in pids if not is_dead(p)]})")
 
 
+def describe(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())[-80:]
+    except psutil.Error:
+        return "?"
+
+
 def kill_leftovers(pids: set[int]) -> list[int]:
     """SIGKILL processes our executors started that are still alive (a failed case must not leak them
     into the next); returns the ones that were alive."""
@@ -291,3 +298,47 @@ def running_on(pod: FaultPod, calls: list[Any]) -> list[Any]:
     """The calls of `calls` (history.Call) still open in a process below `pod`."""
     pids = {p.pid for p in pod.runner_children()}
     return [c for c in calls if c.end is None and c.pid in pids]
+
+
+# --- NSQ, spoken directly -----------------------------------------------------------------------------
+def nsq_read(address: str, topic: str, channel: str, count: int, timeout: float = 30.0) -> list[bytes]:
+    """Consume `count` messages of `topic` over nsqd's TCP protocol (V2), acknowledging each.
+
+    A few lines of the wire protocol rather than pynsq: pynsq wants its own IOLoop thread, and the test
+    only needs to look at what landed on a topic."""
+    import socket
+    import struct
+
+    host, port = address.rsplit(":", 1)
+    bodies: list[bytes] = []
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        def frame() -> tuple[int, bytes]:
+            size = struct.unpack(">l", _recv(sock, 4))[0]
+            data = _recv(sock, size)
+            return struct.unpack(">l", data[:4])[0], data[4:]
+
+        sock.sendall(b"  V2" + f"SUB {topic} {channel}\n".encode())
+        kind, data = frame()
+        assert (kind, data) == (0, b"OK"), (kind, data)
+        sock.sendall(f"RDY {count}\n".encode())
+        while len(bodies) < count:
+            kind, data = frame()
+            if kind == 0 and data == b"_heartbeat_":
+                sock.sendall(b"NOP\n")
+            elif kind == 1:
+                raise AssertionError(f"nsqd error: {data!r}")
+            elif kind == 2:
+                bodies.append(data[26:])  # timestamp (8), attempts (2), id (16), body
+                sock.sendall(b"FIN " + data[10:26] + b"\n")
+        sock.sendall(b"CLS\n")
+    return bodies
+
+
+def _recv(sock: Any, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("nsqd closed the connection")
+        out += chunk
+    return out

@@ -121,6 +121,7 @@ class History:
                 records = Counter({r[0]: int(r[1]) for r in cur.fetchall()})
         finally:
             conn.close()
+        (run.calls.parent / "archive.json").write_text(json.dumps(rows, indent=1))  # for a post-mortem
         return cls(run, rows, records, duplicate_rows, summary, status, read_calls(run.calls))
 
     # --- the checks -----------------------------------------------------------------------------------

@@ -41,14 +41,20 @@ def _live(class_name: str) -> list[Any]:
     return [a for r in pykka.ActorRegistry.get_by_class_name(class_name) if r.is_alive() and (a := _actor(r))]
 
 
-def _raise_once(what: str) -> Any:
-    def crash(*_: Any, **__: Any) -> None:
+def _raise_once(what: str, report: Path | None = None, runner: Any = None) -> Any:
+    """A stand-in method that raises; a worker's also writes which lease it crashed on to `report`."""
+    def crash(*args: Any, **__: Any) -> None:
+        if report is not None:
+            lease = args[0]
+            report.write_text(json.dumps({"task": lease.task_id, "exec": lease.exec_id,
+                                          "runner_pid": runner.python_pid}))
         raise InjectedCrash(f"fault suite: injected crash in {what}")
     return crash
 
 
 def crash_worker(command: dict[str, Any]) -> dict[str, Any]:
-    """Patch a busy slot (one whose task id starts with `prefix`, if given) to crash at its finish."""
+    """Patch a busy slot (one whose task id starts with `prefix`, if given) to crash at its finish (of
+    this task, or of its next one if this one finished meanwhile); `crashed.json` tells which."""
     prefix = command.get("prefix", "")
     deadline = time.monotonic() + float(command.get("timeout_s", 10))
     while time.monotonic() < deadline:
@@ -57,8 +63,9 @@ def crash_worker(command: dict[str, Any]) -> dict[str, Any]:
                 worker = next((w for w in _live("Worker") if w.index == index), None)
                 if worker is None or not lease.task_id.startswith(prefix):
                     continue
-                worker._finish = _raise_once(f"worker slot {index}")  # noqa: SLF001
-                return {"ok": True, "slot": index, "task": lease.task_id, "runner_pid": worker.runner.python_pid}
+                report = Path(command["dir"]) / "crashed.json"
+                worker._finish = _raise_once(f"worker slot {index}", report, worker.runner)  # noqa: SLF001
+                return {"ok": True, "slot": index, "report": str(report)}
         time.sleep(0.01)
     return {"ok": False, "why": f"no slot held a lease of a task starting with {prefix!r}"}
 
@@ -75,7 +82,7 @@ ACTIONS = {"crash-worker": crash_worker, "crash-analyzer": crash_analyzer}
 
 
 def _serve(hook_dir: Path) -> None:
-    command = json.loads((hook_dir / "command.json").read_text())
+    command = {**json.loads((hook_dir / "command.json").read_text()), "dir": str(hook_dir)}
     try:
         reply = ACTIONS[command["do"]](command)
     except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
