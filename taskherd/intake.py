@@ -101,15 +101,19 @@ class Intake:
         return self._create(tasks, {})
 
     def _create(self, tasks: list[NewTask], statuses: dict[str, str]) -> list[Accepted]:
-        by_job: dict[str, list[NewTask]] = {}
+        """Create what is new; an id named twice in one batch (an analyzer's two links to one page) is
+        created once, and its later copies answer as a resubmission would: exists or conflict."""
+        first: dict[str, NewTask] = {}
         for t in tasks:
+            first.setdefault(t.id, t)
+        by_job: dict[str, list[NewTask]] = {}
+        for t in first.values():
             if t.id not in statuses:
                 by_job.setdefault(t.job, []).append(t)
         for job, group in by_job.items():
             statuses.update(zip([t.id for t in group], self.store.submit(job, group)))
-        created = [TaskRef(t.job, t.id, t.type).encode() for t in tasks if statuses[t.id] == "created"]
-        self.ring(created)
-        return [Accepted(t.id, statuses[t.id]) for t in tasks]
+        self.ring([TaskRef(t.job, t.id, t.type).encode() for t in first.values() if statuses[t.id] == "created"])
+        return [Accepted(t.id, statuses[t.id] if t is first[t.id] else _again(first[t.id], t)) for t in tasks]
 
     def ring(self, bodies: list[bytes]) -> None:
         """Publish task refs; on failure the tasks stay pending in Redis and the watcher republishes."""
@@ -150,6 +154,10 @@ class Intake:
         attempts = _positive(f"{where}.max_attempts", s.max_attempts, spec.get("max_attempts") or m.default_max_attempts, int)
         digest = hashlib.sha256(f"{s.type}\0{payload}".encode()).hexdigest()
         return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent)
+
+
+def _again(first: NewTask, copy: NewTask) -> str:
+    return "exists" if (copy.job, copy.digest) == (first.job, first.digest) else "conflict"
 
 
 def _positive(where: str, given: Any, default: Any, kind: type) -> Any:

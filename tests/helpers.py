@@ -125,7 +125,7 @@ def topic_depth(settings: Settings, topic: str) -> int | None:
     url = nsqd_url(settings, f"/stats?format=json&topic={topic}")
     with DIRECT.open(url, timeout=5) as resp:
         stats = json.load(resp)
-    for entry in stats.get("topics", []):
+    for entry in stats.get("topics") or []:
         if entry["topic_name"] == topic:
             return int(entry["depth"])
     return None

@@ -169,3 +169,4 @@ def test_every_executor_and_analyzer_kind_including_failures(cluster, http_targe
     assert tasks["http-5xx"]["state"] == "failed" and len(tasks["http-5xx"]["executions"]) == 2
     assert tasks["bad-analyzer"]["state"] == "failed" and "analyzer" in tasks["bad-analyzer"]["error"]
     assert status["counts"]["succeeded"] == 3 and status["counts"]["failed"] == 5
+

@@ -108,7 +108,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
     c = Case(_label(request), tmp_path)
     yield c
     rep = getattr(request.node, "rep_call", None)
-    figures = c.figures or Figures(c.name, notes=list(c.notes) + ["no figures: failed before the history"])
+    figures = c.figures or Figures(c.name, n=len(c.run.expected) if c.run else 0,
+                                   notes=list(c.notes) + ["no figures: failed before the history"])
     figures.outcome = "pass" if rep is not None and rep.passed else "FAIL"
     report.ROWS.append(figures)
     if c.run is not None:

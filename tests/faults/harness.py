@@ -81,6 +81,8 @@ class FaultPod(Pod):
     def __init__(self, name: str, role: str, config: Path, out: PodLog, hook_dir: Path | None) -> None:
         super().__init__(name, role, config, out)
         self.hook_dir = hook_dir
+        self.doomed = False
+        """The test stops or kills this pod on purpose: its exit is expected."""
         self._seq = 0
 
     def start(self) -> None:
@@ -145,6 +147,9 @@ class FaultCluster:
 
     def workers(self) -> list[FaultPod]:
         return [p for p in self.pods if p.role == "worker" and not p.exited()]
+
+    def unexpected_exits(self) -> list[str]:
+        return [f"{p.name} (exit {p.proc.returncode})" for p in self.pods if p.exited() and not p.doomed]
 
     def wait_api(self, timeout: float = 60) -> None:
         wait_until(lambda: self.client.ready().get("ok"), timeout=timeout, ignore=(ClientError,),
@@ -235,8 +240,11 @@ class JobRun:
                 check()
             time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
-    def wait_done(self, timeout: float = 150) -> dict[str, Any]:
+    def wait_done(self, timeout: float = 120) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
+            exited = self.cluster.unexpected_exits()
+            assert not exited, f"pod(s) exited on their own, the job cannot finish: {exited} " \
+                               f"(pods log: {self.cluster.log.path})"
             status = self.status()
             if status is None:
                 return None
