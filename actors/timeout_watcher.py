@@ -94,10 +94,10 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
                 summarize(store, self.ctx.archive, job)
         self._ring(s.nsq.tasks_topic, tasks)
         self._ring(s.nsq.results_topic, results)
-        self._republish_lost(stale)
+        self._republish_lost(stale, stale_before)
         self.sweeps += 1
 
-    def _republish_lost(self, stale: dict[str, dict[str, list[str]]]) -> None:
+    def _republish_lost(self, stale: dict[str, dict[str, list[str]]], stale_before: int) -> None:
         """Republish waiting refs only when nsqd holds fewer messages than Redis has waiting tasks.
 
         A long backlog is not a loss: republishing every old pending task would flood NSQ with
@@ -107,7 +107,9 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         """
         s = self.ctx.settings.nsq
         for state, topic in ((keys.PENDING, s.tasks_topic), (keys.ANALYZING, s.results_topic)):
-            waiting = sum(self.ctx.store.count(j, state) for j in stale)
+            # Only tasks waiting longer than republish_after_s count: a task just written to Redis
+            # whose message is still on its way would otherwise look lost.
+            waiting = sum(self.ctx.store.count(j, state, stale_before) for j in stale)
             backlog = self.ctx.queue.backlog(topic)
             shortfall = 0 if backlog is None else max(0, waiting - backlog)
             # Counts read at two instants race with live traffic: act only on a shortfall seen twice.

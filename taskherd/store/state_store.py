@@ -268,8 +268,11 @@ class StateStore:
     def mark_summarized(self, job: str) -> None:
         self.redis.hset(keys.job_meta(job), "summarized", 1)
 
-    def count(self, job: str, state: str) -> int:
-        return self.redis.zcard(keys.by_state(job, state))
+    def count(self, job: str, state: str, before_ms: int | None = None) -> int:
+        """Tasks in a live state (with a score before `before_ms`, when given)."""
+        if before_ms is None:
+            return self.redis.zcard(keys.by_state(job, state))
+        return self.redis.zcount(keys.by_state(job, state), "-inf", before_ms)
 
     def ids_in_state(self, job: str, state: str, offset: int, limit: int) -> list[str]:
         return self.redis.zrange(keys.by_state(job, state), offset, offset + limit - 1)
