@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
+import redis
 
 from taskherd.actors.bus import Bus, Delivery, NsqLoop, Subscribe
 from taskherd.actors.context import PodContext, find
@@ -91,7 +92,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
     def _handle(self, deliveries: list[Delivery]) -> None:
         try:
             self._analyze(deliveries)
-        except (StoreError, QueueError) as exc:
+        except (StoreError, QueueError, redis.RedisError) as exc:  # a service is down: retry the batch later
             log.warning("analysis of %d result(s) deferred: %s", len(deliveries), exc)
             for d in deliveries:
                 d.requeue(1.0)

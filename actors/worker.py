@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
+import redis
 
 from taskherd.actors.bus import Delivery
 from taskherd.actors.context import PodContext, find
@@ -113,7 +114,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         ttl_ms = int(self.ctx.settings.worker.lease_ttl_s * 1000)
         try:
             lease, spec = self.ctx.store.lease(ref.job, ref.task_id, exec_id, self.name, ttl_ms, ref.type)
-        except StoreError as exc:
+        except (StoreError, redis.RedisError) as exc:
             log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
             delivery.requeue(1.0)
             return None

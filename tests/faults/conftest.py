@@ -108,8 +108,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
     c = Case(_label(request), tmp_path)
     yield c
     rep = getattr(request.node, "rep_call", None)
-    figures = c.figures or Figures(c.name, n=len(c.run.expected) if c.run else 0,
-                                   notes=list(c.notes) + ["no figures: failed before the history"])
+    figures = c.figures or Figures(c.name, n=len(c.run.expected) if c.run else 0, measured=False,
+                                   notes=list(c.notes) + ["failed before its history could be read"])
     figures.outcome = "pass" if rep is not None and rep.passed else "FAIL"
     report.ROWS.append(figures)
     if c.run is not None:
@@ -120,9 +120,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
 
 
 def _label(request: pytest.FixtureRequest) -> str:
-    """`test_01_worker_sigkill_...` -> `01 worker sigkill ...` (the first four words)."""
-    words = request.node.name.removeprefix("test_").split("_")
-    return " ".join(words[:4])
+    """`test_01_worker_sigkill_mid_task` -> `01 worker sigkill mid task`."""
+    return request.node.name.removeprefix("test_").replace("_", " ")
 
 
 @pytest.fixture

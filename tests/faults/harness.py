@@ -44,6 +44,7 @@ def fault_settings(base: Settings, slots: int = 2) -> Settings:
     data["worker"].update(slots=slots, lease_renew_s=0.5, lease_ttl_s=3.0, drain_grace_s=2.0)
     data["nsq"].update(lookupd_poll_interval_s=1.0, msg_timeout_s=5.0)
     data["registry"].update(heartbeat_s=0.5, node_ttl_s=1.0)
+    data["log"]["level"] = os.environ.get("TASKHERD_FAULTS_LOG_LEVEL", "INFO")  # DEBUG for a post-mortem
     return from_dict(data)
 
 
@@ -58,13 +59,15 @@ class PodLog:
 
     def write(self, s: str) -> int:
         with self._lock:
-            self._file.write(s)
+            if not self._file.closed:  # a pod's last lines may trail its stop
+                self._file.write(s)
             self.lines.extend(s.splitlines())
         return len(s)
 
     def flush(self) -> None:
         with self._lock:
-            self._file.flush()
+            if not self._file.closed:
+                self._file.flush()
 
     def grep(self, *needles: str) -> list[str]:
         with self._lock:
@@ -233,7 +236,9 @@ class JobRun:
         self.count_at_heal = count if count is not None else 0
 
     def hold(self, seconds: float, check: Any = None) -> None:
-        """Keep the fault on for `seconds`, watching `check()` (it raises if the system misbehaves)."""
+        """Keep the fault on for `seconds`, watching `check()` (it raises if the system misbehaves).
+
+        The one timed wait of the suite: it is the fault's length, not a wait for a state."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             if check is not None:

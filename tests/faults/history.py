@@ -92,6 +92,8 @@ class Figures:
     wall_s: float | None = None
     notes: list[str] = field(default_factory=list)
     outcome: str = "?"
+    measured: bool = True
+    """False for a case that failed before its history could be read: its counts are unknown."""
 
 
 @dataclass

@@ -39,15 +39,19 @@ def _cell(x: object) -> str:
 
 
 def row(f: Figures) -> list[str]:
+    notes = "; ".join(f.notes)
+    if not f.measured:
+        return [f.case, str(f.n), *["-"] * 12, f.outcome, notes]
     affected = f"{f.affected} / {_cell(f.affected_s)}" if f.affected else "0"
     return [f.case, str(f.n), str(f.lost), str(f.unexpected), str(f.double), f"{f.execs_total}/{f.execs_max}",
             f"{f.calls_total}/{f.calls_max}", str(f.overlaps), str(f.fenced), _cell(f.outage_s), _cell(f.recovery_s),
-            affected, _cell(f.done_s), _cell(f.wall_s), f.outcome, "; ".join(f.notes)]
+            affected, _cell(f.done_s), _cell(f.wall_s), f.outcome, notes]
 
 
 def markdown(rows: list[Figures]) -> str:
+    """The table, in case order (cases are numbered; pytest runs them file by file)."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in row(f)) + " |" for f in rows]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row(f)) + " |" for f in sorted(rows, key=lambda f: f.case)]
     return "\n".join(lines) + "\n"
 
 

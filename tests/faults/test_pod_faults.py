@@ -46,7 +46,7 @@ def test_01_worker_sigkill_mid_task(make_cluster, case):
     case.expect_dead(doomed, ttl - 0.5, "the killed pod's runner children and executors die by themselves")
     # and the job completes with nothing lost, nothing doubled, never two executions of a task at once
     history = case.finish()
-    case.check({c.task for c in calls} <= history.affected(), "the killed pod's tasks ran again elsewhere")
+    case.check("x-0" in history.affected(), "the exe task the killed pod was running ran again elsewhere")
     case.assert_ok()
 
 
@@ -117,10 +117,10 @@ def test_07_manager_sigkill_restart(make_cluster, case):
 
 
 def test_10_actor_crashes_inside_pods(make_cluster, case):
-    # Given a job of two 6 s tasks and 200 short ones on pods started under the fault hook
+    # Given a job of two 8 s tasks and 200 short ones on pods started under the fault hook
     cluster = make_cluster(hooked=True)
     run = case.start(cluster)
-    run.submit([run.task(f"long-{i}", "work", 6.0) for i in range(2)])
+    run.submit([run.task(f"long-{i}", "work", 8.0) for i in range(2)])
     run.submit(run.healthy(N))
     run.wait_archived(0.3)
     victim, _, calls = wait_until(lambda: _busy_worker(cluster, run, "python", prefix="long-"), timeout=30,

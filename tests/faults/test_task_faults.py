@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.faults.funcs import CallLog
-from tests.faults.harness import EXE_TASK, FUNCS, is_dead
+from tests.faults.harness import EXE_TASK, FUNCS
 
 N = 200
 POISON_ATTEMPTS = 3

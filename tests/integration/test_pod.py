@@ -8,6 +8,7 @@ Pods run as child processes (`taskherd run`, through `deploy.local.cluster.Pod`)
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import queue
@@ -38,7 +39,7 @@ from taskherd.deploy.local.services import ServiceManager
 from taskherd.store import keys
 from taskherd.store.state_store import StateStore
 from taskherd.store.task_queue import TaskQueue
-from tests.helpers import TEST_PORTS, Services, free_port, nsqd_post, settings_for_tests, wait_until
+from tests.helpers import TEST_PORTS, Services, nsqd_post, settings_for_tests, topic_depth, wait_until
 
 PY = "tests.e2e.funcs"
 """Executors the pods' runner children import (the pods run with this checkout as their cwd)."""
@@ -140,11 +141,6 @@ def topic_stats(settings: Settings, topic: str) -> dict[str, Any] | None:
     return next((t for t in stats.get("topics") or [] if t["topic_name"] == topic), None)
 
 
-def topic_depth(settings: Settings, topic: str) -> int | None:
-    stats = topic_stats(settings, topic)
-    return None if stats is None else int(stats["depth"])
-
-
 def channel_stats(settings: Settings, topic: str, channel: str) -> dict[str, Any] | None:
     stats = topic_stats(settings, topic) or {"channels": []}
     return next((c for c in stats["channels"] or [] if c["channel_name"] == channel), None)
@@ -205,27 +201,58 @@ def test_a_sigkilled_pod_vanishes_from_live_nodes_within_two_heartbeats(pods: Ca
     assert node["role"] == "worker" and node["slots"] == "2"
     # When it is SIGKILLed (no goodbye)
     os.kill(pod.pid, signal.SIGKILL)
-    killed = time.monotonic()
-    # Then it drops out of live_nodes within two heartbeats (the TTL is 2 x heartbeat)
-    budget = 2 * HEARTBEAT_S
-    wait_until(lambda: node_of(group.settings, pod) is None, timeout=budget + 1.0,
-               interval=0.02, message="the killed pod gone from live_nodes")
-    gone_after = time.monotonic() - killed
-    assert gone_after <= budget + 0.2, f"gone {gone_after:.2f} s after SIGKILL, budget {budget} s"
+    killed_at, killed = time.time(), time.monotonic()
     assert pod.proc.wait(5) == -signal.SIGKILL
+    # Then its registration runs out at most two heartbeats after the kill (the TTL is 2 x heartbeat;
+    # 50 ms allow for a heartbeat that was already on its way to Redis) ...
+    budget = 2 * HEARTBEAT_S
+    store = StateStore(group.settings.redis)
+    expires_at = store.redis.zscore(keys.NODES, node["id"]) / 1000
+    store.redis.close()
+    assert expires_at <= killed_at + budget + 0.05, f"expires {expires_at - killed_at:.3f} s after the kill"
+    # ... and it is seen gone then (the slack is for polling on a busy machine, not for the design)
+    wait_until(lambda: node_of(group.settings, pod) is None, timeout=budget + 2.0, interval=0.02,
+               message="the killed pod gone from live_nodes")
+    gone_after = time.monotonic() - killed
+    assert gone_after <= budget + 0.5, f"gone {gone_after:.2f} s after SIGKILL, budget {budget} s"
+
+
+def tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send `sig` to thread `tid` of process `pid`. A process-directed signal (`kill`) lands on any
+    thread that does not block it; this picks the thread, so a test does not depend on the kernel's
+    choice."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.tgkill(pid, tid, sig) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def test_a_sigtermed_pod_deregisters_at_once(pods: Callable[..., Pods]) -> None:
-    # Given a pod whose registration would outlive it by 30 s if it did not say goodbye
-    group = pods(registry={"heartbeat_s": HEARTBEAT_S, "node_ttl_s": 30.0})
+    # Given a pod whose registration would outlive it by two minutes if it did not say goodbye
+    group = pods(registry={"heartbeat_s": HEARTBEAT_S, "node_ttl_s": 120.0})
     pod = group.start("w", "worker")
     registered(group.settings, pod)
-    # When it is asked to stop
-    pod.proc.send_signal(signal.SIGTERM)
+    # When it is asked to stop (SIGTERM, received by its main thread)
+    tgkill(pod.pid, pod.pid, signal.SIGTERM)
     # Then it deregisters and exits 0, long before its TTL could have run out
-    wait_until(lambda: node_of(group.settings, pod) is None, timeout=10, message="deregistered on SIGTERM")
-    assert pod.proc.wait(15) == 0
+    wait_until(lambda: node_of(group.settings, pod) is None, timeout=30, message="deregistered on SIGTERM")
+    assert pod.proc.wait(30) == 0
     assert group.log.has("deregistered node")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: pod.run blocks in stop.wait() without a timeout, so the main "
+                                       "thread never runs the Python SIGTERM handler when the kernel "
+                                       "delivered the signal to another thread")
+def test_a_sigterm_received_by_any_thread_stops_the_pod(pods: Callable[..., Pods]) -> None:
+    # Given a running pod (many threads: actors, the NSQ IOLoop, tickers)
+    group = pods()
+    pod = group.start("w", "worker")
+    registered(group.settings, pod)
+    # When the kernel hands the pod's SIGTERM to a thread other than the main one
+    other = next(t.id for t in psutil.Process(pod.pid).threads() if t.id != pod.pid)
+    tgkill(pod.pid, other, signal.SIGTERM)
+    # Then the pod still drains and exits 0, as Kubernetes expects of one SIGTERM
+    assert pod.proc.wait(15) == 0
 
 
 def test_cli_nodes_lists_a_live_pod(pods: Callable[..., Pods], capsys: pytest.CaptureFixture[str]) -> None:
@@ -427,14 +454,19 @@ def test_a_pod_past_its_restart_intensity_exits_non_zero(pods: Callable[..., Pod
                                        "before Redis escalates and exits 1 instead of waiting")
 def test_a_pod_started_before_redis_waits_for_it_instead_of_escalating(pods: Callable[..., Pods],
                                                                         tmp_path: Path) -> None:
-    # Given a worker pod whose Redis is not there yet (Kubernetes starts pods in no order)
-    port = free_port()
-    group = pods(redis={"port": port}, supervisor={"max_restarts": 2, "max_seconds": 60.0,
-                                                   "sweep_interval_s": 0.2})
-    pod = group.start("w", "worker")
-    # Then it keeps trying well past what its restart intensity would allow for crashes
-    with pytest.raises(subprocess.TimeoutExpired):
-        pod.proc.wait(5)
+    # Given a worker pod whose Redis is not there yet (Kubernetes starts pods in no order): its port is
+    # bound but not listening, so connecting is refused and no other process can take the port
+    placeholder = socket.socket()
+    placeholder.bind(("127.0.0.1", 0))
+    group = pods(redis={"port": placeholder.getsockname()[1]},
+                 supervisor={"max_restarts": 2, "max_seconds": 60.0, "sweep_interval_s": 0.2})
+    try:
+        pod = group.start("w", "worker")
+        # Then it keeps trying well past what its restart intensity would allow for crashes
+        with pytest.raises(subprocess.TimeoutExpired):
+            pod.proc.wait(5)
+    finally:
+        placeholder.close()
     # And when Redis comes up, the pod registers without having been restarted
     redis_only = ServiceManager(group.settings, tmp_path / "late-redis")
     redis_only.start_one("redis")
@@ -496,8 +528,13 @@ class Up:
         return f"http://{self.settings.api.host}:{self.settings.api.port}"
 
     def ctrl_c(self) -> int:
+        """SIGINT as Ctrl-C sends it, and the exit code. The terminal signals the process group, and
+        `up` is alone in its group (services and pods lead sessions of their own), so the signal is
+        for this process; it is aimed at the main thread because `up`, like a pod, misses a signal
+        the kernel hands to another thread (see test_a_sigterm_received_by_any_thread_stops_the_pod)."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGINT)
+        assert os.getpgid(self.proc.pid) == self.proc.pid
+        tgkill(self.proc.pid, self.proc.pid, signal.SIGINT)
         return self.proc.wait(90)
 
     def kill(self) -> None:
@@ -580,4 +617,5 @@ def test_taskherd_up_stops_every_process_on_ctrl_c_and_resumes_its_data(up: Up) 
     store.redis.close()
     assert topic_depth(up.settings, "th-test.resume") == 1
     assert up.ctrl_c() == 0
+    client.close()
 
