@@ -71,7 +71,10 @@ class Registry(Supervised, pykka.ThreadingActor):
         self._ticker: Ticker | None = None
 
     def on_start(self) -> None:
-        self._beat()
+        try:
+            self._beat()
+        except redis.RedisError as exc:  # a pod may start before Redis: heartbeats will retry
+            log.warning("first registration failed (will retry): %s", exc)
         self._ticker = Ticker(self.actor_ref, Heartbeat(), self.settings.heartbeat_s).start()
         log.info("registered node %s (%s, %d slots)", self.info.id, self.info.role, self.info.slots)
 

@@ -78,6 +78,10 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.runner.close()
         super().on_stop()
 
+    def on_failure(self, *exc_info: Any) -> None:
+        self.runner.close()  # pykka skips on_stop after a failure; the warm child must not outlive us
+        super().on_failure(*exc_info)
+
     def on_receive(self, message: Any) -> None:
         from taskherd.actors.dispatcher import SlotDone
 
@@ -85,8 +89,10 @@ class Worker(Supervised, pykka.ThreadingActor):
             case Run(delivery):
                 try:
                     self._run(delivery)
-                finally:
-                    find_dispatcher().tell(SlotDone(self.index))
+                except Exception:
+                    delivery.requeue(1.0)  # at once, not after nsqd's msg_timeout; the slot restarts
+                    raise
+                find_dispatcher().tell(SlotDone(self.index))
             case _:
                 log.warning("worker: unknown message %r", message)
 

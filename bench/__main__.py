@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "versions": {}, "configuration": {}, "results": {}, "errors": {},
         "logs": str(logs), "load": {"start": os.getloadavg()},
     }
-    log(f"bench: {'quick' if args.quick else 'full'} run, {reps} repetition(s), workloads {','.join(workloads)}, "
+    log(f"bench: {'quick' if args.quick else 'full-size'} run, {reps} repetition(s), workloads {','.join(workloads)}, "
         f"systems {','.join(systems)}; taskherd: 1 manager + {args.workers} worker pods x {args.slots} slots = "
         f"{total_slots} slots; each peer: {total_slots} worker processes; load average {os.getloadavg()}")
     log(f"bench: logs in {logs}")
@@ -118,9 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench: peers' recovery trials started in the background ({', '.join(peers)})")
 
         if "taskherd" in systems:
-            report["results"]["taskherd"] = run_taskherd(workloads, cfg, reps, args, run_dir, logs, report,
-                                                         launch_peer_recovery)
-        else:
+            try:
+                run_taskherd(workloads, cfg, reps, args, run_dir, logs, report, launch_peer_recovery)
+            except Exception as exc:  # noqa: BLE001 - a broken cluster must not cost the peers' figures
+                report["errors"]["taskherd"] = f"{type(exc).__name__}: {exc}"
+                log(f"bench: taskherd failed ({type(exc).__name__}: {exc}); see {logs / 'taskherd-cluster.log'}")
+        if not recovery_drivers:
             launch_peer_recovery()
 
         for p, (proc, out) in recovery_drivers.items():
@@ -162,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown_table(report)
     path = RESULTS / f"{stamp}.json"
     dump_json(path, report)
-    if "interrupted" not in report["errors"]:
+    complete = (not args.quick and not args.only and set(systems) == {"taskherd", *PEERS}
+                and not report["errors"])
+    if complete:  # latest.* is the last full-size run of every workload on every system without an error
         dump_json(RESULTS / "latest.json", report)
         (RESULTS / "latest.md").write_text(md)
-    log(f"bench: done in {report['duration_s']:.0f} s; results in {path} and {RESULTS / 'latest.json'}")
-    if not args.quick and not args.only and set(systems) == {"taskherd", *PEERS} and not report["errors"]:
+    log(f"bench: done in {report['duration_s']:.0f} s; results in {path}"
+        + (f" and {RESULTS / 'latest.json'}" if complete else ""))
+    if complete:
         update_readme(md)
     return 1 if report["errors"] else 0
 
@@ -175,7 +181,7 @@ def run_taskherd(workloads: list[str], cfg: dict[str, Any], reps: int, args: arg
                  logs: Path, report: dict[str, Any], launch_peer_recovery: Any) -> dict[str, Any]:
     from bench.taskherd_runs import Taskherd
 
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = report["results"].setdefault("taskherd", {})  # partial figures survive an error
     with (logs / "taskherd-cluster.log").open("a") as out, \
             Taskherd(args.workers, args.slots, run_dir / "taskherd", out) as th:
         report["configuration"]["taskherd_settings"] = th.settings.model_dump()
@@ -185,20 +191,21 @@ def run_taskherd(workloads: list[str], cfg: dict[str, Any], reps: int, args: arg
             if name not in workloads:
                 return
             log(f"bench: taskherd: {name} (load average {os.getloadavg()[0]:.2f})")
+            results[name] = {}
             try:
-                results[name] = fn()
+                results[name] = fn(results[name])
                 results[name]["load_average"] = os.getloadavg()
             except BenchError as exc:
                 log(f"bench: taskherd {name}: {exc}")
                 report["errors"][f"taskherd.{name}"] = str(exc)
 
-        attempt("noop", lambda: th.throughput("noop", cfg["noop"], reps))
-        attempt("latency", lambda: th.latency(cfg["latency"], reps))
-        attempt("sleep10", lambda: _sleep10(th, cfg, reps, args.workers * args.slots))
-        attempt("fanout", lambda: th.fanout(cfg["fan"], cfg["depth"], reps))
+        attempt("noop", lambda _: th.throughput("noop", cfg["noop"], reps))
+        attempt("latency", lambda _: th.latency(cfg["latency"], reps))
+        attempt("sleep10", lambda _: _sleep10(th, cfg, reps, args.workers * args.slots))
+        attempt("fanout", lambda _: th.fanout(cfg["fan"], cfg["depth"], reps))
         launch_peer_recovery()
-        attempt("scale", lambda: th.scale(cfg["scale"], cfg["scale_timeout"]))
-        attempt("recovery", lambda: th.recovery(reps, cfg["cap"], cfg["task_s"]))
+        attempt("scale", lambda partial: th.scale(cfg["scale"], cfg["scale_timeout"], partial))
+        attempt("recovery", lambda _: th.recovery(reps, cfg["cap"], cfg["task_s"]))
         restarts = {p.name: p.restarts for p in th.cluster.pods} if th.cluster else {}
         report["configuration"]["taskherd_pod_restarts"] = restarts
     return results

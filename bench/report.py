@@ -33,6 +33,8 @@ ROWS: list[tuple[str, str, str, str | None, str]] = [
     ("scale: bytes per live task while running", "scale", "bytes_per_live_task_running", None, "int"),
     ("scale: Redis after archive (bytes over baseline)", "scale", "after_archive_bytes", None, "int"),
     ("scale: Redis after teardown (bytes over baseline)", "scale", "after_teardown_bytes", None, "int"),
+    ("scale: Redis dataset after archive (bytes over baseline)", "scale", "after_archive_dataset_bytes", None, "int"),
+    ("scale: Redis dataset after teardown (bytes over baseline)", "scale", "after_teardown_dataset_bytes", None, "int"),
     ("recovery: SIGKILL of a worker -> task runs again (s)", "recovery", "time_to_rerun", "time_to_rerun", "s"),
 ]
 
@@ -83,7 +85,7 @@ def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]
     for label, w, key, peer_key, how in ROWS:
         t = th.get(w, {}).get(key)
         cap = th.get(w, {}).get("cap_s")
-        if not t and not any(res[p].get(w) for p in peers):
+        if not t and (peer_key is None or not any(res[p].get(w, {}).get(peer_key) for p in peers)):
             continue
         line = [label, cell(t, how, cap)]
         ratios = []

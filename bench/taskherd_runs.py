@@ -332,7 +332,7 @@ class Taskherd:
                                          f"capped at {cap_s:.0f} s"),
                 "cap_s": cap_s, "checks": {"ok": all(n["state"] == "succeeded" for n in notes), "reps": notes}}
 
-    def scale(self, n: int, timeout_s: float) -> dict[str, Any]:
+    def scale(self, n: int, timeout_s: float, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         """Worker pods stopped -> submit n -> memory with all n queued -> pods back -> samples while it
         runs -> archived -> teardown. One repetition (a 200,000-task drain is the longest part of a run)."""
         assert self.cluster is not None
@@ -354,6 +354,10 @@ class Taskherd:
         per_queued = (queued - base) / max(1, status["open"])
         log(f"taskherd scale: {status['open']} queued, {per_queued:.0f} bytes per live task "
             f"(submitted in {submit_s:.1f} s, {n / submit_s:.0f}/s)")
+        out = partial if partial is not None else {}
+        out.update({"tasks": n, "baseline_bytes": base,
+                    "bytes_per_live_task": summary([per_queued], "bytes", "lower",
+                                                   f"{n} tasks queued, worker pods stopped")})
         for pod in pods:
             fresh = Pod(pod.name, "worker", self.cluster.config, self.out)
             fresh.start()
@@ -371,11 +375,16 @@ class Taskherd:
                 raise BenchError(f"taskherd scale: {status['open']} of {n} tasks still open after {timeout_s:.0f} s")
             if status["open"] >= n // 10:
                 samples.append((self.used_memory() - base) / status["open"])
+                out["bytes_per_live_task_running"] = summary(samples, "bytes", "lower",
+                                                             "sampled every 2 s while the worker pods ran the job")
+                out["open_while_running"] = {k: int(v) for k, v in status["counts"].items() if k in
+                                             ("pending", "running", "retry", "analyzing", "succeeded")}
             time.sleep(2.0)
         run_s = status["finished_ms"] / 1000.0 - (t0 + submit_s)
         check = self.check_job(job, n, status)
         check.pop("first_lease_ms")
         archived = self.used_memory() - base
+        archived_info = memory_info(r)
         td = self.teardown(job)
         time.sleep(1.0)
         after = self.used_memory() - base
@@ -383,15 +392,18 @@ class Taskherd:
         after_info = memory_info(r)
         log(f"taskherd scale: archived -> {archived:+d} bytes over baseline; teardown -> {after:+d} bytes, "
             f"{td['job_keys_after']} job keys, dbsize {keys_after:+d}")
-        return {"tasks": n, "baseline_bytes": base,
-                "bytes_per_live_task": summary([per_queued], "bytes", "lower",
-                                               f"{n} tasks queued, worker pods stopped"),
-                "bytes_per_live_task_running": summary(samples, "bytes", "lower",
-                                                       "sampled every 2 s while the worker pods ran the job"),
+        return out | {
                 "after_archive_bytes": summary([archived], "bytes", "lower", "over the baseline"),
                 "after_teardown_bytes": summary([after], "bytes", "lower", "over the baseline (target 0)"),
                 "job_keys_after_teardown": td["job_keys_after"], "dbsize_change": keys_after,
-                "memory_detail": {"baseline": base_info, "after_teardown": after_info},
+                "after_archive_dataset_bytes": summary(
+                    [archived_info["used_memory_dataset"] - base_info["used_memory_dataset"]], "bytes", "lower",
+                    "used_memory_dataset (used_memory less client buffers, Lua, keyspace overhead) over the baseline"),
+                "after_teardown_dataset_bytes": summary(
+                    [after_info["used_memory_dataset"] - base_info["used_memory_dataset"]], "bytes", "lower",
+                    "used_memory_dataset over the baseline"),
+                "memory_detail": {"baseline": base_info, "after_archive": archived_info,
+                                  "after_teardown": after_info},
                 "drain_rate_of_the_job": summary([n / run_s], "tasks/s", "higher",
                                                  "informative: the peers' recovery runs meanwhile"),
                 "checks": {"ok": check["ok"] and not td["leftovers"] and not td["job_keys_after"],

@@ -121,6 +121,9 @@ def _group(sub: Any, name: str, help_: str) -> Any:
 def _cmd(sub: Any, name: str, handler: Command, help_: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_, description=help_)
     parser.set_defaults(handler=handler)
+    # Also after the command (`taskherd run --role worker --config F`, as Kubernetes manifests write it).
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--api", metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -46,7 +46,8 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
                             sweep_interval_s=settings.supervisor.sweep_interval_s,
                             on_escalate=lambda exc: (escalated.set(), stop.set()))
     log.info("pod %s up (role %s)", ctx.node_id, role)
-    stop.wait()
+    while not stop.wait(0.5):  # a signal delivered to another thread only runs its handler once we wake
+        pass
     if not escalated.is_set() and role in ("worker", "all"):
         drain(settings.worker.drain_grace_s)
     root.stop(timeout=30)

@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task-s", type=float, default=5.0)
     ap.add_argument("--max-rep-s", type=float, default=90.0,
                     help="a slower peer gets fewer tasks per repetition so one fits this budget")
-    ap.add_argument("--logdir", default=str(ROOT / "bench" / "results" / "logs"))
+    ap.add_argument("--logdir", default=str(Path(tempfile.gettempdir()) / "taskherd-bench-driver"))
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 

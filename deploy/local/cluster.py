@@ -142,7 +142,8 @@ def up(settings: Settings, config_path: str | None, workers: int | None, data_di
         with Cluster(settings, config_path, workers, data_dir) as cluster:
             print(f"[up] cluster ready: API {cluster.api_url} (docs at {cluster.api_url}/docs), "
                   f"{cluster.workers} worker pod(s), data in {cluster.data_dir}. Ctrl-C stops it.", flush=True)
-            stop.wait()
+            while not stop.wait(0.5):  # wake to let a signal caught by another thread run its handler
+                pass
             print("[up] stopping pods, then services ...", flush=True)
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)

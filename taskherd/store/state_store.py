@@ -148,8 +148,8 @@ class StateStore:
             return (r[1] if len(r) > 1 else r[0]), None
         lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]))
         if lease.type != type_hint:
-            return lease, self.spec("executor", lease.type)
-        return lease, json.loads(raw) if raw else None
+            raw = self.redis.get(keys.executor(lease.type))
+        return lease, _spec_or_none(raw)
 
     def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
         """Renew leases (task id, exec id) of one job; False where the execution was superseded."""
@@ -321,6 +321,15 @@ class StateStore:
         if self.redis.sismember(keys.JOBS, job):
             left.append(f"{keys.JOBS}[{job}]")
         return left
+
+
+def _spec_or_none(raw: str | None) -> dict[str, Any] | None:
+    """A spec as stored; one that is not a JSON object reads as missing (the task then fails, clearly)."""
+    try:
+        spec = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) else None
 
 
 def _lua(name: str) -> str:

@@ -4,13 +4,13 @@ The pod is `taskherd.cli.main`, unchanged; this wrapper only installs a SIGUSR1 
 signal, a thread (never the handler itself) reads `command.json` from $TASKHERD_FAULTS_HOOK_DIR and
 makes one live actor of this pod raise inside its own thread on its next step, as a bug would:
 
-- `crash-worker`: a worker slot that holds a lease raises in `_finish`, after its executor returned
-  and before the outcome is recorded: the lease is held and the result is never written.
+- `crash-worker`: a worker slot that holds a lease raises as soon as its executor call returns, before
+  the outcome is recorded: the lease is held and the result is never written.
 - `crash-analyzer`: the ResultAnalyzer raises in `_archive` on its next batch, after analysis and
   before the MySQL commit: its deliveries stay unacknowledged.
 
-Only the chosen actor object is patched (an instance attribute), so its restarted incarnation is the
-pod's own code again. The answer goes to `reply-SEQ.json`.
+Only the chosen actor object is patched (an instance attribute, looked up after the patch), so its
+restarted incarnation is the pod's own code again. The answer goes to `reply-SEQ.json`.
 """
 
 from __future__ import annotations
@@ -41,31 +41,46 @@ def _live(class_name: str) -> list[Any]:
     return [a for r in pykka.ActorRegistry.get_by_class_name(class_name) if r.is_alive() and (a := _actor(r))]
 
 
-def _raise_once(what: str, report: Path | None = None, runner: Any = None) -> Any:
-    """A stand-in method that raises; a worker's also writes which lease it crashed on to `report`."""
-    def crash(*args: Any, **__: Any) -> None:
-        if report is not None:
-            lease = args[0]
-            report.write_text(json.dumps({"task": lease.task_id, "exec": lease.exec_id,
-                                          "runner_pid": runner.python_pid}))
+def _raise_once(what: str) -> Any:
+    def crash(*_: Any, **__: Any) -> None:
         raise InjectedCrash(f"fault suite: injected crash in {what}")
     return crash
 
 
+class _CrashAtEnd:
+    """Stands in for a Worker's `execution`: when the executor call in flight returns (`end`), it
+    writes `report` and raises in the worker's thread, before the outcome is recorded."""
+
+    def __init__(self, execution: Any, exec_id: str, runner: Any, report: Path) -> None:
+        self._execution, self._exec_id, self._runner, self._report = execution, exec_id, runner, report
+
+    def begin(self, exec_id: str) -> None:
+        self._exec_id = exec_id
+        self._execution.begin(exec_id)
+
+    def kill(self, exec_id: str) -> bool:
+        return self._execution.kill(exec_id)
+
+    def end(self) -> None:
+        self._execution.end()
+        self._report.write_text(json.dumps({"exec": self._exec_id, "runner_pid": self._runner.python_pid}))
+        raise InjectedCrash("fault suite: injected crash in a worker slot, its executor call just returned")
+
+
 def crash_worker(command: dict[str, Any]) -> dict[str, Any]:
-    """Patch a busy slot (one whose task id starts with `prefix`, if given) to crash at its finish (of
-    this task, or of its next one if this one finished meanwhile); `crashed.json` tells which."""
-    prefix = command.get("prefix", "")
+    """Arm a busy slot (its task id starting with `prefix` and not in `exclude`) to crash when its
+    executor call returns; `crashed.json` names the execution it crashed on."""
+    prefix, exclude = command.get("prefix", ""), set(command.get("exclude", ()))
     deadline = time.monotonic() + float(command.get("timeout_s", 10))
     while time.monotonic() < deadline:
         for dispatcher in _live("Dispatcher"):
             for index, lease in list(dispatcher.held.items()):
                 worker = next((w for w in _live("Worker") if w.index == index), None)
-                if worker is None or not lease.task_id.startswith(prefix):
+                if worker is None or not lease.task_id.startswith(prefix) or lease.task_id in exclude:
                     continue
                 report = Path(command["dir"]) / "crashed.json"
-                worker._finish = _raise_once(f"worker slot {index}", report, worker.runner)  # noqa: SLF001
-                return {"ok": True, "slot": index, "report": str(report)}
+                worker.execution = _CrashAtEnd(worker.execution, lease.exec_id, worker.runner, report)
+                return {"ok": True, "slot": index, "task": lease.task_id, "report": str(report)}
         time.sleep(0.01)
     return {"ok": False, "why": f"no slot held a lease of a task starting with {prefix!r}"}
 
