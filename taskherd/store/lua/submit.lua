@@ -30,7 +30,7 @@ if created > 0 then
   redis.call('HSETNX', KEYS[1], 'created', now)
   if redis.call('HGET', KEYS[1], 'done') == '1' then
     redis.call('HSET', KEYS[1], 'done', 0)
-    redis.call('HDEL', KEYS[1], 'finished')
+    redis.call('HDEL', KEYS[1], 'finished', 'summarized')
   end
 end
 return out
