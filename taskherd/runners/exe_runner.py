@@ -7,8 +7,11 @@ temporary file rather than a pipe: an executor may log megabytes, and only the t
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -68,8 +71,29 @@ def _start(spec: RunnerSpec, stderr: Any) -> subprocess.Popen[bytes]:
     env = {**os.environ, **dict(spec.env)} if spec.env else None
     return subprocess.Popen(
         list(spec.target), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-        cwd=spec.cwd, env=env, start_new_session=True,
+        cwd=spec.cwd, env=env, start_new_session=True, preexec_fn=_DIE_WITH_WORKER,
     )
+
+
+def _pdeathsig() -> None:
+    """In the forked child: SIGKILL it when the worker dies without killing it (SIGKILL, OOM).
+
+    Otherwise an orphaned executor would run on while its task's lease expires and another worker
+    runs the task again: two executions at once. Linux ties this to the forking thread, the worker
+    slot's own, which lives as long as the slot. What the executable itself starts is not covered
+    (on Kubernetes the container's end takes every process of the pod anyway).
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the worker died between fork and prctl
+        os._exit(1)
+
+
+if sys.platform == "linux":
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+    _PR_SET_PDEATHSIG = 1
+    _DIE_WITH_WORKER: Any = _pdeathsig
+else:
+    _DIE_WITH_WORKER = None
 
 
 def _drain(proc: subprocess.Popen[bytes]) -> bytes:
