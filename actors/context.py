@@ -7,6 +7,7 @@ because a restarted actor has a new ref.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -38,9 +39,16 @@ class PodContext:
     """Only the manager role talks to MySQL; workers never need it."""
 
     def dead_letter(self, delivery: "Delivery", why: str) -> None:
-        """A message nobody can use: keep its raw bytes on the dead-letter topic; never requeue it."""
+        """A message nobody can use: keep it on the dead-letter topic, never requeue it.
+
+        A dead letter is one JSON line saying why (and the size and sha256 of the original), a newline,
+        then the original bytes unchanged, so it can be inspected or republished as it came. nsqd
+        allows `DEADLETTER_HEADROOM` bytes (config/settings.py) over the largest message we accept, so the envelope always fits.
+        """
         log.error("dead-lettering a message: %s", why)
-        body = json.dumps({"why": why, "raw": delivery.body.decode("latin-1")}).encode()
+        raw = delivery.body
+        head = {"why": why, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        body = json.dumps(head).encode() + b"\n" + raw
         try:
             self.queue.publish(self.settings.nsq.deadletter_topic, [body])
         except QueueError as exc:

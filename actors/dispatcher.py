@@ -126,7 +126,10 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
     # --- IOLoop thread ------------------------------------------------------------------------------
     def _on_delivery(self, delivery: Delivery) -> None:
         self._set_free(self._free - 1)
-        self.actor_ref.tell(Delivered(delivery))
+        try:
+            self.actor_ref.tell(Delivered(delivery))
+        except pykka.ActorDeadError:  # being restarted: give it back now, not after nsqd's msg_timeout
+            delivery.requeue(1.0)
 
     def _set_free(self, free: int) -> None:
         self._free = free

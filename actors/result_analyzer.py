@@ -79,8 +79,13 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
 
     def _flush(self) -> None:
         batch, self._batch = tuple(self._batch), []
-        if batch:
+        if not batch:
+            return
+        try:
             self.actor_ref.tell(Results(batch))
+        except pykka.ActorDeadError:  # we are being restarted: give the messages back at once
+            for d in batch:
+                d.requeue(1.0)
 
     def on_receive(self, message: Any) -> None:
         match message:

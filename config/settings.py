@@ -18,6 +18,11 @@ TOPIC = r"^[.a-zA-Z0-9_-]{1,64}$"
 """nsqd's rule for topic names."""
 
 
+DEADLETTER_HEADROOM = 65536
+"""Bytes nsqd must accept beyond `max_message_bytes` (its --max-msg-size), so that a dead letter (a
+header line plus the unusable message, unchanged) always fits."""
+
+
 class NsqSettings(_Section):
     """Where NSQ lives. Producers publish over nsqd's HTTP API; consumers discover nsqd via lookupd."""
 

@@ -44,6 +44,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from taskherd.config import Settings
+from taskherd.config.settings import DEADLETTER_HEADROOM
 from taskherd.deploy.local import binaries
 from taskherd.errors import ServiceError
 
@@ -173,7 +174,7 @@ class ServiceManager:
                 f"--tcp-address={_LOOPBACK}:{tcp}", f"--http-address={_LOOPBACK}:{http}",
                 f"--broadcast-address={_LOOPBACK}",
                 f"--lookupd-tcp-address={_LOOPBACK}:{_port(nsq.lookupd_tcp_address)}",
-                f"--max-msg-size={nsq.max_message_bytes}"]
+                f"--max-msg-size={nsq.max_message_bytes + DEADLETTER_HEADROOM}"]
         ports = ((tcp, "[nsq].nsqd_tcp_address"), (http, "[nsq].nsqd_http_addresses"))
         return _Plan("nsqd", argv, ports, lambda: _http_ping(http))
 

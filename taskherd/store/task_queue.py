@@ -51,6 +51,8 @@ def decode(body: bytes, max_bytes: int) -> TaskRef:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not usable JSON: nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("j"), str) or not isinstance(data.get("t"), str):
         raise ValueError('expected {"j": job, "t": task id} with string values')
     hint = data.get("y")
