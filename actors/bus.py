@@ -85,6 +85,12 @@ class Subscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class GetLoop:
+    """Ask -> this pod's NsqLoop. Subscribers ask it before they Subscribe, because their handler may
+    run (in the IOLoop) before the Subscribe's answer reaches them."""
+
+
+@dataclass(frozen=True, slots=True)
 class SetReady:
     """Tell: cap how many messages of `topic` may be in flight to this pod (0 pauses the Reader)."""
 
@@ -209,6 +215,8 @@ class Bus(Supervised, pykka.ThreadingActor):
 
     def on_receive(self, message: object) -> object:
         match message:
+            case GetLoop():
+                return self.nsq
             case Subscribe() as sub:
                 self.nsq.subscribe(sub)
                 return self.nsq

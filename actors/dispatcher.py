@@ -20,7 +20,7 @@ from typing import Any
 
 import pykka
 
-from taskherd.actors.bus import Bus, Delivery, NsqLoop, Subscribe
+from taskherd.actors.bus import Bus, Delivery, GetLoop, NsqLoop, Subscribe
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.ticker import Ticker
 from taskherd.actors.worker import Execution, Run
@@ -108,7 +108,9 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         self._ticker: Ticker | None = None
 
     def on_start(self) -> None:
-        self.nsq = find(Bus).ask(Subscribe(self.topic, CHANNEL, 1, self._on_delivery), timeout=15)
+        bus = find(Bus)
+        self.nsq = bus.ask(GetLoop(), timeout=15)
+        bus.ask(Subscribe(self.topic, CHANNEL, 1, self._on_delivery), timeout=15)
         self.nsq.call(self.nsq.set_ready, self.topic, 0)
         self._ticker = Ticker(self.actor_ref, RenewLeases(), self.ctx.settings.worker.lease_renew_s).start()
 

@@ -17,7 +17,7 @@ from typing import Any
 import pykka
 import redis
 
-from taskherd.actors.bus import Bus, Delivery, NsqLoop, Subscribe
+from taskherd.actors.bus import Bus, Delivery, GetLoop, NsqLoop, Subscribe
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.manager import runner_spec
 from taskherd.errors import QueueError, StoreError, TaskherdError
@@ -64,7 +64,9 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
 
     def on_start(self) -> None:
         topic = self.ctx.settings.nsq.results_topic
-        self.nsq = find(Bus).ask(Subscribe(topic, CHANNEL, BATCH, self._on_delivery), timeout=15)
+        bus = find(Bus)
+        self.nsq = bus.ask(GetLoop(), timeout=15)
+        bus.ask(Subscribe(topic, CHANNEL, BATCH, self._on_delivery), timeout=15)
 
     def on_stop(self) -> None:
         self.runner.close()

@@ -87,6 +87,9 @@ def clean(services: Services) -> Services:
     nsq = settings.nsq
     for topic in (nsq.tasks_topic, nsq.results_topic, nsq.deadletter_topic):
         nsqd_post(settings, f"/topic/delete?topic={topic}")  # 404: never created, nothing to do
+        # nsqlookupd remembers the topic's channels, and nsqd recreates them from it when the topic
+        # comes back: a message would then sit in an old consumer's channel, not in the topic.
+        nsqd_post(settings, f"/topic/delete?topic={topic}", lookupd=True)
     return services
 
 

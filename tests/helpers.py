@@ -108,9 +108,10 @@ def nsqd_url(settings: Settings, path: str) -> str:
     return f"http://{settings.nsq.nsqd_http_addresses[0]}{path}"
 
 
-def nsqd_post(settings: Settings, path: str, body: bytes = b"") -> int:
-    """POST to nsqd's HTTP API; returns the status code (404 included, other errors raise)."""
-    request = urllib.request.Request(nsqd_url(settings, path), data=body, method="POST")
+def nsqd_post(settings: Settings, path: str, body: bytes = b"", *, lookupd: bool = False) -> int:
+    """POST to nsqd's (or nsqlookupd's) HTTP API; returns the status code (404 included, other errors raise)."""
+    url = f"http://{settings.nsq.lookupd_http_addresses[0]}{path}" if lookupd else nsqd_url(settings, path)
+    request = urllib.request.Request(url, data=body, method="POST")
     try:
         with DIRECT.open(request, timeout=5) as resp:
             return resp.status

@@ -22,6 +22,7 @@ import pytest
 from taskherd.actors.dispatcher import CHANNEL
 from taskherd.cli import build_parser
 from taskherd.config import Settings, from_dict, load
+from taskherd.config.settings import DEADLETTER_HEADROOM
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 CRD_FILES = {"worker-scaledobject.yaml"}
@@ -100,7 +101,7 @@ def test_nsqd_keeps_messages_on_disk_and_announces_a_name_resolvable_from_any_na
     assert "--mem-queue-size=0" in args and "--data-path=/data" in args
     assert "--broadcast-address=$(POD_NAME).nsqd.$(POD_NAMESPACE).svc" in args
     assert f"--lookupd-tcp-address={settings.nsq.lookupd_tcp_address}" in args
-    assert f"--max-msg-size={settings.nsq.max_message_bytes}" in args
+    assert f"--max-msg-size={settings.nsq.max_message_bytes + DEADLETTER_HEADROOM}" in args
     assert "mountPath: /data" in text("nsqd.yaml") and "volumeClaimTemplates:" in text("nsqd.yaml")
 
 
