@@ -151,6 +151,9 @@ def test_every_executor_and_analyzer_kind_including_failures(cluster, http_targe
         "http-4xx": ({"kind": "http", "target": f"{http_target}/bad"}, None),
         "http-5xx": ({"kind": "http", "target": f"{http_target}/down", "max_attempts": 2}, None),
         "bad-analyzer": ({"kind": "python", "target": f"{PY}:echo"}, {"kind": "python", "target": f"{PY}:bad_analyzer"}),
+        "bad-exe-analyzer": ({"kind": "python", "target": f"{PY}:echo"}, {"kind": "exe", "target": exe_fail}),
+        "bad-http-analyzer": ({"kind": "python", "target": f"{PY}:echo"},
+                              {"kind": "http", "target": f"{http_target}/bad"}),
     }
     for task_type, (executor, analyzer) in specs.items():
         c.add_executor(task_type, executor)
@@ -167,6 +170,8 @@ def test_every_executor_and_analyzer_kind_including_failures(cluster, http_targe
     assert tasks["exe-fail"]["state"] == "failed" and "exe broke" in json.dumps(tasks["exe-fail"]["executions"])
     assert tasks["http-4xx"]["state"] == "failed" and len(tasks["http-4xx"]["executions"]) == 1
     assert tasks["http-5xx"]["state"] == "failed" and len(tasks["http-5xx"]["executions"]) == 2
-    assert tasks["bad-analyzer"]["state"] == "failed" and "analyzer" in tasks["bad-analyzer"]["error"]
-    assert status["counts"]["succeeded"] == 3 and status["counts"]["failed"] == 5
+    for bad in ("bad-analyzer", "bad-exe-analyzer", "bad-http-analyzer"):
+        assert tasks[bad]["state"] == "failed" and "analyzer" in tasks[bad]["error"], tasks[bad]
+    assert "exe broke" in tasks["bad-exe-analyzer"]["error"]
+    assert status["counts"]["succeeded"] == 3 and status["counts"]["failed"] == 7
 
