@@ -64,6 +64,15 @@ class Pod:
             self.proc.wait(5)
 
 
+def stop_pods(pods: list[Pod], grace_s: float) -> None:
+    """SIGTERM every pod at once (workers drain in parallel), each SIGKILLed after `grace_s`."""
+    threads = [threading.Thread(target=p.stop, args=(grace_s,)) for p in pods]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 class Cluster:
     """Context manager: services + pods up on enter (API answering), all down on exit."""
 
@@ -100,12 +109,7 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
-        grace = self.settings.worker.drain_grace_s + 10
-        threads = [threading.Thread(target=p.stop, args=(grace,)) for p in self.pods]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        stop_pods(self.pods, self.settings.worker.drain_grace_s + 10)
         self.services.stop()
 
     def _wait_ready(self, timeout_s: float) -> None:

@@ -26,7 +26,7 @@ from taskherd.client import Client, ClientError
 from taskherd.config import from_dict
 from taskherd.config.settings import Settings
 from taskherd.config.toml_out import dumps
-from taskherd.deploy.local.cluster import Pod
+from taskherd.deploy.local.cluster import Pod, stop_pods
 from tests.faults.podhook import HOOK_DIR_ENV
 from tests.helpers import Services, wait_until
 
@@ -159,12 +159,7 @@ class FaultCluster:
                    message="the API is ready")
 
     def stop(self) -> None:
-        grace = self.settings.worker.drain_grace_s + 10
-        threads = [threading.Thread(target=p.stop, args=(grace,)) for p in self.pods]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        stop_pods(self.pods, self.settings.worker.drain_grace_s + 10)
         self.client.close()
         self.log.close()
 
