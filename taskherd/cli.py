@@ -334,16 +334,17 @@ def _tasks_from_file(args: argparse.Namespace) -> list[dict[str, Any]]:
     return tasks
 
 
-def cmd_task_show(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _json(client.task(args.id))
-    return 0
+def printing(call: Callable[[Client, argparse.Namespace], Any]) -> Command:
+    """A command that makes one client call and prints its answer as JSON."""
+    def command(args: argparse.Namespace) -> int:
+        with _client(args) as client:
+            _json(call(client, args))
+        return 0
+    return command
 
 
-def cmd_job_status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _json(client.job(args.job))
-    return 0
+cmd_task_show = printing(lambda client, args: client.task(args.id))
+cmd_job_status = printing(lambda client, args: client.job(args.job))
 
 
 def cmd_job_wait(args: argparse.Namespace) -> int:

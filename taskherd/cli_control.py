@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from taskherd.cli import UsageError, _client, _cmd, _json
+from taskherd.cli import UsageError, _client, _cmd, printing
 
 
 def task_commands(group: Any) -> None:
@@ -37,21 +37,12 @@ def cmd_task_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_task_retry(args: argparse.Namespace) -> int:
+def _retry(client: Any, args: argparse.Namespace) -> Any:
     if bool(args.id) == bool(args.job):
         raise UsageError("give a task id or --job JOB (not both)")
-    with _client(args) as client:
-        _json(client.retry(args.id) if args.id else client.retry_job(args.job))
-    return 0
+    return client.retry(args.id) if args.id else client.retry_job(args.job)
 
 
-def cmd_task_cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _json(client.cancel(args.id))
-    return 0
-
-
-def cmd_job_cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _json(client.cancel_job(args.job))
-    return 0
+cmd_task_retry = printing(_retry)
+cmd_task_cancel = printing(lambda client, args: client.cancel(args.id))
+cmd_job_cancel = printing(lambda client, args: client.cancel_job(args.job))
