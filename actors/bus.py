@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,13 +45,15 @@ class _Reader(nsq.Reader):
 class Delivery:
     """One NSQ message, acknowledged from any thread. Acknowledging twice is harmless."""
 
-    __slots__ = ("_msg", "_loop", "body", "attempts", "id")
+    __slots__ = ("_msg", "_loop", "body", "attempts", "id", "touched_at")
 
     def __init__(self, msg: nsq.Message, loop: IOLoop) -> None:
         self._msg, self._loop = msg, loop
         self.body: bytes = msg.body
         self.attempts: int = msg.attempts
         self.id: bytes = msg.id
+        self.touched_at = time.monotonic()
+        """When nsqd's msg_timeout for it last started (delivery or touch)."""
 
     def finish(self) -> None:
         self._loop.add_callback(self._fin)
@@ -60,6 +63,7 @@ class Delivery:
         self._loop.add_callback(self._req, int(delay_s * 1000))
 
     def touch(self) -> None:
+        self.touched_at = time.monotonic()
         self._loop.add_callback(lambda: None if self._msg.has_responded() else self._msg.touch())
 
     def _fin(self) -> None:
@@ -88,14 +92,6 @@ class Subscribe:
 class GetLoop:
     """Ask -> this pod's NsqLoop. Subscribers ask it before they Subscribe, because their handler may
     run (in the IOLoop) before the Subscribe's answer reaches them."""
-
-
-@dataclass(frozen=True, slots=True)
-class SetReady:
-    """Tell: cap how many messages of `topic` may be in flight to this pod (0 pauses the Reader)."""
-
-    topic: str
-    ready: int
 
 
 class NsqLoop:
@@ -164,19 +160,10 @@ class NsqLoop:
             user_agent="taskherd")
 
     def set_ready(self, topic: str, ready: int) -> None:
-        """RDY = `ready`, spread over this Reader's nsqd connections (called in the IOLoop thread)."""
+        """RDY = `ready` for this topic's Reader, spread over its nsqd connections (IOLoop thread)."""
         reader = self.readers.get(topic)
-        if reader is None:
-            return
-        if ready <= 0:
-            reader.set_max_in_flight(0)
-            return
-        reader.max_in_flight = ready
-        conns = list(reader.conns.values())
-        for i, conn in enumerate(conns):
-            share = ready // len(conns) + (1 if i < ready % len(conns) else 0)
-            if conn.rdy != share:
-                reader._send_rdy(conn, share)  # noqa: SLF001 - pynsq has no public per-connection RDY
+        if reader is not None:
+            reader.set_max_in_flight(max(0, ready))
 
     def stop(self) -> None:
         if self.loop is None:
@@ -220,8 +207,6 @@ class Bus(Supervised, pykka.ThreadingActor):
             case Subscribe() as sub:
                 self.nsq.subscribe(sub)
                 return self.nsq
-            case SetReady(topic, ready):
-                self.nsq.loop.add_callback(self.nsq.set_ready, topic, ready)  # type: ignore[union-attr]
             case _:
                 log.warning("bus: unknown message %r", message)
         return None

@@ -1,13 +1,14 @@
-"""Dispatcher: takes task messages only as fast as this pod has idle slots, and keeps leases alive.
+"""Dispatcher: hands task messages to idle slots, and keeps leases (and their messages) alive.
 
-RDY (how many messages nsqd may have in flight to us) always equals the number of idle slots: it is
-lowered in the IOLoop thread the moment a message arrives, before the message is even handed on, and
-raised when a slot frees. So a pod never prefetches work it cannot start, and an idle pod elsewhere
-gets it instead.
+RDY (how many messages nsqd may have in flight to us) is the pod's slot count, set once: a slot keeps
+its message in flight until the task's outcome is recorded, so nsqd itself never sends more than the
+pod can start, and a pod never prefetches work that an idle pod elsewhere could take. No RDY
+traffic per task.
 
-Leases are renewed here for every busy slot in one round trip per job; a slot whose lease was
-superseded, or could not be renewed for nearly a whole TTL (a partition from Redis), has its executor
-killed before the lease can expire, so two attempts of a task never run at once.
+Leases are renewed here for every busy slot in one round trip per job, and the message of a long task
+is touched so nsqd does not redeliver it meanwhile; a slot whose lease was superseded, or could not be
+renewed for nearly a whole TTL (a partition from Redis), has its executor killed before the lease can
+expire, so two attempts of a task never run at once.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from taskherd.actors.bus import Bus, Delivery, GetLoop, NsqLoop, Subscribe
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.ticker import Ticker
 from taskherd.actors.worker import Execution, Run
-from taskherd.errors import QueueError, StoreError
+from taskherd.errors import StoreError
 from taskherd.store.state_store import Lease
-from taskherd.store.task_queue import TaskRef
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.dispatcher")
@@ -36,7 +36,7 @@ CHANNEL = "workers"
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """From the IOLoop: a task message arrived; a slot was already reserved for it."""
+    """From the IOLoop: a task message arrived."""
 
     delivery: Delivery
 
@@ -48,26 +48,13 @@ class SlotIdle:
     index: int
     ref: pykka.ActorRef
     execution: Execution
-    """The slot's current execution, so a lost lease can kill its executor from this thread."""
+    """The slot's current lease and execution, read for renewals and killed from this thread."""
 
 
 @dataclass(frozen=True, slots=True)
 class SlotDone:
     """From a Worker: it finished with a delivery and is idle again."""
 
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Leased:
-    """From a Worker: it holds this lease; renew it until Released."""
-
-    index: int
-    lease: Lease
-
-
-@dataclass(frozen=True, slots=True)
-class Released:
     index: int
 
 
@@ -98,11 +85,8 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         self.executions: dict[int, Execution] = {}
         self.idle: list[int] = []
         self.waiting: deque[Delivery] = deque()
-        self.held: dict[int, Lease] = {}
-        self.renewed_at: dict[int, float] = {}
-        self._free = 0
-        """Owned by the IOLoop thread: slots not yet promised to a message (briefly < 0 if nsqd
-        delivered on a RDY it had not yet seen lowered; such a message waits for a slot)."""
+        self.renewed_at: dict[str, float] = {}
+        """exec id -> when its lease was last renewed (or taken)."""
         self._paused = False
         self.nsq: NsqLoop | None = None
         self._ticker: Ticker | None = None
@@ -110,8 +94,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
     def on_start(self) -> None:
         bus = find(Bus)
         self.nsq = bus.ask(GetLoop(), timeout=15)
-        bus.ask(Subscribe(self.topic, CHANNEL, 1, self._on_delivery), timeout=15)
-        self.nsq.call(self.nsq.set_ready, self.topic, 0)
+        bus.ask(Subscribe(self.topic, CHANNEL, self.ctx.settings.worker.slots, self._on_delivery), timeout=15)
         self._ticker = Ticker(self.actor_ref, RenewLeases(), self.ctx.settings.worker.lease_renew_s).start()
 
     def on_stop(self) -> None:
@@ -122,65 +105,57 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
 
     def pause(self) -> None:
         """RDY 0: take no more messages (drain, shutdown)."""
+        self._paused = True
         if self.nsq and self.nsq.loop:
-            self.nsq.loop.add_callback(self._pause)
+            self.nsq.loop.add_callback(self.nsq.set_ready, self.topic, 0)
 
-    # --- IOLoop thread ------------------------------------------------------------------------------
+    def held(self) -> dict[int, Lease]:
+        """Slot index -> the lease it holds now."""
+        out = {}
+        for index, execution in self.executions.items():
+            current = execution.current()
+            if current is not None:
+                out[index] = current[0]
+        return out
+
     def _on_delivery(self, delivery: Delivery) -> None:
-        self._set_free(self._free - 1)
+        """IOLoop thread."""
         try:
             self.actor_ref.tell(Delivered(delivery))
         except pykka.ActorDeadError:  # being restarted: give it back now, not after nsqd's msg_timeout
-            delivery.requeue(1.0)
+            delivery.requeue(0)
 
-    def _set_free(self, free: int) -> None:
-        self._free = free
-        assert self.nsq is not None
-        self.nsq.set_ready(self.topic, 0 if self._paused else max(0, free))
-
-    def _release(self) -> None:
-        self._set_free(self._free + 1)
-
-    def _pause(self) -> None:
-        self._paused = True
-        self._set_free(self._free)
-
-    # --- actor thread -------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
         match message:
             case Delivered(delivery):
+                if self._paused:
+                    delivery.requeue(0)  # sent before nsqd saw RDY 0: another pod takes it
+                    return None
                 self.waiting.append(delivery)
                 self._assign()
             case SlotIdle(index, ref, execution):
                 self.refs[index], self.executions[index] = ref, execution
-                self.held.pop(index, None)
                 self._idle(index)
             case SlotDone(index):
                 self._idle(index)
-            case Leased(index, lease):
-                self.held[index] = lease
-                self.renewed_at[index] = time.monotonic()
-            case Released(index):
-                self.held.pop(index, None)
             case RenewLeases():
                 self._renew()
             case Drain(hand_back):
                 self.pause()
+                while self.waiting:
+                    self.waiting.popleft().requeue(0)
                 if hand_back:
                     self._hand_back()
             case HeldCount():
-                return len(self.held)
+                return len(self.held())
             case _:
                 log.warning("dispatcher: unknown message %r", message)
+        return None
 
     def _idle(self, index: int) -> None:
-        if index in self.idle:
-            return
-        self.idle.append(index)
-        if self.waiting:
-            self._assign()
-        elif self.nsq and self.nsq.loop:
-            self.nsq.loop.add_callback(self._release)
+        if index not in self.idle:
+            self.idle.append(index)
+        self._assign()
 
     def _assign(self) -> None:
         while self.waiting and self.idle:
@@ -193,8 +168,18 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
 
     def _renew(self) -> None:
         by_job: dict[str, list[tuple[int, Lease]]] = {}
-        for index, lease in self.held.items():
+        for index, execution in self.executions.items():
+            current = execution.current()
+            if current is None:
+                continue
+            lease, delivery = current
+            self.renewed_at.setdefault(lease.exec_id, time.monotonic())
             by_job.setdefault(lease.job, []).append((index, lease))
+            self._keep_in_flight(delivery)
+        for delivery in self.waiting:
+            self._keep_in_flight(delivery)
+        live = {lease.exec_id for held in by_job.values() for _, lease in held}
+        self.renewed_at = {e: t for e, t in self.renewed_at.items() if e in live}
         ttl = self.ctx.settings.worker.lease_ttl_s
         for job, held in by_job.items():
             try:
@@ -205,35 +190,36 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
             now = time.monotonic()
             for (index, lease), renewed in zip(held, ok):
                 if renewed:
-                    self.renewed_at[index] = now
+                    self.renewed_at[lease.exec_id] = now
                 else:
                     self._kill(index, lease, "the task was cancelled or its execution superseded")
+
+    def _keep_in_flight(self, delivery: Delivery) -> None:
+        """A message held past half of nsqd's msg_timeout is touched, or nsqd would send it again."""
+        if time.monotonic() - delivery.touched_at > self.ctx.settings.nsq.msg_timeout_s / 2:
+            delivery.touch()
 
     def _kill_unrenewed(self, held: list[tuple[int, Lease]], ttl: float, exc: Exception) -> None:
         margin = self.ctx.settings.worker.lease_renew_s * 1.5
         for index, lease in held:
-            if time.monotonic() - self.renewed_at.get(index, 0) > ttl - margin:
+            if time.monotonic() - self.renewed_at.get(lease.exec_id, 0) > ttl - margin:
                 self._kill(index, lease, f"its lease could not be renewed ({exc})")
 
     def _hand_back(self) -> None:
-        refs = []
-        for index, lease in list(self.held.items()):
+        """Running tasks go back to pending and their messages back to nsqd, for another pod."""
+        for index, execution in self.executions.items():
+            current = execution.current()
+            if current is None:
+                continue
+            lease, delivery = current
             try:
                 if self.ctx.store.release(lease):
-                    refs.append(TaskRef(lease.job, lease.task_id, lease.type).encode())
+                    delivery.requeue(0)
             except StoreError as exc:
                 log.warning("could not hand back %s; its lease will expire instead: %s", lease.task_id, exc)
             self._kill(index, lease, "the pod is shutting down")
-        if refs:
-            try:
-                self.ctx.queue.publish(self.ctx.settings.nsq.tasks_topic, refs)
-            except QueueError as exc:
-                log.warning("handed-back tasks not published; the TimeoutWatcher will: %s", exc)
 
     def _kill(self, index: int, lease: Lease, why: str) -> None:
-        if self.held.get(index) is not lease:
-            return  # the slot already moved on
-        self.held.pop(index, None)
         execution = self.executions.get(index)
         if execution is not None and execution.kill(lease.exec_id):
             log.warning("killed the executor of %s (slot %d): %s", lease.task_id, index, why)

@@ -105,8 +105,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 d.requeue(1.0)
 
     def _analyze(self, deliveries: list[Delivery]) -> None:
-        work = self._load(deliveries)
-        specs = self.ctx.store.specs("analyzer", {task["type"] for _, task in work})
+        work, specs = self._load(deliveries)
         verdicts: list[tuple[Delivery, dict[str, Any], Verdict]] = []
         for d, task in work:
             verdict = self._verdict(task, d, specs[task["type"]])
@@ -117,24 +116,25 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         verdicts = self._submit_children(verdicts)
         self._archive(verdicts)
 
-    def _load(self, deliveries: list[Delivery]) -> list[tuple[Delivery, dict[str, Any]]]:
-        """Live tasks awaiting analysis; anything else is a duplicate or garbage and is acknowledged."""
-        refs: dict[str, list[tuple[Delivery, TaskRef]]] = {}
+    def _load(self, deliveries: list[Delivery]
+              ) -> tuple[list[tuple[Delivery, dict[str, Any]]], dict[str, dict[str, Any] | None]]:
+        """Live tasks awaiting analysis, and their analyzer specs; anything else is a duplicate or
+        garbage and is acknowledged."""
+        refs: list[tuple[Delivery, TaskRef]] = []
         for d in deliveries:
             try:
-                ref = decode(d.body, self.ctx.settings.nsq.max_message_bytes)
+                refs.append((d, decode(d.body, self.ctx.settings.nsq.max_message_bytes)))
             except ValueError as exc:
                 self.ctx.dead_letter(d, f"results topic: {exc}")
-                continue
-            refs.setdefault(ref.job, []).append((d, ref))
+        tasks, specs = self.ctx.store.for_analysis([(r.job, r.task_id) for _, r in refs],
+                                                   {r.type for _, r in refs if r.type})
         out = []
-        for job, items in refs.items():
-            for (d, _), task in zip(items, self.ctx.store.tasks(job, [r.task_id for _, r in items])):
-                if task is None or task.get("state") != "analyzing":
-                    d.finish()
-                else:
-                    out.append((d, task))
-        return out
+        for (d, _), task in zip(refs, tasks):
+            if task is None or task.get("state") != "analyzing":
+                d.finish()
+            else:
+                out.append((d, task))
+        return out, specs
 
     def _verdict(self, task: dict[str, Any], delivery: Delivery, spec: dict[str, Any] | None) -> Verdict | None:
         """None: the analyzer failed in a way worth retrying; redeliver later."""

@@ -32,25 +32,30 @@ log = logging.getLogger("taskherd.worker")
 
 
 class Execution:
-    """The slot's current execution, killable from another thread, but only while it is still the
-    one asked for: a kill meant for a finished lease must not hit the slot's next task."""
+    """The slot's current lease and the message that rang for it, read by the Dispatcher (renewals,
+    touches) and killable from its thread, but only while it is still the one asked for: a kill meant
+    for a finished lease must not hit the slot's next task."""
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
         self._lock = threading.Lock()
-        self._exec_id: str | None = None
+        self._current: tuple[Lease, Delivery] | None = None
 
-    def begin(self, exec_id: str) -> None:
+    def begin(self, lease: Lease, delivery: Delivery) -> None:
         with self._lock:
-            self._exec_id = exec_id
+            self._current = (lease, delivery)
 
     def end(self) -> None:
         with self._lock:
-            self._exec_id = None
+            self._current = None
+
+    def current(self) -> tuple[Lease, Delivery] | None:
+        with self._lock:
+            return self._current
 
     def kill(self, exec_id: str) -> bool:
         with self._lock:
-            return self._exec_id == exec_id and self._runner.kill()
+            return self._current is not None and self._current[0].exec_id == exec_id and self._runner.kill()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,8 @@ class Worker(Supervised, pykka.ThreadingActor):
                 log.warning("worker: unknown message %r", message)
 
     def _run(self, delivery: Delivery) -> None:
+        """The message stays in flight until the outcome is recorded: nsqd's in-flight count is then
+        exactly this pod's busy slots (see the Dispatcher)."""
         try:
             ref = decode(delivery.body, self.ctx.settings.nsq.max_message_bytes)
         except ValueError as exc:
@@ -106,14 +113,12 @@ class Worker(Supervised, pykka.ThreadingActor):
         if leased is None:
             return
         lease, spec = leased
-        from taskherd.actors.dispatcher import Leased, Released
-
-        dispatcher = find_dispatcher()
-        dispatcher.tell(Leased(self.index, lease))
+        self.execution.begin(lease, delivery)
         try:
             self._finish(lease, self._execute(lease, spec), spec)
         finally:
-            dispatcher.tell(Released(self.index))
+            self.execution.end()
+        delivery.finish()
 
     def _lease(self, ref: TaskRef, delivery: Delivery) -> tuple[Lease, dict[str, Any] | None] | None:
         exec_id = uuid.uuid4().hex
@@ -124,9 +129,9 @@ class Worker(Supervised, pykka.ThreadingActor):
             log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
             delivery.requeue(1.0)
             return None
-        delivery.finish()  # the lease in Redis is the truth from here on; NSQ only rang the bell
         if isinstance(lease, str):
             log.debug("task %s not leased: %s", ref.task_id, lease)
+            delivery.finish()  # a duplicate, or a task already gone: the lease in Redis is the truth
             return None
         return lease, spec
 
@@ -137,11 +142,7 @@ class Worker(Supervised, pykka.ThreadingActor):
             runnable = self._runnable(spec)
         except TaskherdError as exc:
             return f"executor spec for {lease.type!r} is unusable: {exc}"
-        self.execution.begin(lease.exec_id)
-        try:
-            return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s)
-        finally:
-            self.execution.end()
+        return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s)
 
     def _runnable(self, spec: dict[str, Any]) -> RunnerSpec:
         """Specs parsed once per distinct spec (a replacement is a new key)."""
@@ -162,7 +163,7 @@ class Worker(Supervised, pykka.ThreadingActor):
                                                             error, delay_ms, record))
         if state == "analyzing":
             try:
-                self.ctx.queue.publish(self.ctx.settings.nsq.results_topic, [TaskRef(lease.job, lease.task_id).encode()])
+                self.ctx.queue.publish(self.ctx.settings.nsq.results_topic, [TaskRef(lease.job, lease.task_id, lease.type).encode()])
             except QueueError as exc:
                 log.warning("result of %s not published; the TimeoutWatcher will: %s", lease.task_id, exc)
         elif state == "fenced":

@@ -57,8 +57,12 @@ def is_dead(pid: int) -> bool:
 
 
 def _as_process(root: int | psutil.Process) -> psutil.Process | None:
+    """A handle to a process that is still ours. A handle made earlier is trusted as is: psutil
+    checks for pid reuse itself before it signals, and reading /proc per call is not free."""
+    if isinstance(root, psutil.Process):
+        return root
     try:
-        proc = root if isinstance(root, psutil.Process) else psutil.Process(root)
+        proc = psutil.Process(root)
         return proc if proc.is_running() else None  # is_running is False for a reused pid
     except psutil.NoSuchProcess:
         return None
@@ -115,8 +119,8 @@ class CallGuard:
         with self._lock:
             self._in_call, self._killed, self._proc = True, False, None
 
-    def attach(self, pid: int) -> bool:
-        """Record the (live, unreaped) pid to kill; if a kill already came, kill it now and return False."""
+    def attach(self, pid: int | psutil.Process) -> bool:
+        """Record the (live, unreaped) process to kill; if a kill already came, kill it now and return False."""
         with self._lock:
             self._proc = _as_process(pid)
             if self._killed and self._proc is not None:

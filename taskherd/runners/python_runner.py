@@ -23,6 +23,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psutil
+
 from taskherd.runners.outcome import Outcome, encode_payload, failed, killed, since, succeeded, timed_out
 from taskherd.runners.process_tree import CallGuard, descendants, kill_all, kill_tree
 
@@ -112,7 +114,7 @@ class PythonRunner:
         return env
 
     def _exchange(self, child: _Child, request: bytes, deadline: float) -> bytes | None | _ChildGone:
-        if not self._guard.attach(child.pid):
+        if not self._guard.attach(child.handle):
             return _ChildGone()
         try:
             return child.exchange(request, deadline)
@@ -192,6 +194,8 @@ class _Child:
             start_new_session=True,  # its own group: a terminal's Ctrl-C does not reach it; killpg reaches all of it
         )
         self.pid = self.proc.pid
+        self.handle = psutil.Process(self.pid)
+        """Made once: the child stays unreaped while we hold it, so its pid cannot be reused under us."""
         self.calls = 0
         self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         os.set_blocking(self._in, False)

@@ -239,14 +239,25 @@ class StateStore:
             return None
         return {**fields, "executions": [json.loads(e) for e in execs]}
 
-    def tasks(self, job: str, ids: list[str]) -> list[dict[str, Any] | None]:
-        """Many live tasks of one job in one round trip (for a batch of results)."""
+    def for_analysis(self, refs: list[tuple[str, str]], types: Iterable[str]
+                     ) -> tuple[list[dict[str, Any] | None], dict[str, dict[str, Any] | None]]:
+        """Many live tasks (job, id), with their executions, and the analyzer specs of the given
+        types, in one round trip (a batch of results); a type not named in `types` costs one more."""
+        types = list(dict.fromkeys(types))
         pipe = self.redis.pipeline(transaction=False)
-        for task_id in ids:
+        for job, task_id in refs:
             pipe.hgetall(keys.task(job, task_id))
             pipe.lrange(keys.executions(job, task_id), 0, -1)
+        if types:
+            pipe.mget([keys.SPEC_TYPES["analyzer"](t) for t in types])
         out = pipe.execute()
-        return [{**f, "executions": [json.loads(e) for e in x]} if f else None for f, x in zip(out[::2], out[1::2])]
+        specs = {t: json.loads(r) if r else None for t, r in zip(types, out[-1] if types else [])}
+        rows = out[:2 * len(refs)]
+        tasks = [{**f, "executions": [json.loads(e) for e in x]} if f else None for f, x in zip(rows[::2], rows[1::2])]
+        missing = {t["type"] for t in tasks if t is not None} - set(specs)
+        if missing:
+            specs |= self.specs("analyzer", missing)
+        return tasks, specs
 
     def job(self, job: str) -> dict[str, Any] | None:
         """Counters by state, or None when Redis knows nothing of the job."""

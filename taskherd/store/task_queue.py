@@ -36,7 +36,7 @@ class TaskRef:
     job: str
     task_id: str
     type: str = ""
-    """A hint (tasks topic only) so a worker fetches the executor spec in the lease's round trip."""
+    """A hint so the reader fetches the executor (tasks) or analyzer (results) spec in the same round trip."""
 
     def encode(self) -> bytes:
         body = {"j": self.job, "t": self.task_id, **({"y": self.type} if self.type else {})}

@@ -48,23 +48,19 @@ def _raise_once(what: str) -> Any:
 
 
 class _CrashAtEnd:
-    """Stands in for a Worker's `execution`: when the executor call in flight returns (`end`), it
-    writes `report` and raises in the worker's thread, before the outcome is recorded."""
+    """Stands in for a Worker's `runner`: when the executor call in flight returns, it writes `report`
+    and raises in the worker's thread, before the outcome is recorded."""
 
-    def __init__(self, execution: Any, exec_id: str, runner: Any, report: Path) -> None:
-        self._execution, self._exec_id, self._runner, self._report = execution, exec_id, runner, report
+    def __init__(self, runner: Any, exec_id: str, report: Path) -> None:
+        self._runner, self._exec_id, self._report = runner, exec_id, report
 
-    def begin(self, exec_id: str) -> None:
-        self._exec_id = exec_id
-        self._execution.begin(exec_id)
-
-    def kill(self, exec_id: str) -> bool:
-        return self._execution.kill(exec_id)
-
-    def end(self) -> None:
-        self._execution.end()
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self._runner.run(*args, **kwargs)
         self._report.write_text(json.dumps({"exec": self._exec_id, "runner_pid": self._runner.python_pid}))
         raise InjectedCrash("fault suite: injected crash in a worker slot, its executor call just returned")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
 
 
 def crash_worker(command: dict[str, Any]) -> dict[str, Any]:
@@ -74,12 +70,12 @@ def crash_worker(command: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + float(command.get("timeout_s", 10))
     while time.monotonic() < deadline:
         for dispatcher in _live("Dispatcher"):
-            for index, lease in list(dispatcher.held.items()):
+            for index, lease in dispatcher.held().items():
                 worker = next((w for w in _live("Worker") if w.index == index), None)
                 if worker is None or not lease.task_id.startswith(prefix) or lease.task_id in exclude:
                     continue
                 report = Path(command["dir"]) / "crashed.json"
-                worker.execution = _CrashAtEnd(worker.execution, lease.exec_id, worker.runner, report)
+                worker.runner = _CrashAtEnd(worker.runner, lease.exec_id, report)
                 return {"ok": True, "slot": index, "task": lease.task_id, "report": str(report)}
         time.sleep(0.01)
     return {"ok": False, "why": f"no slot held a lease of a task starting with {prefix!r}"}
