@@ -115,7 +115,8 @@ class Worker(Supervised, pykka.ThreadingActor):
         lease, spec = leased
         self.execution.begin(lease, delivery)
         try:
-            self._finish(lease, self._execute(lease, spec), spec)
+            outcome = self._execute(lease, spec)
+            self._finish(lease, outcome, spec)
         finally:
             self.execution.end()
         delivery.finish()

@@ -47,20 +47,13 @@ def _raise_once(what: str) -> Any:
     return crash
 
 
-class _CrashAtEnd:
-    """Stands in for a Worker's `runner`: when the executor call in flight returns, it writes `report`
-    and raises in the worker's thread, before the outcome is recorded."""
-
-    def __init__(self, runner: Any, exec_id: str, report: Path) -> None:
-        self._runner, self._exec_id, self._report = runner, exec_id, report
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        self._runner.run(*args, **kwargs)
-        self._report.write_text(json.dumps({"exec": self._exec_id, "runner_pid": self._runner.python_pid}))
+def _crash_at_finish(worker: Any, exec_id: str, report: Path) -> Any:
+    """Stands in for a Worker's `_finish`, which it looks up once its executor call has returned: it
+    writes `report` and raises in the worker's thread, before the outcome is recorded."""
+    def crash(*_: Any, **__: Any) -> None:
+        report.write_text(json.dumps({"exec": exec_id, "runner_pid": worker.runner.python_pid}))
         raise InjectedCrash("fault suite: injected crash in a worker slot, its executor call just returned")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._runner, name)
+    return crash
 
 
 def crash_worker(command: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +68,7 @@ def crash_worker(command: dict[str, Any]) -> dict[str, Any]:
                 if worker is None or not lease.task_id.startswith(prefix) or lease.task_id in exclude:
                     continue
                 report = Path(command["dir"]) / "crashed.json"
-                worker.runner = _CrashAtEnd(worker.runner, lease.exec_id, report)
+                worker._finish = _crash_at_finish(worker, lease.exec_id, report)  # noqa: SLF001
                 return {"ok": True, "slot": index, "task": lease.task_id, "report": str(report)}
         time.sleep(0.01)
     return {"ok": False, "why": f"no slot held a lease of a task starting with {prefix!r}"}
