@@ -161,7 +161,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         while self.waiting and self.idle:
             index = self.idle.pop()
             try:
-                self.refs[index].tell(Run(self.waiting[0]))
+                self.refs[index].tell(Run(self.waiting[0], self.actor_ref))
             except pykka.ActorDeadError:
                 continue  # its restarted incarnation will say SlotIdle again
             self.waiting.popleft()

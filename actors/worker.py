@@ -60,9 +60,10 @@ class Execution:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """Tell: lease and run the task this delivery names."""
+    """Tell: lease and run the task this delivery names, then say SlotDone to `reply_to`."""
 
     delivery: Delivery
+    reply_to: pykka.ActorRef
 
 
 class Worker(Supervised, pykka.ThreadingActor):
@@ -91,13 +92,16 @@ class Worker(Supervised, pykka.ThreadingActor):
         from taskherd.actors.dispatcher import SlotDone
 
         match message:
-            case Run(delivery):
+            case Run(delivery, reply_to):
                 try:
                     self._run(delivery)
                 except Exception:
                     delivery.requeue(1.0)  # at once, not after nsqd's msg_timeout; the slot restarts
                     raise
-                find_dispatcher().tell(SlotDone(self.index))
+                try:
+                    reply_to.tell(SlotDone(self.index))
+                except pykka.ActorDeadError:
+                    pass  # a restarted Dispatcher is followed by restarted slots, which say SlotIdle
             case _:
                 log.warning("worker: unknown message %r", message)
 
