@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from taskherd.actors.manager import runner_spec
 from taskherd.errors import QueueError, StoreError, TaskherdError
 from taskherd.intake import Intake, InvalidTask, Submission, from_child
 from taskherd.jobs import summarize
+from taskherd.metrics import ANALYZER_BATCH, ARCHIVED
 from taskherd.runners import Runner
 from taskherd.store.archive import ArchivedTask
 from taskherd.store.task_queue import TaskRef, decode
@@ -37,10 +39,8 @@ ANALYZER_RETRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
-class Results:
-    """From the IOLoop: a batch of result messages."""
-
-    deliveries: tuple[Delivery, ...]
+class TakeResults:
+    """From the IOLoop: results are waiting; take them, and whatever arrives meanwhile, in batches."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,12 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         super().__init__(**supervised)
         self.ctx, self.intake = ctx, intake
         self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
-        self._batch: list[Delivery] = []
+        self._lock = threading.Lock()
+        self._waiting: list[Delivery] = []
+        self._called = False
+        """Set while a TakeResults is scheduled or being handled: results arriving then join the
+        next batch instead of becoming batches of their own, so batches grow with the load."""
+        self._closed = False
         self.nsq: NsqLoop | None = None
 
     def on_start(self) -> None:
@@ -69,32 +74,57 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         bus.ask(Subscribe(topic, CHANNEL, BATCH, self._on_delivery), timeout=15)
 
     def on_stop(self) -> None:
+        self._give_back()
         self.runner.close()
         super().on_stop()
 
-    def _on_delivery(self, delivery: Delivery) -> None:
-        """IOLoop thread: gather, and flush on the next loop turn so a batch is what arrived together."""
-        self._batch.append(delivery)
-        if len(self._batch) == 1:
-            assert self.nsq and self.nsq.loop
-            self.nsq.loop.call_later(0.002, self._flush)
+    def on_failure(self, *exc_info: Any) -> None:
+        self._give_back()
+        self.runner.close()
+        super().on_failure(*exc_info)
 
-    def _flush(self) -> None:
-        batch, self._batch = tuple(self._batch), []
-        if not batch:
-            return
+    def _give_back(self) -> None:
+        """Waiting results go back to nsqd at once (not after its msg_timeout), for our successor."""
+        with self._lock:
+            self._closed = True
+            waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.requeue(1.0)
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        """IOLoop thread: gather; call the actor a moment later so a batch is what arrived together."""
+        with self._lock:
+            accepted = not self._closed
+            if accepted:
+                self._waiting.append(delivery)
+            call = accepted and not self._called
+            self._called = self._called or call
+        if not accepted:
+            delivery.requeue(1.0)
+        elif call:
+            assert self.nsq and self.nsq.loop
+            self.nsq.loop.call_later(0.002, self._call)
+
+    def _call(self) -> None:
         try:
-            self.actor_ref.tell(Results(batch))
+            self.actor_ref.tell(TakeResults())
         except pykka.ActorDeadError:  # we are being restarted: give the messages back at once
-            for d in batch:
-                d.requeue(1.0)
+            self._give_back()
 
     def on_receive(self, message: Any) -> None:
         match message:
-            case Results(deliveries):
-                self._handle(list(deliveries))
+            case TakeResults():
+                while batch := self._take():
+                    self._handle(batch)
             case _:
                 log.warning("analyzer: unknown message %r", message)
+
+    def _take(self) -> list[Delivery]:
+        with self._lock:
+            batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
+            if not batch:
+                self._called = False
+            return batch
 
     def _handle(self, deliveries: list[Delivery]) -> None:
         try:
@@ -105,6 +135,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 d.requeue(1.0)
 
     def _analyze(self, deliveries: list[Delivery]) -> None:
+        ANALYZER_BATCH.observe(len(deliveries))
         work, specs = self._load(deliveries)
         verdicts: list[tuple[Delivery, dict[str, Any], Verdict]] = []
         for d, task in work:
@@ -179,7 +210,9 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         assert self.ctx.archive is not None
         self.ctx.archive.archive([_row(task, v) for _, task, v in verdicts])
         outs = self.ctx.store.archive([(task["job"], task["id"], v.state) for _, task, v in verdicts])
-        for (d, task, _), out in zip(verdicts, outs):
+        for (d, task, v), out in zip(verdicts, outs):
+            if out != "skip":
+                ARCHIVED.labels(v.state).inc()
             if out == "done":
                 log.info("job %s is done", task["job"])
                 summarize(self.ctx.store, self.ctx.archive, task["job"])

@@ -92,21 +92,26 @@ class Archive:
             try:
                 conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password,
                                        database=s.database, connect_timeout=s.connect_timeout_s,
-                                       read_timeout=60, write_timeout=60, autocommit=False, charset="utf8mb4",
+                                       read_timeout=60, write_timeout=60, autocommit=True, charset="utf8mb4",
                                        cursorclass=pymysql.cursors.DictCursor)
             except pymysql.MySQLError as exc:
                 raise StoreError(f"mysql connect {s.host}:{s.port}: {exc}") from exc
             self._local.conn = conn
         return conn
 
-    def _execute(self, fn: Any) -> Any:
-        """Run fn(cursor) in one transaction; on a lost connection, reconnect once and retry."""
+    def _execute(self, fn: Any, transaction: bool = False) -> Any:
+        """Run fn(cursor), its statements in one transaction if asked (else each commits on its own:
+        one round trip, and a read never sees an old snapshot); on a lost connection, reconnect once
+        and retry."""
         for attempt in (1, 2):
             conn = self._conn()
             try:
+                if transaction:
+                    conn.begin()
                 with conn.cursor() as cur:
                     out = fn(cur)
-                conn.commit()
+                if transaction:
+                    conn.commit()
                 return out
             except pymysql.err.OperationalError as exc:
                 self._drop()
@@ -129,10 +134,11 @@ class Archive:
         self._drop()
 
     def ensure_schema(self) -> None:
-        self._execute(lambda cur: [cur.execute(sql) for sql in _SCHEMA])
+        self._execute(lambda cur: [cur.execute(sql) for sql in _SCHEMA], transaction=True)
 
     def archive(self, tasks: list[ArchivedTask]) -> None:
-        """Upsert finished tasks and their records in one transaction. A repeat writes the same row again
+        """Upsert finished tasks and their records (in one transaction when there are records: one
+        statement alone is one already, and saves a round trip). A repeat writes the same row again
         (a redelivered result); a retried dead letter overwrites its failed row when it ends again."""
         if not tasks:
             return
@@ -148,7 +154,7 @@ class Archive:
                 cur.executemany("INSERT INTO records (task_id, job, type, record) VALUES (%s, %s, %s, %s) "
                                 "ON DUPLICATE KEY UPDATE record = VALUES(record)", record_rows)
 
-        self._execute(write)
+        self._execute(write, transaction=bool(record_rows))
 
     def known(self, ids: list[str]) -> dict[str, tuple[str, str]]:
         """Archived ids among `ids`, each with (job, payload digest)."""
