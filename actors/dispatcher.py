@@ -1,5 +1,8 @@
 """Dispatcher: hands task messages to idle slots, and keeps leases (and their messages) alive.
 
+Matching messages to idle slots happens in the IOLoop thread, where messages arrive: a message goes
+straight to a slot's mailbox, and a slot that finishes says so to the IOLoop (one thread hop each way).
+
 RDY (how many messages nsqd may have in flight to us) is the pod's slot count, set once: a slot keeps
 its message in flight until the task's outcome is recorded, so nsqd itself never sends more than the
 pod can start, and a pod never prefetches work that an idle pod elsewhere could take. No RDY
@@ -13,6 +16,7 @@ expire, so two attempts of a task never run at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -35,13 +39,6 @@ CHANNEL = "workers"
 
 
 @dataclass(frozen=True, slots=True)
-class Delivered:
-    """From the IOLoop: a task message arrived."""
-
-    delivery: Delivery
-
-
-@dataclass(frozen=True, slots=True)
 class SlotIdle:
     """From a Worker's on_start: this slot (a new incarnation after a restart) can take work."""
 
@@ -49,13 +46,6 @@ class SlotIdle:
     ref: pykka.ActorRef
     execution: Execution
     """The slot's current lease and execution, read for renewals and killed from this thread."""
-
-
-@dataclass(frozen=True, slots=True)
-class SlotDone:
-    """From a Worker: it finished with a delivery and is idle again."""
-
-    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +71,15 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         super().__init__(**supervised)
         self.ctx = ctx
         self.topic = ctx.settings.nsq.tasks_topic
-        self.refs: dict[int, pykka.ActorRef] = {}
         self.executions: dict[int, Execution] = {}
-        self.idle: list[int] = []
-        self.waiting: deque[Delivery] = deque()
         self.renewed_at: dict[str, float] = {}
         """exec id -> when its lease was last renewed (or taken)."""
-        self._paused = False
         self.nsq: NsqLoop | None = None
         self._ticker: Ticker | None = None
+        # Owned by the IOLoop thread:
+        self._idle: list[tuple[int, pykka.ActorRef]] = []
+        self._waiting: deque[Delivery] = deque()
+        self._paused = False
 
     def on_start(self) -> None:
         bus = find(Bus)
@@ -100,14 +90,8 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
     def on_stop(self) -> None:
         if self._ticker:
             self._ticker.stop()
-        self.pause()
+        self._in_loop(self._pause)
         super().on_stop()
-
-    def pause(self) -> None:
-        """RDY 0: take no more messages (drain, shutdown)."""
-        self._paused = True
-        if self.nsq and self.nsq.loop:
-            self.nsq.loop.add_callback(self.nsq.set_ready, self.topic, 0)
 
     def held(self) -> dict[int, Lease]:
         """Slot index -> the lease it holds now."""
@@ -118,32 +102,53 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 out[index] = current[0]
         return out
 
-    def _on_delivery(self, delivery: Delivery) -> None:
-        """IOLoop thread."""
-        try:
-            self.actor_ref.tell(Delivered(delivery))
-        except pykka.ActorDeadError:  # being restarted: give it back now, not after nsqd's msg_timeout
-            delivery.requeue(0)
+    def _in_loop(self, fn: Any, *args: Any) -> None:
+        if self.nsq and self.nsq.loop:
+            self.nsq.loop.add_callback(fn, *args)
 
+    # --- IOLoop thread ------------------------------------------------------------------------------
+    def _on_delivery(self, delivery: Delivery) -> None:
+        if self._paused:
+            delivery.requeue(0)  # sent before nsqd saw RDY 0: another pod takes it
+            return
+        self._waiting.append(delivery)
+        self._assign()
+
+    def _slot_free(self, index: int, ref: pykka.ActorRef) -> None:
+        self._idle.append((index, ref))
+        self._assign()
+
+    def _assign(self) -> None:
+        while self._waiting and self._idle:
+            index, ref = self._idle.pop()
+            try:
+                ref.tell(Run(self._waiting[0], functools.partial(self._in_loop, self._slot_free, index, ref)))
+            except pykka.ActorDeadError:
+                continue  # its restarted incarnation says SlotIdle again
+            self._waiting.popleft()
+
+    def _pause(self) -> None:
+        """RDY 0 and the messages not yet started back to nsqd: take no more work (drain, shutdown)."""
+        self._paused = True
+        assert self.nsq is not None
+        self.nsq.set_ready(self.topic, 0)
+        while self._waiting:
+            self._waiting.popleft().requeue(0)
+
+    def _touch_waiting(self) -> None:
+        for delivery in self._waiting:
+            self._keep_in_flight(delivery)
+
+    # --- actor thread -------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
         match message:
-            case Delivered(delivery):
-                if self._paused:
-                    delivery.requeue(0)  # sent before nsqd saw RDY 0: another pod takes it
-                    return None
-                self.waiting.append(delivery)
-                self._assign()
             case SlotIdle(index, ref, execution):
-                self.refs[index], self.executions[index] = ref, execution
-                self._idle(index)
-            case SlotDone(index):
-                self._idle(index)
+                self.executions[index] = execution
+                self._in_loop(self._slot_free, index, ref)
             case RenewLeases():
                 self._renew()
             case Drain(hand_back):
-                self.pause()
-                while self.waiting:
-                    self.waiting.popleft().requeue(0)
+                self._in_loop(self._pause)
                 if hand_back:
                     self._hand_back()
             case HeldCount():
@@ -152,21 +157,8 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 log.warning("dispatcher: unknown message %r", message)
         return None
 
-    def _idle(self, index: int) -> None:
-        if index not in self.idle:
-            self.idle.append(index)
-        self._assign()
-
-    def _assign(self) -> None:
-        while self.waiting and self.idle:
-            index = self.idle.pop()
-            try:
-                self.refs[index].tell(Run(self.waiting[0], self.actor_ref))
-            except pykka.ActorDeadError:
-                continue  # its restarted incarnation will say SlotIdle again
-            self.waiting.popleft()
-
     def _renew(self) -> None:
+        self._in_loop(self._touch_waiting)
         by_job: dict[str, list[tuple[int, Lease]]] = {}
         for index, execution in self.executions.items():
             current = execution.current()
@@ -175,8 +167,6 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
             lease, delivery = current
             self.renewed_at.setdefault(lease.exec_id, time.monotonic())
             by_job.setdefault(lease.job, []).append((index, lease))
-            self._keep_in_flight(delivery)
-        for delivery in self.waiting:
             self._keep_in_flight(delivery)
         live = {lease.exec_id for held in by_job.values() for _, lease in held}
         self.renewed_at = {e: t for e, t in self.renewed_at.items() if e in live}

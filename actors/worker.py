@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pykka
 import redis
@@ -60,10 +60,10 @@ class Execution:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """Tell: lease and run the task this delivery names, then say SlotDone to `reply_to`."""
+    """Tell: lease and run the task this delivery names, then call `done` (the slot is free again)."""
 
     delivery: Delivery
-    reply_to: pykka.ActorRef
+    done: Callable[[], None]
 
 
 class Worker(Supervised, pykka.ThreadingActor):
@@ -89,19 +89,14 @@ class Worker(Supervised, pykka.ThreadingActor):
         super().on_failure(*exc_info)
 
     def on_receive(self, message: Any) -> None:
-        from taskherd.actors.dispatcher import SlotDone
-
         match message:
-            case Run(delivery, reply_to):
+            case Run(delivery, done):
                 try:
                     self._run(delivery)
                 except Exception:
                     delivery.requeue(1.0)  # at once, not after nsqd's msg_timeout; the slot restarts
                     raise
-                try:
-                    reply_to.tell(SlotDone(self.index))
-                except pykka.ActorDeadError:
-                    pass  # a restarted Dispatcher is followed by restarted slots, which say SlotIdle
+                done()
             case _:
                 log.warning("worker: unknown message %r", message)
 
