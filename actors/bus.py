@@ -45,7 +45,7 @@ class _Reader(nsq.Reader):
 class Delivery:
     """One NSQ message, acknowledged from any thread. Acknowledging twice is harmless."""
 
-    __slots__ = ("_msg", "_loop", "body", "attempts", "id", "touched_at")
+    __slots__ = ("_msg", "_loop", "body", "attempts", "id", "touched_at", "answered")
 
     def __init__(self, msg: nsq.Message, loop: IOLoop) -> None:
         self._msg, self._loop = msg, loop
@@ -54,12 +54,16 @@ class Delivery:
         self.id: bytes = msg.id
         self.touched_at = time.monotonic()
         """When nsqd's msg_timeout for it last started (delivery or touch)."""
+        self.answered = False
+        """Finish or requeue was called (it reaches nsqd a moment later, from the IOLoop)."""
 
     def finish(self) -> None:
+        self.answered = True
         self._loop.add_callback(self._fin)
 
     def requeue(self, delay_s: float = 0.0) -> None:
         """Back to nsqd without throttling the whole Reader (pynsq's backoff would)."""
+        self.answered = True
         self._loop.add_callback(self._req, int(delay_s * 1000))
 
     def touch(self) -> None:

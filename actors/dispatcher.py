@@ -4,9 +4,9 @@ Matching messages to idle slots happens in the IOLoop thread, where messages arr
 straight to a slot's mailbox, and a slot that finishes says so to the IOLoop (one thread hop each way).
 
 RDY (how many messages nsqd may have in flight to us) is the pod's slot count, set once: a slot keeps
-its message in flight until the task's outcome is recorded, so nsqd itself never sends more than the
-pod can start, and a pod never prefetches work that an idle pod elsewhere could take. No RDY
-traffic per task.
+its message in flight until its executor returns, so nsqd itself never sends more than the pod can
+start, and a pod never holds work behind a long task that an idle pod elsewhere could take (at most
+for the moment a slot takes to record an outcome). No RDY traffic per task.
 
 Leases are renewed here for every busy slot in one round trip per job, and the message of a long task
 is touched so nsqd does not redeliver it meanwhile; a slot whose lease was superseded, or could not be
@@ -29,8 +29,9 @@ from taskherd.actors.bus import Bus, Delivery, GetLoop, NsqLoop, Subscribe
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.ticker import Ticker
 from taskherd.actors.worker import Execution, Run
-from taskherd.errors import StoreError
+from taskherd.errors import QueueError, StoreError
 from taskherd.store.state_store import Lease
+from taskherd.store.task_queue import TaskRef
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.dispatcher")
@@ -196,7 +197,9 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 self._kill(index, lease, f"its lease could not be renewed ({exc})")
 
     def _hand_back(self) -> None:
-        """Running tasks go back to pending and their messages back to nsqd, for another pod."""
+        """Running tasks go back to pending and their messages back to nsqd, for another pod (a
+        message already finished, its executor having just returned, is published again)."""
+        refs = []
         for index, execution in self.executions.items():
             current = execution.current()
             if current is None:
@@ -204,10 +207,18 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
             lease, delivery = current
             try:
                 if self.ctx.store.release(lease):
-                    delivery.requeue(0)
+                    if delivery.answered:
+                        refs.append(TaskRef(lease.job, lease.task_id, lease.type).encode())
+                    else:
+                        delivery.requeue(0)
             except StoreError as exc:
                 log.warning("could not hand back %s; its lease will expire instead: %s", lease.task_id, exc)
             self._kill(index, lease, "the pod is shutting down")
+        if refs:
+            try:
+                self.ctx.queue.publish(self.topic, refs)
+            except QueueError as exc:
+                log.warning("handed-back tasks not published; the TimeoutWatcher will: %s", exc)
 
     def _kill(self, index: int, lease: Lease, why: str) -> None:
         execution = self.executions.get(index)

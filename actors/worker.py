@@ -101,8 +101,9 @@ class Worker(Supervised, pykka.ThreadingActor):
                 log.warning("worker: unknown message %r", message)
 
     def _run(self, delivery: Delivery) -> None:
-        """The message stays in flight until the outcome is recorded: nsqd's in-flight count is then
-        exactly this pod's busy slots (see the Dispatcher)."""
+        """The message stays in flight while the executor runs, so nsqd's in-flight count is this pod's
+        busy slots (see the Dispatcher). It is finished as the executor returns: nsqd's next message
+        then travels while the outcome is recorded, and finds the slot (nearly) free."""
         try:
             ref = decode(delivery.body, self.ctx.settings.nsq.max_message_bytes)
         except ValueError as exc:
@@ -115,10 +116,10 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.execution.begin(lease, delivery)
         try:
             outcome = self._execute(lease, spec)
+            delivery.finish()
             self._finish(lease, outcome, spec)
         finally:
             self.execution.end()
-        delivery.finish()
 
     def _lease(self, ref: TaskRef, delivery: Delivery) -> tuple[Lease, dict[str, Any] | None] | None:
         exec_id = uuid.uuid4().hex
