@@ -315,7 +315,7 @@ def configuration(cfg: dict[str, Any], reps: int, workers: int, slots: int, peer
     total = workers * slots
     return {
         "taskherd": f"1 manager pod + {workers} worker pods x {slots} slots = {total} slots; default settings "
-                    "except ports (+3000) and database name; Redis AOF everysec, nsqd --mem-queue-size=0",
+                    "except ports (+3000) and database name; Redis AOF everysec, nsqd with its default in-memory queues",
         "celery": f"{workers} workers x -c {slots} (prefork), acks_late=True, worker_prefetch_multiplier=1, "
                   "Redis broker and result backend, defaults otherwise (visibility_timeout 1 h)",
         "dramatiq": f"{workers} workers x --processes {slots} --threads 1, RedisBroker + Results(RedisBackend), "

@@ -1,7 +1,7 @@
 """TaskQueue: publishing to NSQ, the doorbell that tells workers and the manager there is work.
 
-Publishing is synchronous and callable from any thread: an OK from nsqd means the message is on its
-disk queue (`--mem-queue-size=0`). It speaks nsqd's TCP protocol (PUB/MPUB, encoded by pynsq's
+Publishing is synchronous and callable from any thread: an OK from nsqd means nsqd holds the
+message. It speaks nsqd's TCP protocol (PUB/MPUB, encoded by pynsq's
 `nsq.protocol`) on one blocking connection per thread, because pynsq's Writer is asynchronous and bound
 to an IOLoop, and nsqd's HTTP /pub cost 1.4 ms a message through httpx against 0.08 ms over TCP (the
 worker publishes once per task). When the TCP nsqd fails, it falls back to the HTTP addresses (which

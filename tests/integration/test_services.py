@@ -1,8 +1,8 @@
 """The local services: they start and answer, keep their data across crashes, stop without leftovers.
 
 Durability here is the foundation later issues build on: Redis (AOF) and MariaDB (InnoDB redo log)
-must keep acknowledged writes through a SIGKILL, and nsqd (`--mem-queue-size=0`) must keep a
-published message through a clean restart.
+must keep acknowledged writes through a SIGKILL, and nsqd must keep a published message through a
+clean restart (what a SIGKILL of nsqd loses, the TimeoutWatcher republishes: tests/faults).
 """
 
 from __future__ import annotations

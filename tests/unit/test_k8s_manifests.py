@@ -96,9 +96,9 @@ def test_every_service_name_in_the_config_is_a_service_with_that_port(settings: 
     assert scalar(nsqd, "serviceName") == "nsqd" and "clusterIP: None" in nsqd  # gives nsqd-0.nsqd its name
 
 
-def test_nsqd_keeps_messages_on_disk_and_announces_a_name_resolvable_from_any_namespace(settings: Settings) -> None:
+def test_nsqd_keeps_its_queues_on_a_volume_and_announces_a_name_resolvable_from_any_namespace(settings: Settings) -> None:
     args = block_list(text("nsqd.yaml"), "args")
-    assert "--mem-queue-size=0" in args and "--data-path=/data" in args
+    assert "--data-path=/data" in args
     assert "--broadcast-address=$(POD_NAME).nsqd.$(POD_NAMESPACE).svc" in args
     assert f"--lookupd-tcp-address={settings.nsq.lookupd_tcp_address}" in args
     assert f"--max-msg-size={settings.nsq.max_message_bytes + DEADLETTER_HEADROOM}" in args
