@@ -92,7 +92,9 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             d.requeue(1.0)
 
     def _on_delivery(self, delivery: Delivery) -> None:
-        """IOLoop thread: gather; call the actor a moment later so a batch is what arrived together."""
+        """IOLoop thread: gather, and call the actor once the IOLoop has read what arrived together. No
+        timer: while the actor works on one batch the next one gathers, so batches grow with the load
+        and an idle cluster's result waits for nothing."""
         with self._lock:
             accepted = not self._closed
             if accepted:
@@ -103,7 +105,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             delivery.requeue(1.0)
         elif call:
             assert self.nsq and self.nsq.loop
-            self.nsq.loop.call_later(0.002, self._call)
+            self.nsq.loop.add_callback(self._call)
 
     def _call(self) -> None:
         try:
