@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import pykka
 
 from taskherd.config.settings import Settings
+from taskherd.jobs import JobEvents
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
 from taskherd.errors import QueueError
@@ -37,6 +38,8 @@ class PodContext:
     queue: TaskQueue
     archive: Archive | None = None
     """Only the manager role talks to MySQL; workers never need it."""
+    job_events: JobEvents = field(default_factory=JobEvents)
+    """Rung by the ResultAnalyzer when a job is done; the API's long-polls wait on it."""
 
     def dead_letter(self, delivery: "Delivery", why: str) -> None:
         """A message nobody can use: keep it on the dead-letter topic, never requeue it.

@@ -218,6 +218,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             if out == "done":
                 log.info("job %s is done", task["job"])
                 summarize(self.ctx.store, self.ctx.archive, task["job"])
+                self.ctx.job_events.notify()
             d.finish()
 
 

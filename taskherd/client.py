@@ -127,8 +127,10 @@ class Client:
         return self._request("GET", f"/tasks/{_seg(task_id)}")
 
     # --- jobs ---------------------------------------------------------------------------------------
-    def job(self, job: str) -> dict[str, Any]:
-        return self._request("GET", f"/jobs/{_seg(job)}")
+    def job(self, job: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """The job's status; with `wait_s`, as soon as it is done or after `wait_s` s (at most 60)."""
+        params = {"wait_s": f"{min(wait_s, 60.0):g}"} if wait_s > 0 else None
+        return self._request("GET", f"/jobs/{_seg(job)}", params=params)
 
     def job_tasks(self, job: str, state: str, limit: int = 100,
                   cursor: str | None = None) -> tuple[list[str], str | None]:
@@ -143,17 +145,19 @@ class Client:
 
     def wait(self, job: str, timeout: float | None = None,
              on_progress: Callable[[dict[str, Any]], None] | None = None, interval: float = 0.5) -> dict[str, Any]:
-        """Poll the job until it is done and return its status; raise WaitTimeout past `timeout`."""
+        """Wait until the job is done and return its status; raise WaitTimeout past `timeout`. Each
+        request is a long-poll that answers the moment the job is done, or after `interval` seconds
+        with its progress (for `on_progress`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            status = self.job(job)
+            step = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
+            status = self.job(job, wait_s=step)
             if on_progress is not None:
                 on_progress(status)
             if status.get("done"):
                 return status
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(job, timeout or 0.0, status)
-            time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
 
     # --- operations ---------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@ job is done. The API, the CLI and the TimeoutWatcher share these so they never d
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from typing import Any
 
 from taskherd.store import keys
@@ -73,3 +75,39 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
             "payload": json.loads(t["payload"]), "result": maybe_json(t.get("result")),
             "error": t.get("error") or None, "record": None, "executions": t["executions"],
             "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None}
+
+
+class JobEvents:
+    """Wakes the API's long-polls (`GET /jobs/{job}?wait_s=`) when this process counts a job done.
+
+    A waiter registers before it reads the job, so a job finishing in between still wakes it; a job
+    finished by another manager replica is seen at the waiter's next periodic re-read instead.
+    Thread-safe: the ResultAnalyzer notifies from its thread, waiters await in the API's event loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+
+    def register(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._waiters.add((loop, fut))
+        fut.add_done_callback(lambda f: self._discard(loop, f))
+        return fut
+
+    def _discard(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
+        with self._lock:
+            self._waiters.discard((loop, fut))
+
+    def notify(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_wake, fut)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -10,12 +10,14 @@ Every error answers with one body shape, `{"errors": [{"field", "message", "serv
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import pykka
 from fastapi import Body, Depends, FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -31,6 +33,10 @@ from taskherd.jobs import Queries
 from taskherd.store import keys
 
 ASK_TIMEOUT_S = 30.0
+MAX_WAIT_S = 60.0
+"""Longest long-poll on a job (`wait_s`); clients loop for longer waits."""
+RECHECK_S = 0.5
+"""A long-poll re-reads its job this often: another manager replica may have finished it."""
 SPEC_BODY_LIMIT = 1 << 20
 """Bytes accepted for any body but a task submission (an executor spec is a few hundred bytes)."""
 TASK_OVERHEAD_BYTES = 2048
@@ -179,9 +185,23 @@ def _single(accepted: Any) -> m.Accepted:
 # --- jobs -------------------------------------------------------------------------------------------
 def _job_routes(app: FastAPI) -> None:
     @app.get("/jobs/{job}", tags=["jobs"])
-    def get_job(job: str, pod: PodDep) -> dict[str, Any]:
-        """Counts by state, open and total, done flag, created and finished times (ms)."""
-        return _job(pod, job)
+    async def get_job(job: str, pod: PodDep,
+                      wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0) -> dict[str, Any]:
+        """Counts by state, open and total, done flag, created and finished times (ms). With `wait_s`,
+        answers as soon as the job is done, or after `wait_s` seconds with its progress then (a
+        long-poll: `job wait` and the client's `wait` use it, so "done" arrives within milliseconds)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            woken = pod.ctx.job_events.register()
+            status = await run_in_threadpool(_job, pod, job)
+            remaining = deadline - time.monotonic()
+            if status["done"] or remaining <= 0:
+                woken.cancel()
+                return status
+            try:
+                await asyncio.wait_for(woken, min(remaining, RECHECK_S))
+            except asyncio.TimeoutError:
+                pass
 
     @app.get("/jobs/{job}/tasks", response_model=m.TaskPage, tags=["jobs"])
     def get_job_tasks(job: str, pod: PodDep, state: m.State,

@@ -175,3 +175,20 @@ def test_every_executor_and_analyzer_kind_including_failures(cluster, http_targe
     assert "exe broke" in tasks["bad-exe-analyzer"]["error"]
     assert status["counts"]["succeeded"] == 3 and status["counts"]["failed"] == 7
 
+
+
+def test_a_long_poll_answers_with_progress_then_with_done(cluster):
+    c = cluster.client
+    c.add_executor("sleepy", {"kind": "python", "target": f"{PY}:sleepy"})
+    c.submit({"id": "lp-1", "type": "sleepy", "job": "jlp", "payload": {"sleep_s": 2.0}})
+    # A short long-poll on a running job answers with its progress when its wait is over
+    early = c.job("jlp", wait_s=0.2)
+    assert early["done"] is False and early["total"] == 1
+    # A long one answers with the job done, well before its 60 s are up (the ResultAnalyzer wakes it)
+    status = c.job("jlp", wait_s=60)
+    assert status["done"] is True and status["counts"]["succeeded"] == 1
+    # The client's wait rides on it; an unknown job is a 404, not a wait
+    assert c.wait("jlp", timeout=5)["done"] is True
+    with pytest.raises(ClientError) as missing:
+        c.job("no-such-job", wait_s=5)
+    assert missing.value.status == 404
