@@ -3,8 +3,8 @@ nsqd, nsqlookupd, redis-server and MariaDB, one manager pod and W worker pods, a
 
 Figures and how each is taken (timestamps are Redis's clock, in ms, on this same machine):
 - submit rate: N tasks through the batched API (`Client.submit`, 1000 per POST) / wall time;
-- drain rate: N / (first lease: the earliest execution `started` in the archive -> the job's
-  `finished_ms`, set by the archive step of its last task);
+- drain rate: N queued with the worker pods stopped, then they start; N / (first lease: the earliest
+  execution `started` in the archive -> the job's `finished_ms`, set by the archive step of its last task);
 - latency: one task at a time: submit -> result recorded (the task's `finished_ms`), submit -> archived
   (the job's `finished_ms`, the job being done again after each task), and submit -> the client sees
   the job done (its long-poll answers);
@@ -186,9 +186,11 @@ class Taskherd:
             job = f"{kind}-{rep}-{self.tag}"
             tasks = [{"id": f"{job}-{i}", "type": kind, "job": job, "payload": payload} for i in range(n)]
             mem0 = self.used_memory()
+            pods = self._stop_workers()  # the queue fills first: the drain is not bounded by the submission
             t0 = time.time()
             self.client.submit(tasks)
             t1 = time.time()
+            self._start_workers(pods)
             status = self.wait_done(job, max(120.0, n / 20.0))
             check = self.check_job(job, n, status)
             submit.append(n / (t1 - t0))
@@ -281,6 +283,26 @@ class Taskherd:
         assert self.cluster is not None
         return [p for p in self.cluster.pods if p.role == "worker"]
 
+    def _stop_workers(self) -> list[Pod]:
+        """Stop the worker pods (out of the cluster's keep-alive list first, so it does not restart them)."""
+        assert self.cluster is not None
+        pods = self._worker_pods()
+        for pod in pods:
+            self.cluster.pods.remove(pod)
+        for pod in pods:
+            pod.stop(30)
+        self._wait_nodes(1, 30)
+        return pods
+
+    def _start_workers(self, pods: list[Pod]) -> None:
+        assert self.cluster is not None
+        for pod in pods:
+            fresh = Pod(pod.name, "worker", self.cluster.config, self.out)
+            fresh.start()
+            record_pid(fresh.pid, f"taskherd pod {fresh.name}")
+            self.cluster.pods.append(fresh)
+        self._wait_nodes(1 + len(pods))
+
     def _wait_nodes(self, count: int, timeout: float = 60.0) -> None:
         wait_for(lambda: len(self.client.nodes()) == count, timeout, f"{count} taskherd node(s) registered",
                  interval=0.2, ignore=(ClientError,))
@@ -333,12 +355,7 @@ class Taskherd:
         assert self.cluster is not None
         r = self.store.redis
         base, base_keys, base_info = self.used_memory(), r.dbsize(), memory_info(r)  # pods running, idle
-        pods = self._worker_pods()
-        for pod in pods:  # out of the cluster's keep-alive list first, so it does not restart them
-            self.cluster.pods.remove(pod)
-        for pod in pods:
-            pod.stop(30)
-        self._wait_nodes(1, 30)
+        pods = self._stop_workers()
         job = f"scale-{self.tag}"
         t0 = time.time()
         for i in range(0, n, 10_000):
@@ -353,12 +370,7 @@ class Taskherd:
         out.update({"tasks": n, "baseline_bytes": base,
                     "bytes_per_live_task": summary([per_queued], "bytes", "lower",
                                                    f"{n} tasks queued, worker pods stopped")})
-        for pod in pods:
-            fresh = Pod(pod.name, "worker", self.cluster.config, self.out)
-            fresh.start()
-            record_pid(fresh.pid, f"taskherd pod {fresh.name}")
-            self.cluster.pods.append(fresh)
-        self._wait_nodes(1 + len(pods))
+        self._start_workers(pods)
         samples: list[float] = []
         t_run = time.monotonic()
         deadline = t_run + timeout_s

@@ -358,9 +358,11 @@ def throughput(peer: Peer, n: int, reps: int, sleep_ms: float | None, max_rep_s:
         log(f"{peer.name}: {n} tasks per repetition instead of {requested} (time budget {max_rep_s:.0f} s)")
     for rep in range(reps):
         mem0 = peer.used_memory()
+        peer.stop_workers()  # the queue fills first: the drain is not bounded by one-by-one submission
         t0 = time.time()
         handles = peer.submit_noop(n) if sleep_ms is None else peer.submit_sleep(n, sleep_ms)
         t1 = time.time()
+        peer.start_workers()
         done_at, first_start, failed = wait_all(peer, handles, timeout=max(120.0, n / 20.0))
         submit_rates.append(n / (t1 - t0))
         drain_rates.append(n / (done_at - first_start))
