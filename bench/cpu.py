@@ -1,0 +1,75 @@
+"""`python -m bench.cpu [N]`: where a no-op task's CPU goes, process by process.
+
+Starts the bench's taskherd cluster (1 manager + 2 worker pods x 2 slots, ports +3000), warms it up,
+then submits N no-op tasks (default 5,000) and waits for the job: prints the CPU seconds (user +
+system, psutil) each process spent meanwhile, per task, and the analyzer's batch sizes from the
+manager's /metrics. This is the profile the README's "what bounds it" quotes; py-spy on the pods
+(`py-spy record --gil -p PID`) shows where inside a pod.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bench.taskherd_runs import Taskherd
+
+SERVICES = ("nsqd", "nsqlookupd", "redis-server", "mariadbd")
+
+
+def cpu_by_process(marker: str) -> dict[int, tuple[str, float]]:
+    out = {}
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.info["name"] in SERVICES or marker in cmd or "taskherd.runners.child" in cmd:
+                role = next((w for w in ("manager", "worker") if f"--role {w}" in cmd), "")
+                name = p.info["name"] if p.info["name"] in SERVICES else (
+                    f"pod ({role})" if role else "runner child")
+                t = p.cpu_times()
+                out[p.pid] = (name, t.user + t.system)
+        except psutil.Error:
+            pass
+    return out
+
+
+def main(argv: list[str]) -> int:
+    n = int(argv[0]) if argv else 5000
+    data = Path(tempfile.mkdtemp(prefix="taskherd-cpu-"))
+    with Taskherd(2, 2, data, (data / "cluster.log").open("w")) as th:
+        th.warm_up(500)
+        before = cpu_by_process(str(data))
+        job = f"cpu-{th.tag}"
+        t0 = time.time()
+        th.client.submit([{"id": f"{job}-{i}", "type": "noop", "job": job} for i in range(n)])
+        status = th.wait_done(job, 600)
+        wall = time.time() - t0
+        after = cpu_by_process(str(data))
+        check = th.check_job(job, n, status)
+        totals: dict[str, float] = {}
+        for pid, (name, cpu) in after.items():
+            totals[name] = totals.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
+        print(f"{n} no-op tasks in {wall:.1f} s ({n / wall:.0f}/s, submit included); every task ran and was "
+              f"archived once: {check['ok']}")
+        for name, cpu in sorted(totals.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<16} {cpu:6.2f} s CPU  {cpu / n * 1000:6.3f} ms per task")
+        total = sum(totals.values())
+        print(f"  {'all':<16} {total:6.2f} s CPU  {total / n * 1000:6.3f} ms per task "
+              f"(2 cores at 100 % -> {2 * n / total:.0f} tasks/s)")
+        metrics = httpx.get(f"{th.cluster.api_url}/metrics", timeout=10).text
+        count = next(float(line.split()[-1]) for line in metrics.splitlines()
+                     if line.startswith("taskherd_analyzer_batch_size_count"))
+        total_results = next(float(line.split()[-1]) for line in metrics.splitlines()
+                             if line.startswith("taskherd_analyzer_batch_size_sum"))
+        print(f"  analyzer: {total_results / max(count, 1):.1f} results per batch on average")
+        th.teardown(job)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
