@@ -121,6 +121,18 @@ def nsqd_post(settings: Settings, path: str, body: bytes = b"", *, lookupd: bool
         raise
 
 
+def channel_stats(settings: Settings, topic: str, channel: str) -> dict | None:
+    """nsqd's counters for one channel (depth, in_flight_count, timeout_count, requeue_count, ...)."""
+    url = nsqd_url(settings, f"/stats?format=json&topic={topic}&channel={channel}")
+    with DIRECT.open(url, timeout=5) as resp:
+        stats = json.load(resp)
+    for entry in stats.get("topics") or []:
+        for ch in entry.get("channels") or []:
+            if entry["topic_name"] == topic and ch["channel_name"] == channel:
+                return ch
+    return None
+
+
 def topic_depth(settings: Settings, topic: str) -> int | None:
     """Messages waiting in `topic` on nsqd (None when the topic does not exist)."""
     url = nsqd_url(settings, f"/stats?format=json&topic={topic}")

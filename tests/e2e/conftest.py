@@ -37,7 +37,7 @@ def fast(settings: Settings) -> Settings:
     data["manager"].update(watcher_interval_s=0.5, republish_after_s=3.0, retry_backoff_base_s=0.2,
                            retry_backoff_max_s=1.0)
     data["worker"].update(slots=2, lease_renew_s=0.5, lease_ttl_s=3.0, drain_grace_s=5.0)
-    data["nsq"].update(lookupd_poll_interval_s=1.0)
+    data["nsq"].update(lookupd_poll_interval_s=1.0, msg_timeout_s=2.0)
     data["registry"].update(heartbeat_s=0.5, node_ttl_s=1.0)
     return from_dict(data)
 

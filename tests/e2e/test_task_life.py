@@ -14,7 +14,7 @@ from taskherd.client import ClientError
 from taskherd.store import keys
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
-from tests.helpers import wait_until
+from tests.helpers import channel_stats, wait_until
 
 PY = "tests.e2e.funcs"
 
@@ -192,3 +192,17 @@ def test_a_long_poll_answers_with_progress_then_with_done(cluster):
     with pytest.raises(ClientError) as missing:
         c.job("no-such-job", wait_s=5)
     assert missing.value.status == 404
+
+
+def test_a_task_longer_than_nsqs_msg_timeout_keeps_its_message(cluster):
+    # Given nsqd's msg_timeout of 2 s (the e2e settings) and a task that runs 4 s
+    from taskherd.actors.dispatcher import CHANNEL
+    c = cluster.client
+    c.add_executor("sleepy", {"kind": "python", "target": f"{PY}:sleepy"})
+    c.submit({"id": "long-msg", "type": "sleepy", "job": "jlm", "payload": {"sleep_s": 4.0}})
+    # When it runs to the end
+    done(cluster, "jlm")
+    # Then its message was touched while it ran: nsqd never timed it out and sent it again
+    stats = channel_stats(cluster.settings, cluster.settings.nsq.tasks_topic, CHANNEL)
+    assert stats is not None and stats["timeout_count"] == 0, stats
+    assert len(c.task("long-msg")["executions"]) == 1
