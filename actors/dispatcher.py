@@ -136,9 +136,18 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         while self._waiting:
             self._waiting.popleft().requeue(0)
 
-    def _touch_waiting(self) -> None:
+    def _give_back_stale(self) -> None:
+        """A message waits for a slot only while one records an outcome (milliseconds), or while a
+        restarted slot comes back. One still waiting a renewal tick later means every slot is busy
+        (nsqd resent a message of ours that outlived its --max-msg-timeout, and so sent us one more):
+        it goes back to nsqd for an idle pod rather than waiting behind long tasks."""
+        now, keep = time.monotonic(), deque()
         for delivery in self._waiting:
-            self._keep_in_flight(delivery)
+            if now - delivery.touched_at > self.ctx.settings.worker.lease_renew_s:
+                delivery.requeue(0)
+            else:
+                keep.append(delivery)
+        self._waiting = keep
 
     # --- actor thread -------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
@@ -159,7 +168,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         return None
 
     def _renew(self) -> None:
-        self._in_loop(self._touch_waiting)
+        self._in_loop(self._give_back_stale)
         by_job: dict[str, list[tuple[int, Lease]]] = {}
         for index, execution in self.executions.items():
             current = execution.current()
