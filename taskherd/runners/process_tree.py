@@ -57,12 +57,8 @@ def is_dead(pid: int) -> bool:
 
 
 def _as_process(root: int | psutil.Process) -> psutil.Process | None:
-    """A handle to a process that is still ours. A handle made earlier is trusted as is: psutil
-    checks for pid reuse itself before it signals, and reading /proc per call is not free."""
-    if isinstance(root, psutil.Process):
-        return root
     try:
-        proc = psutil.Process(root)
+        proc = root if isinstance(root, psutil.Process) else psutil.Process(root)
         return proc if proc.is_running() else None  # is_running is False for a reused pid
     except psutil.NoSuchProcess:
         return None
@@ -122,7 +118,9 @@ class CallGuard:
     def attach(self, pid: int | psutil.Process) -> bool:
         """Record the (live, unreaped) process to kill; if a kill already came, kill it now and return False."""
         with self._lock:
-            self._proc = _as_process(pid)
+            # A handle made by the caller is kept as is (reading /proc per call is not free); it is
+            # checked for pid reuse when a kill comes (kill_tree).
+            self._proc = pid if isinstance(pid, psutil.Process) else _as_process(pid)
             if self._killed and self._proc is not None:
                 kill_tree(self._proc, wait_s=0)
             return not self._killed

@@ -355,7 +355,9 @@ def test_kill_from_another_thread_aborts_the_call_and_its_tree(runner: Runner, t
     assert (outcome.status, outcome.error, outcome.retryable) == ("killed", "killed", False)
     assert outcome.duration_s < 5
     pids = read_pids(pidfile)
-    assert is_dead(pids["child"]) and is_dead(pids["grandchild"])
+    # An exe's reply ends at EOF, which a SIGKILLed process gives as it closes its files, a moment
+    # before the kernel makes it a zombie: wait (with a deadline) rather than race that moment.
+    wait_until(lambda: is_dead(pids["child"]) and is_dead(pids["grandchild"]), what="the killed tree dead")
     assert runner.run(py("echo"), {}, timeout_s=10).ok  # the runner is usable after a kill
 
 
