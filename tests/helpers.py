@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -142,3 +143,18 @@ def topic_depth(settings: Settings, topic: str) -> int | None:
         if entry["topic_name"] == topic:
             return int(entry["depth"])
     return None
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """An HTTP handler for the test servers that stand in for users' endpoints: one `reply`, no log."""
+
+    def reply(self, status: int, body: bytes, content_type: str | None = "application/json") -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass

@@ -14,7 +14,7 @@ from taskherd.client import ClientError
 from taskherd.store import keys
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
-from tests.helpers import channel_stats, wait_until
+from tests.helpers import QuietHandler, channel_stats, wait_until
 
 PY = "tests.e2e.funcs"
 
@@ -112,20 +112,12 @@ def test_teardown_leaves_no_key_of_the_job(cluster):
     assert c.job("jx")["done"] is True  # the summary stays in MySQL
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         status = {"/ok": 200, "/bad": 400, "/down": 503, "/analyze": 200}[self.path]
         out = {"got": body} if self.path != "/analyze" else {"record": {"via": "http", "id": body["task"]["id"]}}
-        data = json.dumps(out).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply(status, json.dumps(out).encode())
 
 
 @pytest.fixture

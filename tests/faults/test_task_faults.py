@@ -16,6 +16,7 @@ import pytest
 
 from tests.faults.funcs import CallLog
 from tests.faults.harness import EXE_TASK, FUNCS
+from tests.helpers import QuietHandler
 
 N = 200
 POISON_ATTEMPTS = 3
@@ -57,7 +58,7 @@ def test_08_poison_tasks_dead_lettered(make_cluster, case):
     case.assert_ok()
 
 
-class _SlowHandler(http.server.BaseHTTPRequestHandler):
+class _SlowHandler(QuietHandler):
     """An http executor slower than its time-out. It stops when the client goes away (a killed
     request), so its call's end is when the worker abandoned it."""
 
@@ -70,15 +71,7 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
                     call.status = "abandoned"
                     self.close_connection = True
                     return
-        body = json.dumps({"id": payload["id"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply(200, json.dumps({"id": payload["id"]}).encode())
 
 
 def _client_gone(sock: socket.socket) -> bool:

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ import pytest
 
 from taskherd.runners import Outcome, Runner, RunnerSpec, SpecError
 from taskherd.runners.process_tree import is_dead
+from tests.helpers import QuietHandler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T = TypeVar("T")
@@ -252,7 +253,7 @@ def test_exe_timeout_kills_the_grandchild_too(runner: Runner, tmp_path: Path) ->
 # -- http --------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     release: threading.Event
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -267,13 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/busy": (429, "slow down"),
             "/text": (200, "plain text"),
         }[self.path]
-        self.send_response(status)
-        self.send_header("content-length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply.encode())
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply(status, reply.encode(), content_type=None)
 
 
 @pytest.fixture(scope="module")
