@@ -163,11 +163,11 @@ class NsqLoop:
             msg_timeout=s.msg_timeout_s,
             user_agent="taskherd")
 
-    def set_ready(self, topic: str, ready: int) -> None:
-        """RDY = `ready` for this topic's Reader, spread over its nsqd connections (IOLoop thread)."""
+    def pause(self, topic: str) -> None:
+        """RDY 0 on every nsqd connection of this topic's Reader (called in the IOLoop thread)."""
         reader = self.readers.get(topic)
         if reader is not None:
-            reader.set_max_in_flight(max(0, ready))
+            reader.set_max_in_flight(0)
 
     def stop(self) -> None:
         if self.loop is None:

@@ -132,7 +132,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         """RDY 0 and the messages not yet started back to nsqd: take no more work (drain, shutdown)."""
         self._paused = True
         assert self.nsq is not None
-        self.nsq.set_ready(self.topic, 0)
+        self.nsq.pause(self.topic)
         while self._waiting:
             self._waiting.popleft().requeue(0)
 

@@ -24,11 +24,14 @@ from taskherd.actors.context import PodContext, find
 from taskherd.actors.manager import runner_spec
 from taskherd.errors import QueueError, StoreError, TaskherdError
 from taskherd.runners import Outcome, Runner, RunnerSpec
-from taskherd.store.state_store import Lease
+from taskherd.store.state_store import Lease, spec_from_text
 from taskherd.store.task_queue import TaskRef, decode
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.worker")
+
+Runnable = RunnerSpec | TaskherdError | None
+"""What runs a task type's executor: None when none is registered, the error when its spec is unusable."""
 
 
 class Execution:
@@ -73,7 +76,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.name = f"{ctx.node_id}/{index}"
         self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
         self.execution = Execution(self.runner)
-        self._specs: dict[str, RunnerSpec] = {}
+        self._specs: dict[str | None, tuple[dict[str, Any] | None, Runnable]] = {}
 
     def on_start(self) -> None:
         from taskherd.actors.dispatcher import SlotIdle
@@ -112,20 +115,21 @@ class Worker(Supervised, pykka.ThreadingActor):
         leased = self._lease(ref, delivery)
         if leased is None:
             return
-        lease, spec = leased
+        lease, raw = leased
+        spec, runnable = self._spec(raw)
         self.execution.begin(lease, delivery)
         try:
-            outcome = self._execute(lease, spec)
+            outcome = self._execute(lease, runnable)
             delivery.finish()
             self._finish(lease, outcome, spec)
         finally:
             self.execution.end()
 
-    def _lease(self, ref: TaskRef, delivery: Delivery) -> tuple[Lease, dict[str, Any] | None] | None:
+    def _lease(self, ref: TaskRef, delivery: Delivery) -> tuple[Lease, str | None] | None:
         exec_id = uuid.uuid4().hex
         ttl_ms = int(self.ctx.settings.worker.lease_ttl_s * 1000)
         try:
-            lease, spec = self.ctx.store.lease(ref.job, ref.task_id, exec_id, self.name, ttl_ms, ref.type)
+            lease, raw = self.ctx.store.lease(ref.job, ref.task_id, exec_id, self.name, ttl_ms, ref.type)
         except (StoreError, redis.RedisError) as exc:
             log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
             delivery.requeue(1.0)
@@ -134,23 +138,27 @@ class Worker(Supervised, pykka.ThreadingActor):
             log.debug("task %s not leased: %s", ref.task_id, lease)
             delivery.finish()  # a duplicate, or a task already gone: the lease in Redis is the truth
             return None
-        return lease, spec
+        return lease, raw
 
-    def _execute(self, lease: Lease, spec: dict[str, Any] | None) -> Outcome | str:
-        if spec is None:
+    def _execute(self, lease: Lease, runnable: Runnable) -> Outcome | str:
+        if runnable is None:
             return f"no executor registered for task type {lease.type!r}"
-        try:
-            runnable = self._runnable(spec)
-        except TaskherdError as exc:
-            return f"executor spec for {lease.type!r} is unusable: {exc}"
+        if isinstance(runnable, TaskherdError):
+            return f"executor spec for {lease.type!r} is unusable: {runnable}"
         return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s)
 
-    def _runnable(self, spec: dict[str, Any]) -> RunnerSpec:
-        """Specs parsed once per distinct spec (a replacement is a new key)."""
-        key = json.dumps(spec, sort_keys=True)
-        if key not in self._specs:
-            self._specs[key] = runner_spec(spec)
-        return self._specs[key]
+    def _spec(self, raw: str | None) -> tuple[dict[str, Any] | None, Runnable]:
+        """The executor spec as stored and what runs it, worked out once per distinct stored text: a
+        replaced executor is new text, so there is no cache to invalidate."""
+        if raw not in self._specs:
+            spec, runnable = spec_from_text(raw), None
+            if spec is not None:
+                try:
+                    runnable = runner_spec(spec)
+                except TaskherdError as exc:
+                    runnable = exc
+            self._specs[raw] = (spec, runnable)
+        return self._specs[raw]
 
     def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None) -> None:
         if isinstance(outcome, str):

@@ -134,8 +134,9 @@ class StateStore:
 
     # --- worker transitions -------------------------------------------------------------------------
     def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int,
-              type_hint: str = "") -> tuple[Lease | str, dict[str, Any] | None]:
-        """(Lease, its executor spec), or (why not, None): 'gone' (archived, torn down, unknown) or the
+              type_hint: str = "") -> tuple[Lease | str, str | None]:
+        """(Lease, its executor spec as stored: JSON text, see `spec_from_text`), or (why not, None):
+        'gone' (archived, torn down, unknown) or the
         state the task is already in. With the type hint from the message, the spec comes in the same
         round trip; a replaced executor is thus used from the next task on, with no cache to invalidate."""
         ks = [keys.task(job, task_id), keys.by_state(job, keys.PENDING), keys.by_state(job, keys.RUNNING)]
@@ -149,7 +150,7 @@ class StateStore:
         lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]))
         if lease.type != type_hint:
             raw = self.redis.get(keys.executor(lease.type))
-        return lease, _spec_or_none(raw)
+        return lease, raw
 
     def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
         """Renew leases (task id, exec id) of one job; False where the execution was superseded."""
@@ -334,7 +335,7 @@ class StateStore:
         return left
 
 
-def _spec_or_none(raw: str | None) -> dict[str, Any] | None:
+def spec_from_text(raw: str | None) -> dict[str, Any] | None:
     """A spec as stored; one that is not a JSON object reads as missing (the task then fails, clearly)."""
     try:
         spec = json.loads(raw) if raw else None
