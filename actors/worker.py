@@ -1,8 +1,10 @@
-"""Worker: one execution slot. Leases a task, runs its executor, records the outcome, rings the manager.
+"""Worker: one execution slot. Takes a message from its own feed, leases the task, runs its executor,
+records the outcome, rings the manager.
 
 Where a task is leased (`_lease`), run under its deadline (`Runner.run` kills the whole process tree
-at the time-out), and finished (`_finish`, fenced by the execution id). The slot's Runner keeps a
-warm Python child between tasks, so a task costs a pipe round trip rather than a fork.
+at the time-out), and finished (`_finish`, fenced by the execution id). The slot reads its own nsqd
+connection (`SlotFeed`) in its own thread, so a message reaches the executor with no thread hop. The
+slot's Runner keeps a warm Python child between tasks, so a task costs a pipe round trip, not a fork.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pykka
 import redis
 
-from taskherd.actors.bus import Delivery
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.manager import runner_spec
+from taskherd.actors.slot_feed import FeedDelivery, SlotFeed
 from taskherd.errors import QueueError, StoreError, TaskherdError
 from taskherd.runners import Outcome, Runner, RunnerSpec
 from taskherd.store.state_store import Lease, spec_from_text
@@ -33,6 +35,10 @@ log = logging.getLogger("taskherd.worker")
 Runnable = RunnerSpec | TaskherdError | None
 """What runs a task type's executor: None when none is registered, the error when its spec is unusable."""
 
+CHANNEL = "workers"
+POLL_S = 0.5
+"""How long a slot waits on its feed before it reads its mailbox (a Pause, a stop) again."""
+
 
 class Execution:
     """The slot's current lease and the message that rang for it, read by the Dispatcher (renewals,
@@ -42,9 +48,9 @@ class Execution:
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
         self._lock = threading.Lock()
-        self._current: tuple[Lease, Delivery] | None = None
+        self._current: tuple[Lease, FeedDelivery] | None = None
 
-    def begin(self, lease: Lease, delivery: Delivery) -> None:
+    def begin(self, lease: Lease, delivery: FeedDelivery) -> None:
         with self._lock:
             self._current = (lease, delivery)
 
@@ -52,7 +58,7 @@ class Execution:
         with self._lock:
             self._current = None
 
-    def current(self) -> tuple[Lease, Delivery] | None:
+    def current(self) -> tuple[Lease, FeedDelivery] | None:
         with self._lock:
             return self._current
 
@@ -62,11 +68,13 @@ class Execution:
 
 
 @dataclass(frozen=True, slots=True)
-class Run:
-    """Tell: lease and run the task this delivery names, then call `done` (the slot is free again)."""
+class Poll:
+    """Tell, to itself: run the next message of the slot's feed, if one comes within POLL_S."""
 
-    delivery: Delivery
-    done: Callable[[], None]
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Tell, from the Dispatcher: take no more messages (drain, shutdown)."""
 
 
 class Worker(Supervised, pykka.ThreadingActor):
@@ -76,34 +84,48 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.name = f"{ctx.node_id}/{index}"
         self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
         self.execution = Execution(self.runner)
+        self.feed = SlotFeed(ctx.settings.nsq, ctx.settings.nsq.tasks_topic, CHANNEL, self.name)
+        self.paused = False
         self._specs: dict[str | None, tuple[dict[str, Any] | None, Runnable]] = {}
 
     def on_start(self) -> None:
-        from taskherd.actors.dispatcher import SlotIdle
+        from taskherd.actors.dispatcher import SlotStarted
 
-        find_dispatcher().tell(SlotIdle(self.index, self.actor_ref, self.execution))
+        find_dispatcher().tell(SlotStarted(self.index, self.actor_ref, self.execution, self.feed))
+        self.actor_ref.tell(Poll())
 
     def on_stop(self) -> None:
-        self.runner.close()
+        self._close()
         super().on_stop()
 
     def on_failure(self, *exc_info: Any) -> None:
-        self.runner.close()  # pykka skips on_stop after a failure; the warm child must not outlive us
+        self._close()  # pykka skips on_stop after a failure; the warm child must not outlive us
         super().on_failure(*exc_info)
+
+    def _close(self) -> None:
+        self.feed.close()  # nsqd requeues at once whatever it still had in flight to us
+        self.runner.close()
 
     def on_receive(self, message: Any) -> None:
         match message:
-            case Run(delivery, done):
-                try:
-                    self._run(delivery)
-                except Exception:
-                    delivery.requeue(1.0)  # at once, not after nsqd's msg_timeout; the slot restarts
-                    raise
-                done()
+            case Poll() if not self.paused:
+                delivery = self.feed.next(POLL_S)
+                if delivery is not None:
+                    try:
+                        self._run(delivery)
+                    except Exception:
+                        delivery.requeue(1.0)  # at once, not after nsqd's msg_timeout; the slot restarts
+                        raise
+                self.actor_ref.tell(Poll())
+            case Poll():
+                pass
+            case Pause():
+                self.paused = True
+                self.feed.pause()
             case _:
                 log.warning("worker: unknown message %r", message)
 
-    def _run(self, delivery: Delivery) -> None:
+    def _run(self, delivery: FeedDelivery) -> None:
         """The message stays in flight while the executor runs, so nsqd's in-flight count is this pod's
         busy slots (see the Dispatcher). It is finished as the executor returns: nsqd's next message
         then travels while the outcome is recorded, and finds the slot (nearly) free."""
@@ -125,7 +147,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         finally:
             self.execution.end()
 
-    def _lease(self, ref: TaskRef, delivery: Delivery) -> tuple[Lease, str | None] | None:
+    def _lease(self, ref: TaskRef, delivery: FeedDelivery) -> tuple[Lease, str | None] | None:
         exec_id = uuid.uuid4().hex
         ttl_ms = int(self.ctx.settings.worker.lease_ttl_s * 1000)
         try:

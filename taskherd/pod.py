@@ -1,8 +1,8 @@
 """One pod: one process, one supervisor tree, until SIGTERM (`taskherd run --role ...`).
 
-The tree is rest_for_one with the Bus first: if the Bus (NSQ) restarts, everything that subscribed
-through it restarts after it. Worker slots sit under their own one_for_one supervisor, so one
-crashing slot restarts alone. Past the restart intensity the root gives up and the process exits 1,
+The tree is rest_for_one, the manager's Bus before what subscribes through it: if the Bus (NSQ)
+restarts, its subscribers restart after it. Worker slots (each reading its own nsqd connection) sit
+under their own one_for_one supervisor, so one crashing slot restarts alone. Past the restart intensity the root gives up and the process exits 1,
 so Kubernetes (or `taskherd up`) restarts the pod.
 """
 
@@ -89,13 +89,13 @@ def children(ctx: PodContext, role: str, node: NodeInfo) -> list[ChildSpec]:
     from taskherd.intake import Intake
 
     s = ctx.settings
-    specs = [ChildSpec("bus", lambda sup, slot: Bus.start(s.nsq, supervisor=sup, slot=slot)),
-             ChildSpec("registry", lambda sup, slot: Registry.start(ctx.store.redis, node, s.registry,
+    specs = [ChildSpec("registry", lambda sup, slot: Registry.start(ctx.store.redis, node, s.registry,
                                                                     supervisor=sup, slot=slot))]
     if role in ("manager", "all"):
         assert ctx.archive is not None
         intake = Intake(s, ctx.store, ctx.archive, ctx.queue)
-        specs += [ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
+        specs += [ChildSpec("bus", lambda sup, slot: Bus.start(s.nsq, supervisor=sup, slot=slot)),
+                  ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
                   ChildSpec("analyzer", lambda sup, slot: ResultAnalyzer.start(ctx, intake, supervisor=sup, slot=slot)),
                   ChildSpec("watcher", lambda sup, slot: TimeoutWatcher.start(ctx, supervisor=sup, slot=slot)),
                   ChildSpec("api", lambda sup, slot: Api.start(ctx, supervisor=sup, slot=slot))]

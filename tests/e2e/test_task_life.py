@@ -188,7 +188,7 @@ def test_a_long_poll_answers_with_progress_then_with_done(cluster):
 
 def test_a_task_longer_than_nsqs_msg_timeout_keeps_its_message(cluster):
     # Given nsqd's msg_timeout of 2 s (the e2e settings) and a task that runs 4 s
-    from taskherd.actors.dispatcher import CHANNEL
+    from taskherd.actors.worker import CHANNEL
     c = cluster.client
     c.add_executor("sleepy", {"kind": "python", "target": f"{PY}:sleepy"})
     c.submit({"id": "long-msg", "type": "sleepy", "job": "jlm", "payload": {"sleep_s": 4.0}})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from taskherd.actors.dispatcher import CHANNEL
+from taskherd.actors.worker import CHANNEL
 from taskherd.cli import build_parser
 from taskherd.config import Settings, from_dict, load
 from taskherd.config.settings import DEADLETTER_HEADROOM

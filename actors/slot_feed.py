@@ -1,0 +1,297 @@
+"""SlotFeed: one worker slot's own subscription to the tasks topic, read by the slot's own thread.
+
+Why each slot reads its own nsqd connection instead of sharing the pod's pynsq Reader: through the
+Reader a task crossed threads four times (IOLoop -> slot, the FIN back to the IOLoop, "slot free" back
+to the IOLoop) and the IOLoop was 28 % of a worker pod's CPU. Here the slot blocks on its socket,
+takes a message, and FINs it on the same socket: no thread hop, no RDY traffic (RDY is 1, set once),
+and nsqd's in-flight count on the connection is exactly what the slot holds. Commands are encoded and
+frames decoded by pynsq's protocol module.
+
+With a static `nsqd_tcp_address` the feed connects there; otherwise it asks nsqlookupd which nsqds
+hold the topic (every `lookupd_poll_interval_s`) and keeps RDY 1 on each. With several nsqds a slot may
+so be sent one message per nsqd at once: the extra ones wait in `_ready`, and one still waiting a
+renewal tick later goes back to nsqd (`give_back_stale`, from the Dispatcher) for an idle slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import deque
+
+import httpx
+from nsq import protocol
+
+from taskherd.config.settings import NsqSettings
+
+log = logging.getLogger("taskherd.feed")
+
+HEARTBEAT_MS = 30_000
+"""nsqd closes a connection that sends nothing for two heartbeat intervals: an idle slot answers each
+heartbeat, and the Dispatcher sends a NOP for a busy one (`keep_alive`)."""
+
+
+class FeedDelivery:
+    """One message, acknowledged from any thread (the slot, or the Dispatcher handing back). Only the
+    first finish or requeue goes to nsqd."""
+
+    __slots__ = ("_conn", "body", "attempts", "id", "touched_at", "answered")
+
+    def __init__(self, conn: "_Conn", msg_id: bytes, attempts: int, body: bytes) -> None:
+        self._conn, self.id, self.attempts, self.body = conn, msg_id, attempts, body
+        self.touched_at = time.monotonic()
+        """When nsqd's msg_timeout for it last started (delivery or touch)."""
+        self.answered = False
+
+    def finish(self) -> None:
+        self._answer(protocol.finish(self.id))
+
+    def requeue(self, delay_s: float = 0.0) -> None:
+        self._answer(protocol.requeue(self.id, int(delay_s * 1000)))
+
+    def touch(self) -> None:
+        self.touched_at = time.monotonic()
+        with self._conn.lock:
+            if not self.answered:
+                self._conn.send_locked(protocol.touch(self.id))
+
+    def _answer(self, command: bytes) -> None:
+        with self._conn.lock:
+            if not self.answered:
+                self.answered = True
+                self._conn.send_locked(command)
+
+
+class _Conn:
+    """A subscribed connection to one nsqd. Reads happen in the slot's thread only; sends from any
+    thread, under `lock`. A failed send marks it broken: nsqd requeues what it had in flight on it."""
+
+    def __init__(self, address: str, topic: str, channel: str, settings: NsqSettings, name: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.address = address
+        self.lock = threading.Lock()
+        self.broken = False
+        self.last_sent = time.monotonic()
+        self._buf = bytearray()
+        self.sock = socket.create_connection((host, int(port)), timeout=5.0)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        identify = {"client_id": name, "hostname": socket.gethostname(), "user_agent": "taskherd",
+                    "feature_negotiation": False, "heartbeat_interval": HEARTBEAT_MS,
+                    "msg_timeout": int(settings.msg_timeout_s * 1000)}
+        # nsqd's output buffer stays on: at RDY 1 nsqd flushes as soon as the one message is out, and
+        # it writes a whole frame at once (unbuffered, size and body go out as separate writes).
+        self.sock.sendall(protocol.MAGIC_V2 + protocol.identify(identify))
+        self._expect_ok("IDENTIFY")
+        self.sock.sendall(protocol.subscribe(topic, channel))
+        self._expect_ok("SUB")
+        self.sock.sendall(protocol.ready(1))
+
+    def _expect_ok(self, what: str) -> None:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            self.fill()
+            for kind, data in self.frames():
+                if kind == protocol.FRAME_TYPE_RESPONSE and data == b"OK":
+                    return
+                if kind == protocol.FRAME_TYPE_ERROR:
+                    raise ConnectionError(f"nsqd {self.address} refused {what}: {data[:200]!r}")
+        raise ConnectionError(f"nsqd {self.address} did not answer {what}")
+
+    def fill(self) -> None:
+        """Read what the socket has (blocking up to the socket's timeout for the first bytes)."""
+        part = self.sock.recv(65536)
+        if not part:
+            raise ConnectionError(f"nsqd {self.address} closed the connection")
+        self._buf += part
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        out = []
+        while len(self._buf) >= 4:
+            size = struct.unpack_from(">l", self._buf)[0]
+            if len(self._buf) < 4 + size:
+                break
+            out.append(protocol.unpack_response(bytes(self._buf[4:4 + size])))
+            del self._buf[:4 + size]
+        return out
+
+    def partial(self) -> bool:
+        return bool(self._buf)
+
+    def send(self, command: bytes) -> None:
+        with self.lock:
+            self.send_locked(command)
+
+    def send_locked(self, command: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            self.sock.sendall(command)
+            self.last_sent = time.monotonic()
+        except OSError as exc:
+            self.broken = True
+            log.warning("nsqd %s: send failed, reconnecting: %s", self.address, exc)
+
+    def close(self) -> None:
+        with self.lock:
+            self.broken = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+class SlotFeed:
+    def __init__(self, settings: NsqSettings, topic: str, channel: str, name: str) -> None:
+        self.settings, self.topic, self.channel, self.name = settings, topic, channel, name
+        self._conns: dict[str, _Conn] = {}
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._ready: deque[FeedDelivery] = deque()
+        """Messages read but not yet handed to the slot (only with several nsqds, or at a pause)."""
+        self._paused = False
+        self._addresses: list[str] = []
+        self._looked_up_at = -1e9
+        self._retry_at = 0.0
+        self._failures = 0
+
+    # --- the slot's thread ----------------------------------------------------------------------------
+    def next(self, timeout_s: float) -> FeedDelivery | None:
+        """The next message for this slot, or None after `timeout_s` (so the slot's mailbox is read)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if self._ready:
+                    return self._ready.popleft()
+            left = deadline - time.monotonic()
+            if left <= 0 or self._paused:
+                return None
+            self._connect()
+            if not self._conns:
+                time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
+                continue
+            for key, _ in self._selector.select(left):
+                self._read(key.data)
+
+    def pause(self) -> None:
+        """RDY 0 everywhere; what was already sent to us goes back to nsqd (drain, shutdown)."""
+        self._paused = True
+        for conn in list(self._conns.values()):
+            conn.send(protocol.ready(0))
+            conn.sock.settimeout(0)  # read what has already arrived...
+            try:
+                self._read(conn)
+            finally:
+                conn.sock.settimeout(0.5)  # ...and the rest of a frame that has begun to
+            while conn.partial() and not conn.broken:
+                self._read(conn)
+        with self._lock:
+            waiting, self._ready = list(self._ready), deque()
+        for delivery in waiting:
+            delivery.requeue(0)
+
+    def close(self) -> None:
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+        self._selector.close()
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            conn.fill()
+            frames = conn.frames()
+        except BlockingIOError:
+            return
+        except (OSError, ConnectionError) as exc:
+            log.warning("nsqd %s: %s; reconnecting", conn.address, exc)
+            self._drop(conn)
+            return
+        for kind, data in frames:
+            if kind == protocol.FRAME_TYPE_MESSAGE:
+                attempts, msg_id, body = _decode(data)
+                delivery = FeedDelivery(conn, msg_id, attempts, body)
+                if self._paused:
+                    delivery.requeue(0)
+                else:
+                    with self._lock:
+                        self._ready.append(delivery)
+            elif kind == protocol.FRAME_TYPE_RESPONSE and data == b"_heartbeat_":
+                conn.send(protocol.nop())
+            elif kind == protocol.FRAME_TYPE_ERROR:
+                log.debug("nsqd %s: %r", conn.address, data[:200])  # e.g. E_FIN_FAILED after a requeue won
+        if conn.broken:
+            self._drop(conn)
+
+    def _connect(self) -> None:
+        """Connect to every nsqd that holds the topic and we are not connected to (with backoff)."""
+        for conn in [c for c in self._conns.values() if c.broken]:
+            self._drop(conn)
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        for address in self._discover(now):
+            if address in self._conns:
+                continue
+            try:
+                conn = _Conn(address, self.topic, self.channel, self.settings, self.name)
+            except (OSError, ConnectionError) as exc:
+                self._failures += 1
+                self._retry_at = now + min(5.0, 0.1 * 2 ** self._failures)
+                log.warning("nsqd %s: cannot subscribe (%s); retrying", address, exc)
+                continue
+            self._failures = 0
+            conn.sock.settimeout(5.0)
+            self._conns[address] = conn
+            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def _discover(self, now: float) -> list[str]:
+        s = self.settings
+        if s.nsqd_tcp_address:
+            return [s.nsqd_tcp_address]
+        if now - self._looked_up_at >= s.lookupd_poll_interval_s:
+            self._looked_up_at = now
+            found: list[str] = []
+            for lookupd in s.lookupd_http_addresses:
+                try:
+                    r = httpx.get(f"http://{lookupd}/lookup", params={"topic": self.topic}, timeout=2.0)
+                    if r.status_code == 200:
+                        found += [f"{p['broadcast_address']}:{p['tcp_port']}" for p in r.json().get("producers", [])]
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    log.warning("nsqlookupd %s: %s", lookupd, exc)
+            if found or not self._addresses:
+                self._addresses = sorted(set(found))
+        return self._addresses
+
+    def _drop(self, conn: _Conn) -> None:
+        if self._conns.get(conn.address) is conn:
+            del self._conns[conn.address]
+            try:
+                self._selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        conn.close()
+
+    # --- the Dispatcher's thread ----------------------------------------------------------------------
+    def give_back_stale(self, older_than_s: float) -> None:
+        """A message still waiting here a renewal tick later (its slot is busy): back to nsqd."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [d for d in self._ready if now - d.touched_at > older_than_s]
+            self._ready = deque(d for d in self._ready if d not in stale)
+        for delivery in stale:
+            delivery.requeue(0)
+
+    def keep_alive(self) -> None:
+        """NOP on a connection quiet for a third of nsqd's read deadline (the slot runs a long task)."""
+        for conn in list(self._conns.values()):
+            if time.monotonic() - conn.last_sent > HEARTBEAT_MS / 1000 * 2 / 3:
+                conn.send(protocol.nop())
+
+
+def _decode(data: bytes) -> tuple[int, bytes, bytes]:
+    """nsqd's message frame: 8-byte timestamp, 2-byte attempts, 16-byte id, body."""
+    return struct.unpack_from(">H", data, 8)[0], data[10:26], data[26:]
+

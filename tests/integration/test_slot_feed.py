@@ -1,0 +1,103 @@
+"""A slot's own subscription (actors/slot_feed.py) against a real nsqd and nsqlookupd: one message in
+flight per slot, requeues come back, a pause hands back what nsqd already sent, discovery through
+nsqlookupd, and a reconnect after nsqd restarts."""
+
+from __future__ import annotations
+
+import select
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+
+from taskherd.actors.slot_feed import SlotFeed
+from tests.helpers import Services, channel_stats, nsqd_post, wait_until
+
+CHANNEL = "workers"
+
+
+@dataclass
+class Feeds:
+    """Feeds of one test's own topic (nsqd keeps a topic's messages from one test to the next)."""
+
+    services: Services
+    topic: str = field(default_factory=lambda: f"feedtest-{uuid.uuid4().hex[:12]}")
+    made: list[SlotFeed] = field(default_factory=list)
+
+    def __call__(self, name: str = "slot", **nsq: object) -> SlotFeed:
+        feed = SlotFeed(self.services.settings.nsq.model_copy(update=nsq), self.topic, CHANNEL, name)
+        self.made.append(feed)
+        return feed
+
+    def publish(self, *bodies: bytes) -> None:
+        for body in bodies:
+            assert nsqd_post(self.services.settings, f"/pub?topic={self.topic}", body) == 200
+
+    def in_flight(self) -> int:
+        stats = channel_stats(self.services.settings, self.topic, CHANNEL)
+        return int(stats["in_flight_count"]) if stats else -1
+
+
+@pytest.fixture
+def feeds(clean: Services):
+    made = Feeds(clean)
+    yield made
+    for feed in made.made:
+        feed.close()
+
+
+def next_message(feed: SlotFeed, timeout_s: float = 10.0):
+    return wait_until(lambda: feed.next(0.2), timeout=timeout_s, message="a message from the feed")
+
+
+def test_a_slot_holds_one_message_at_a_time_and_finishing_brings_the_next(clean, feeds):
+    feed = feeds()
+    feeds.publish(b"one", b"two", b"three")
+    first = next_message(feed)
+    assert first.body == b"one" and first.attempts == 1
+    assert feed.next(0.3) is None  # RDY 1: nsqd sends nothing more while the first is unanswered
+    assert feeds.in_flight() == 1
+    first.finish()
+    second = next_message(feed)
+    assert second.body == b"two" and second.id != first.id
+
+
+def test_a_requeued_message_comes_back_with_its_attempt_counted(clean, feeds):
+    feed = feeds()
+    feeds.publish(b"again")
+    first = next_message(feed)
+    first.requeue(0)
+    first.finish()  # a second answer to one message is dropped, never sent
+    again = next_message(feed)
+    assert (again.id, again.body, again.attempts) == (first.id, b"again", 2)
+
+
+def test_a_paused_feed_gives_back_what_nsqd_already_sent_it(clean, feeds):
+    paused, other = feeds("paused"), feeds("other")
+    feeds.publish(b"first")
+    first = next_message(paused)
+    feeds.publish(b"second")
+    first.finish()  # nsqd now sends "second" to the same slot (RDY 1, nothing in flight)
+    conn = next(iter(paused._conns.values()))
+    assert select.select([conn.sock], [], [], 5)[0], "nsqd sent the next message"
+    paused.pause()
+    assert paused.next(0.2) is None
+    second = next_message(other)
+    assert second.body == b"second" and second.attempts == 2
+
+
+def test_a_feed_finds_nsqd_through_nsqlookupd(clean, feeds):
+    feeds.publish(b"found")  # creates the topic, which nsqd registers with nsqlookupd
+    feed = feeds(nsqd_tcp_address="", lookupd_poll_interval_s=0.2)
+    assert next_message(feed).body == b"found"
+
+
+def test_a_feed_reconnects_after_nsqd_restarts(clean, feeds):
+    feed = feeds()
+    feeds.publish(b"before")
+    next_message(feed).finish()
+    wait_until(lambda: feeds.in_flight() == 0, message="nsqd saw the FIN")  # or it keeps the message
+    clean.manager.stop_one("nsqd")
+    clean.manager.start_one("nsqd")
+    feeds.publish(b"after")
+    assert next_message(feed, timeout_s=15).body == b"after"
