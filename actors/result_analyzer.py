@@ -1,10 +1,16 @@
 """ResultAnalyzer: turns finished tasks into child tasks and archive rows, and sees a job finish.
 
-Where a task is analyzed (`_verdict`) and archived (`_archive`). Results arrive in batches (the IOLoop
-gathers what nsqd has in flight for us), so one batch costs one Redis read, one MySQL transaction and
-one NSQ publish for all its children. Order per task: children are submitted (counted into the job)
-before the parent's row is committed and it is counted out, so a job never reads as done while work
-remains; a crash anywhere in between redelivers the result, and every step repeats as a no-op.
+Where a task is analyzed (`_verdict`) and archived (`_archive`). A message on the results topic is a
+doorbell for a job, not a result: the results wait in Redis (the job's analyzing set), and the
+analyzer claims them there in batches of up to BATCH, with their tasks, in one round trip. A worker
+rings only when no doorbell of the job is on its way (finish.lua sets the job's `rung` key; the
+analyzer deletes it before it claims), so a busy job costs one message per batch, not one per task.
+A claim lapses after nsqd's msg_timeout (the bound an unacknowledged message had before): if the
+manager dies mid-batch, the TimeoutWatcher rings for the job again.
+
+Order per task: children are submitted (counted into the job) before the parent's row is committed
+and it is counted out, so a job never reads as done while work remains; a crash anywhere in between
+leaves the task claimed, then analyzed again, and every step repeats as a no-op.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +42,7 @@ log = logging.getLogger("taskherd.analyzer")
 CHANNEL = "manager"
 BATCH = 256
 ANALYZER_RETRIES = 5
-"""Deliveries of one result before a failing analyzer marks its task failed."""
+"""Analyses of one result before a failing analyzer marks its task failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +72,10 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         """Set while a TakeResults is scheduled or being handled: results arriving then join the
         next batch instead of becoming batches of their own, so batches grow with the load."""
         self._closed = False
+        self._bells: dict[str, list[tuple[Delivery, TaskRef]]] = {}
+        """Doorbells heard, by job, until the job's results are drained (given back if we fail or stop)."""
+        self._claimed: tuple[str, list[str]] | None = None
+        """The job and task ids of the batch being analyzed (given back if we fail or stop)."""
         self.nsq: NsqLoop | None = None
 
     def on_start(self) -> None:
@@ -84,12 +95,15 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         super().on_failure(*exc_info)
 
     def _give_back(self) -> None:
-        """Waiting results go back to nsqd at once (not after its msg_timeout), for our successor."""
+        """Waiting doorbells go back to nsqd at once (not after its msg_timeout), and the batch being
+        analyzed is claimable again at once (not when its claim lapses), for our successor."""
         with self._lock:
             self._closed = True
             waiting, self._waiting = self._waiting, []
-        for d in waiting:
+        for d in waiting + [d for bells in self._bells.values() for d, _ in bells]:
             d.requeue(1.0)
+        self._bells.clear()
+        self._unclaim(0)
 
     def _on_delivery(self, delivery: Delivery) -> None:
         """IOLoop thread: gather, and call the actor once the IOLoop has read what arrived together. No
@@ -116,61 +130,81 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         match message:
             case TakeResults():
-                while batch := self._take():
-                    self._handle(batch)
+                self._serve()
             case _:
                 log.warning("analyzer: unknown message %r", message)
 
-    def _take(self) -> list[Delivery]:
-        with self._lock:
-            batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
-            if not batch:
-                self._called = False
-            return batch
+    def _serve(self) -> None:
+        """Claim and analyze the results of every job rung for, a batch per job in turn, until none
+        is left and no doorbell waits. A job's doorbells are acknowledged once its results are drained."""
+        bells = self._bells
+        while True:
+            with self._lock:
+                waiting, self._waiting = self._waiting, []
+                if not waiting and not bells:
+                    self._called = False
+                    return
+            for d in waiting:
+                try:
+                    ref = decode(d.body, self.ctx.settings.nsq.max_message_bytes)
+                    bells.setdefault(ref.job, []).append((d, ref))
+                except ValueError as exc:
+                    self.ctx.dead_letter(d, f"results topic: {exc}")
+            for job in list(bells):
+                try:
+                    drained = self._batch(job, {ref.type for _, ref in bells[job]}) < BATCH
+                except (StoreError, QueueError, redis.RedisError) as exc:  # a service is down: retry later
+                    log.warning("analysis of %s deferred: %s", job, exc)
+                    self._unclaim(1000)
+                    for d, _ in bells.pop(job):
+                        d.requeue(1.0)
+                    continue
+                if drained:
+                    for d, _ in bells.pop(job):
+                        d.finish()
 
-    def _handle(self, deliveries: list[Delivery]) -> None:
-        try:
-            self._analyze(deliveries)
-        except (StoreError, QueueError, redis.RedisError) as exc:  # a service is down: retry the batch later
-            log.warning("analysis of %d result(s) deferred: %s", len(deliveries), exc)
-            for d in deliveries:
-                d.requeue(1.0)
-
-    def _analyze(self, deliveries: list[Delivery]) -> None:
-        ANALYZER_BATCH.observe(len(deliveries))
-        work, specs = self._load(deliveries)
-        verdicts: list[tuple[Delivery, dict[str, Any], Verdict]] = []
-        for d, task in work:
-            verdict = self._verdict(task, d, specs[task["type"]])
+    def _batch(self, job: str, type_hints: set[str]) -> int:
+        """Claim, analyze and archive one batch of the job's results; how many were claimed."""
+        claim_ms = int(self.ctx.settings.nsq.msg_timeout_s * 1000)
+        tasks, specs = self.ctx.store.claim_results(job, BATCH, claim_ms, type_hints)
+        if not tasks:
+            return 0
+        self._claimed = (job, [t["id"] for t in tasks])
+        ANALYZER_BATCH.observe(len(tasks))
+        claimed_at = time.monotonic()
+        verdicts: list[tuple[dict[str, Any], Verdict]] = []
+        for i, task in enumerate(tasks):
+            if time.monotonic() - claimed_at > claim_ms / 2000:  # slow analyzers: keep the rest claimed
+                self.ctx.store.unclaim(job, [t["id"] for t in tasks[i:]], claim_ms)
+                claimed_at = time.monotonic()
+            verdict = self._verdict(task, specs.get(task["type"]))
             if verdict is None:
-                d.requeue(float(d.attempts))
+                self._retry_later(task)
             else:
-                verdicts.append((d, task, verdict))
-        verdicts = self._submit_children(verdicts)
-        self._archive(verdicts)
+                verdicts.append((task, verdict))
+        self._archive(self._submit_children(verdicts))
+        self._claimed = None
+        return len(tasks)
 
-    def _load(self, deliveries: list[Delivery]
-              ) -> tuple[list[tuple[Delivery, dict[str, Any]]], dict[str, dict[str, Any] | None]]:
-        """Live tasks awaiting analysis, and their analyzer specs; anything else is a duplicate or
-        garbage and is acknowledged."""
-        refs: list[tuple[Delivery, TaskRef]] = []
-        for d in deliveries:
+    def _unclaim(self, delay_ms: int) -> None:
+        """The batch being analyzed is claimable again after `delay_ms` (not after its claim lapses)."""
+        if self._claimed is not None:
+            (job, ids), self._claimed = self._claimed, None
             try:
-                refs.append((d, decode(d.body, self.ctx.settings.nsq.max_message_bytes)))
-            except ValueError as exc:
-                self.ctx.dead_letter(d, f"results topic: {exc}")
-        tasks, specs = self.ctx.store.for_analysis([(r.job, r.task_id) for _, r in refs],
-                                                   {r.type for _, r in refs if r.type})
-        out = []
-        for (d, _), task in zip(refs, tasks):
-            if task is None or task.get("state") != "analyzing":
-                d.finish()
-            else:
-                out.append((d, task))
-        return out, specs
+                self.ctx.store.unclaim(job, ids, delay_ms)
+            except (StoreError, redis.RedisError) as exc:
+                log.warning("claim of %d result(s) of %s left to lapse: %s", len(ids), job, exc)
 
-    def _verdict(self, task: dict[str, Any], delivery: Delivery, spec: dict[str, Any] | None) -> Verdict | None:
-        """None: the analyzer failed in a way worth retrying; redeliver later."""
+    def _retry_later(self, task: dict[str, Any]) -> None:
+        """A failing analyzer worth retrying: the task's claim is shortened to a backoff, and a
+        deferred doorbell rings when it lapses (the watcher rings too, should that one be lost)."""
+        delay_ms = 1000 * int(task.get("analyses") or 1)
+        self.ctx.store.unclaim(task["job"], [task["id"]], delay_ms)
+        ref = TaskRef(task["job"], task["id"], task["type"]).encode()
+        self.ctx.queue.publish_deferred(self.ctx.settings.nsq.results_topic, ref, delay_ms)
+
+    def _verdict(self, task: dict[str, Any], spec: dict[str, Any] | None) -> Verdict | None:
+        """None: the analyzer failed in a way worth retrying; analyze it again later."""
         result = json.loads(task["result"]) if task.get("result") else None
         if task.get("outcome") == "cancelled":
             return Verdict("cancelled", error="cancelled")
@@ -184,42 +218,44 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         except TaskherdError as exc:
             return Verdict("failed", error=f"analyzer for {task['type']!r} is unusable: {exc}")
         if not outcome.ok:
-            if outcome.retryable and delivery.attempts < ANALYZER_RETRIES:
-                log.warning("analyzer for %s failed (delivery %d), will retry: %s", task["id"], delivery.attempts,
+            analyses = int(task.get("analyses") or 1)
+            if outcome.retryable and analyses < ANALYZER_RETRIES:
+                log.warning("analyzer for %s failed (analysis %d), will retry: %s", task["id"], analyses,
                             outcome.error)
                 return None
             return Verdict("failed", error=f"analyzer failed: {outcome.error}")
         return _read_analysis(task, outcome.result or {})
 
-    def _submit_children(self, verdicts: list[tuple[Delivery, dict[str, Any], Verdict]]) -> list[tuple[Delivery, dict[str, Any], Verdict]]:
+    def _submit_children(self, verdicts: list[tuple[dict[str, Any], Verdict]]) -> list[tuple[dict[str, Any], Verdict]]:
         """All children in one batch; if any is invalid, find whose and fail only that parent."""
-        children = [c for _, _, v in verdicts for c in v.children]
+        children = [c for _, v in verdicts for c in v.children]
         try:
             self.intake.submit(children, where="children")
             return verdicts
         except InvalidTask:
             pass
         out = []
-        for d, task, v in verdicts:
+        for task, v in verdicts:
             try:
                 self.intake.submit(list(v.children), where="children")
-                out.append((d, task, v))
+                out.append((task, v))
             except InvalidTask as exc:
-                out.append((d, task, Verdict("failed", error=f"analyzer returned an invalid child: {exc}")))
+                out.append((task, Verdict("failed", error=f"analyzer returned an invalid child: {exc}")))
         return out
 
-    def _archive(self, verdicts: list[tuple[Delivery, dict[str, Any], Verdict]]) -> None:
+    def _archive(self, verdicts: list[tuple[dict[str, Any], Verdict]]) -> None:
         assert self.ctx.archive is not None
-        self.ctx.archive.archive([_row(task, v) for _, task, v in verdicts])
-        outs = self.ctx.store.archive([(task["job"], task["id"], v.state) for _, task, v in verdicts])
-        for (d, task, v), out in zip(verdicts, outs):
+        if not verdicts:
+            return
+        self.ctx.archive.archive([_row(task, v) for task, v in verdicts])
+        outs = self.ctx.store.archive([(task["job"], task["id"], v.state) for task, v in verdicts])
+        for (task, v), out in zip(verdicts, outs):
             if out != "skip":
                 ARCHIVED.labels(v.state).inc()
             if out == "done":
                 log.info("job %s is done", task["job"])
                 summarize(self.ctx.store, self.ctx.archive, task["job"])
                 self.ctx.job_events.notify()
-            d.finish()
 
 
 def _analyzer_input(task: dict[str, Any], result: Any) -> dict[str, Any]:

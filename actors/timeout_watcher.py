@@ -3,7 +3,7 @@
 Where a task is timed out on the manager side: every `watcher_interval_s` it requeues running tasks
 whose lease expired (the worker died, was partitioned, or overran its deadline), promotes retries
 that are due (retry times live in Redis, never in NSQ's memory-only deferred messages), republishes
-pending tasks and results that NSQ lost, and writes the summary of a done job if its writer crashed.
+pending tasks that NSQ lost, rings for results left unclaimed (a lost doorbell, a lapsed claim), and writes the summary of a done job if its writer crashed.
 
 Only one watcher is active at a time: it holds a Redis lease (SET NX PX) that it renews every sweep,
 so two manager replicas never both requeue.
@@ -40,7 +40,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         self.ctx = ctx
         self._ticker: Ticker | None = None
         self.sweeps = 0
-        self._shortfall: dict[str, int] = {}
+        self._shortfall = 0
 
     def on_start(self) -> None:
         self._ticker = Ticker(self.actor_ref, Sweep(), self.ctx.settings.manager.watcher_interval_s).start()
@@ -77,7 +77,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         store, s = self.ctx.store, self.ctx.settings
         tasks: list[bytes] = []
         results: list[bytes] = []
-        stale: dict[str, dict[str, list[str]]] = {}
+        stale: dict[str, list[str]] = {}
         now = store.now_ms()
         stale_before = now - int(s.manager.republish_after_s * 1000)
         for job in store.jobs():
@@ -89,7 +89,12 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
             for task_id in store.due(job, keys.RETRY, now):
                 if store.promote(job, task_id):
                     tasks.append(TaskRef(job, task_id).encode())
-            stale[job] = {st: store.due(job, st, stale_before) for st in (keys.PENDING, keys.ANALYZING)}
+            stale[job] = store.due(job, keys.PENDING, stale_before)
+            unheard = store.due(job, keys.ANALYZING, stale_before, limit=1)
+            if unheard:
+                log.warning("results of %s waited %.0f s unclaimed: ringing its doorbell again", job,
+                            s.manager.republish_after_s)
+                results.append(TaskRef(job, unheard[0]).encode())
             if self.ctx.archive is not None:
                 summarize(store, self.ctx.archive, job)
         self._ring(s.nsq.tasks_topic, tasks)
@@ -97,34 +102,31 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         self._republish_lost(stale, stale_before)
         self.sweeps += 1
 
-    def _republish_lost(self, stale: dict[str, dict[str, list[str]]], stale_before: int) -> None:
-        """Republish waiting refs only when nsqd holds fewer messages than Redis has waiting tasks.
+    def _republish_lost(self, stale: dict[str, list[str]], stale_before: int) -> None:
+        """Republish pending refs only when nsqd holds fewer messages than Redis has pending tasks.
 
         A long backlog is not a loss: republishing every old pending task would flood NSQ with
         duplicates. A shortfall means nsqd lost messages (a SIGKILL, a wiped disk) or a publish failed
         after the Redis write; the oldest waiting tasks are then the likeliest lost, and a duplicate is
-        harmless (the lease drops it).
+        harmless (the lease drops it). Results need no count: one doorbell per job stands for all of
+        its results, and the sweep rings for any left unclaimed (above).
         """
-        s = self.ctx.settings.nsq
-        for state, topic in ((keys.PENDING, s.tasks_topic), (keys.ANALYZING, s.results_topic)):
-            # Only tasks waiting longer than republish_after_s count: a task just written to Redis
-            # whose message is still on its way would otherwise look lost.
-            waiting = sum(self.ctx.store.count(j, state, stale_before) for j in stale)
-            backlog = self.ctx.queue.backlog(topic)
-            shortfall = 0 if backlog is None else max(0, waiting - backlog)
-            # Counts read at two instants race with live traffic: act only on a shortfall seen twice.
-            budget = min(shortfall, self._shortfall.get(state, 0))
-            self._shortfall[state] = shortfall
-            if budget <= 0:
+        topic = self.ctx.settings.nsq.tasks_topic
+        # Only tasks waiting longer than republish_after_s count: a task just written to Redis whose
+        # message is still on its way would otherwise look lost.
+        waiting = sum(self.ctx.store.count(j, keys.PENDING, stale_before) for j in stale)
+        backlog = self.ctx.queue.backlog(topic)
+        shortfall = 0 if backlog is None else max(0, waiting - backlog)
+        # Counts read at two instants race with live traffic: act only on a shortfall seen twice.
+        budget, self._shortfall = min(shortfall, self._shortfall), shortfall
+        for job, ids in stale.items():
+            ids = ids[:budget]
+            if not ids:
                 continue
-            for job, by_state in stale.items():
-                ids = by_state[state][:budget]
-                if not ids:
-                    continue
-                budget -= len(ids)
-                log.warning("republishing %d %s task(s) of %s that NSQ no longer holds", len(ids), state, job)
-                self._ring(topic, [TaskRef(job, i).encode() for i in ids])
-                self.ctx.store.touch_state(job, state, ids)
+            budget -= len(ids)
+            log.warning("republishing %d pending task(s) of %s that NSQ no longer holds", len(ids), job)
+            self._ring(topic, [TaskRef(job, i).encode() for i in ids])
+            self.ctx.store.touch_state(job, keys.PENDING, ids)
 
     def _ring(self, topic: str, bodies: list[bytes]) -> None:
         if bodies:

@@ -1,5 +1,5 @@
 """Worker: one execution slot. Takes a message from its own feed, leases the task, runs its executor,
-records the outcome, rings the manager.
+records the outcome, rings the manager (when no doorbell of the job is on its way).
 
 Where a task is leased (`_lease`), run under its deadline (`Runner.run` kills the whole process tree
 at the time-out), and finished (`_finish`, fenced by the execution id). The slot reads its own nsqd
@@ -192,7 +192,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         error = outcome.error or ""
         state = _with_retries(lambda: self.ctx.store.finish(lease, "ok" if outcome.ok else "failed", outcome.result,
                                                             error, delay_ms, record))
-        if state == "analyzing":
+        if state == "ring":  # else a doorbell of the job is already on its way to the manager
             try:
                 self.ctx.queue.publish(self.ctx.settings.nsq.results_topic, [TaskRef(lease.job, lease.task_id, lease.type).encode()])
             except QueueError as exc:

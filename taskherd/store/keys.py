@@ -42,9 +42,16 @@ def by_state(job: str, state: str) -> str:
     """Sorted set of the job's task ids in a live state.
 
     Scores: pending = when published; running = lease expiry; retry = due time; analyzing = when the
-    result was recorded. The TimeoutWatcher sweeps each by score.
+    result was recorded, or when the analyzer's claim on it lapses. The TimeoutWatcher sweeps each by score.
     """
     return f"{_tag(job)}:{state}"
+
+
+def rung(job: str) -> str:
+    """String set while a results doorbell of the job is on its way to the manager: finish.lua sets
+    it (NX) and tells the worker to ring only then; the analyzer deletes it before it claims. A busy
+    job so rings once per batch of results, not once per task."""
+    return f"{_tag(job)}:rung"
 
 
 def job_pattern(job: str) -> str:

@@ -74,7 +74,8 @@ class StateStore:
     def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
         self.redis = client or connect(settings)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
-                         ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register", "cancel")}
+                         ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register", "cancel",
+                          "claim")}
 
     def _run(self, name: str, keys_: list[str], args: list[Any]) -> Any:
         try:
@@ -162,10 +163,10 @@ class StateStore:
 
     def finish(self, lease: Lease, outcome: str, result: dict | None, error: str, retry_delay_ms: int,
                record: dict) -> str:
-        """'analyzing' | 'retry' | 'fenced' | 'gone'."""
+        """'ring' (analyzing; ring the job's results doorbell) | 'analyzing' | 'retry' | 'fenced' | 'gone'."""
         job, tid = lease.job, lease.task_id
         ks = [keys.task(job, tid), keys.executions(job, tid), keys.by_state(job, keys.RUNNING),
-              keys.by_state(job, keys.ANALYZING), keys.by_state(job, keys.RETRY), keys.job_meta(job)]
+              keys.by_state(job, keys.ANALYZING), keys.by_state(job, keys.RETRY), keys.job_meta(job), keys.rung(job)]
         args = [tid, lease.exec_id, outcome, json.dumps(result) if result is not None else "", error or "",
                 retry_delay_ms, json.dumps(record)]
         return self._run("finish", ks, args)
@@ -240,25 +241,28 @@ class StateStore:
             return None
         return {**fields, "executions": [json.loads(e) for e in execs]}
 
-    def for_analysis(self, refs: list[tuple[str, str]], types: Iterable[str]
-                     ) -> tuple[list[dict[str, Any] | None], dict[str, dict[str, Any] | None]]:
-        """Many live tasks (job, id), with their executions, and the analyzer specs of the given
-        types, in one round trip (a batch of results); a type not named in `types` costs one more."""
-        types = list(dict.fromkeys(types))
-        pipe = self.redis.pipeline(transaction=False)
-        for job, task_id in refs:
-            pipe.hgetall(keys.task(job, task_id))
-            pipe.lrange(keys.executions(job, task_id), 0, -1)
-        if types:
-            pipe.mget([keys.SPEC_TYPES["analyzer"](t) for t in types])
-        out = pipe.execute()
-        specs = {t: json.loads(r) if r else None for t, r in zip(types, out[-1] if types else [])}
-        rows = out[:2 * len(refs)]
-        tasks = [{**f, "executions": [json.loads(e) for e in x]} if f else None for f, x in zip(rows[::2], rows[1::2])]
-        missing = {t["type"] for t in tasks if t is not None} - set(specs)
+    def claim_results(self, job: str, limit: int, claim_ms: int, type_hints: Iterable[str] = ()
+                      ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
+        """Up to `limit` of the job's tasks awaiting analysis, claimed for `claim_ms`, with their
+        executions and analyses count; and the analyzer specs of their types. One round trip when the
+        doorbells named every type (`type_hints`), one more otherwise."""
+        hinted = [t for t in dict.fromkeys(type_hints) if t]
+        rows, *got = self._pipelined(
+            [("claim", [keys.by_state(job, keys.ANALYZING), keys.rung(job)],
+              [limit, claim_ms, keys.task(job, ""), keys.executions(job, "")])],
+            then=(lambda pipe: pipe.mget([keys.analyzer(t) for t in hinted])) if hinted else None)
+        specs = {t: json.loads(r) if r else None for t, r in zip(hinted, got[0] if got else [])}
+        tasks = [{**dict(zip(f[::2], f[1::2])), "executions": [json.loads(e) for e in x]} for f, x in rows]
+        missing = {t["type"] for t in tasks} - set(specs)
         if missing:
             specs |= self.specs("analyzer", missing)
         return tasks, specs
+
+    def unclaim(self, job: str, ids: list[str], delay_ms: int) -> None:
+        """Claimed results become claimable again after `delay_ms` (0: at once)."""
+        if ids:
+            at = self.now_ms() + delay_ms
+            self.redis.zadd(keys.by_state(job, keys.ANALYZING), {i: at for i in ids}, xx=True)
 
     def job(self, job: str) -> dict[str, Any] | None:
         """Counters by state, or None when Redis knows nothing of the job."""

@@ -78,6 +78,11 @@ class TaskQueue:
                 self._drop_tcp()
                 self._post(f"/mpub?topic={topic}" if len(chunk) > 1 else f"/pub?topic={topic}", b"\n".join(chunk))
 
+    def publish_deferred(self, topic: str, body: bytes, delay_ms: int) -> None:
+        """Put `body` on `topic` after `delay_ms`. nsqd keeps deferred messages in memory only: use it
+        for a wake-up that something else repeats should it be lost, never for the only copy."""
+        self._post(f"/pub?topic={topic}&defer={max(0, int(delay_ms))}", body)
+
     def _tcp_publish(self, topic: str, chunk: list[bytes]) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is None:

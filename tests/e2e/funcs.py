@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 
 def echo(payload: dict) -> dict:
@@ -55,3 +56,12 @@ def marker_sleep(payload: dict) -> dict:
     pathlib.Path(payload["pidfile"]).write_text(str(os.getpid()))
     time.sleep(float(payload.get("sleep_s", 30)))
     return {"slept": True}
+
+
+def fails_first_analysis(data: dict) -> dict:
+    """An analyzer that raises the first time it sees a task (a marker file per task), then records it."""
+    marker = Path(data["task"]["payload"]["dir"]) / data["task"]["id"]
+    if not marker.exists():
+        marker.write_text("analyzed once")
+        raise RuntimeError("analyzer failed the first time")
+    return {"record": {"analyzed": data["task"]["id"]}}

@@ -169,6 +169,21 @@ def test_every_executor_and_analyzer_kind_including_failures(cluster, http_targe
 
 
 
+def test_an_analyzer_that_fails_once_is_retried_and_its_task_succeeds(cluster, tmp_path):
+    # Given an analyzer that raises the first time it sees each task (a retryable failure)
+    c = cluster.client
+    c.add_executor("flaky", {"kind": "python", "target": f"{PY}:echo"})
+    c.add_analyzer("flaky", {"kind": "python", "target": f"{PY}:fails_first_analysis"})
+    ids, marks = [f"fa-{i}" for i in range(3)], tmp_path / "analyzed"
+    marks.mkdir()
+    c.submit([{"id": i, "type": "flaky", "job": "jfa", "payload": {"dir": str(marks)}} for i in ids])
+    # When the job runs, Then each result is analyzed again after a backoff and its task succeeds
+    status = done(cluster, "jfa", timeout=30)
+    assert status["counts"]["succeeded"] == 3 and status["counts"].get("failed", 0) == 0
+    assert sorted(p.name for p in marks.iterdir()) == ids  # each analysis failed once first
+    assert Archive(cluster.settings.mysql).counts("jfa") == {"succeeded": 3, "records": 3}
+
+
 def test_a_long_poll_answers_with_progress_then_with_done(cluster):
     c = cluster.client
     c.add_executor("sleepy", {"kind": "python", "target": f"{PY}:sleepy"})
