@@ -2,7 +2,7 @@
 
 pynsq (0.9.1) binds `IOLoop.current()` when a Reader is built, so every Reader is built, fed and
 acknowledged inside one thread that owns its own asyncio loop; other threads reach it only through
-`add_callback`. A `Delivery` wraps one message with thread-safe finish/requeue/touch so the actor that
+`add_callback`. A `Delivery` wraps one message with thread-safe finish/requeue so the actor that
 ends up holding it can acknowledge it without knowing any of this. Publishing is not here: it goes over
 nsqd's HTTP API (store/task_queue.py), which is synchronous and callable from any thread.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,15 +44,13 @@ class _Reader(nsq.Reader):
 class Delivery:
     """One NSQ message, acknowledged from any thread. Acknowledging twice is harmless."""
 
-    __slots__ = ("_msg", "_loop", "body", "attempts", "id", "touched_at", "answered")
+    __slots__ = ("_msg", "_loop", "body", "attempts", "id", "answered")
 
     def __init__(self, msg: nsq.Message, loop: IOLoop) -> None:
         self._msg, self._loop = msg, loop
         self.body: bytes = msg.body
         self.attempts: int = msg.attempts
         self.id: bytes = msg.id
-        self.touched_at = time.monotonic()
-        """When nsqd's msg_timeout for it last started (delivery or touch)."""
         self.answered = False
         """Finish or requeue was called (it reaches nsqd a moment later, from the IOLoop)."""
 
@@ -65,10 +62,6 @@ class Delivery:
         """Back to nsqd without throttling the whole Reader (pynsq's backoff would)."""
         self.answered = True
         self._loop.add_callback(self._req, int(delay_s * 1000))
-
-    def touch(self) -> None:
-        self.touched_at = time.monotonic()
-        self._loop.add_callback(lambda: None if self._msg.has_responded() else self._msg.touch())
 
     def _fin(self) -> None:
         if not self._msg.has_responded():

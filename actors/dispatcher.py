@@ -1,14 +1,15 @@
-"""Dispatcher: keeps the pod's leases (and their messages) alive, and drains the pod.
+"""Dispatcher: keeps the pod's leases alive, sheds what waits behind long tasks, drains the pod.
 
-Each slot reads its own nsqd connection with RDY 1 (actors/slot_feed.py): a slot keeps its message in
-flight until its executor returns, so nsqd never sends more than the pod can start, and a pod never
-holds work behind a long task that an idle pod elsewhere could take (at most for the moment a slot
-takes to record an outcome). Nothing passes through here per task.
+Each slot reads its own nsqd connection with RDY 1 (actors/slot_feed.py) and finishes a message once
+it holds the task's lease, so nsqd sends the slot's next message while its executor runs, and the
+slot leases that next task ahead. Nothing passes through here per task. Behind a task that runs past
+a renewal tick, what waits is given back (the task leased ahead to pending and its message to nsqd,
+for an idle slot; RDY 0 until the slot is free), so a pod never holds work behind a long task that
+an idle pod elsewhere could take.
 
-Leases are renewed here for every busy slot in one round trip per job, and the message of a long task
-is touched so nsqd does not redeliver it meanwhile; a slot whose lease was superseded, or could not be
-renewed for nearly a whole TTL (a partition from Redis), has its executor killed before the lease can
-expire, so two attempts of a task never run at once.
+Leases (running and ahead) are renewed here in one round trip per job; a slot whose lease was
+superseded, or could not be renewed for nearly a whole TTL (a partition from Redis), has its executor
+killed before the lease can expire, so two attempts of a task never run at once.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 import pykka
 
 from taskherd.actors.context import PodContext
-from taskherd.actors.slot_feed import FeedDelivery, SlotFeed
+from taskherd.actors.slot_feed import SlotFeed
 from taskherd.actors.ticker import Ticker
-from taskherd.actors.worker import Execution, Pause
+from taskherd.actors.worker import Execution, Pause, give_back
 from taskherd.errors import QueueError, StoreError
 from taskherd.store.state_store import Lease
 from taskherd.store.task_queue import TaskRef
@@ -83,12 +84,12 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         super().on_stop()
 
     def held(self) -> dict[int, Lease]:
-        """Slot index -> the lease it holds now."""
+        """Slot index -> the lease its executor runs under now."""
         out = {}
         for index, execution in self.executions.items():
             current = execution.current()
             if current is not None:
-                out[index] = current[0]
+                out[index] = current
         return out
 
     def on_receive(self, message: Any) -> Any:
@@ -103,8 +104,9 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 self._pause()
                 if hand_back:
                     self._hand_back()
-            case HeldCount():
-                return len(self.held())
+            case HeldCount():  # running, leased ahead, or run and not yet recorded
+                return sum((e.current() is not None) + (e.ahead() is not None) + e.unrecorded
+                           for e in self.executions.values())
             case _:
                 log.warning("dispatcher: unknown message %r", message)
         return None
@@ -119,18 +121,21 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 pass  # its restarted incarnation is told when it says SlotStarted
 
     def _renew(self) -> None:
-        for _, feed in self.slots.values():
-            feed.give_back_stale(self.ctx.settings.worker.lease_renew_s)
-            feed.keep_alive()
         by_job: dict[str, list[tuple[int, Lease]]] = {}
         for index, execution in self.executions.items():
-            current = execution.current()
-            if current is None:
-                continue
-            lease, delivery = current
-            self.renewed_at.setdefault(lease.exec_id, time.monotonic())
-            by_job.setdefault(lease.job, []).append((index, lease))
-            self._keep_in_flight(delivery)
+            feed = self.slots[index][1]
+            feed.keep_alive()
+            lease = execution.current()
+            if lease is not None and time.monotonic() - execution.began_at > self.ctx.settings.worker.lease_renew_s:
+                # A long task: what waits behind it goes to an idle slot (the task leased ahead, and
+                # the message nsqd sent meanwhile).
+                if (ahead := execution.take_ahead()) is not None:
+                    give_back(self.ctx, ahead)
+                feed.shed()
+            for held in (lease, execution.ahead()):
+                if held is not None:
+                    self.renewed_at.setdefault(held.exec_id, time.monotonic())
+                    by_job.setdefault(held.job, []).append((index, held))
         live = {lease.exec_id for held in by_job.values() for _, lease in held}
         self.renewed_at = {e: t for e, t in self.renewed_at.items() if e in live}
         ttl = self.ctx.settings.worker.lease_ttl_s
@@ -147,11 +152,6 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 else:
                     self._kill(index, lease, "the task was cancelled or its execution superseded")
 
-    def _keep_in_flight(self, delivery: FeedDelivery) -> None:
-        """A message held past half of nsqd's msg_timeout is touched, or nsqd would send it again."""
-        if time.monotonic() - delivery.touched_at > self.ctx.settings.nsq.msg_timeout_s / 2:
-            delivery.touch()
-
     def _kill_unrenewed(self, held: list[tuple[int, Lease]], ttl: float, exc: Exception) -> None:
         margin = self.ctx.settings.worker.lease_renew_s * 1.5
         for index, lease in held:
@@ -159,20 +159,18 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 self._kill(index, lease, f"its lease could not be renewed ({exc})")
 
     def _hand_back(self) -> None:
-        """Running tasks go back to pending and their messages back to nsqd, for another pod (a
-        message already finished, its executor having just returned, is published again)."""
+        """Running tasks go back to pending and are published again, for another pod (their messages
+        were finished when their leases were taken)."""
         refs = []
         for index, execution in self.executions.items():
-            current = execution.current()
-            if current is None:
+            if (ahead := execution.take_ahead()) is not None:
+                give_back(self.ctx, ahead)
+            lease = execution.current()
+            if lease is None:
                 continue
-            lease, delivery = current
             try:
                 if self.ctx.store.release(lease):
-                    if delivery.answered:
-                        refs.append(TaskRef(lease.job, lease.task_id, lease.type).encode())
-                    else:
-                        delivery.requeue(0)
+                    refs.append(TaskRef(lease.job, lease.task_id, lease.type).encode())
             except StoreError as exc:
                 log.warning("could not hand back %s; its lease will expire instead: %s", lease.task_id, exc)
             self._kill(index, lease, "the pod is shutting down")
@@ -183,6 +181,12 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 log.warning("handed-back tasks not published; the TimeoutWatcher will: %s", exc)
 
     def _kill(self, index: int, lease: Lease, why: str) -> None:
+        """Kill the executor running under `lease`, or drop the task if it was only leased ahead."""
         execution = self.executions.get(index)
-        if execution is not None and execution.kill(lease.exec_id):
+        if execution is None:
+            return
+        if execution.kill(lease.exec_id):
             log.warning("killed the executor of %s (slot %d): %s", lease.task_id, index, why)
+        elif (ahead := execution.take_ahead(lease.exec_id)) is not None:
+            log.warning("dropped %s, leased ahead on slot %d: %s", lease.task_id, index, why)
+            ahead.delivery.finish()

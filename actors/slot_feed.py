@@ -7,10 +7,14 @@ takes a message, and FINs it on the same socket: no thread hop, no RDY traffic (
 and nsqd's in-flight count on the connection is exactly what the slot holds. Commands are encoded and
 frames decoded by pynsq's protocol module.
 
+The slot finishes a message once it holds the task's lease, so nsqd sends its next message while the
+executor runs: it is there the moment the slot is free. Behind a long task that message would wait:
+the Dispatcher's renewal tick `shed`s it (back to nsqd for an idle slot, RDY 0 until the slot reads
+again), so a pod never holds work behind a long task for more than a tick.
+
 With a static `nsqd_tcp_address` the feed connects there; otherwise it asks nsqlookupd which nsqds
-hold the topic (every `lookupd_poll_interval_s`) and keeps RDY 1 on each. With several nsqds a slot may
-so be sent one message per nsqd at once: the extra ones wait in `_ready`, and one still waiting a
-renewal tick later goes back to nsqd (`give_back_stale`, from the Dispatcher) for an idle slot.
+hold the topic (every `lookupd_poll_interval_s`) and keeps RDY 1 on each (a slot may so be sent one
+message per nsqd at once: the extra ones wait in `_ready`, and are shed the same way).
 """
 
 from __future__ import annotations
@@ -39,12 +43,10 @@ class FeedDelivery:
     """One message, acknowledged from any thread (the slot, or the Dispatcher handing back). Only the
     first finish or requeue goes to nsqd."""
 
-    __slots__ = ("_conn", "body", "attempts", "id", "touched_at", "answered")
+    __slots__ = ("_conn", "body", "attempts", "id", "answered")
 
     def __init__(self, conn: "_Conn", msg_id: bytes, attempts: int, body: bytes) -> None:
         self._conn, self.id, self.attempts, self.body = conn, msg_id, attempts, body
-        self.touched_at = time.monotonic()
-        """When nsqd's msg_timeout for it last started (delivery or touch)."""
         self.answered = False
 
     def finish(self) -> None:
@@ -52,12 +54,6 @@ class FeedDelivery:
 
     def requeue(self, delay_s: float = 0.0) -> None:
         self._answer(protocol.requeue(self.id, int(delay_s * 1000)))
-
-    def touch(self) -> None:
-        self.touched_at = time.monotonic()
-        with self._conn.lock:
-            if not self.answered:
-                self._conn.send_locked(protocol.touch(self.id))
 
     def _answer(self, command: bytes) -> None:
         with self._conn.lock:
@@ -151,9 +147,12 @@ class SlotFeed:
         self._conns: dict[str, _Conn] = {}
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
+        """Held by whoever reads the sockets: the slot, or the Dispatcher shedding while the slot runs."""
         self._ready: deque[FeedDelivery] = deque()
-        """Messages read but not yet handed to the slot (only with several nsqds, or at a pause)."""
+        """Messages read but not yet handed to the slot (with several nsqds, one may come from each)."""
         self._paused = False
+        self._shed = False
         self._addresses: list[str] = []
         self._looked_up_at = -1e9
         self._retry_at = 0.0
@@ -161,45 +160,61 @@ class SlotFeed:
 
     # --- the slot's thread ----------------------------------------------------------------------------
     def next(self, timeout_s: float) -> FeedDelivery | None:
-        """The next message for this slot, or None after `timeout_s` (so the slot's mailbox is read)."""
+        """The next message for this slot, or None after `timeout_s` (so the slot's mailbox is read).
+        With 0, only what nsqd has already sent."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                if self._ready:
-                    return self._ready.popleft()
-            left = deadline - time.monotonic()
-            if left <= 0 or self._paused:
-                return None
-            self._connect()
-            if not self._conns:
-                time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
-                continue
-            for key, _ in self._selector.select(left):
-                self._read(key.data)
+        with self._reading:
+            if self._shed:  # the Dispatcher paused us while we ran a long task: ready again
+                self._shed = False
+                for conn in list(self._conns.values()):
+                    conn.send(protocol.ready(1))
+            while True:
+                with self._lock:
+                    if self._ready:
+                        return self._ready.popleft()
+                if self._paused:
+                    return None
+                self._connect()
+                left = deadline - time.monotonic()
+                if not self._conns:
+                    if left <= 0:
+                        return None
+                    time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
+                    continue
+                events = self._selector.select(max(0.0, left))
+                for key, _ in events:
+                    self._read(key.data)
+                if not events and left <= 0:
+                    return None
 
     def pause(self) -> None:
         """RDY 0 everywhere; what was already sent to us goes back to nsqd (drain, shutdown)."""
         self._paused = True
-        for conn in list(self._conns.values()):
-            conn.send(protocol.ready(0))
-            conn.sock.settimeout(0)  # read what has already arrived...
-            try:
-                self._read(conn)
-            finally:
-                conn.sock.settimeout(0.5)  # ...and the rest of a frame that has begun to
-            while conn.partial() and not conn.broken:
-                self._read(conn)
-        with self._lock:
-            waiting, self._ready = list(self._ready), deque()
-        for delivery in waiting:
-            delivery.requeue(0)
+        with self._reading:
+            self._give_back_all()
 
     def close(self) -> None:
         for conn in list(self._conns.values()):
             self._drop(conn)
         self._selector.close()
 
-    def _read(self, conn: _Conn) -> None:
+    def _give_back_all(self) -> None:
+        """RDY 0, read what nsqd already sent, and give every message held here back to nsqd."""
+        for conn in list(self._conns.values()):
+            conn.send(protocol.ready(0))
+            conn.sock.settimeout(0)  # read what has already arrived...
+            try:
+                self._read(conn, keep=False)
+            finally:
+                conn.sock.settimeout(0.5)  # ...and the rest of a frame that has begun to
+            while conn.partial() and not conn.broken:
+                self._read(conn, keep=False)
+        with self._lock:
+            waiting, self._ready = list(self._ready), deque()
+        for delivery in waiting:
+            delivery.requeue(0)
+
+    def _read(self, conn: _Conn, keep: bool = True) -> None:
         try:
             conn.fill()
             frames = conn.frames()
@@ -213,7 +228,7 @@ class SlotFeed:
             if kind == protocol.FRAME_TYPE_MESSAGE:
                 attempts, msg_id, body = _decode(data)
                 delivery = FeedDelivery(conn, msg_id, attempts, body)
-                if self._paused:
+                if not keep:
                     delivery.requeue(0)
                 else:
                     with self._lock:
@@ -275,14 +290,18 @@ class SlotFeed:
         conn.close()
 
     # --- the Dispatcher's thread ----------------------------------------------------------------------
-    def give_back_stale(self, older_than_s: float) -> None:
-        """A message still waiting here a renewal tick later (its slot is busy): back to nsqd."""
-        now = time.monotonic()
-        with self._lock:
-            stale = [d for d in self._ready if now - d.touched_at > older_than_s]
-            self._ready = deque(d for d in self._ready if d not in stale)
-        for delivery in stale:
-            delivery.requeue(0)
+    def shed(self) -> None:
+        """The slot runs a long task (and so reads nothing): the message nsqd sent it meanwhile goes
+        back for an idle slot, and RDY stays 0 until the slot reads again. Skipped if the slot is
+        reading (it has just finished)."""
+        if not self._reading.acquire(blocking=False):
+            return
+        try:
+            if self._conns and not self._paused:
+                self._shed = True
+                self._give_back_all()
+        finally:
+            self._reading.release()
 
     def keep_alive(self) -> None:
         """NOP on a connection quiet for a third of nsqd's read deadline (the slot runs a long task)."""

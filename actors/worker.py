@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pykka
 import redis
@@ -41,30 +41,79 @@ POLL_S = 0.5
 
 
 class Execution:
-    """The slot's current lease and the message that rang for it, read by the Dispatcher (renewals,
-    touches) and killable from its thread, but only while it is still the one asked for: a kill meant
-    for a finished lease must not hit the slot's next task."""
+    """The slot's leases, shared with the Dispatcher (renewals, shedding, drain).
+
+    `current` is the lease the executor runs under, killable from the Dispatcher's thread but only
+    while it is still the one asked for: a kill meant for a finished lease must not hit the slot's
+    next task. `unrecorded` is set while an outcome waits to be recorded (the slot records it as its
+    next executor runs). `ahead` is the next task, leased while the current one runs, its message
+    still in flight; whichever thread takes it first (the slot to run it, the Dispatcher to give it
+    back) has it. The pod holds all three."""
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
         self._lock = threading.Lock()
-        self._current: tuple[Lease, FeedDelivery] | None = None
+        self._current: Lease | None = None
+        self._ahead: Ahead | None = None
+        self.began_at = 0.0
+        self.unrecorded = False
 
-    def begin(self, lease: Lease, delivery: FeedDelivery) -> None:
+    def hold_ahead(self, ahead: Ahead) -> None:
         with self._lock:
-            self._current = (lease, delivery)
+            self._ahead = ahead
+
+    def take_ahead(self, exec_id: str | None = None) -> Ahead | None:
+        """The task leased ahead (only if its execution is `exec_id`, when given), now yours."""
+        with self._lock:
+            ahead = self._ahead
+            if ahead is None or (exec_id is not None and ahead.lease.exec_id != exec_id):
+                return None
+            self._ahead = None
+            return ahead
+
+    def ahead(self) -> Lease | None:
+        with self._lock:
+            return self._ahead.lease if self._ahead else None
+
+    def begin(self, lease: Lease) -> None:
+        with self._lock:
+            self._current, self.began_at = lease, time.monotonic()
 
     def end(self) -> None:
         with self._lock:
             self._current = None
 
-    def current(self) -> tuple[Lease, FeedDelivery] | None:
+    def current(self) -> Lease | None:
         with self._lock:
             return self._current
 
     def kill(self, exec_id: str) -> bool:
         with self._lock:
-            return self._current is not None and self._current[0].exec_id == exec_id and self._runner.kill()
+            return self._current is not None and self._current.exec_id == exec_id and self._runner.kill()
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """A task leased while the slot's executor runs another, with its message (still in flight) and
+    its executor spec as stored."""
+
+    lease: Lease
+    delivery: FeedDelivery
+    raw: str | None
+
+
+def give_back(ctx: PodContext, ahead: Ahead) -> None:
+    """A task leased ahead goes back to pending (not counted as an attempt) and its message to nsqd,
+    for an idle slot; if it is no longer ours (cancelled, superseded), its message is finished."""
+    try:
+        released = ctx.store.release(ahead.lease)
+    except StoreError as exc:
+        log.warning("could not give back %s; its lease will expire instead: %s", ahead.lease.task_id, exc)
+        released = True
+    if released:
+        ahead.delivery.requeue(0)
+    else:
+        ahead.delivery.finish()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +135,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.execution = Execution(self.runner)
         self.feed = SlotFeed(ctx.settings.nsq, ctx.settings.nsq.tasks_topic, CHANNEL, self.name)
         self.paused = False
+        self._unrecorded: tuple[Lease, Outcome | str, dict[str, Any] | None] | None = None
         self._specs: dict[str | None, tuple[dict[str, Any] | None, Runnable]] = {}
 
     def on_start(self) -> None:
@@ -95,7 +145,10 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.actor_ref.tell(Poll())
 
     def on_stop(self) -> None:
-        self._close()
+        try:
+            self._stand_down()  # a drained pod has nothing left; a stop without a drain may
+        finally:
+            self._close()
         super().on_stop()
 
     def on_failure(self, *exc_info: Any) -> None:
@@ -109,43 +162,80 @@ class Worker(Supervised, pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         match message:
             case Poll() if not self.paused:
-                delivery = self.feed.next(POLL_S)
-                if delivery is not None:
-                    try:
-                        self._run(delivery)
-                    except Exception:
-                        delivery.requeue(1.0)  # at once, not after nsqd's msg_timeout; the slot restarts
-                        raise
+                self._poll()
                 self.actor_ref.tell(Poll())
             case Poll():
-                pass
+                self._record()
             case Pause():
                 self.paused = True
                 self.feed.pause()
+                self._stand_down()
             case _:
                 log.warning("worker: unknown message %r", message)
 
-    def _run(self, delivery: FeedDelivery) -> None:
-        """The message stays in flight while the executor runs, so nsqd's in-flight count is this pod's
-        busy slots (see the Dispatcher). It is finished as the executor returns: nsqd's next message
-        then travels while the outcome is recorded, and finds the slot (nearly) free."""
+    def _poll(self) -> None:
+        """Run the task leased ahead, or the next message's. The slot's cycle is then its executor's
+        run alone: while the executor runs, the slot finishes the task's message (so nsqd sends the
+        next one), records the previous task's outcome and leases the next task."""
+        ahead = self.execution.take_ahead()
+        if ahead is None:
+            # With an outcome to record, only a message nsqd has already sent is worth waiting for.
+            delivery = self.feed.next(0.0 if self._unrecorded else POLL_S)
+            ahead = self._lease_for(delivery) if delivery is not None else None
+        if ahead is None:
+            self._record()
+            return
+        try:
+            self._run(ahead)
+        except Exception:
+            ahead.delivery.requeue(1.0)  # at once, not after nsqd's msg_timeout; the slot restarts
+            raise
+
+    def _run(self, task: Ahead) -> None:
+        spec, runnable = self._spec(task.raw)
+        self.execution.begin(task.lease)
+        try:
+            wait = self._start(task.lease, runnable)
+            task.delivery.finish()  # after the start: nsqd's work on it overlaps the executor's
+            self._record()
+            self._lease_ahead()
+            outcome = wait()
+        finally:
+            self.execution.end()
+        self._unrecorded = (task.lease, outcome, spec)
+        self.execution.unrecorded = True
+
+    def _lease_ahead(self) -> None:
+        """If nsqd has already sent the next message, lease its task now, while the executor runs.
+        It waits behind this task at most one renewal tick: then the Dispatcher gives it back."""
+        if not self.paused and (delivery := self.feed.next(0.0)) is not None:
+            ahead = self._lease_for(delivery)
+            if ahead is not None:
+                self.execution.hold_ahead(ahead)
+
+    def _lease_for(self, delivery: FeedDelivery) -> Ahead | None:
         try:
             ref = decode(delivery.body, self.ctx.settings.nsq.max_message_bytes)
         except ValueError as exc:
             self.ctx.dead_letter(delivery, f"tasks topic: {exc}")
-            return
+            return None
         leased = self._lease(ref, delivery)
-        if leased is None:
-            return
-        lease, raw = leased
-        spec, runnable = self._spec(raw)
-        self.execution.begin(lease, delivery)
-        try:
-            outcome = self._execute(lease, runnable)
-            delivery.finish()
+        return Ahead(leased[0], delivery, leased[1]) if leased else None
+
+    def _stand_down(self) -> None:
+        """Paused or stopping: record what was run, give back what was leased ahead."""
+        self._record()
+        ahead = self.execution.take_ahead()
+        if ahead is not None:
+            give_back(self.ctx, ahead)
+
+    def _record(self) -> None:
+        """Record the outcome the slot still holds, if any."""
+        if self._unrecorded is not None:
+            lease, outcome, spec = self._unrecorded
             self._finish(lease, outcome, spec)
-        finally:
-            self.execution.end()
+            self._unrecorded = None
+            self.execution.unrecorded = False
 
     def _lease(self, ref: TaskRef, delivery: FeedDelivery) -> tuple[Lease, str | None] | None:
         exec_id = uuid.uuid4().hex
@@ -162,12 +252,12 @@ class Worker(Supervised, pykka.ThreadingActor):
             return None
         return lease, raw
 
-    def _execute(self, lease: Lease, runnable: Runnable) -> Outcome | str:
+    def _start(self, lease: Lease, runnable: Runnable) -> Callable[[], Outcome | str]:
         if runnable is None:
-            return f"no executor registered for task type {lease.type!r}"
+            return lambda: f"no executor registered for task type {lease.type!r}"
         if isinstance(runnable, TaskherdError):
-            return f"executor spec for {lease.type!r} is unusable: {runnable}"
-        return self.runner.run(runnable, json.loads(lease.payload), lease.timeout_s)
+            return lambda: f"executor spec for {lease.type!r} is unusable: {runnable}"
+        return self.runner.start(runnable, json.loads(lease.payload), lease.timeout_s)
 
     def _spec(self, raw: str | None) -> tuple[dict[str, Any] | None, Runnable]:
         """The executor spec as stored and what runs it, worked out once per distinct stored text: a

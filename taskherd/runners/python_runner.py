@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -69,21 +69,34 @@ class PythonRunner:
 
     def run(self, target: str, payload: dict[str, Any], timeout_s: float) -> Outcome:
         """Call `target(payload)` in the child; the deadline covers start-up, import and the call."""
+        return self.start(target, payload, timeout_s)()
+
+    def start(self, target: str, payload: dict[str, Any], timeout_s: float) -> Callable[[], Outcome]:
+        """Send the call to the child and return at once; calling the result waits for its outcome
+        (the caller may do other work meanwhile: the worker records its previous task's outcome)."""
         started = time.monotonic()
         request, problem = self._encode_request(target, payload)
         if problem:
-            return failed(problem, since(started), retryable=False)
+            return lambda: failed(problem, since(started), retryable=False)
         if timeout_s <= 0:
-            return timed_out(timeout_s, 0.0)
+            return lambda: timed_out(timeout_s, 0.0)
         self._guard.begin()
         try:
             child = self._ensure_child()
         except OSError as exc:
             self._guard.end()
-            return failed(f"cannot start the python child: {exc}", since(started), retryable=True)
-        line = self._exchange(child, request, started + timeout_s)
-        was_killed = self._guard.end()
-        return self._conclude(child, line, was_killed, timeout_s, started)
+            return lambda: failed(f"cannot start the python child: {exc}", since(started), retryable=True)
+        if not self._guard.attach(child.handle):
+            return lambda: self._conclude(child, _ChildGone(), self._guard.end(), timeout_s, started)
+        try:
+            pending: memoryview | _ChildGone = child.send(request)
+        except _ChildGone as gone:
+            pending = gone
+
+        def outcome() -> Outcome:
+            line = pending if isinstance(pending, _ChildGone) else self._complete(child, pending, started + timeout_s)
+            return self._conclude(child, line, self._guard.end(), timeout_s, started)
+        return outcome
 
     def kill(self) -> bool:
         """Abort the call in flight from another thread (its `run` returns status "killed"); False if none."""
@@ -113,11 +126,10 @@ class PythonRunner:
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         return env
 
-    def _exchange(self, child: _Child, request: bytes, deadline: float) -> bytes | None | _ChildGone:
-        if not self._guard.attach(child.handle):
-            return _ChildGone()
+    @staticmethod
+    def _complete(child: _Child, pending: memoryview, deadline: float) -> bytes | None | _ChildGone:
         try:
-            return child.exchange(request, deadline)
+            return child.complete(pending, deadline)
         except _ChildGone as gone:
             return gone
 
@@ -204,9 +216,12 @@ class _Child:
         self._writing = False
         self._buffer = bytearray()
 
-    def exchange(self, request: bytes, deadline: float) -> bytes | None:
-        """Send a request and return the reply line; None if the deadline comes first; _ChildGone on EOF."""
-        pending = self._send(memoryview(request))
+    def send(self, request: bytes) -> memoryview:
+        """Write what the pipe takes of a request now; the rest (a large payload) goes in `complete`."""
+        return self._send(memoryview(request))
+
+    def complete(self, pending: memoryview, deadline: float) -> bytes | None:
+        """The reply line to the request sent; None if the deadline comes first; _ChildGone on EOF."""
         try:
             while (line := self._take_line()) is None:
                 remaining = deadline - time.monotonic()

@@ -7,7 +7,7 @@ are what make the second task fast, and owning them per slot means no call ever 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -49,16 +49,34 @@ class Runner:
 
     def run(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Outcome:
         """Run `spec` on `payload`, giving up after `timeout_s` (the task's remaining time)."""
+        return self.start(spec, payload, timeout_s)()
+
+    def start(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Callable[[], Outcome]:
+        """Start the call and return what waits for its outcome. A python call runs in the child while
+        the caller goes on; the other kinds run here and now, and the wait returns their outcome."""
         kind_runner = {"python": self._python, "exe": self._exe, "http": self._http}[spec.kind]
         with self._lock:
             self._active = kind_runner
         try:
             if kind_runner is self._python:
-                return self._python.run(str(spec.target), payload, timeout_s)
-            return kind_runner.run(spec, payload, timeout_s)
-        finally:
-            with self._lock:
-                self._active = None
+                wait = self._python.start(str(spec.target), payload, timeout_s)
+            else:
+                done = kind_runner.run(spec, payload, timeout_s)
+                wait = lambda: done  # noqa: E731
+        except BaseException:
+            self._idle()
+            raise
+
+        def outcome() -> Outcome:
+            try:
+                return wait()
+            finally:
+                self._idle()
+        return outcome
+
+    def _idle(self) -> None:
+        with self._lock:
+            self._active = None
 
     def kill(self) -> bool:
         """Abort the call in flight from any thread; its `run` returns status "killed". False if none."""

@@ -1,6 +1,6 @@
 """A slot's own subscription (actors/slot_feed.py) against a real nsqd and nsqlookupd: one message in
-flight per slot, requeues come back, a pause hands back what nsqd already sent, discovery through
-nsqlookupd, and a reconnect after nsqd restarts."""
+flight per slot, requeues come back, a pause or a shed hands back what nsqd already sent, discovery
+through nsqlookupd, and a reconnect after nsqd restarts."""
 
 from __future__ import annotations
 
@@ -84,6 +84,25 @@ def test_a_paused_feed_gives_back_what_nsqd_already_sent_it(clean, feeds):
     assert paused.next(0.2) is None
     second = next_message(other)
     assert second.body == b"second" and second.attempts == 2
+
+
+def test_a_busy_slot_sheds_the_message_sent_behind_its_task_until_it_reads_again(clean, feeds):
+    busy, idle = feeds("busy"), feeds("idle")
+    feeds.publish(b"long")
+    next_message(busy).finish()  # leased: the slot runs it, and nsqd may send the next one
+    feeds.publish(b"behind", b"later")
+    conn = next(iter(busy._conns.values()))
+    assert select.select([conn.sock], [], [], 5)[0], "nsqd sent the busy slot the next message"
+    busy.shed()  # the Dispatcher, a renewal tick into the long task
+    first = next_message(idle)
+    assert feeds.in_flight() == 1  # the busy slot was sent nothing more (RDY 0)
+    first.finish()
+    second = next_message(idle)
+    second.finish()
+    assert {(m.body, m.attempts) for m in (first, second)} == {(b"behind", 2), (b"later", 1)}
+    idle.close()
+    feeds.publish(b"when free")
+    assert next_message(busy).body == b"when free"  # reading again: RDY 1 again
 
 
 def test_a_feed_finds_nsqd_through_nsqlookupd(clean, feeds):

@@ -1,5 +1,5 @@
-"""The parts of a slot's feed the Dispatcher calls from its own thread, on their own: stand-in
-connections record what would go to nsqd. The feed against a real nsqd: tests/integration."""
+"""The parts of a slot's feed called from another thread, on their own: stand-in connections record
+what would go to nsqd. The feed against a real nsqd: tests/integration/test_slot_feed.py."""
 
 from __future__ import annotations
 
@@ -29,27 +29,9 @@ class Conn:
         self.sent.append(command)
 
 
-def feed() -> SlotFeed:
-    return SlotFeed(from_dict({}, source="<test>").nsq, "tasks", "workers", "slot")
-
-
-def delivery(conn: Conn, msg_id: bytes, waited_s: float = 0.0) -> FeedDelivery:
-    d = FeedDelivery(conn, msg_id, 1, b"{}")
-    d.touched_at -= waited_s
-    return d
-
-
-def test_a_message_waiting_past_a_renewal_tick_goes_back_to_nsqd():
-    f, conn = feed(), Conn()
-    fresh, stale = delivery(conn, b"f" * 16, 0.1), delivery(conn, b"s" * 16, 2.0)
-    f._ready.extend([fresh, stale])
-    f.give_back_stale(1.0)
-    assert conn.sent == [protocol.requeue(b"s" * 16, 0)]
-    assert list(f._ready) == [fresh]
-
-
 def test_a_quiet_connection_gets_a_nop_so_nsqd_keeps_it():
-    f, quiet, busy = feed(), Conn(quiet_s=slot_feed.HEARTBEAT_MS / 1000), Conn()
+    f = SlotFeed(from_dict({}, source="<test>").nsq, "tasks", "workers", "slot")
+    quiet, busy = Conn(quiet_s=slot_feed.HEARTBEAT_MS / 1000), Conn()
     f._conns = {"a": quiet, "b": busy}
     f.keep_alive()
     assert quiet.sent == [protocol.nop()] and busy.sent == []
@@ -57,8 +39,7 @@ def test_a_quiet_connection_gets_a_nop_so_nsqd_keeps_it():
 
 def test_only_the_first_answer_to_a_message_reaches_nsqd():
     conn = Conn()
-    d = delivery(conn, b"m" * 16)
+    d = FeedDelivery(conn, b"m" * 16, 1, b"{}")
     d.finish()
     d.requeue(1.0)
-    d.touch()
     assert conn.sent == [protocol.finish(b"m" * 16)] and d.answered

@@ -1,0 +1,104 @@
+"""The Dispatcher's per-tick decisions on its own: what waits behind a long task is given back, what
+a drain counts and hands back. Narrow: stand-ins for the store, the queue and the slot's feed; the
+real thing runs in tests/e2e and tests/faults."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from taskherd.actors.dispatcher import Dispatcher, HeldCount
+from taskherd.actors.worker import Ahead, Execution
+from taskherd.config import from_dict
+from taskherd.store.state_store import Lease
+
+
+class Store:
+    """Stands in for the StateStore: every lease renews and releases."""
+
+    def __init__(self) -> None:
+        self.renewed: list[list[tuple[str, str]]] = []
+        self.released: list[str] = []
+
+    def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
+        self.renewed.append(held)
+        return [True] * len(held)
+
+    def release(self, lease: Lease) -> bool:
+        self.released.append(lease.task_id)
+        return True
+
+
+class Queue:
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+
+    def publish(self, topic: str, bodies: list[bytes]) -> None:
+        self.published += bodies
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.shed_count = 0
+
+    def shed(self) -> None:
+        self.shed_count += 1
+
+    def keep_alive(self) -> None:
+        pass
+
+
+class Message:
+    def __init__(self) -> None:
+        self.answers: list[str] = []
+
+    def finish(self) -> None:
+        self.answers.append("finish")
+
+    def requeue(self, delay_s: float = 0.0) -> None:
+        self.answers.append(f"requeue {delay_s}")
+
+
+class Runner:
+    def kill(self) -> bool:
+        return True
+
+
+def lease(task_id: str) -> Lease:
+    return Lease("job", task_id, f"exec-{task_id}", "t", "{}", 60.0, 1, 3, 0)
+
+
+def slot(running_for_s: float) -> tuple[Dispatcher, Execution, Message, Feed]:
+    settings = from_dict({"worker": {"slots": 1, "lease_renew_s": 1.0}}, source="<test>")
+    ctx = SimpleNamespace(settings=settings, store=Store(), queue=Queue())
+    d = Dispatcher(ctx, supervisor=None, slot="dispatcher")
+    execution, message, feed = Execution(Runner()), Message(), Feed()
+    execution.begin(lease("running"))
+    execution.began_at = time.monotonic() - running_for_s
+    execution.hold_ahead(Ahead(lease("ahead"), message, None))
+    d.executions[0], d.slots[0] = execution, (None, feed)
+    return d, execution, message, feed
+
+
+def test_a_task_leased_ahead_of_a_long_task_goes_back_at_the_next_tick():
+    d, execution, message, feed = slot(running_for_s=2.0)
+    d._renew()
+    assert d.ctx.store.released == ["ahead"] and message.answers == ["requeue 0"]
+    assert execution.ahead() is None and feed.shed_count == 1
+    assert d.ctx.store.renewed == [[("running", "exec-running")]]
+
+
+def test_a_task_leased_ahead_of_a_short_task_stays_and_is_renewed_with_it():
+    d, execution, message, feed = slot(running_for_s=0.0)
+    d._renew()
+    assert d.ctx.store.released == [] and message.answers == [] and feed.shed_count == 0
+    assert d.ctx.store.renewed == [[("running", "exec-running"), ("ahead", "exec-ahead")]]
+
+
+def test_a_drain_counts_the_task_leased_ahead_and_hands_both_back():
+    d, execution, message, _ = slot(running_for_s=0.0)
+    execution.unrecorded = True
+    assert d.on_receive(HeldCount()) == 3  # running, leased ahead, run and not yet recorded
+    d._hand_back()
+    assert d.ctx.store.released == ["ahead", "running"] and message.answers == ["requeue 0"]
+    assert len(d.ctx.queue.published) == 1  # the running task's message was finished: published again
