@@ -182,7 +182,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 self._retry_later(task)
             else:
                 verdicts.append((task, verdict))
-        self._archive(self._submit_children(verdicts))
+        self._archive(job, self._submit_children(verdicts))
         self._claimed = None
         return len(tasks)
 
@@ -243,19 +243,19 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 out.append((task, Verdict("failed", error=f"analyzer returned an invalid child: {exc}")))
         return out
 
-    def _archive(self, verdicts: list[tuple[dict[str, Any], Verdict]]) -> None:
+    def _archive(self, job: str, verdicts: list[tuple[dict[str, Any], Verdict]]) -> None:
         assert self.ctx.archive is not None
         if not verdicts:
             return
         self.ctx.archive.archive([_row(task, v) for task, v in verdicts])
-        outs = self.ctx.store.archive([(task["job"], task["id"], v.state) for task, v in verdicts])
-        for (task, v), out in zip(verdicts, outs):
-            if out != "skip":
+        outs, job_done = self.ctx.store.archive(job, [(task["id"], v.state) for task, v in verdicts])
+        for (_, v), out in zip(verdicts, outs):
+            if out == "ok":
                 ARCHIVED.labels(v.state).inc()
-            if out == "done":
-                log.info("job %s is done", task["job"])
-                summarize(self.ctx.store, self.ctx.archive, task["job"])
-                self.ctx.job_events.notify()
+        if job_done:
+            log.info("job %s is done", job)
+            summarize(self.ctx.store, self.ctx.archive, job)
+            self.ctx.job_events.notify()
 
 
 def _analyzer_input(task: dict[str, Any], result: Any) -> dict[str, Any]:

@@ -162,7 +162,10 @@ class Worker(Supervised, pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         match message:
             case Poll() if not self.paused:
-                self._poll()
+                for _ in range(64):  # tasks back to back; the mailbox is read between any two of them
+                    self._poll()
+                    if self.paused or not self.actor_inbox.empty():
+                        break
                 self.actor_ref.tell(Poll())
             case Poll():
                 self._record()

@@ -213,19 +213,16 @@ class StateStore:
         return out
 
     # --- analysis and archive -----------------------------------------------------------------------
-    def archive(self, done: list[tuple[str, str, str]]) -> list[str]:
-        """For each (job, task id, final state): 'done' (its job just finished), 'ok', or 'skip' (not
-        awaiting analysis: a duplicate). Two round trips for any number of tasks."""
+    def archive(self, job: str, done: list[tuple[str, str]]) -> tuple[list[str], bool]:
+        """For each (task id, final state) of one job: 'ok', or 'skip' (not awaiting analysis: a
+        duplicate); and whether the job just finished. One round trip for the batch."""
+        args = [keys.task(job, ""), keys.executions(job, ""), *[x for pair in done for x in pair]]
         try:
-            out = self._pipelined([("archive", [keys.task(job, task_id), keys.executions(job, task_id),
-                                                keys.job_meta(job), *[keys.by_state(job, s) for s in _LIVE]],
-                                    [task_id, final_state]) for job, task_id, final_state in done])
-            gone = [task_id for (_, task_id, _), r in zip(done, out) if r != "skip"]
-            if gone:
-                self.redis.hdel(keys.TASK_INDEX, *gone)
-            return out
+            out, _ = self._pipelined([("archive", [keys.job_meta(job), *[keys.by_state(job, s) for s in _LIVE]], args)],
+                                     then=lambda pipe: pipe.hdel(keys.TASK_INDEX, *[task_id for task_id, _ in done]))
         except redis.RedisError as exc:
             raise StoreError(f"redis archive: {exc}") from exc
+        return out[:-1], out[-1] == "done"
 
     # --- reads --------------------------------------------------------------------------------------
     def job_of(self, task_id: str) -> str | None:

@@ -1,17 +1,30 @@
--- analyzing -> gone from Redis (the MySQL row is already committed). Counts the task out of its job,
--- after any children were counted in, and marks the job done exactly once when nothing is open.
--- KEYS[1] task, KEYS[2] executions, KEYS[3] meta, KEYS[4] pending, KEYS[5] running, KEYS[6] retry,
--- KEYS[7] analyzing; ARGV[1] id, ARGV[2] final state (succeeded|failed|cancelled)
+-- analyzing -> gone from Redis, for a batch of one job's tasks whose MySQL rows are already committed.
+-- Counts each out of its job (after any children were counted in) and marks the job done exactly once,
+-- when nothing is open.
+-- KEYS[1] meta, KEYS[2] pending, KEYS[3] running, KEYS[4] retry, KEYS[5] analyzing
+-- ARGV[1] task key prefix, ARGV[2] executions key prefix, then (id, final state) pairs; the task and
+-- executions keys carry the job's hash tag, like KEYS.
+-- Returns 'ok' or 'skip' (not awaiting analysis: a duplicate) per task, then 'done' or 'open'.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if redis.call('HGET', KEYS[1], 'state') ~= 'analyzing' then return 'skip' end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[7], ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-local open = redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[5]) + redis.call('ZCARD', KEYS[6])
-  + redis.call('ZCARD', KEYS[7])
-if open == 0 and redis.call('HGET', KEYS[3], 'done') ~= '1' then
-  redis.call('HSET', KEYS[3], 'done', 1, 'finished', now)
-  return 'done'
+local out = {}
+for i = 3, #ARGV, 2 do
+  local id, task = ARGV[i], ARGV[1] .. ARGV[i]
+  if redis.call('HGET', task, 'state') ~= 'analyzing' then
+    out[#out + 1] = 'skip'
+  else
+    redis.call('DEL', task, ARGV[2] .. id)
+    redis.call('ZREM', KEYS[5], id)
+    redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1)
+    out[#out + 1] = 'ok'
+  end
 end
-return 'ok'
+local open = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
+  + redis.call('ZCARD', KEYS[5])
+if open == 0 and redis.call('HGET', KEYS[1], 'done') ~= '1' then
+  redis.call('HSET', KEYS[1], 'done', 1, 'finished', now)
+  out[#out + 1] = 'done'
+else
+  out[#out + 1] = 'open'
+end
+return out
