@@ -9,6 +9,7 @@ script after a Redis restart empties the script cache.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterable
@@ -69,39 +70,59 @@ def _retry() -> Any:
 
 
 class StateStore:
-    """Runtime state of tasks, jobs and specs in Redis. Thread-safe (redis-py pools connections)."""
+    """Runtime state of tasks, jobs and specs in Redis. Thread-safe: each thread sends its scripts on
+    a connection of its own (`_roundtrip`); other reads go through redis-py's pool."""
 
     def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
         self.redis = client or connect(settings)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register", "cancel",
                           "claim")}
+        self._local = threading.local()
 
     def _run(self, name: str, keys_: list[str], args: list[Any]) -> Any:
+        return self._pipelined([(name, keys_, args)])[0]
+
+    def _pipelined(self, calls: list[tuple[str, list[str], list[Any]]], *more: tuple[Any, ...]) -> list[Any]:
+        """Script calls (then plain commands, `more`) in one round trip; raises StoreError."""
+        commands = [("EVALSHA", self._scripts[name].sha, len(keys_), *keys_, *args) for name, keys_, args in calls]
         try:
-            return self._scripts[name](keys=keys_, args=args)
+            return self._roundtrip(commands + list(more))
         except redis.RedisError as exc:
-            raise StoreError(f"redis {name}: {exc}") from exc
+            raise StoreError(f"redis {'+'.join(name for name, _, _ in calls)}: {exc}") from exc
 
-    def _pipelined(self, calls: list[tuple[str, list[str], list[Any]]], then: Any = None) -> list[Any]:
-        """Many script calls (plus `then(pipe)` commands) in one round trip.
+    def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send every command at once on this thread's own connection, then read every reply.
 
-        EVALSHA directly: redis-py's pipeline would first ask SCRIPT EXISTS on every execute, a second
-        round trip. After a Redis restart the script cache is empty: load the scripts and go again.
+        This is the hot path (a lease, a finish, a claim, an archive per call): a pool checkout costs a
+        poll() on the socket and a Pipeline object its own bookkeeping, together a quarter of a worker
+        slot's CPU. Scripts go as EVALSHA; after a Redis restart the script cache is empty: load them
+        and go again. Every reply is read before an error is raised, so the connection stays in step;
+        a connection that failed mid-way is dropped (the next call connects afresh).
         """
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.redis.connection_pool.make_connection()
         for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            for name, keys_, args in calls:
-                pipe.evalsha(self._scripts[name].sha, len(keys_), *keys_, *args)
-            if then is not None:
-                then(pipe)
             try:
-                return pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
+                conn.send_packed_command(conn.pack_commands(commands))
+                replies = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:
+                        replies.append(exc)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                conn.disconnect()
+                raise
+            errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+            if not errors:
+                return replies
+            if attempt == 1 and all(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
                 for script in self._scripts.values():
                     self.redis.script_load(script.script)
+                continue
+            raise errors[0]
         return []
 
     # --- submit -------------------------------------------------------------------------------------
@@ -143,7 +164,7 @@ class StateStore:
         ks = [keys.task(job, task_id), keys.by_state(job, keys.PENDING), keys.by_state(job, keys.RUNNING)]
         args = [task_id, exec_id, worker, ttl_ms]
         try:
-            r, raw = self._pipelined([("lease", ks, args)], then=lambda p: p.get(keys.executor(type_hint or "-")))
+            r, raw = self._pipelined([("lease", ks, args)], ("GET", keys.executor(type_hint or "-")))
         except redis.RedisError as exc:
             raise StoreError(f"redis lease: {exc}") from exc
         if r[0] != "ok":
@@ -219,7 +240,7 @@ class StateStore:
         args = [keys.task(job, ""), keys.executions(job, ""), *[x for pair in done for x in pair]]
         try:
             out, _ = self._pipelined([("archive", [keys.job_meta(job), *[keys.by_state(job, s) for s in _LIVE]], args)],
-                                     then=lambda pipe: pipe.hdel(keys.TASK_INDEX, *[task_id for task_id, _ in done]))
+                                     ("HDEL", keys.TASK_INDEX, *[task_id for task_id, _ in done]))
         except redis.RedisError as exc:
             raise StoreError(f"redis archive: {exc}") from exc
         return out[:-1], out[-1] == "done"
@@ -247,7 +268,7 @@ class StateStore:
         rows, *got = self._pipelined(
             [("claim", [keys.by_state(job, keys.ANALYZING), keys.rung(job)],
               [limit, claim_ms, keys.task(job, ""), keys.executions(job, "")])],
-            then=(lambda pipe: pipe.mget([keys.analyzer(t) for t in hinted])) if hinted else None)
+            *([("MGET", *[keys.analyzer(t) for t in hinted])] if hinted else []))
         specs = {t: json.loads(r) if r else None for t, r in zip(hinted, got[0] if got else [])}
         tasks = [{**dict(zip(f[::2], f[1::2])), "executions": [json.loads(e) for e in x]} for f, x in rows]
         missing = {t["type"] for t in tasks} - set(specs)
