@@ -37,7 +37,8 @@ class NsqSettings(_Section):
     lookupd_poll_interval_s: float = Field(5.0, gt=0)
     msg_timeout_s: float = Field(15.0, ge=1, le=900)
     """How long nsqd waits for a consumer to acknowledge before it redelivers (messages held by a
-    pod that died come back after this). Acknowledgement is quick: at lease, or after archiving."""
+    pod that died come back after this), and how long the analyzer's claim on a batch of results lasts.
+    Acknowledgement is quick: once a task's lease is held, or once a job's claimed results are archived."""
 
 
 class RedisSettings(_Section):
