@@ -1,13 +1,18 @@
-"""Results wait in Redis and are claimed in batches (store/lua/finish.lua, claim.lua), on real Redis:
-a job's doorbell rings once per batch, not once per task, a claim hides its tasks until it lapses or
-is given back, and no result recorded around a claim goes unrung."""
+"""Results wait in Redis and are claimed in batches (store/lua/finish.lua, claim.lua), on real Redis
+and nsqd: a job's doorbell rings once per batch, not once per task, a claim hides its tasks until it
+lapses or is given back, no result recorded around a claim goes unrung, and the TimeoutWatcher rings
+for results left unclaimed (a doorbell lost with nsqd, a claim whose manager died)."""
 
 from __future__ import annotations
 
 import pytest
 
+from taskherd.actors.context import PodContext
+from taskherd.actors.timeout_watcher import TimeoutWatcher
 from taskherd.store import keys
 from taskherd.store.state_store import NewTask, StateStore
+from taskherd.store.task_queue import TaskQueue
+from tests.helpers import topic_depth
 
 JOB = "claims"
 
@@ -63,3 +68,16 @@ def test_claims_read_the_analyzer_specs_of_their_types(store):
     store.unclaim(JOB, ["a"], 0)
     _, unhinted = store.claim_results(JOB, 256, 1)
     assert hinted["t"]["target"] == unhinted["t"]["target"] == "m:f"
+
+
+def test_the_watcher_rings_once_for_a_job_whose_results_wait_unclaimed(clean, store):
+    s = clean.settings
+    for t in ("a", "b"):
+        run_to_result(store, t)  # told to ring; the doorbells are never published, as if nsqd lost them
+    watcher = TimeoutWatcher(PodContext(s, "node", store, TaskQueue(s.nsq)), supervisor=None, slot="watcher")
+    watcher.sweep()
+    assert topic_depth(s, s.nsq.results_topic) is None  # just recorded: their doorbell may be on its way
+    store.redis.zadd(keys.by_state(JOB, keys.ANALYZING), {"a": 0, "b": 0}, xx=True)  # long past republish_after_s
+    watcher.sweep()
+    assert topic_depth(s, s.nsq.results_topic) == 1  # one doorbell for the job, not one per result
+    assert len(store.claim_results(JOB, 256, 60_000)[0]) == 2
