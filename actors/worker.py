@@ -200,30 +200,44 @@ class Worker(Supervised, pykka.ThreadingActor):
         try:
             wait = self._start(task.lease, runnable)
             task.delivery.finish()  # after the start: nsqd's work on it overlaps the executor's
-            self._record()
-            self._lease_ahead()
+            self._record_and_lease_ahead()
             outcome = wait()
         finally:
             self.execution.end()
         self._unrecorded = (task.lease, outcome, spec)
         self.execution.unrecorded = True
 
-    def _lease_ahead(self) -> None:
-        """If nsqd has already sent the next message, lease its task now, while the executor runs.
-        It waits behind this task at most one renewal tick: then the Dispatcher gives it back."""
-        if not self.paused and (delivery := self.feed.next(0.0)) is not None:
-            ahead = self._lease_for(delivery)
-            if ahead is not None:
-                self.execution.hold_ahead(ahead)
+    def _record_and_lease_ahead(self) -> None:
+        """Record the previous outcome and, if nsqd has already sent the next message, lease its task
+        now, while the executor runs (one round trip for both). The task leased ahead waits behind
+        this one at most one renewal tick: then the Dispatcher gives it back."""
+        delivery = None if self.paused else self.feed.next(0.0)
+        ref = self._ref(delivery) if delivery is not None else None
+        if ref is None:
+            self._record()
+        elif self._unrecorded is None:
+            self._hold(self._lease(ref, delivery), delivery)
+        else:
+            lease, outcome, spec = self._unrecorded
+            self._hold(self._finish(lease, outcome, spec, then_lease=(ref, delivery)), delivery)
+            self._unrecorded = None
+            self.execution.unrecorded = False
+
+    def _hold(self, leased: tuple[Lease, str | None] | None, delivery: FeedDelivery) -> None:
+        if leased is not None:
+            self.execution.hold_ahead(Ahead(leased[0], delivery, leased[1]))
 
     def _lease_for(self, delivery: FeedDelivery) -> Ahead | None:
+        ref = self._ref(delivery)
+        leased = self._lease(ref, delivery) if ref is not None else None
+        return Ahead(leased[0], delivery, leased[1]) if leased else None
+
+    def _ref(self, delivery: FeedDelivery) -> TaskRef | None:
         try:
-            ref = decode(delivery.body, self.ctx.settings.nsq.max_message_bytes)
+            return decode(delivery.body, self.ctx.settings.nsq.max_message_bytes)
         except ValueError as exc:
             self.ctx.dead_letter(delivery, f"tasks topic: {exc}")
             return None
-        leased = self._lease(ref, delivery)
-        return Ahead(leased[0], delivery, leased[1]) if leased else None
 
     def _stand_down(self) -> None:
         """Paused or stopping: record what was run, give back what was leased ahead."""
@@ -241,14 +255,21 @@ class Worker(Supervised, pykka.ThreadingActor):
             self.execution.unrecorded = False
 
     def _lease(self, ref: TaskRef, delivery: FeedDelivery) -> tuple[Lease, str | None] | None:
-        exec_id = uuid.uuid4().hex
-        ttl_ms = int(self.ctx.settings.worker.lease_ttl_s * 1000)
         try:
-            lease, raw = self.ctx.store.lease(ref.job, ref.task_id, exec_id, self.name, ttl_ms, ref.type)
+            lease, raw = self.ctx.store.lease(*self._lease_args(ref))
         except (StoreError, redis.RedisError) as exc:
             log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
             delivery.requeue(1.0)
             return None
+        return self._leased(ref, delivery, lease, raw)
+
+    def _lease_args(self, ref: TaskRef) -> tuple[Any, ...]:
+        ttl_ms = int(self.ctx.settings.worker.lease_ttl_s * 1000)
+        return ref.job, ref.task_id, uuid.uuid4().hex, self.name, ttl_ms, ref.type
+
+    @staticmethod
+    def _leased(ref: TaskRef, delivery: FeedDelivery, lease: Lease | str, raw: str | None
+                ) -> tuple[Lease, str | None] | None:
         if isinstance(lease, str):
             log.debug("task %s not leased: %s", ref.task_id, lease)
             delivery.finish()  # a duplicate, or a task already gone: the lease in Redis is the truth
@@ -275,16 +296,34 @@ class Worker(Supervised, pykka.ThreadingActor):
             self._specs[raw] = (spec, runnable)
         return self._specs[raw]
 
-    def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None) -> None:
+    def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None,
+                then_lease: tuple[TaskRef, FeedDelivery] | None = None) -> tuple[Lease, str | None] | None:
+        """Record an outcome; with `then_lease`, lease that next task in the same round trip (what
+        `_lease` would return). Should that round trip fail, the message goes back to nsqd and the
+        outcome is recorded alone, with retries."""
         if isinstance(outcome, str):
             outcome = Outcome("failed", None, outcome, False, 0.0)
         delay_ms = retry_delay_ms(self.ctx, lease, outcome, spec)
         record = {"exec": lease.exec_id, "worker": self.name, "started": lease.started_ms,
                   "duration_s": round(outcome.duration_s, 6), "status": outcome.status, "error": outcome.error,
                   "exit_code": outcome.exit_code, "error_type": outcome.error_type, "detail": outcome.detail}
-        error = outcome.error or ""
-        state = _with_retries(lambda: self.ctx.store.finish(lease, "ok" if outcome.ok else "failed", outcome.result,
-                                                            error, delay_ms, record))
+        finishing = (lease, "ok" if outcome.ok else "failed", outcome.result, outcome.error or "", delay_ms, record)
+        leased = None
+        if then_lease is not None:
+            ref, delivery = then_lease
+            try:
+                state, next_lease, raw = self.ctx.store.finish_and_lease(finishing, *self._lease_args(ref))
+                leased = self._leased(ref, delivery, next_lease, raw)
+            except StoreError as exc:
+                log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
+                delivery.requeue(1.0)
+                then_lease = None
+        if then_lease is None:
+            state = _with_retries(lambda: self.ctx.store.finish(*finishing))
+        self._rang(lease, state)
+        return leased
+
+    def _rang(self, lease: Lease, state: str | None) -> None:
         if state == "ring":  # else a doorbell of the job is already on its way to the manager
             try:
                 self.ctx.queue.publish(self.ctx.settings.nsq.results_topic, [TaskRef(lease.job, lease.task_id, lease.type).encode()])

@@ -161,18 +161,22 @@ class StateStore:
         'gone' (archived, torn down, unknown) or the
         state the task is already in. With the type hint from the message, the spec comes in the same
         round trip; a replaced executor is thus used from the next task on, with no cache to invalidate."""
+        _, leased, raw = self.finish_and_lease(None, job, task_id, exec_id, worker, ttl_ms, type_hint)
+        return leased, raw
+
+    def finish_and_lease(self, finishing: tuple[Any, ...] | None, job: str, task_id: str, exec_id: str, worker: str,
+                         ttl_ms: int, type_hint: str = "") -> tuple[str | None, Lease | str, str | None]:
+        """`finish(*finishing)` (when given) and `lease(...)` in one round trip: in a drain a slot's
+        outcome and its next lease fall due at the same moment. (finish's answer or None, lease's two)."""
         ks = [keys.task(job, task_id), keys.by_state(job, keys.PENDING), keys.by_state(job, keys.RUNNING)]
-        args = [task_id, exec_id, worker, ttl_ms]
-        try:
-            r, raw = self._pipelined([("lease", ks, args)], ("GET", keys.executor(type_hint or "-")))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis lease: {exc}") from exc
+        calls = ([self._finish_call(*finishing)] if finishing else []) + [("lease", ks, [task_id, exec_id, worker, ttl_ms])]
+        *finished, r, raw = self._pipelined(calls, ("GET", keys.executor(type_hint or "-")))
         if r[0] != "ok":
-            return (r[1] if len(r) > 1 else r[0]), None
+            return (finished or [None])[0], (r[1] if len(r) > 1 else r[0]), None
         lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]))
         if lease.type != type_hint:
             raw = self.redis.get(keys.executor(lease.type))
-        return lease, raw
+        return (finished or [None])[0], lease, raw
 
     def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
         """Renew leases (task id, exec id) of one job; False where the execution was superseded."""
@@ -185,12 +189,17 @@ class StateStore:
     def finish(self, lease: Lease, outcome: str, result: dict | None, error: str, retry_delay_ms: int,
                record: dict) -> str:
         """'ring' (analyzing; ring the job's results doorbell) | 'analyzing' | 'retry' | 'fenced' | 'gone'."""
+        return self._pipelined([self._finish_call(lease, outcome, result, error, retry_delay_ms, record)])[0]
+
+    @staticmethod
+    def _finish_call(lease: Lease, outcome: str, result: dict | None, error: str, retry_delay_ms: int,
+                     record: dict) -> tuple[str, list[str], list[Any]]:
         job, tid = lease.job, lease.task_id
         ks = [keys.task(job, tid), keys.executions(job, tid), keys.by_state(job, keys.RUNNING),
               keys.by_state(job, keys.ANALYZING), keys.by_state(job, keys.RETRY), keys.job_meta(job), keys.rung(job)]
         args = [tid, lease.exec_id, outcome, json.dumps(result) if result is not None else "", error or "",
                 retry_delay_ms, json.dumps(record)]
-        return self._run("finish", ks, args)
+        return "finish", ks, args
 
     def release(self, lease: Lease) -> bool:
         """Hand a running task back to pending (drain); False if the execution was already superseded."""
