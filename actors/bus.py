@@ -156,12 +156,6 @@ class NsqLoop:
             msg_timeout=s.msg_timeout_s,
             user_agent="taskherd")
 
-    def pause(self, topic: str) -> None:
-        """RDY 0 on every nsqd connection of this topic's Reader (called in the IOLoop thread)."""
-        reader = self.readers.get(topic)
-        if reader is not None:
-            reader.set_max_in_flight(0)
-
     def stop(self) -> None:
         if self.loop is None:
             return

@@ -34,6 +34,8 @@ from taskherd.config.settings import NsqSettings
 
 log = logging.getLogger("taskherd.feed")
 
+SOCKET_TIMEOUT_S = 5.0
+"""For sends, and for the rest of a frame that has begun to arrive; waiting for messages is select's."""
 HEARTBEAT_MS = 30_000
 """nsqd closes a connection that sends nothing for two heartbeat intervals: an idle slot answers each
 heartbeat, and the Dispatcher sends a NOP for a busy one (`keep_alive`)."""
@@ -73,7 +75,7 @@ class _Conn:
         self.broken = False
         self.last_sent = time.monotonic()
         self._buf = bytearray()
-        self.sock = socket.create_connection((host, int(port)), timeout=5.0)
+        self.sock = socket.create_connection((host, int(port)), timeout=SOCKET_TIMEOUT_S)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         identify = {"client_id": name, "hostname": socket.gethostname(), "user_agent": "taskherd",
                     "feature_negotiation": False, "heartbeat_interval": HEARTBEAT_MS,
@@ -87,7 +89,7 @@ class _Conn:
         self.sock.sendall(protocol.ready(1))
 
     def _expect_ok(self, what: str) -> None:
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + SOCKET_TIMEOUT_S
         while time.monotonic() < deadline:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             self.fill()
@@ -206,7 +208,7 @@ class SlotFeed:
             try:
                 self._read(conn, keep=False)
             finally:
-                conn.sock.settimeout(0.5)  # ...and the rest of a frame that has begun to
+                conn.sock.settimeout(SOCKET_TIMEOUT_S)  # ...and the rest of a frame that has begun to
             while conn.partial() and not conn.broken:
                 self._read(conn, keep=False)
         with self._lock:
@@ -258,7 +260,7 @@ class SlotFeed:
                 log.warning("nsqd %s: cannot subscribe (%s); retrying", address, exc)
                 continue
             self._failures = 0
-            conn.sock.settimeout(5.0)
+            conn.sock.settimeout(SOCKET_TIMEOUT_S)
             self._conns[address] = conn
             self._selector.register(conn.sock, selectors.EVENT_READ, conn)
 

@@ -213,24 +213,13 @@ class Worker(Supervised, pykka.ThreadingActor):
         this one at most one renewal tick: then the Dispatcher gives it back."""
         delivery = None if self.paused else self.feed.next(0.0)
         ref = self._ref(delivery) if delivery is not None else None
-        if ref is None:
-            self._record()
-        elif self._unrecorded is None:
-            self._hold(self._lease(ref, delivery), delivery)
-        else:
-            lease, outcome, spec = self._unrecorded
-            self._hold(self._finish(lease, outcome, spec, then_lease=(ref, delivery)), delivery)
-            self._unrecorded = None
-            self.execution.unrecorded = False
-
-    def _hold(self, leased: tuple[Lease, str | None] | None, delivery: FeedDelivery) -> None:
-        if leased is not None:
-            self.execution.hold_ahead(Ahead(leased[0], delivery, leased[1]))
+        ahead = self._record(then_lease=(ref, delivery) if ref is not None else None)
+        if ahead is not None:
+            self.execution.hold_ahead(ahead)
 
     def _lease_for(self, delivery: FeedDelivery) -> Ahead | None:
         ref = self._ref(delivery)
-        leased = self._lease(ref, delivery) if ref is not None else None
-        return Ahead(leased[0], delivery, leased[1]) if leased else None
+        return self._lease(ref, delivery) if ref is not None else None
 
     def _ref(self, delivery: FeedDelivery) -> TaskRef | None:
         try:
@@ -246,15 +235,18 @@ class Worker(Supervised, pykka.ThreadingActor):
         if ahead is not None:
             give_back(self.ctx, ahead)
 
-    def _record(self) -> None:
-        """Record the outcome the slot still holds, if any."""
-        if self._unrecorded is not None:
-            lease, outcome, spec = self._unrecorded
-            self._finish(lease, outcome, spec)
-            self._unrecorded = None
-            self.execution.unrecorded = False
+    def _record(self, then_lease: tuple[TaskRef, FeedDelivery] | None = None) -> Ahead | None:
+        """Record the outcome the slot still holds, if any; with `then_lease`, lease that task too
+        (in the same round trip when there is an outcome to record)."""
+        if self._unrecorded is None:
+            return self._lease(*then_lease) if then_lease else None
+        lease, outcome, spec = self._unrecorded
+        ahead = self._finish(lease, outcome, spec, then_lease=then_lease)
+        self._unrecorded = None
+        self.execution.unrecorded = False
+        return ahead
 
-    def _lease(self, ref: TaskRef, delivery: FeedDelivery) -> tuple[Lease, str | None] | None:
+    def _lease(self, ref: TaskRef, delivery: FeedDelivery) -> Ahead | None:
         try:
             lease, raw = self.ctx.store.lease(*self._lease_args(ref))
         except (StoreError, redis.RedisError) as exc:
@@ -268,13 +260,12 @@ class Worker(Supervised, pykka.ThreadingActor):
         return ref.job, ref.task_id, uuid.uuid4().hex, self.name, ttl_ms, ref.type
 
     @staticmethod
-    def _leased(ref: TaskRef, delivery: FeedDelivery, lease: Lease | str, raw: str | None
-                ) -> tuple[Lease, str | None] | None:
+    def _leased(ref: TaskRef, delivery: FeedDelivery, lease: Lease | str, raw: str | None) -> Ahead | None:
         if isinstance(lease, str):
             log.debug("task %s not leased: %s", ref.task_id, lease)
             delivery.finish()  # a duplicate, or a task already gone: the lease in Redis is the truth
             return None
-        return lease, raw
+        return Ahead(lease, delivery, raw)
 
     def _start(self, lease: Lease, runnable: Runnable) -> Callable[[], Outcome | str]:
         if runnable is None:
@@ -297,7 +288,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         return self._specs[raw]
 
     def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None,
-                then_lease: tuple[TaskRef, FeedDelivery] | None = None) -> tuple[Lease, str | None] | None:
+                then_lease: tuple[TaskRef, FeedDelivery] | None = None) -> Ahead | None:
         """Record an outcome; with `then_lease`, lease that next task in the same round trip (what
         `_lease` would return). Should that round trip fail, the message goes back to nsqd and the
         outcome is recorded alone, with retries."""

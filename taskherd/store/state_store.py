@@ -189,7 +189,7 @@ class StateStore:
     def finish(self, lease: Lease, outcome: str, result: dict | None, error: str, retry_delay_ms: int,
                record: dict) -> str:
         """'ring' (analyzing; ring the job's results doorbell) | 'analyzing' | 'retry' | 'fenced' | 'gone'."""
-        return self._pipelined([self._finish_call(lease, outcome, result, error, retry_delay_ms, record)])[0]
+        return self._run(*self._finish_call(lease, outcome, result, error, retry_delay_ms, record))
 
     @staticmethod
     def _finish_call(lease: Lease, outcome: str, result: dict | None, error: str, retry_delay_ms: int,
