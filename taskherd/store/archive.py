@@ -14,6 +14,7 @@ from typing import Any
 
 import pymysql
 import pymysql.cursors
+from pymysql.constants import CLIENT
 
 from taskherd.config.settings import MysqlSettings
 from taskherd.errors import StoreError
@@ -55,6 +56,13 @@ _SCHEMA = (
 
 _TASK_COLUMNS = ("id", "job", "type", "state", "attempts", "digest", "parent", "payload", "result", "error",
                  "executions", "created_ms", "finished_ms")
+_UPSERT_TASKS = (f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES {{}} ON DUPLICATE KEY UPDATE "
+                 + ", ".join(f"{c} = VALUES({c})" for c in _TASK_COLUMNS if c != "id"))
+_UPSERT_RECORDS = ("INSERT INTO records (task_id, job, type, record) VALUES {} "
+                   "ON DUPLICATE KEY UPDATE record = VALUES(record)")
+MAX_QUERY_CHARS = 1 << 20
+"""Rows per INSERT, and statements per query, stop short of this (pymysql's executemany bound too): at
+most 4 bytes a character in utf8mb4, well under the server's max_allowed_packet (16 MiB by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +101,8 @@ class Archive:
                 conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password,
                                        database=s.database, connect_timeout=s.connect_timeout_s,
                                        read_timeout=60, write_timeout=60, autocommit=True, charset="utf8mb4",
-                                       cursorclass=pymysql.cursors.DictCursor)
+                                       cursorclass=pymysql.cursors.DictCursor,
+                                       client_flag=CLIENT.MULTI_STATEMENTS)
             except pymysql.MySQLError as exc:
                 raise StoreError(f"mysql connect {s.host}:{s.port}: {exc}") from exc
             self._local.conn = conn
@@ -137,24 +146,26 @@ class Archive:
         self._execute(lambda cur: [cur.execute(sql) for sql in _SCHEMA], transaction=True)
 
     def archive(self, tasks: list[ArchivedTask]) -> None:
-        """Upsert finished tasks and their records (in one transaction when there are records: one
-        statement alone is one already, and saves a round trip). A repeat writes the same row again
-        (a redelivered result); a retried dead letter overwrites its failed row when it ends again."""
+        """Upsert finished tasks and their records in one transaction, sent as one multi-statement
+        query (BEGIN; INSERTs; COMMIT: one round trip instead of four) unless it would exceed
+        MAX_QUERY_CHARS. A repeat writes the same row again (a redelivered result); a retried dead
+        letter overwrites its failed row when it ends again."""
         if not tasks:
             return
-        cols = ", ".join(_TASK_COLUMNS)
-        marks = ", ".join(["%s"] * len(_TASK_COLUMNS))
-        updates = ", ".join(f"{c} = VALUES({c})" for c in _TASK_COLUMNS if c != "id")
         task_rows = [tuple(getattr(t, c) for c in _TASK_COLUMNS) for t in tasks]
         record_rows = [(t.id, t.job, t.type, t.record) for t in tasks if t.record is not None]
 
         def write(cur: Any) -> None:
-            cur.executemany(f"INSERT INTO tasks ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {updates}", task_rows)
-            if record_rows:
-                cur.executemany("INSERT INTO records (task_id, job, type, record) VALUES (%s, %s, %s, %s) "
-                                "ON DUPLICATE KEY UPDATE record = VALUES(record)", record_rows)
+            statements = (_inserts(cur, _UPSERT_TASKS, task_rows)
+                          + (_inserts(cur, _UPSERT_RECORDS, record_rows) if record_rows else []))
+            if len(statements) > 1:  # one statement alone is a transaction already
+                statements = ["BEGIN", *statements, "COMMIT"]
+            for query in _packed(statements):
+                cur.execute(query)
+                while cur.nextset():  # read every statement's reply: an error surfaces here
+                    pass
 
-        self._execute(write, transaction=bool(record_rows))
+        self._execute(write)
 
     def known(self, ids: list[str]) -> dict[str, tuple[str, str]]:
         """Archived ids among `ids`, each with (job, payload digest)."""
@@ -237,3 +248,31 @@ class Archive:
             return cur.fetchone()
 
         return self._execute(read)
+
+
+def _inserts(cur: Any, template: str, rows: list[tuple[Any, ...]]) -> list[str]:
+    """Multi-row INSERTs of `rows` (escaped by the connection), each under MAX_QUERY_CHARS."""
+    marks = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+    out: list[str] = []
+    values: list[str] = []
+    size = len(template)
+    for row in rows:
+        value = cur.mogrify(marks, row)
+        if values and size + len(value) + 2 > MAX_QUERY_CHARS:
+            out.append(template.format(", ".join(values)))
+            values, size = [], len(template)
+        values.append(value)
+        size += len(value) + 2
+    out.append(template.format(", ".join(values)))
+    return out
+
+
+def _packed(statements: list[str]) -> list[str]:
+    """Statements joined into as few queries as MAX_QUERY_CHARS allows (one, for a usual batch)."""
+    queries: list[str] = []
+    for st in statements:
+        if queries and len(queries[-1]) + len(st) + 1 <= MAX_QUERY_CHARS:
+            queries[-1] += ";" + st
+        else:
+            queries.append(st)
+    return queries
