@@ -127,32 +127,15 @@ class StateStore:
 
     # --- submit -------------------------------------------------------------------------------------
     def submit(self, job: str, tasks: list[NewTask]) -> list[str]:
-        """'created' | 'exists' | 'conflict' per task, in order. Claims each id for this job first."""
+        """'created' | 'exists' | 'conflict' (an id another live job owns) | 'cancelled' per task, in
+        order; one round trip."""
         if not tasks:
             return []
-        owners = self.claim_ids(job, [t.id for t in tasks])
-        ours = [t for t in tasks if owners[t.id] == job]
-        statuses = dict(zip([t.id for t in ours], self._submit_script(job, ours))) if ours else {}
-        return [statuses.get(t.id, "conflict") for t in tasks]
-
-    def claim_ids(self, job: str, ids: list[str]) -> dict[str, str]:
-        """Task ids are global: the first job to claim an id owns it while the task is live."""
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for task_id in ids:
-                pipe.hsetnx(keys.TASK_INDEX, task_id, job)
-            pipe.hmget(keys.TASK_INDEX, ids)
-            return dict(zip(ids, pipe.execute()[-1]))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis claim ids: {exc}") from exc
-
-    def _submit_script(self, job: str, tasks: list[NewTask]) -> list[str]:
         args: list[Any] = [job]
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives]
-        task_keys = [keys.task(job, t.id) for t in tasks]
-        self.redis.sadd(keys.JOBS, job)
-        return self._run("submit", [keys.job_meta(job), keys.by_state(job, keys.PENDING), *task_keys], args)
+        return self._run("submit", [keys.job_meta(job), keys.by_state(job, keys.PENDING), keys.TASK_INDEX, keys.JOBS,
+                                    *[keys.task(job, t.id) for t in tasks]], args)
 
     # --- worker transitions -------------------------------------------------------------------------
     def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int,
@@ -340,7 +323,7 @@ class StateStore:
 
     def specs(self, kind: str, task_types: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         types = list(dict.fromkeys(task_types))
-        raws = self.redis.mget([keys.SPEC_TYPES[kind](t) for t in types]) if types else []
+        raws = self._roundtrip([("MGET", *[keys.SPEC_TYPES[kind](t) for t in types])])[0] if types else []
         return {t: json.loads(r) if r else None for t, r in zip(types, raws)}
 
     def spec_raw(self, kind: str, task_type: str) -> str | None:

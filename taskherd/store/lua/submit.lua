@@ -1,19 +1,27 @@
 -- Create tasks that do not exist yet; answer exists/conflict for those that do (by payload digest).
--- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3..] task hashes (one per task, in ARGV order)
+-- Task ids are global: the first job to claim an id in the task index owns it while the task is
+-- live, and any other job's task of that id is a conflict.
+-- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3] task index, KEYS[4] set of jobs,
+-- KEYS[5..] task hashes (one per task, in ARGV order)
 -- ARGV[1] job; then 8 per task: id, type, payload, digest, max_attempts, timeout_s, parent, revives
 -- (revives: the final state of an archived task being retried, counted out of the job as it returns)
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local created, out = 0, {}
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  for i = 3, #KEYS do out[#out + 1] = 'cancelled' end
+  for i = 5, #KEYS do out[#out + 1] = 'cancelled' end
   return out
 end
-for i = 3, #KEYS do
-  local a = 1 + (i - 3) * 8
+redis.call('SADD', KEYS[4], ARGV[1])
+for i = 5, #KEYS do
+  local a = 1 + (i - 5) * 8
   local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
+  local owner = redis.call('HGET', KEYS[3], id)
+  if not owner then redis.call('HSET', KEYS[3], id, ARGV[1]) end
   local old = redis.call('HGET', key, 'digest')
-  if old then
+  if owner and owner ~= ARGV[1] then
+    out[#out + 1] = 'conflict'
+  elseif old then
     out[#out + 1] = (old == digest) and 'exists' or 'conflict'
   else
     redis.call('HSET', key, 'id', id, 'job', ARGV[1], 'type', ARGV[a + 2], 'payload', ARGV[a + 3],
