@@ -19,6 +19,7 @@ import uvicorn
 from taskherd.actors.context import PodContext, find
 from taskherd.api import build_app
 from taskherd.errors import TaskherdError
+from taskherd.intake import Intake
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.api")
@@ -39,18 +40,18 @@ def current_manager() -> pykka.ActorRef:
 
 
 class Api(Supervised, pykka.ThreadingActor):
-    def __init__(self, ctx: PodContext, manager: Callable[[], pykka.ActorRef] = current_manager,
-                 **supervised: Any) -> None:
+    def __init__(self, ctx: PodContext, intake: Intake,
+                 manager: Callable[[], pykka.ActorRef] = current_manager, **supervised: Any) -> None:
         super().__init__(**supervised)
-        self.ctx, self.manager = ctx, manager
+        self.ctx, self.intake, self.manager = ctx, intake, manager
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
 
     def on_start(self) -> None:
         api = self.ctx.settings.api
         sock = _bind(api.host, api.port)
-        config = uvicorn.Config(build_app(self.ctx, self.manager), host=api.host, port=api.port,
-                                log_level="warning", log_config=None, access_log=False, lifespan="off",
+        config = uvicorn.Config(build_app(self.ctx, self.intake, self.manager), host=api.host, port=api.port,
+                                http="httptools", log_level="warning", log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._serve, args=(sock,), name="api-http", daemon=True)

@@ -85,12 +85,6 @@ class Subscribe:
     handler: Handler
 
 
-@dataclass(frozen=True, slots=True)
-class GetLoop:
-    """Ask -> this pod's NsqLoop. Subscribers ask it before they Subscribe, because their handler may
-    run (in the IOLoop) before the Subscribe's answer reaches them."""
-
-
 class NsqLoop:
     """A daemon thread running a tornado IOLoop that owns every pynsq Reader of this pod."""
 
@@ -193,8 +187,6 @@ class Bus(Supervised, pykka.ThreadingActor):
 
     def on_receive(self, message: object) -> object:
         match message:
-            case GetLoop():
-                return self.nsq
             case Subscribe() as sub:
                 self.nsq.subscribe(sub)
                 return self.nsq

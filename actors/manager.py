@@ -1,8 +1,9 @@
-"""Manager: the one writer behind the API (add, cancel and retry tasks, add executors and analyzers,
-tear a job down).
+"""Manager: the writer behind the API for everything but submissions (cancel and retry tasks, add
+executors and analyzers, tear a job down), one request at a time.
 
-Writes go through this actor so that the API's threads never interleave a registration with a
-submission; reads (task, job, listing) go straight to `taskherd.jobs.Queries`, which only reads.
+Submissions go straight from the API's request threads to the thread-safe Intake, as the analyzer's
+children do: a submit does not queue behind a teardown, nor pay two thread hops. Reads (task, job,
+listing) go straight to `taskherd.jobs.Queries`, which only reads.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pykka
 
-from taskherd.intake import Intake, Submission
+from taskherd.intake import Intake
 from taskherd.runners import RunnerSpec
 from taskherd.store.task_queue import TaskRef
 from taskherd.supervisor import Supervised
@@ -23,13 +24,6 @@ log = logging.getLogger("taskherd.manager")
 RUNNER_FIELDS = {"kind", "target", "env", "cwd", "headers"}
 SPEC_FIELDS = {"executor": RUNNER_FIELDS | {"id", "timeout_s", "max_attempts", "retry_on", "description"},
                "analyzer": RUNNER_FIELDS | {"id", "timeout_s", "description"}}
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitTasks:
-    """Ask -> list[Accepted]; raises InvalidTask (nothing written) when any task is unusable."""
-
-    tasks: tuple[Submission, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +76,6 @@ class Manager(Supervised, pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case SubmitTasks(tasks):
-                return self.intake.submit(list(tasks))
             case RegisterSpec(kind, task_type, spec, replace):
                 return self._register(kind, task_type, spec, replace)
             case Teardown(job):

@@ -25,7 +25,7 @@ from typing import Any
 import pykka
 import redis
 
-from taskherd.actors.bus import Bus, Delivery, GetLoop, NsqLoop, Subscribe
+from taskherd.actors.bus import Bus, Delivery, Subscribe
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.manager import runner_spec
 from taskherd.errors import QueueError, StoreError, TaskherdError
@@ -76,12 +76,10 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         """Doorbells heard, by job, until the job's results are drained (given back if we fail or stop)."""
         self._claimed: tuple[str, list[str]] | None = None
         """The job and task ids of the batch being analyzed (given back if we fail or stop)."""
-        self.nsq: NsqLoop | None = None
 
     def on_start(self) -> None:
         topic = self.ctx.settings.nsq.results_topic
         bus = find(Bus)
-        self.nsq = bus.ask(GetLoop(), timeout=15)
         bus.ask(Subscribe(topic, CHANNEL, BATCH, self._on_delivery), timeout=15)
 
     def on_stop(self) -> None:
@@ -106,9 +104,9 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         self._unclaim(0)
 
     def _on_delivery(self, delivery: Delivery) -> None:
-        """IOLoop thread: gather, and call the actor once the IOLoop has read what arrived together. No
-        timer: while the actor works on one batch the next one gathers, so batches grow with the load
-        and an idle cluster's result waits for nothing."""
+        """IOLoop thread: gather, and tell the actor at the first doorbell. No timer: while the actor
+        works on one batch the next one gathers, so batches grow with the load and an idle cluster's
+        result waits for nothing."""
         with self._lock:
             accepted = not self._closed
             if accepted:
@@ -118,14 +116,10 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         if not accepted:
             delivery.requeue(1.0)
         elif call:
-            assert self.nsq and self.nsq.loop
-            self.nsq.loop.add_callback(self._call)
-
-    def _call(self) -> None:
-        try:
-            self.actor_ref.tell(TakeResults())
-        except pykka.ActorDeadError:  # we are being restarted: give the messages back at once
-            self._give_back()
+            try:
+                self.actor_ref.tell(TakeResults())
+            except pykka.ActorDeadError:  # we are being restarted: give the messages back at once
+                self._give_back()
 
     def on_receive(self, message: Any) -> None:
         match message:

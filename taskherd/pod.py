@@ -98,7 +98,7 @@ def children(ctx: PodContext, role: str, node: NodeInfo) -> list[ChildSpec]:
                   ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
                   ChildSpec("analyzer", lambda sup, slot: ResultAnalyzer.start(ctx, intake, supervisor=sup, slot=slot)),
                   ChildSpec("watcher", lambda sup, slot: TimeoutWatcher.start(ctx, supervisor=sup, slot=slot)),
-                  ChildSpec("api", lambda sup, slot: Api.start(ctx, supervisor=sup, slot=slot))]
+                  ChildSpec("api", lambda sup, slot: Api.start(ctx, intake, supervisor=sup, slot=slot))]
     if role in ("worker", "all"):
         slots = [ChildSpec(f"worker-{i}", lambda sup, slot, i=i: Worker.start(ctx, i, supervisor=sup, slot=slot))
                  for i in range(s.worker.slots)]

@@ -1,8 +1,9 @@
-"""The manager's HTTP JSON API: `build_app(ctx, manager)` returns the FastAPI app the Api actor serves.
+"""The manager's HTTP JSON API: `build_app(ctx, intake, manager)` returns the FastAPI app the Api actor
+serves.
 
-Writes (registrations, submissions, teardown) are asked of the Manager actor, the one writer; reads go
-straight to `taskherd.jobs.Queries`. Endpoints are plain `def`s: FastAPI runs them in its thread pool,
-where blocking on an actor's answer is harmless.
+Submissions go to the Intake; other writes (registrations, cancels, teardown) are asked of the Manager
+actor; reads go straight to `taskherd.jobs.Queries`. Endpoints are plain `def`s: FastAPI runs them in
+its thread pool, where blocking on Redis or on an actor's answer is harmless.
 
 Every error answers with one body shape, `{"errors": [{"field", "message", "service"}]}` (see
 `taskherd.api.errors`).
@@ -23,12 +24,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from taskherd import __version__
 from taskherd.actors.context import PodContext
-from taskherd.actors.manager import RegisterSpec, SubmitTasks, Teardown, normalize_spec
+from taskherd.actors.manager import RegisterSpec, Teardown, normalize_spec
 from taskherd.actors.registry import live_nodes
 from taskherd.api import models as m
 from taskherd.api.errors import (ApiError, BodyTooLarge, error_item, error_response, install_error_handlers,
                                  task_field)
-from taskherd.intake import InvalidTask, Submission
+from taskherd.intake import Intake, InvalidTask, Submission
 from taskherd.jobs import Queries
 from taskherd.store import keys
 
@@ -49,10 +50,10 @@ LATENCY = Histogram("taskherd_api_request_seconds", "HTTP request latency", ["me
 class Pod:
     """What the endpoints share: the pod context, the Manager lookup and the read side (Queries)."""
 
-    def __init__(self, ctx: PodContext, manager: Callable[[], pykka.ActorRef]) -> None:
+    def __init__(self, ctx: PodContext, intake: Intake, manager: Callable[[], pykka.ActorRef]) -> None:
         if ctx.archive is None:
             raise ValueError("the API needs a PodContext with an archive (the manager role)")
-        self.ctx, self.manager = ctx, manager
+        self.ctx, self.intake, self.manager = ctx, intake, manager
         self.queries = Queries(ctx.store, ctx.archive)
 
     def ask(self, message: Any) -> Any:
@@ -72,12 +73,13 @@ def _pod(request: Request) -> Pod:
 PodDep = Annotated[Pod, Depends(_pod)]
 
 
-def build_app(ctx: PodContext, manager: Callable[[], pykka.ActorRef]) -> FastAPI:
-    """The API over one pod's context; `manager` returns the current Manager (it changes on restart)."""
+def build_app(ctx: PodContext, intake: Intake, manager: Callable[[], pykka.ActorRef]) -> FastAPI:
+    """The API over one pod's context; submissions go straight to the (thread-safe) Intake, from the
+    request's own thread; `manager` returns the current Manager (it changes on restart)."""
     errors = {code: {"model": m.ErrorBody} for code in (400, 404, 409, 413, 415, 422, 500, 503)}
     app = FastAPI(title="taskherd", version=__version__, responses=errors,
                   description="Register executors and analyzers, submit tasks, follow jobs.")
-    app.state.pod = Pod(ctx, manager)
+    app.state.pod = Pod(ctx, intake, manager)
     from taskherd.api.control import control_routes  # it builds on this module's Pod dependency
 
     for routes in (_spec_routes, control_routes, _task_routes, _job_routes, _ops_routes):
@@ -143,10 +145,10 @@ def _task_routes(app: FastAPI) -> None:
         batch = isinstance(body, m.TaskBatch)
         tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
         _check_batch(tasks, pod.ctx.settings.api.max_batch)
-        subs = tuple(Submission(type=t.type, job=t.job, payload=t.payload, id=t.id, timeout_s=t.timeout_s,
-                                max_attempts=t.max_attempts) for t in tasks)
+        subs = [Submission(type=t.type, job=t.job, payload=t.payload, id=t.id, timeout_s=t.timeout_s,
+                                max_attempts=t.max_attempts) for t in tasks]
         try:
-            accepted = pod.ask(SubmitTasks(subs))
+            accepted = pod.intake.submit(subs)
         except InvalidTask as exc:
             raise ApiError(422, task_field(exc.field, batch), exc.problem) from None
         statuses = [a.status for a in accepted]
