@@ -23,7 +23,7 @@ from taskherd.errors import QueueError
 from taskherd.store.task_queue import TaskQueue
 
 if TYPE_CHECKING:
-    from taskherd.actors.bus import Delivery
+    from taskherd.actors.feed import FeedDelivery
 
 log = logging.getLogger("taskherd.pod")
 
@@ -41,7 +41,7 @@ class PodContext:
     job_events: JobEvents = field(default_factory=JobEvents)
     """Rung by the ResultAnalyzer when a job is done; the API's long-polls wait on it."""
 
-    def dead_letter(self, delivery: "Delivery", why: str) -> None:
+    def dead_letter(self, delivery: "FeedDelivery", why: str) -> None:
         """A message nobody can use: keep it on the dead-letter topic, never requeue it.
 
         A dead letter is one JSON line saying why (and the size and sha256 of the original), a newline,

@@ -1,6 +1,6 @@
 """Dispatcher: keeps the pod's leases alive, sheds what waits behind long tasks, drains the pod.
 
-Each slot reads its own nsqd connection with RDY 1 (actors/slot_feed.py) and finishes a message once
+Each slot reads its own nsqd connection with RDY 1 (actors/feed.py) and finishes a message once
 it holds the task's lease, so nsqd sends the slot's next message while its executor runs, and the
 slot leases that next task ahead. Nothing passes through here per task. Behind a task that runs past
 a renewal tick, what waits is given back (the task leased ahead to pending and its message to nsqd,
@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 
 from taskherd.actors.context import PodContext
-from taskherd.actors.slot_feed import SlotFeed
+from taskherd.actors.feed import Feed
 from taskherd.actors.ticker import Ticker
 from taskherd.actors.worker import Execution, Pause, give_back
 from taskherd.errors import QueueError, StoreError
@@ -41,7 +41,7 @@ class SlotStarted:
     ref: pykka.ActorRef
     execution: Execution
     """The slot's current lease and execution, read for renewals and killed from this thread."""
-    feed: SlotFeed
+    feed: Feed
     """The slot's subscription: kept alive and rid of stale messages from this thread."""
 
 
@@ -69,7 +69,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
         self.ctx = ctx
         self.topic = ctx.settings.nsq.tasks_topic
         self.executions: dict[int, Execution] = {}
-        self.slots: dict[int, tuple[pykka.ActorRef, SlotFeed]] = {}
+        self.slots: dict[int, tuple[pykka.ActorRef, Feed]] = {}
         self.renewed_at: dict[str, float] = {}
         """exec id -> when its lease was last renewed (or taken)."""
         self.paused = False

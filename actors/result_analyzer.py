@@ -2,7 +2,10 @@
 
 Where a task is analyzed (`_verdict`) and archived (`_archive`). A message on the results topic is a
 doorbell for a job, not a result: the results wait in Redis (the job's analyzing set), and the
-analyzer claims them there in batches of up to BATCH, with their tasks, in one round trip. A worker
+analyzer claims them there in batches of up to BATCH, with their tasks, in one round trip. It reads
+the doorbells from its own nsqd connection (`Feed`, RDY = BATCH), in its own thread: no IOLoop and
+no thread hop between nsqd and a claim; while it works on one batch the next doorbells gather, so
+batches grow with the load and an idle cluster's result waits for nothing. A worker
 rings only when no doorbell of the job is on its way (finish.lua sets the job's `rung` key; the
 analyzer deletes it before it claims), so a busy job costs one message per batch, not one per task.
 A claim lapses after nsqd's msg_timeout (the bound an unacknowledged message had before): if the
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +27,8 @@ from typing import Any
 import pykka
 import redis
 
-from taskherd.actors.bus import Bus, Delivery, Subscribe
-from taskherd.actors.context import PodContext, find
+from taskherd.actors.context import PodContext
+from taskherd.actors.feed import Feed, FeedDelivery
 from taskherd.actors.manager import runner_spec
 from taskherd.errors import QueueError, StoreError, TaskherdError
 from taskherd.intake import Intake, InvalidTask, Submission, from_child
@@ -45,9 +47,13 @@ ANALYZER_RETRIES = 5
 """Analyses of one result before a failing analyzer marks its task failed."""
 
 
+POLL_S = 0.5
+"""Longest wait on the feed before the mailbox is read again (a stop waits at most this long)."""
+
+
 @dataclass(frozen=True, slots=True)
-class TakeResults:
-    """From the IOLoop: results are waiting; take them, and whatever arrives meanwhile, in batches."""
+class Poll:
+    """To itself: read doorbells and serve them, then poll again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,84 +72,58 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         super().__init__(**supervised)
         self.ctx, self.intake = ctx, intake
         self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
-        self._lock = threading.Lock()
-        self._waiting: list[Delivery] = []
-        self._called = False
-        """Set while a TakeResults is scheduled or being handled: results arriving then join the
-        next batch instead of becoming batches of their own, so batches grow with the load."""
-        self._closed = False
-        self._bells: dict[str, list[tuple[Delivery, TaskRef]]] = {}
+        s = ctx.settings.nsq
+        self.feed = Feed(s, s.results_topic, CHANNEL, f"{ctx.node_id}-analyzer", ready=BATCH)
+        self._bells: dict[str, list[tuple[FeedDelivery, TaskRef]]] = {}
         """Doorbells heard, by job, until the job's results are drained (given back if we fail or stop)."""
         self._claimed: tuple[str, list[str]] | None = None
         """The job and task ids of the batch being analyzed (given back if we fail or stop)."""
 
     def on_start(self) -> None:
-        topic = self.ctx.settings.nsq.results_topic
-        bus = find(Bus)
-        bus.ask(Subscribe(topic, CHANNEL, BATCH, self._on_delivery), timeout=15)
+        self.actor_ref.tell(Poll())
 
     def on_stop(self) -> None:
         self._give_back()
-        self.runner.close()
         super().on_stop()
 
     def on_failure(self, *exc_info: Any) -> None:
         self._give_back()
-        self.runner.close()
         super().on_failure(*exc_info)
 
     def _give_back(self) -> None:
-        """Waiting doorbells go back to nsqd at once (not after its msg_timeout), and the batch being
-        analyzed is claimable again at once (not when its claim lapses), for our successor."""
-        with self._lock:
-            self._closed = True
-            waiting, self._waiting = self._waiting, []
-        for d in waiting + [d for bells in self._bells.values() for d, _ in bells]:
-            d.requeue(1.0)
+        """Doorbells held go back to nsqd at once (closing the connection requeues what it had in
+        flight), and the batch being analyzed is claimable again at once (not when its claim lapses),
+        for our successor."""
+        self.feed.close()
         self._bells.clear()
         self._unclaim(0)
-
-    def _on_delivery(self, delivery: Delivery) -> None:
-        """IOLoop thread: gather, and tell the actor at the first doorbell. No timer: while the actor
-        works on one batch the next one gathers, so batches grow with the load and an idle cluster's
-        result waits for nothing."""
-        with self._lock:
-            accepted = not self._closed
-            if accepted:
-                self._waiting.append(delivery)
-            call = accepted and not self._called
-            self._called = self._called or call
-        if not accepted:
-            delivery.requeue(1.0)
-        elif call:
-            try:
-                self.actor_ref.tell(TakeResults())
-            except pykka.ActorDeadError:  # we are being restarted: give the messages back at once
-                self._give_back()
+        self.runner.close()
 
     def on_receive(self, message: Any) -> None:
         match message:
-            case TakeResults():
+            case Poll():
                 self._serve()
+                self.actor_ref.tell(Poll())
             case _:
                 log.warning("analyzer: unknown message %r", message)
 
     def _serve(self) -> None:
         """Claim and analyze the results of every job rung for, a batch per job in turn, until none
-        is left and no doorbell waits. A job's doorbells are acknowledged once its results are drained."""
+        is left and no doorbell waits (or a message such as a stop does). A job's doorbells are
+        acknowledged once its results are drained."""
         bells = self._bells
-        while True:
-            with self._lock:
-                waiting, self._waiting = self._waiting, []
-                if not waiting and not bells:
-                    self._called = False
-                    return
+        first = self.feed.next(0.0 if bells else POLL_S)
+        waiting = [first] if first is not None else []
+        while waiting or bells:
+            while (d := self.feed.next(0.0)) is not None:
+                waiting.append(d)
             for d in waiting:
                 try:
                     ref = decode(d.body, self.ctx.settings.nsq.max_message_bytes)
                     bells.setdefault(ref.job, []).append((d, ref))
                 except ValueError as exc:
                     self.ctx.dead_letter(d, f"results topic: {exc}")
+            waiting = []
             for job in list(bells):
                 try:
                     drained = self._batch(job, {ref.type for _, ref in bells[job]}) < BATCH
@@ -156,6 +136,8 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 if drained:
                     for d, _ in bells.pop(job):
                         d.finish()
+            if not self.actor_inbox.empty():
+                return
 
     def _batch(self, job: str, type_hints: set[str]) -> int:
         """Claim, analyze and archive one batch of the job's results; how many were claimed."""
@@ -171,6 +153,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             if time.monotonic() - claimed_at > claim_ms / 2000:  # slow analyzers: keep the rest claimed
                 self.ctx.store.unclaim(job, [t["id"] for t in tasks[i:]], claim_ms)
                 claimed_at = time.monotonic()
+            self.feed.keep_alive()  # a long batch reads nothing: nsqd must still hear from us
             verdict = self._verdict(task, specs.get(task["type"]))
             if verdict is None:
                 self._retry_later(task)

@@ -1,8 +1,9 @@
 """One pod: one process, one supervisor tree, until SIGTERM (`taskherd run --role ...`).
 
-The tree is rest_for_one, the manager's Bus before what subscribes through it: if the Bus (NSQ)
-restarts, its subscribers restart after it. Worker slots (each reading its own nsqd connection) sit
-under their own one_for_one supervisor, so one crashing slot restarts alone. Past the restart intensity the root gives up and the process exits 1,
+The tree is rest_for_one. The actors that consume NSQ (worker slots, the ResultAnalyzer) each read
+their own nsqd connection (`taskherd.actors.feed`), so no actor's restart reaches another's
+subscription. Worker slots sit under their own one_for_one supervisor, so one crashing slot restarts
+alone. Past the restart intensity the root gives up and the process exits 1,
 so Kubernetes (or `taskherd up`) restarts the pod.
 """
 
@@ -16,7 +17,6 @@ from typing import Any, Callable
 
 import pykka
 
-from taskherd.actors.bus import Bus
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.registry import NodeInfo, Registry
 from taskherd.config.settings import Settings
@@ -94,8 +94,7 @@ def children(ctx: PodContext, role: str, node: NodeInfo) -> list[ChildSpec]:
     if role in ("manager", "all"):
         assert ctx.archive is not None
         intake = Intake(s, ctx.store, ctx.archive, ctx.queue)
-        specs += [ChildSpec("bus", lambda sup, slot: Bus.start(s.nsq, supervisor=sup, slot=slot)),
-                  ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
+        specs += [ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
                   ChildSpec("analyzer", lambda sup, slot: ResultAnalyzer.start(ctx, intake, supervisor=sup, slot=slot)),
                   ChildSpec("watcher", lambda sup, slot: TimeoutWatcher.start(ctx, supervisor=sup, slot=slot)),
                   ChildSpec("api", lambda sup, slot: Api.start(ctx, intake, supervisor=sup, slot=slot))]

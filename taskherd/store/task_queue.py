@@ -5,8 +5,8 @@ message. It speaks nsqd's TCP protocol (PUB/MPUB, encoded by pynsq's
 `nsq.protocol`) on one blocking connection per thread, because pynsq's Writer is asynchronous and bound
 to an IOLoop, and nsqd's HTTP /pub cost 1.4 ms a message through httpx against 0.08 ms over TCP (the
 worker publishes once per task). When the TCP nsqd fails, it falls back to the HTTP addresses (which
-may be other nsqds). Consuming is the Bus actor's job. NSQ is never the source of truth: Redis is, and
-the TimeoutWatcher republishes anything NSQ loses.
+may be other nsqds). Consuming is each consumer's own `Feed` (actors/feed.py). NSQ is never the
+source of truth: Redis is, and the TimeoutWatcher republishes anything NSQ loses.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pods on the real services: the NSQ bus, the node registry, supervision inside a running pod, and
+"""Pods on the real services: the node registry, supervision inside a running pod, and
 `taskherd up` from start to Ctrl-C and back.
 
 Pods run as child processes (`taskherd run`, through `deploy.local.cluster.Pod`), exactly as
@@ -11,13 +11,11 @@ from __future__ import annotations
 import ctypes
 import io
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,7 +26,6 @@ import httpx
 import psutil
 import pytest
 
-from taskherd.actors.bus import Bus, Delivery, Subscribe
 from taskherd.actors.registry import live_nodes
 from taskherd.cli import main
 from taskherd.client import Client, ClientError
@@ -126,75 +123,6 @@ def pods(clean: Services, tmp_path: Path) -> Iterator[Callable[..., Pods]]:
         group.stop_all()
 
 
-# --- the bus: an NSQ round trip -----------------------------------------------------------------------
-@pytest.fixture
-def topic(clean: Services) -> Iterator[str]:
-    name = f"th-test.{uuid.uuid4().hex[:8]}"
-    yield name
-    nsqd_post(clean.settings, f"/topic/delete?topic={name}")
-
-
-def topic_stats(settings: Settings, topic: str) -> dict[str, Any] | None:
-    """nsqd's stats of one topic, None while it does not exist (nsqd then says `"topics": null`)."""
-    url = f"http://{settings.nsq.nsqd_http_addresses[0]}/stats?format=json&topic={topic}"
-    stats = httpx.get(url, timeout=5, trust_env=False).json()
-    return next((t for t in stats.get("topics") or [] if t["topic_name"] == topic), None)
-
-
-def channel_stats(settings: Settings, topic: str, channel: str) -> dict[str, Any] | None:
-    stats = topic_stats(settings, topic) or {"channels": []}
-    return next((c for c in stats["channels"] or [] if c["channel_name"] == channel), None)
-
-
-def settled(settings: Settings, topic: str, channel: str) -> bool:
-    """nsqd holds nothing of the channel: every message was finished (none waiting or in flight)."""
-    c = channel_stats(settings, topic, channel)
-    return c is not None and c["depth"] == 0 and c["in_flight_count"] == 0 and c["message_count"] > 0
-
-
-def test_bus_delivers_every_published_body_to_a_subscriber(clean: Services, topic: str) -> None:
-    # Given a Bus with a subscriber that finishes what it gets
-    settings = clean.settings
-    got: queue.Queue[tuple[bytes, int]] = queue.Queue()
-
-    def handler(delivery: Delivery) -> None:
-        got.put((delivery.body, delivery.attempts))
-        delivery.finish()
-
-    bus = Bus.start(settings.nsq, supervisor=None, slot="bus")
-    bus.ask(Subscribe(topic, "test", 10, handler), timeout=15)
-    # When three bodies are published over nsqd's HTTP API
-    TaskQueue(settings.nsq).publish(topic, [b"one", b"two", b"three"])
-    # Then each arrives once, on its first attempt, and nsqd holds none of them any more
-    arrived = [got.get(timeout=15) for _ in range(3)]
-    assert sorted(arrived) == [(b"one", 1), (b"three", 1), (b"two", 1)]
-    wait_until(lambda: settled(settings, topic, "test"), timeout=10, message="every message finished on nsqd")
-    assert got.empty()
-
-
-def test_a_requeued_message_is_redelivered_with_attempts_2(clean: Services, topic: str) -> None:
-    # Given a subscriber that requeues a first attempt and finishes a second
-    settings = clean.settings
-    got: queue.Queue[tuple[bytes, int]] = queue.Queue()
-
-    def handler(delivery: Delivery) -> None:
-        got.put((delivery.body, delivery.attempts))
-        if delivery.attempts == 1:
-            delivery.requeue()
-        else:
-            delivery.finish()
-
-    bus = Bus.start(settings.nsq, supervisor=None, slot="bus")
-    bus.ask(Subscribe(topic, "test", 1, handler), timeout=15)
-    # When a message is published
-    TaskQueue(settings.nsq).publish(topic, [b"again"])
-    # Then it comes twice, the second time with attempts 2, and is then done
-    assert got.get(timeout=15) == (b"again", 1)
-    assert got.get(timeout=15) == (b"again", 2)
-    wait_until(lambda: settled(settings, topic, "test"), timeout=10, message="the redelivery finished on nsqd")
-    assert channel_stats(settings, topic, "test")["requeue_count"] == 1
-
-
 # --- the registry --------------------------------------------------------------------------------------
 def test_a_sigkilled_pod_vanishes_from_live_nodes_within_two_heartbeats(pods: Callable[..., Pods]) -> None:
     # Given a worker pod that registered itself
@@ -244,7 +172,7 @@ def test_a_sigtermed_pod_deregisters_at_once(pods: Callable[..., Pods]) -> None:
 
 
 def test_a_sigterm_received_by_any_thread_stops_the_pod(pods: Callable[..., Pods]) -> None:
-    # Given a running pod (many threads: actors, the NSQ IOLoop, tickers)
+    # Given a running pod (many threads: actors, the API server, tickers)
     group = pods()
     pod = group.start("w", "worker")
     registered(group.settings, pod)

@@ -1,19 +1,20 @@
-"""SlotFeed: one worker slot's own subscription to the tasks topic, read by the slot's own thread.
+"""Feed: a subscription to one topic whose owner reads nsqd's connection(s) in its own thread: a
+worker slot (the tasks topic, RDY 1) or the ResultAnalyzer (the results topic, RDY one batch).
 
-Why each slot reads its own nsqd connection instead of sharing the pod's pynsq Reader: through the
-Reader a task crossed threads four times (IOLoop -> slot, the FIN back to the IOLoop, "slot free" back
-to the IOLoop) and the IOLoop was 28 % of a worker pod's CPU. Here the slot blocks on its socket,
-takes a message, and FINs it on the same socket: no thread hop, no RDY traffic (RDY is 1, set once),
-and nsqd's in-flight count on the connection is exactly what the slot holds. Commands are encoded and
-frames decoded by pynsq's protocol module.
+Why the owner reads its own connection instead of sharing a pynsq Reader on an IOLoop thread: through
+the Reader a task crossed threads four times (IOLoop -> slot, the FIN back to the IOLoop, "slot free"
+back to the IOLoop) and the IOLoop was 28 % of a worker pod's CPU. Here the owner blocks on its
+socket, takes a message, and FINs it on the same socket: no thread hop, no RDY traffic (RDY is set
+once), and nsqd's in-flight count on the connection is exactly what the owner holds. Commands are
+encoded and frames decoded by pynsq's protocol module.
 
-The slot finishes a message once it holds the task's lease, so nsqd sends its next message while the
+A slot finishes a message once it holds the task's lease, so nsqd sends its next message while the
 executor runs: it is there the moment the slot is free. Behind a long task that message would wait:
 the Dispatcher's renewal tick `shed`s it (back to nsqd for an idle slot, RDY 0 until the slot reads
 again), so a pod never holds work behind a long task for more than a tick.
 
 With a static `nsqd_tcp_address` the feed connects there; otherwise it asks nsqlookupd which nsqds
-hold the topic (every `lookupd_poll_interval_s`) and keeps RDY 1 on each (a slot may so be sent one
+hold the topic (every `lookupd_poll_interval_s`) and keeps RDY on each (a slot may so be sent one
 message per nsqd at once: the extra ones wait in `_ready`, and are shed the same way).
 """
 
@@ -37,12 +38,12 @@ log = logging.getLogger("taskherd.feed")
 SOCKET_TIMEOUT_S = 5.0
 """For sends, and for the rest of a frame that has begun to arrive; waiting for messages is select's."""
 HEARTBEAT_MS = 30_000
-"""nsqd closes a connection that sends nothing for two heartbeat intervals: an idle slot answers each
-heartbeat, and the Dispatcher sends a NOP for a busy one (`keep_alive`)."""
+"""nsqd closes a connection that sends nothing for two heartbeat intervals: an idle owner answers each
+heartbeat, and a busy one sends a NOP (`keep_alive`; the Dispatcher does it for a slot)."""
 
 
 class FeedDelivery:
-    """One message, acknowledged from any thread (the slot, or the Dispatcher handing back). Only the
+    """One message, acknowledged from any thread (the owner, or the Dispatcher handing back). Only the
     first finish or requeue goes to nsqd."""
 
     __slots__ = ("_conn", "body", "attempts", "id", "answered")
@@ -65,10 +66,10 @@ class FeedDelivery:
 
 
 class _Conn:
-    """A subscribed connection to one nsqd. Reads happen in the slot's thread only; sends from any
+    """A subscribed connection to one nsqd. Reads happen in the owner's thread only; sends from any
     thread, under `lock`. A failed send marks it broken: nsqd requeues what it had in flight on it."""
 
-    def __init__(self, address: str, topic: str, channel: str, settings: NsqSettings, name: str) -> None:
+    def __init__(self, address: str, topic: str, channel: str, settings: NsqSettings, name: str, ready: int) -> None:
         host, port = address.rsplit(":", 1)
         self.address = address
         self.lock = threading.Lock()
@@ -80,13 +81,16 @@ class _Conn:
         identify = {"client_id": name, "hostname": socket.gethostname(), "user_agent": "taskherd",
                     "feature_negotiation": False, "heartbeat_interval": HEARTBEAT_MS,
                     "msg_timeout": int(settings.msg_timeout_s * 1000)}
-        # nsqd's output buffer stays on: at RDY 1 nsqd flushes as soon as the one message is out, and
-        # it writes a whole frame at once (unbuffered, size and body go out as separate writes).
+        # At RDY 1 nsqd's output buffer stays on: it flushes as soon as the one message is out, and a
+        # whole frame goes in one write (unbuffered, size and body are separate writes). With room for
+        # more, nsqd would hold a lone message in its buffer for output_buffer_timeout (250 ms).
+        if ready > 1:
+            identify["output_buffer_size"] = -1
         self.sock.sendall(protocol.MAGIC_V2 + protocol.identify(identify))
         self._expect_ok("IDENTIFY")
         self.sock.sendall(protocol.subscribe(topic, channel))
         self._expect_ok("SUB")
-        self.sock.sendall(protocol.ready(1))
+        self.sock.sendall(protocol.ready(ready))
 
     def _expect_ok(self, what: str) -> None:
         deadline = time.monotonic() + SOCKET_TIMEOUT_S
@@ -143,16 +147,16 @@ class _Conn:
                 pass
 
 
-class SlotFeed:
-    def __init__(self, settings: NsqSettings, topic: str, channel: str, name: str) -> None:
-        self.settings, self.topic, self.channel, self.name = settings, topic, channel, name
+class Feed:
+    def __init__(self, settings: NsqSettings, topic: str, channel: str, name: str, ready: int = 1) -> None:
+        self.settings, self.topic, self.channel, self.name, self.ready = settings, topic, channel, name, ready
         self._conns: dict[str, _Conn] = {}
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._reading = threading.Lock()
-        """Held by whoever reads the sockets: the slot, or the Dispatcher shedding while the slot runs."""
+        """Held by whoever reads the sockets: the owner, or the Dispatcher shedding while a slot runs."""
         self._ready: deque[FeedDelivery] = deque()
-        """Messages read but not yet handed to the slot (with several nsqds, one may come from each)."""
+        """Messages read but not yet handed to the owner (a slot: with several nsqds, one from each)."""
         self._paused = False
         self._shed = False
         self._addresses: list[str] = []
@@ -160,34 +164,47 @@ class SlotFeed:
         self._retry_at = 0.0
         self._failures = 0
 
-    # --- the slot's thread ----------------------------------------------------------------------------
-    def next(self, timeout_s: float) -> FeedDelivery | None:
-        """The next message for this slot, or None after `timeout_s` (so the slot's mailbox is read).
-        With 0, only what nsqd has already sent."""
+    # --- the owner's thread ---------------------------------------------------------------------------
+    def next(self, timeout_s: float, wake_fd: int | None = None) -> FeedDelivery | None:
+        """The next message, or None after `timeout_s` (so the owner's mailbox is read), or as soon
+        as `wake_fd` is readable. With 0, only what nsqd has already sent."""
         deadline = time.monotonic() + timeout_s
         with self._reading:
-            if self._shed:  # the Dispatcher paused us while we ran a long task: ready again
-                self._shed = False
-                for conn in list(self._conns.values()):
-                    conn.send(protocol.ready(1))
-            while True:
-                with self._lock:
-                    if self._ready:
-                        return self._ready.popleft()
-                if self._paused:
+            if wake_fd is None:
+                return self._next(deadline)
+            self._selector.register(wake_fd, selectors.EVENT_READ, None)
+            try:
+                return self._next(deadline)
+            finally:
+                self._selector.unregister(wake_fd)
+
+    def _next(self, deadline: float) -> FeedDelivery | None:
+        if self._shed:  # the Dispatcher paused us while we ran a long task: ready again
+            self._shed = False
+            for conn in list(self._conns.values()):
+                conn.send(protocol.ready(self.ready))
+        while True:
+            with self._lock:
+                if self._ready:
+                    return self._ready.popleft()
+            if self._paused:
+                return None
+            self._connect()
+            left = deadline - time.monotonic()
+            if not self._conns:
+                if left <= 0:
                     return None
-                self._connect()
-                left = deadline - time.monotonic()
-                if not self._conns:
-                    if left <= 0:
-                        return None
-                    time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
-                    continue
-                events = self._selector.select(max(0.0, left))
-                for key, _ in events:
+                time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
+                continue
+            events = self._selector.select(max(0.0, left))
+            for key, _ in events:
+                if key.data is not None:
                     self._read(key.data)
-                if not events and left <= 0:
-                    return None
+            if any(key.data is None for key, _ in events):  # woken: what arrived meanwhile, or nothing
+                with self._lock:
+                    return self._ready.popleft() if self._ready else None
+            if not events and left <= 0:
+                return None
 
     def pause(self) -> None:
         """RDY 0 everywhere; what was already sent to us goes back to nsqd (drain, shutdown)."""
@@ -253,7 +270,7 @@ class SlotFeed:
             if address in self._conns:
                 continue
             try:
-                conn = _Conn(address, self.topic, self.channel, self.settings, self.name)
+                conn = _Conn(address, self.topic, self.channel, self.settings, self.name, self.ready)
             except (OSError, ConnectionError) as exc:
                 self._failures += 1
                 self._retry_at = now + min(5.0, 0.1 * 2 ** self._failures)
@@ -306,7 +323,8 @@ class SlotFeed:
             self._reading.release()
 
     def keep_alive(self) -> None:
-        """NOP on a connection quiet for a third of nsqd's read deadline (the slot runs a long task)."""
+        """NOP on a connection quiet for a third of nsqd's read deadline (the owner is busy: a slot runs
+        a long task, the analyzer a long batch)."""
         for conn in list(self._conns.values()):
             if time.monotonic() - conn.last_sent > HEARTBEAT_MS / 1000 * 2 / 3:
                 conn.send(protocol.nop())

@@ -1,5 +1,5 @@
 """The parts of a slot's feed called from another thread, on their own: stand-in connections record
-what would go to nsqd. The feed against a real nsqd: tests/integration/test_slot_feed.py."""
+what would go to nsqd. The feed against a real nsqd: tests/integration/test_feed.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 from nsq import protocol
 
-from taskherd.actors import slot_feed
-from taskherd.actors.slot_feed import FeedDelivery, SlotFeed
+from taskherd.actors import feed as feed_module
+from taskherd.actors.feed import FeedDelivery, Feed
 from taskherd.config import from_dict
 
 
@@ -30,8 +30,8 @@ class Conn:
 
 
 def test_a_quiet_connection_gets_a_nop_so_nsqd_keeps_it():
-    f = SlotFeed(from_dict({}, source="<test>").nsq, "tasks", "workers", "slot")
-    quiet, busy = Conn(quiet_s=slot_feed.HEARTBEAT_MS / 1000), Conn()
+    f = Feed(from_dict({}, source="<test>").nsq, "tasks", "workers", "slot")
+    quiet, busy = Conn(quiet_s=feed_module.HEARTBEAT_MS / 1000), Conn()
     f._conns = {"a": quiet, "b": busy}
     f.keep_alive()
     assert quiet.sent == [protocol.nop()] and busy.sent == []

@@ -1,16 +1,19 @@
-"""A slot's own subscription (actors/slot_feed.py) against a real nsqd and nsqlookupd: one message in
-flight per slot, requeues come back, a pause or a shed hands back what nsqd already sent, discovery
+"""A consumer's own subscription (actors/feed.py) against a real nsqd and nsqlookupd: one message in
+flight per slot, a batch in flight for the analyzer, requeues come back, a pause or a shed hands back what nsqd already sent, discovery
 through nsqlookupd, and a reconnect after nsqd restarts."""
 
 from __future__ import annotations
 
+import os
 import select
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
 import pytest
 
-from taskherd.actors.slot_feed import SlotFeed
+from taskherd.actors.feed import Feed
 from tests.helpers import Services, channel_stats, nsqd_post, wait_until
 
 CHANNEL = "workers"
@@ -22,10 +25,10 @@ class Feeds:
 
     services: Services
     topic: str = field(default_factory=lambda: f"feedtest-{uuid.uuid4().hex[:12]}")
-    made: list[SlotFeed] = field(default_factory=list)
+    made: list[Feed] = field(default_factory=list)
 
-    def __call__(self, name: str = "slot", **nsq: object) -> SlotFeed:
-        feed = SlotFeed(self.services.settings.nsq.model_copy(update=nsq), self.topic, CHANNEL, name)
+    def __call__(self, name: str = "slot", ready: int = 1, **nsq: object) -> Feed:
+        feed = Feed(self.services.settings.nsq.model_copy(update=nsq), self.topic, CHANNEL, name, ready)
         self.made.append(feed)
         return feed
 
@@ -46,7 +49,7 @@ def feeds(clean: Services):
         feed.close()
 
 
-def next_message(feed: SlotFeed, timeout_s: float = 10.0):
+def next_message(feed: Feed, timeout_s: float = 10.0):
     return wait_until(lambda: feed.next(0.2), timeout=timeout_s, message="a message from the feed")
 
 
@@ -120,3 +123,43 @@ def test_a_feed_reconnects_after_nsqd_restarts(clean, feeds):
     clean.manager.start_one("nsqd")
     feeds.publish(b"after")
     assert next_message(feed, timeout_s=15).body == b"after"
+
+
+def test_a_feed_with_room_for_a_batch_gets_every_message_at_once_and_requeues_come_back(clean, feeds):
+    """The analyzer's feed: RDY = a batch, so doorbells gather while it works on the last batch."""
+    feed = feeds("analyzer", ready=10)
+    feeds.publish(b"one", b"two", b"three")
+    got = [next_message(feed)]
+    got += [wait_until(lambda: feed.next(0.2), timeout=10, message="the rest, unanswered") for _ in range(2)]
+    assert sorted(d.body for d in got) == [b"one", b"three", b"two"] and {d.attempts for d in got} == {1}
+    assert feeds.in_flight() == 3
+    again = next(d for d in got if d.body == b"two")
+    again.requeue()
+    for d in got:
+        if d is not again:
+            d.finish()
+    back = next_message(feed)
+    assert (back.body, back.attempts) == (b"two", 2)
+    back.finish()
+    wait_until(lambda: feeds.in_flight() == 0, timeout=10, message="every message finished on nsqd")
+
+
+def test_a_wait_for_the_next_message_ends_when_the_wake_fd_turns_readable(clean, feeds):
+    """A slot waits for nsqd's next message while its executor runs, and not past the executor's end."""
+    feed = feeds()
+    feeds.publish(b"first")
+    next_message(feed).finish()
+    r, w = os.pipe()
+    try:
+        threading.Timer(0.2, os.write, (w, b"x")).start()  # the executor's reply arrives
+        started = time.monotonic()
+        assert feed.next(60.0, wake_fd=r) is None
+        assert time.monotonic() - started < 30  # woken, not timed out
+        os.read(r, 1)
+        feeds.publish(b"second")  # a message that comes while the executor still runs is taken
+        got = feed.next(60.0, wake_fd=r)
+        assert got is not None and got.body == b"second"
+        got.finish()
+    finally:
+        os.close(r)
+        os.close(w)
