@@ -3,7 +3,7 @@ records the outcome, rings the manager (when no doorbell of the job is on its wa
 
 Where a task is leased (`_lease`), run under its deadline (`Runner.run` kills the whole process tree
 at the time-out), and finished (`_finish`, fenced by the execution id). The slot reads its own nsqd
-connection (`SlotFeed`) in its own thread, so a message reaches the executor with no thread hop. The
+connection (`Feed`) in its own thread, so a message reaches the executor with no thread hop. The
 slot's Runner keeps a warm Python child between tasks, so a task costs a pipe round trip, not a fork.
 """
 
@@ -16,16 +16,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pykka
 import redis
 
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.manager import runner_spec
-from taskherd.actors.slot_feed import FeedDelivery, SlotFeed
+from taskherd.actors.feed import FeedDelivery, Feed
 from taskherd.errors import QueueError, StoreError, TaskherdError
-from taskherd.runners import Outcome, Runner, RunnerSpec
+from taskherd.runners import Outcome, Runner, RunnerSpec, Started
 from taskherd.store.state_store import Lease, spec_from_text
 from taskherd.store.task_queue import TaskRef, decode
 from taskherd.supervisor import Supervised
@@ -37,6 +37,8 @@ Runnable = RunnerSpec | TaskherdError | None
 
 CHANNEL = "workers"
 POLL_S = 0.5
+AHEAD_WAIT_S = 0.05
+"""How long a slot whose executor runs waits for nsqd's next message (it comes ~0.5 ms after the FIN)."""
 """How long a slot waits on its feed before it reads its mailbox (a Pause, a stop) again."""
 
 
@@ -133,7 +135,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.name = f"{ctx.node_id}/{index}"
         self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
         self.execution = Execution(self.runner)
-        self.feed = SlotFeed(ctx.settings.nsq, ctx.settings.nsq.tasks_topic, CHANNEL, self.name)
+        self.feed = Feed(ctx.settings.nsq, ctx.settings.nsq.tasks_topic, CHANNEL, self.name)
         self.paused = False
         self._unrecorded: tuple[Lease, Outcome | str, dict[str, Any] | None] | None = None
         self._specs: dict[str | None, tuple[dict[str, Any] | None, Runnable]] = {}
@@ -200,20 +202,25 @@ class Worker(Supervised, pykka.ThreadingActor):
         try:
             wait = self._start(task.lease, runnable)
             task.delivery.finish()  # after the start: nsqd's work on it overlaps the executor's
-            self._record_and_lease_ahead()
+            self._record_and_lease_ahead(wait.fileno)
             outcome = wait()
         finally:
             self.execution.end()
         self._unrecorded = (task.lease, outcome, spec)
         self.execution.unrecorded = True
 
-    def _record_and_lease_ahead(self) -> None:
-        """Record the previous outcome and, if nsqd has already sent the next message, lease its task
-        now, while the executor runs (one round trip for both). The task leased ahead waits behind
-        this one at most one renewal tick: then the Dispatcher gives it back."""
+    def _record_and_lease_ahead(self, done_fd: int | None) -> None:
+        """Record the previous outcome and lease the next task while the executor runs: in one round
+        trip if nsqd has already sent its message; else, as nsqd sends it a moment after our FIN,
+        once it comes, unless the executor is done first (`done_fd` turns readable) or AHEAD_WAIT_S
+        passes (a long task: what nsqd sends later is left for the Dispatcher to shed). The task
+        leased ahead waits behind this one at most one renewal tick: then the Dispatcher gives it back."""
         delivery = None if self.paused else self.feed.next(0.0)
         ref = self._ref(delivery) if delivery is not None else None
         ahead = self._record(then_lease=(ref, delivery) if ref is not None else None)
+        if delivery is None and done_fd is not None and not self.paused:
+            delivery = self.feed.next(AHEAD_WAIT_S, wake_fd=done_fd)
+            ahead = self._lease_for(delivery) if delivery is not None else None
         if ahead is not None:
             self.execution.hold_ahead(ahead)
 
@@ -267,11 +274,11 @@ class Worker(Supervised, pykka.ThreadingActor):
             return None
         return Ahead(lease, delivery, raw)
 
-    def _start(self, lease: Lease, runnable: Runnable) -> Callable[[], Outcome | str]:
+    def _start(self, lease: Lease, runnable: Runnable) -> Started[Outcome] | Started[str]:
         if runnable is None:
-            return lambda: f"no executor registered for task type {lease.type!r}"
+            return Started(lambda: f"no executor registered for task type {lease.type!r}")
         if isinstance(runnable, TaskherdError):
-            return lambda: f"executor spec for {lease.type!r} is unusable: {runnable}"
+            return Started(lambda: f"executor spec for {lease.type!r} is unusable: {runnable}")
         return self.runner.start(runnable, json.loads(lease.payload), lease.timeout_s)
 
     def _spec(self, raw: str | None) -> tuple[dict[str, Any] | None, Runnable]:

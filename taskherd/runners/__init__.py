@@ -18,6 +18,7 @@ _EXPORTS = {
     "SpecError": "spec",
     "Outcome": "outcome",
     "Runner": "runner",
+    "Started": "runner",
     "PythonRunner": "python_runner",
     "ExeRunner": "exe_runner",
     "HttpRunner": "http_runner",

@@ -63,9 +63,10 @@ class PythonRunner:
         """The current child's pid, None when none is running (before the first call, after a kill)."""
         return self._child.pid if self._child else None
 
-    def start(self) -> int:
-        """Start the child now rather than on the first call (which would pay its start-up); return its pid."""
-        return self._ensure_child().pid
+    @property
+    def result_fd(self) -> int | None:
+        """The pipe the child answers on (readable once a call's reply, or its EOF, is there)."""
+        return self._child.result_fd if self._child else None
 
     def run(self, target: str, payload: dict[str, Any], timeout_s: float) -> Outcome:
         """Call `target(payload)` in the child; the deadline covers start-up, import and the call."""
@@ -215,6 +216,10 @@ class _Child:
         self._selector.register(self._out, selectors.EVENT_READ)
         self._writing = False
         self._buffer = bytearray()
+
+    @property
+    def result_fd(self) -> int:
+        return self._out
 
     def send(self, request: bytes) -> memoryview:
         """Write what the pipe takes of a request now; the rest (a large payload) goes in `complete`."""

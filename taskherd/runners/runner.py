@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -17,6 +17,23 @@ from taskherd.runners.http_runner import HttpRunner
 from taskherd.runners.outcome import Outcome
 from taskherd.runners.python_runner import PythonRunner
 from taskherd.runners.spec import RunnerSpec
+
+
+T = TypeVar("T")
+
+
+class Started(Generic[T]):
+    """A call under way: calling it waits for the outcome. `fileno`, when not None, turns readable once
+    the outcome is there (a python call's pipe from its child): the slot selects on it together with
+    its feed, to take the next task's message while the executor runs, and not a moment past its end."""
+
+    __slots__ = ("_wait", "fileno")
+
+    def __init__(self, wait: Callable[[], T], fileno: int | None = None) -> None:
+        self._wait, self.fileno = wait, fileno
+
+    def __call__(self) -> T:
+        return self._wait()
 
 
 class Runner:
@@ -51,7 +68,7 @@ class Runner:
         """Run `spec` on `payload`, giving up after `timeout_s` (the task's remaining time)."""
         return self.start(spec, payload, timeout_s)()
 
-    def start(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Callable[[], Outcome]:
+    def start(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Started[Outcome]:
         """Start the call and return what waits for its outcome. A python call runs in the child while
         the caller goes on; the other kinds run here and now, and the wait returns their outcome."""
         kind_runner = {"python": self._python, "exe": self._exe, "http": self._http}[spec.kind]
@@ -72,7 +89,7 @@ class Runner:
                 return wait()
             finally:
                 self._idle()
-        return outcome
+        return Started(outcome, self._python.result_fd if kind_runner is self._python else None)
 
     def _idle(self) -> None:
         with self._lock:
