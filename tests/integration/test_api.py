@@ -455,14 +455,15 @@ def test_cli_job_wait_polls_until_done_and_exits_by_outcome(monkeypatch: pytest.
     # Given a job that is done on the third poll (the API answered by a stub transport)
     polls = iter([(0, 1, False), (1, 3, False), (3, 3, True)])
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    def answer(method: str, target: str, body: bytes | None) -> tuple[int, bytes]:
+        assert (method, target.split("?")[0]) == ("GET", "/jobs/j1")
         done, total, finished = next(polls)
         counts = {"pending": total - done, "succeeded": done - (failed if finished else 0),
                   "failed": failed if finished else 0, "cancelled": 0}
-        return httpx.Response(200, json={"job": "j1", "counts": counts, "total": total,
-                                         "open": total - done, "done": finished})
+        return 200, json.dumps({"job": "j1", "counts": counts, "total": total, "open": total - done,
+                                "done": finished}).encode()
 
-    stub = Client("http://stub", http=httpx.Client(base_url="http://stub", transport=httpx.MockTransport(answer)))
+    stub = Client("http://stub", transport=answer)
     monkeypatch.setattr("taskherd.cli._client", lambda args: stub)
     monkeypatch.setattr("taskherd.client.time.sleep", lambda s: None)
     # When `job wait` follows it, Then it exits 0 when all succeeded and 1 when some failed
