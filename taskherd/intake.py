@@ -20,7 +20,7 @@ from typing import Any
 from taskherd.config.settings import Settings
 from taskherd.errors import QueueError, TaskherdError
 from taskherd.store.archive import Archive
-from taskherd.store.state_store import NewTask, StateStore
+from taskherd.store.state_store import NewTask, StaleSpecs, StateStore
 from taskherd.store.task_queue import TaskQueue, TaskRef
 
 log = logging.getLogger("taskherd.intake")
@@ -75,18 +75,31 @@ def check_name(where: str, value: Any) -> str:
 
 
 class Intake:
-    """Validates and submits batches of tasks. Thread-safe; shared by the Manager and ResultAnalyzer."""
+    """Validates and submits batches of tasks. Thread-safe; shared by the API and the ResultAnalyzer.
+
+    Executor specs (a task's type must have one; it gives the defaults) are kept between submissions
+    under the specs version they were read at; the first Redis script of a batch refuses it if the
+    version has moved since (a spec registered or replaced), and the batch is prepared again from a
+    fresh read. So a submission pays no round trip for specs, yet sees a change as soon as an
+    uncached read would have."""
 
     def __init__(self, settings: Settings, store: StateStore, archive: Archive, queue: TaskQueue) -> None:
         self.settings = settings
         self.store = store
         self.archive = archive
         self.queue = queue
+        self._specs: tuple[str, dict[str, dict[str, Any]]] = ("", {})
+        """(specs version, executor specs by type) as last read; an empty version is never trusted."""
 
     def submit(self, subs: list[Submission], where: str = "tasks") -> list[Accepted]:
         """Accept a batch all or nothing: any invalid task raises InvalidTask before anything is written."""
-        tasks = self._prepare(subs, where)
-        return self._create(tasks, self._known(tasks))
+        version, tasks = self._prepare(subs, where, fresh=False)
+        known = self._known(tasks)
+        try:
+            return self._create(tasks, dict(known), version)
+        except StaleSpecs:  # a spec changed since we read them: read again, as an uncached submit does
+            _, tasks = self._prepare(subs, where, fresh=True)
+            return self._create(tasks, known, None)
 
     def retry(self, ids: list[str]) -> list[Accepted]:
         """Requeue dead letters (archived failed or cancelled tasks) under their own ids, fresh attempts.
@@ -97,12 +110,14 @@ class Intake:
         rows = {r["id"]: r for r in self.archive.dead(ids)}
         subs = [Submission(type=r["type"], job=r["job"], payload=json.loads(r["payload"]), id=r["id"])
                 for r in rows.values()]
-        tasks = [dataclasses.replace(t, revives=rows[t.id]["state"]) for t in self._prepare(subs, "tasks")]
-        return self._create(tasks, {})
+        tasks = [dataclasses.replace(t, revives=rows[t.id]["state"]) for t in self._prepare(subs, "tasks", True)[1]]
+        return self._create(tasks, {}, None)
 
-    def _create(self, tasks: list[NewTask], statuses: dict[str, str]) -> list[Accepted]:
+    def _create(self, tasks: list[NewTask], statuses: dict[str, str], specs_version: str | None) -> list[Accepted]:
         """Create what is new; an id named twice in one batch (an analyzer's two links to one page) is
-        created once, and its later copies answer as a resubmission would: exists or conflict."""
+        created once, and its later copies answer as a resubmission would: exists or conflict. The
+        first job's script checks the specs version (raising StaleSpecs before anything is created);
+        a spec changed between two jobs' scripts is the same race as one changed just after a read."""
         first: dict[str, NewTask] = {}
         for t in tasks:
             first.setdefault(t.id, t)
@@ -111,7 +126,8 @@ class Intake:
             if t.id not in statuses:
                 by_job.setdefault(t.job, []).append(t)
         for job, group in by_job.items():
-            statuses.update(zip([t.id for t in group], self.store.submit(job, group)))
+            statuses.update(zip([t.id for t in group], self.store.submit(job, group, specs_version)))
+            specs_version = None
         self.ring([TaskRef(t.job, t.id, t.type).encode() for t in first.values() if statuses[t.id] == "created"])
         return [Accepted(t.id, statuses[t.id] if t is first[t.id] else _again(first[t.id], t)) for t in tasks]
 
@@ -130,9 +146,16 @@ class Intake:
         return {t.id: ("exists" if archived[t.id] == (t.job, t.digest) else "conflict")
                 for t in tasks if t.id in archived}
 
-    def _prepare(self, subs: list[Submission], where: str) -> list[NewTask]:
-        specs = self.store.specs("executor", {s.type for s in subs if isinstance(s.type, str)})
-        return [self._one(s, f"{where}[{i}]", specs) for i, s in enumerate(subs)]
+    def _prepare(self, subs: list[Submission], where: str, fresh: bool) -> tuple[str | None, list[NewTask]]:
+        """(the specs version to check at create, or None; the tasks with their defaults)."""
+        types = {s.type for s in subs if isinstance(s.type, str)}
+        version, specs = self._specs
+        if fresh or not version or not types <= specs.keys():
+            version, read = self.store.executor_specs(types)
+            found = {t: spec for t, spec in read.items() if spec is not None}
+            specs = {**specs, **found} if version == self._specs[0] else found
+            self._specs = (version, specs)
+        return version or None, [self._one(s, f"{where}[{i}]", specs) for i, s in enumerate(subs)]
 
     def _one(self, s: Submission, where: str, specs: dict[str, dict | None]) -> NewTask:
         check_name(f"{where}.job", s.job)

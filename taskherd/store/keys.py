@@ -78,6 +78,10 @@ def analyzer(task_type: str) -> str:
 
 SPEC_TYPES = {"executor": executor, "analyzer": analyzer}
 
+SPECS_VERSION = f"{PREFIX}:specs-version"
+"""A fresh token on every spec change: an Intake keeps the specs it read under it, and `submit.lua`
+refuses a batch prepared under another token (the Intake then reads the specs again)."""
+
 NODES = f"{PREFIX}:nodes"
 """Sorted set node id -> expiry (ms); a node is live while its score is in the future."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterable
@@ -17,10 +18,14 @@ from typing import Any, Iterable
 import redis
 
 from taskherd.config.settings import RedisSettings
-from taskherd.errors import StoreError
+from taskherd.errors import StoreError, TaskherdError
 from taskherd.store import keys
 
 _LIVE = keys.LIVE_STATES
+
+
+class StaleSpecs(TaskherdError):
+    """`submit` refused a batch prepared under executor specs that have changed since."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,16 +131,20 @@ class StateStore:
         return []
 
     # --- submit -------------------------------------------------------------------------------------
-    def submit(self, job: str, tasks: list[NewTask]) -> list[str]:
+    def submit(self, job: str, tasks: list[NewTask], specs_version: str | None = None) -> list[str]:
         """'created' | 'exists' | 'conflict' (an id another live job owns) | 'cancelled' per task, in
-        order; one round trip."""
+        order; one round trip. With `specs_version`, raises StaleSpecs (creating nothing) if the
+        executor specs have changed since that version was read (`executor_specs`)."""
         if not tasks:
             return []
-        args: list[Any] = [job]
+        args: list[Any] = [job, specs_version or ""]
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives]
-        return self._run("submit", [keys.job_meta(job), keys.by_state(job, keys.PENDING), keys.TASK_INDEX, keys.JOBS,
-                                    *[keys.task(job, t.id) for t in tasks]], args)
+        out = self._run("submit", [keys.job_meta(job), keys.by_state(job, keys.PENDING), keys.TASK_INDEX, keys.JOBS,
+                                   keys.SPECS_VERSION, *[keys.task(job, t.id) for t in tasks]], args)
+        if out == ["stale"]:
+            raise StaleSpecs(f"executor specs changed since version {specs_version!r} was read")
+        return out
 
     # --- worker transitions -------------------------------------------------------------------------
     def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int,
@@ -315,11 +324,20 @@ class StateStore:
     def register(self, kind: str, task_type: str, spec: dict[str, Any], replace: bool) -> str:
         """'created' | 'unchanged' | 'replaced' | 'conflict'."""
         body = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-        return self._run("register", [keys.SPEC_TYPES[kind](task_type)], [body, "1" if replace else "0"])
+        return self._run("register", [keys.SPEC_TYPES[kind](task_type), keys.SPECS_VERSION],
+                         [body, "1" if replace else "0", uuid.uuid4().hex])
 
     def spec(self, kind: str, task_type: str) -> dict[str, Any] | None:
         raw = self.redis.get(keys.SPEC_TYPES[kind](task_type))
         return json.loads(raw) if raw else None
+
+    def executor_specs(self, task_types: Iterable[str]) -> tuple[str, dict[str, dict[str, Any] | None]]:
+        """(the specs version, the executor specs of `task_types`), in one round trip."""
+        types = list(dict.fromkeys(task_types))
+        *raws, version = self._roundtrip([("MGET", *[keys.executor(t) for t in types]), ("GET", keys.SPECS_VERSION)]
+                                         if types else [("GET", keys.SPECS_VERSION)])
+        raws = raws[0] if raws else []
+        return version or "", {t: json.loads(r) if r else None for t, r in zip(types, raws)}
 
     def specs(self, kind: str, task_types: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         types = list(dict.fromkeys(task_types))

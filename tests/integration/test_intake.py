@@ -7,6 +7,7 @@ import pytest
 from taskherd.intake import Intake, InvalidTask, Submission
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
+from taskherd.store import keys
 from taskherd.store.task_queue import TaskQueue
 from tests.helpers import topic_depth
 
@@ -38,3 +39,23 @@ def test_an_invalid_task_rejects_the_whole_batch_and_writes_nothing(intake):
     assert bad.value.field == "tasks[1].type"
     assert intake.store.redis.dbsize() == before
     assert topic_depth(intake.settings, intake.settings.nsq.tasks_topic) is None
+
+
+def _mgets(store: StateStore) -> int:
+    return int(store.redis.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+
+def test_specs_are_read_once_and_a_spec_replaced_elsewhere_is_seen_by_the_next_submit(intake):
+    """The Intake keeps the specs it read; a replica's registration moves the specs version, and the
+    next batch, refused under the old version, is prepared again from the new spec."""
+    intake.submit([Submission(type="t", job="j", payload={}, id="a")])
+    reads = _mgets(intake.store)
+    intake.submit([Submission(type="t", job="j", payload={}, id="b")])
+    assert _mgets(intake.store) == reads  # no round trip for specs
+    other = StateStore(intake.settings.redis)  # another manager replica registers
+    assert other.register("executor", "t", {"id": "t", "kind": "python", "target": "m:f", "timeout_s": 77},
+                          replace=True) == "replaced"
+    assert [a.status for a in intake.submit([Submission(type="t", job="j", payload={}, id="c")])] == ["created"]
+    timeouts = {tid: intake.store.redis.hget(keys.task("j", tid), "timeout_s") for tid in ("a", "b", "c")}
+    assert float(timeouts["c"]) == 77 and float(timeouts["a"]) == float(timeouts["b"]) == 300
+    assert topic_depth(intake.settings, intake.settings.nsq.tasks_topic) == 3

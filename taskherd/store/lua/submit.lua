@@ -2,19 +2,22 @@
 -- Task ids are global: the first job to claim an id in the task index owns it while the task is
 -- live, and any other job's task of that id is a conflict.
 -- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3] task index, KEYS[4] set of jobs,
--- KEYS[5..] task hashes (one per task, in ARGV order)
--- ARGV[1] job; then 8 per task: id, type, payload, digest, max_attempts, timeout_s, parent, revives
--- (revives: the final state of an archived task being retried, counted out of the job as it returns)
+-- KEYS[5] specs version, KEYS[6..] task hashes (one per task, in ARGV order)
+-- ARGV[1] job, ARGV[2] the specs version the batch was prepared under ('' to skip the check: it
+-- answers {'stale'}, creating nothing, when a spec has changed since); then 8 per task: id, type,
+-- payload, digest, max_attempts, timeout_s, parent, revives (revives: the final state of an archived
+-- task being retried, counted out of the job as it returns)
+if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'stale'} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local created, out = 0, {}
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  for i = 5, #KEYS do out[#out + 1] = 'cancelled' end
+  for i = 6, #KEYS do out[#out + 1] = 'cancelled' end
   return out
 end
 redis.call('SADD', KEYS[4], ARGV[1])
-for i = 5, #KEYS do
-  local a = 1 + (i - 5) * 8
+for i = 6, #KEYS do
+  local a = 2 + (i - 6) * 8
   local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
   local owner = redis.call('HGET', KEYS[3], id)
   if not owner then redis.call('HSET', KEYS[3], id, ARGV[1]) end
