@@ -37,9 +37,9 @@ Runnable = RunnerSpec | TaskherdError | None
 
 CHANNEL = "workers"
 POLL_S = 0.5
+"""How long a slot waits on its feed before it reads its mailbox (a Pause, a stop) again."""
 AHEAD_WAIT_S = 0.05
 """How long a slot whose executor runs waits for nsqd's next message (it comes ~0.5 ms after the FIN)."""
-"""How long a slot waits on its feed before it reads its mailbox (a Pause, a stop) again."""
 
 
 class Execution:

@@ -3,8 +3,8 @@
 The tree is rest_for_one. The actors that consume NSQ (worker slots, the ResultAnalyzer) each read
 their own nsqd connection (`taskherd.actors.feed`), so no actor's restart reaches another's
 subscription. Worker slots sit under their own one_for_one supervisor, so one crashing slot restarts
-alone. Past the restart intensity the root gives up and the process exits 1,
-so Kubernetes (or `taskherd up`) restarts the pod.
+alone. Past the restart intensity the root gives up and the process exits 1, so Kubernetes (or
+`taskherd up`) restarts the pod.
 """
 
 from __future__ import annotations

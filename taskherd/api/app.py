@@ -146,7 +146,7 @@ def _task_routes(app: FastAPI) -> None:
         tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
         _check_batch(tasks, pod.ctx.settings.api.max_batch)
         subs = [Submission(type=t.type, job=t.job, payload=t.payload, id=t.id, timeout_s=t.timeout_s,
-                                max_attempts=t.max_attempts) for t in tasks]
+                           max_attempts=t.max_attempts) for t in tasks]
         try:
             accepted = pod.intake.submit(subs)
         except InvalidTask as exc:
