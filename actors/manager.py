@@ -15,6 +15,7 @@ from typing import Any
 import pykka
 
 from taskherd.intake import Intake
+from taskherd.jobs import summarize
 from taskherd.runners import RunnerSpec
 from taskherd.store.task_queue import TaskRef
 from taskherd.supervisor import Supervised
@@ -79,6 +80,9 @@ class Manager(Supervised, pykka.ThreadingActor):
             case RegisterSpec(kind, task_type, spec, replace):
                 return self._register(kind, task_type, spec, replace)
             case Teardown(job):
+                # A job done a moment ago may not have its summary in MySQL yet: write it now, or it
+                # would be lost with the keys it is made from (a no-op if written or not done).
+                summarize(self.intake.store, self.intake.archive, job)
                 self.intake.store.cancel_job(job)  # running executors are killed at their next renewal
                 left = self.intake.store.teardown(job)
                 log.info("job %s torn down%s", job, f"; {len(left)} key(s) left: {left[:5]}" if left else "")

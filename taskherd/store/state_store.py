@@ -82,7 +82,7 @@ class StateStore:
         self.redis = client or connect(settings)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register", "cancel",
-                          "claim")}
+                          "claim", "summarized")}
         self._local = threading.local()
 
     def _run(self, name: str, keys_: list[str], args: list[Any]) -> Any:
@@ -301,7 +301,7 @@ class StateStore:
                 "summarized": meta.get("summarized") == "1"}
 
     def mark_summarized(self, job: str) -> None:
-        self.redis.hset(keys.job_meta(job), "summarized", 1)
+        self._run("summarized", [keys.job_meta(job)], [])
 
     def count(self, job: str, state: str, before_ms: int | None = None) -> int:
         """Tasks in a live state (with a score before `before_ms`, when given)."""

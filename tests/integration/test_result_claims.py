@@ -8,8 +8,11 @@ from __future__ import annotations
 import pytest
 
 from taskherd.actors.context import PodContext
+from taskherd.actors.manager import Manager, Teardown
 from taskherd.actors.timeout_watcher import TimeoutWatcher
+from taskherd.intake import Intake
 from taskherd.store import keys
+from taskherd.store.archive import Archive, ArchivedTask
 from taskherd.store.state_store import NewTask, StateStore
 from taskherd.store.task_queue import TaskQueue
 from tests.helpers import topic_depth
@@ -81,3 +84,23 @@ def test_the_watcher_rings_once_for_a_job_whose_results_wait_unclaimed(clean, st
     watcher.sweep()
     assert topic_depth(s, s.nsq.results_topic) == 1  # one doorbell for the job, not one per result
     assert len(store.claim_results(JOB, 256, 60_000)[0]) == 2
+
+
+def test_a_teardown_right_after_done_keeps_the_summary_and_no_key(clean, store):
+    """The analyzer counts a job done, then writes its summary to MySQL; a client that sees "done" in
+    between and tears the job down must neither lose the summary nor find a key of the job left."""
+    archive = Archive(clean.settings.mysql)
+    archive.ensure_schema()
+    run_to_result(store, "a")
+    tasks, _ = store.claim_results(JOB, 256, 60_000)
+    archive.archive([ArchivedTask(id="a", job=JOB, type="t", state="succeeded", attempts=1, digest="digest",
+                                  parent="", payload="{}", result=tasks[0]["result"], error=None,
+                                  executions="[]", created_ms=1, finished_ms=2)])
+    assert store.archive(JOB, [("a", "succeeded")]) == (["ok"], True)  # done; not yet summarized
+    manager = Manager.start(Intake(clean.settings, store, archive, TaskQueue(clean.settings.nsq)),
+                            supervisor=None, slot="manager")
+    assert manager.ask(Teardown(JOB), timeout=10) == []
+    summary = archive.job(JOB)
+    assert summary is not None and (summary["total"], summary["succeeded"]) == (1, 1)
+    store.mark_summarized(JOB)  # the analyzer's own, late: it must not bring a key of the job back
+    assert store.leftovers(JOB) == []
