@@ -231,8 +231,9 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 ARCHIVED.labels(v.state).inc()
         if job_done:
             log.info("job %s is done", job)
-            summarize(self.ctx.store, self.ctx.archive, job)
-            self.ctx.job_events.notify()
+            status = summarize(self.ctx.store, self.ctx.archive, job)
+            if status is not None:
+                self.ctx.job_events.notify(job, status)
 
 
 def _analyzer_input(task: dict[str, Any], result: Any) -> dict[str, Any]:

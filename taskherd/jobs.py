@@ -54,16 +54,18 @@ class Queries:
         return ids, (ids[-1] if len(ids) == limit else None)
 
 
-def summarize(store: StateStore, archive: Archive, job: str) -> None:
-    """Write the done job's summary to MySQL once; the watcher retries if this crashes midway."""
+def summarize(store: StateStore, archive: Archive, job: str) -> dict[str, Any] | None:
+    """Write the done job's summary to MySQL once; the watcher retries if this crashes midway. The
+    job's status as summarized (what `Queries.job` reads now), or None if it had nothing to write."""
     status = store.job(job)
     if status is None or not status["done"] or status["summarized"]:
-        return
+        return None
     counts = status["counts"]
     archive.save_job(job, {"total": status["total"], "succeeded": counts["succeeded"], "failed": counts["failed"],
                            "cancelled": counts["cancelled"], "created_ms": status["created_ms"],
                            "finished_ms": status["finished_ms"]})
     store.mark_summarized(job)
+    return {"job": job, **status, "summarized": True}
 
 
 def _live_view(t: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +79,12 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
             "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None}
 
 
+Status = dict[str, Any]
+
+
 class JobEvents:
-    """Wakes the API's long-polls (`GET /jobs/{job}?wait_s=`) when this process counts a job done.
+    """Wakes the API's long-polls (`GET /jobs/{job}?wait_s=`) when this process counts a job done,
+    handing them the job's status as summarized, so they answer without reading it again.
 
     A waiter registers before it reads the job, so a job finishing in between still wakes it; a job
     finished by another manager replica is seen at the waiter's next periodic re-read instead.
@@ -87,27 +93,27 @@ class JobEvents:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+        self._waiters: set[tuple[str, asyncio.AbstractEventLoop, asyncio.Future[Status]]] = set()
 
-    def register(self) -> asyncio.Future[None]:
+    def register(self, job: str) -> asyncio.Future[Status]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[Status] = loop.create_future()
         with self._lock:
-            self._waiters.add((loop, fut))
-        fut.add_done_callback(lambda f: self._discard(loop, f))
+            self._waiters.add((job, loop, fut))
+        fut.add_done_callback(lambda f: self._discard(job, loop, f))
         return fut
 
-    def _discard(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
+    def _discard(self, job: str, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Status]) -> None:
         with self._lock:
-            self._waiters.discard((loop, fut))
+            self._waiters.discard((job, loop, fut))
 
-    def notify(self) -> None:
+    def notify(self, job: str, status: Status) -> None:
         with self._lock:
-            waiters = list(self._waiters)
+            waiters = [(loop, fut) for name, loop, fut in self._waiters if name == job]
         for loop, fut in waiters:
-            loop.call_soon_threadsafe(_wake, fut)
+            loop.call_soon_threadsafe(_wake, fut, status)
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
+def _wake(fut: asyncio.Future[Status], status: Status) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(status)

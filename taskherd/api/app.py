@@ -194,14 +194,14 @@ def _job_routes(app: FastAPI) -> None:
         long-poll: `job wait` and the client's `wait` use it, so "done" arrives within milliseconds)."""
         deadline = time.monotonic() + wait_s
         while True:
-            woken = pod.ctx.job_events.register()
+            woken = pod.ctx.job_events.register(job)
             status = await run_in_threadpool(_job, pod, job)
             remaining = deadline - time.monotonic()
             if status["done"] or remaining <= 0:
                 woken.cancel()
                 return status
             try:
-                await asyncio.wait_for(woken, min(remaining, RECHECK_S))
+                return await asyncio.wait_for(woken, min(remaining, RECHECK_S))  # done, as summarized
             except asyncio.TimeoutError:
                 pass
 

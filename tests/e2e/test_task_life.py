@@ -194,6 +194,7 @@ def test_a_long_poll_answers_with_progress_then_with_done(cluster):
     # A long one answers with the job done, well before its 60 s are up (the ResultAnalyzer wakes it)
     status = c.job("jlp", wait_s=60)
     assert status["done"] is True and status["counts"]["succeeded"] == 1
+    assert status == c.job("jlp")  # the status handed over at wake-up is what a read gives
     # The client's wait rides on it; an unknown job is a 404, not a wait
     assert c.wait("jlp", timeout=5)["done"] is True
     with pytest.raises(ClientError) as missing:
