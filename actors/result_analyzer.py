@@ -231,9 +231,8 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 ARCHIVED.labels(v.state).inc()
         if job_done:
             log.info("job %s is done", job)
-            status = summarize(self.ctx.store, self.ctx.archive, job)
-            if status is not None:
-                self.ctx.job_events.notify(job, status)
+            # None if another writer (the watcher's sweep) summarized it first: the waiters then read.
+            self.ctx.job_events.notify(job, summarize(self.ctx.store, self.ctx.archive, job))
 
 
 def _analyzer_input(task: dict[str, Any], result: Any) -> dict[str, Any]:

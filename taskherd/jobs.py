@@ -84,7 +84,8 @@ Status = dict[str, Any]
 
 class JobEvents:
     """Wakes the API's long-polls (`GET /jobs/{job}?wait_s=`) when this process counts a job done,
-    handing them the job's status as summarized, so they answer without reading it again.
+    handing them the job's status as summarized, so they answer without reading it again (or None:
+    they read it).
 
     A waiter registers before it reads the job, so a job finishing in between still wakes it; a job
     finished by another manager replica is seen at the waiter's next periodic re-read instead.
@@ -93,27 +94,27 @@ class JobEvents:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: set[tuple[str, asyncio.AbstractEventLoop, asyncio.Future[Status]]] = set()
+        self._waiters: set[tuple[str, asyncio.AbstractEventLoop, asyncio.Future[Status | None]]] = set()
 
-    def register(self, job: str) -> asyncio.Future[Status]:
+    def register(self, job: str) -> asyncio.Future[Status | None]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Status] = loop.create_future()
+        fut: asyncio.Future[Status | None] = loop.create_future()
         with self._lock:
             self._waiters.add((job, loop, fut))
         fut.add_done_callback(lambda f: self._discard(job, loop, f))
         return fut
 
-    def _discard(self, job: str, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Status]) -> None:
+    def _discard(self, job: str, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Status | None]) -> None:
         with self._lock:
             self._waiters.discard((job, loop, fut))
 
-    def notify(self, job: str, status: Status) -> None:
+    def notify(self, job: str, status: Status | None) -> None:
         with self._lock:
             waiters = [(loop, fut) for name, loop, fut in self._waiters if name == job]
         for loop, fut in waiters:
             loop.call_soon_threadsafe(_wake, fut, status)
 
 
-def _wake(fut: asyncio.Future[Status], status: Status) -> None:
+def _wake(fut: asyncio.Future[Status | None], status: Status | None) -> None:
     if not fut.done():
         fut.set_result(status)

@@ -25,3 +25,15 @@ def test_a_notify_wakes_the_waiters_of_its_job_only_and_hands_them_its_status() 
         assert not events._waiters  # answered and cancelled waiters are forgotten
 
     asyncio.run(main())
+
+
+def test_a_notify_without_a_status_still_wakes_the_waiters() -> None:
+    """The watcher's sweep may summarize a job before the analyzer does: the analyzer then has no
+    status to hand over, and its waiters must still wake (to read it), not wait for their re-read."""
+    async def main() -> None:
+        events = JobEvents()
+        waiter = events.register("a")
+        threading.Thread(target=events.notify, args=("a", None)).start()
+        assert await asyncio.wait_for(waiter, 5) is None
+
+    asyncio.run(main())
