@@ -131,9 +131,11 @@ def tree_pids(pid: int) -> list[int]:
         return []
 
 
-def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Send `sig` to `pid` and all its descendants (children listed first, before the parent dies)."""
-    for p in reversed(tree_pids(pid)):
+def kill_tree(pid: int, sig: int = signal.SIGKILL, parent_first: bool = False) -> None:
+    """Send `sig` to `pid` and all its descendants: children first (before the parent dies and they
+    are re-parented), or the parent first (a node loss: the parent must not see its children die)."""
+    pids = tree_pids(pid)
+    for p in (pids if parent_first else reversed(pids)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, sig)
 

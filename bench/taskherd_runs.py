@@ -325,7 +325,10 @@ class Taskherd:
                 raise BenchError(f"taskherd recovery: pid {pid} running the task is in no worker pod")
             restarts = victim.restarts
             t_kill = time.time()
-            kill_tree(victim.pid, signal.SIGKILL)  # the pod and its runner children, as a node loss would
+            # The pod, then its runner children, as a node loss would: killed children first, the pod
+            # could see its executor die, record a retryable failure and have it retried (1.55 s in
+            # one run) instead of losing the task with its lease.
+            kill_tree(victim.pid, signal.SIGKILL, parent_first=True)
             deadline = time.monotonic() + cap_s
             again = None
             while time.monotonic() < deadline:
