@@ -108,20 +108,15 @@ class Archive:
             self._local.conn = conn
         return conn
 
-    def _execute(self, fn: Any, transaction: bool = False) -> Any:
-        """Run fn(cursor), its statements in one transaction if asked (else each commits on its own:
-        one round trip, and a read never sees an old snapshot); on a lost connection, reconnect once
-        and retry."""
+    def _execute(self, fn: Any) -> Any:
+        """Run fn(cursor) in autocommit (a read never sees an old snapshot; a write that needs a
+        transaction sends its own BEGIN and COMMIT, see `archive`); on a lost connection, reconnect
+        once and retry."""
         for attempt in (1, 2):
             conn = self._conn()
             try:
-                if transaction:
-                    conn.begin()
                 with conn.cursor() as cur:
-                    out = fn(cur)
-                if transaction:
-                    conn.commit()
-                return out
+                    return fn(cur)
             except pymysql.err.OperationalError as exc:
                 self._drop()
                 if attempt == 2:
@@ -143,7 +138,7 @@ class Archive:
         self._drop()
 
     def ensure_schema(self) -> None:
-        self._execute(lambda cur: [cur.execute(sql) for sql in _SCHEMA], transaction=True)
+        self._execute(lambda cur: [cur.execute(sql) for sql in _SCHEMA])  # DDL: each commits on its own
 
     def archive(self, tasks: list[ArchivedTask]) -> None:
         """Upsert finished tasks and their records in one transaction, sent as one multi-statement

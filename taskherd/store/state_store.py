@@ -332,17 +332,20 @@ class StateStore:
         return json.loads(raw) if raw else None
 
     def executor_specs(self, task_types: Iterable[str]) -> tuple[str, dict[str, dict[str, Any] | None]]:
-        """(the specs version, the executor specs of `task_types`), in one round trip."""
-        types = list(dict.fromkeys(task_types))
-        *raws, version = self._roundtrip([("MGET", *[keys.executor(t) for t in types]), ("GET", keys.SPECS_VERSION)]
-                                         if types else [("GET", keys.SPECS_VERSION)])
-        raws = raws[0] if raws else []
-        return version or "", {t: json.loads(r) if r else None for t, r in zip(types, raws)}
+        """(the specs version, the executor specs of `task_types`), in one MGET."""
+        extra, specs = self._read_specs("executor", task_types, keys.SPECS_VERSION)
+        return extra[0] or "", specs
 
     def specs(self, kind: str, task_types: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        return self._read_specs(kind, task_types)[1]
+
+    def _read_specs(self, kind: str, task_types: Iterable[str],
+                    *extra_keys: str) -> tuple[list[str | None], dict[str, dict[str, Any] | None]]:
+        """(the values of `extra_keys`, the specs by type), read in one MGET."""
         types = list(dict.fromkeys(task_types))
-        raws = self._roundtrip([("MGET", *[keys.SPEC_TYPES[kind](t) for t in types])])[0] if types else []
-        return {t: json.loads(r) if r else None for t, r in zip(types, raws)}
+        names = [keys.SPEC_TYPES[kind](t) for t in types] + list(extra_keys)
+        raws = self._roundtrip([("MGET", *names)])[0] if names else []
+        return raws[len(types):], {t: json.loads(r) if r else None for t, r in zip(types, raws)}
 
     def spec_raw(self, kind: str, task_type: str) -> str | None:
         return self.redis.get(keys.SPEC_TYPES[kind](task_type))

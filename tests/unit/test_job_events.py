@@ -13,15 +13,20 @@ def test_a_notify_wakes_the_waiters_of_its_job_only_and_hands_them_its_status() 
         events = JobEvents()
         first, second, other = events.register("a"), events.register("a"), events.register("b")
         status = {"job": "a", "done": True, "summarized": True}
-        notifier = threading.Thread(target=events.notify, args=("a", status))  # the analyzer's thread
-        notifier.start()
-        assert await asyncio.wait_for(first, 5) == status
-        assert await asyncio.wait_for(second, 5) == status
-        notifier.join(5)  # every wake-up it would make is scheduled by now...
-        await asyncio.sleep(0)  # ...and has run after one turn of the loop
+        loop, marker = asyncio.get_running_loop(), asyncio.get_running_loop().create_future()
+
+        def analyzer() -> None:  # notify, then a marker that runs after every wake-up it scheduled
+            events.notify("a", status)
+            loop.call_soon_threadsafe(marker.set_result, None)
+
+        threading.Thread(target=analyzer).start()
+        await asyncio.wait_for(marker, 5)
+        assert first.result() == status and second.result() == status
         assert not other.done()
-        other.cancel()
-        await asyncio.sleep(0)
+        other.cancel()  # schedules its done callback (which forgets it)...
+        forgotten = loop.create_future()
+        loop.call_soon(forgotten.set_result, None)  # ...which runs before this one
+        await forgotten
         assert not events._waiters  # answered and cancelled waiters are forgotten
 
     asyncio.run(main())
