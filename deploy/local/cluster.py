@@ -5,6 +5,10 @@ Services first (ServiceManager), then one manager pod and N worker pods as child
 agrees on ports). Pod logs stream to our stdout with a prefix per pod. A pod that exits on its own
 (its supervisor escalated) is restarted, as Kubernetes would. Stop order: pods (SIGTERM, so workers
 drain), then services.
+
+Pods run `python -P -m taskherd`: `-P` keeps the working directory off `sys.path`, so `up` started in
+a source checkout runs the installed package, never the source folder `taskherd/` (which lacks the
+subpackages pyproject maps in from other folders, such as `taskherd.config`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class Pod:
         self.restarts = 0
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "taskherd", "--config", str(self.config), "run", "--role", self.role]
+        argv = [sys.executable, "-P", "-m", "taskherd", "--config", str(self.config), "run", "--role",
+                self.role]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._stream, args=(self.proc,), daemon=True).start()
