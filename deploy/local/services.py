@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -39,9 +40,6 @@ from typing import BinaryIO
 
 import psutil
 import pymysql
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from taskherd.config import Settings
 from taskherd.config.settings import DEADLETTER_HEADROOM
@@ -139,6 +137,12 @@ class ServiceManager:
         """Pid of `name` while it runs, else None."""
         proc = self._procs.get(_known(name))
         return proc.pid if proc is not None and proc.poll() is None else None
+
+    def exit_code(self, name: str) -> int | None:
+        """How `name` ended (negative: the signal that killed it), once it has exited on its own;
+        None while it runs or when this manager does not hold it (never started, or stopped)."""
+        proc = self._procs.get(_known(name))
+        return proc.poll() if proc is not None else None
 
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
@@ -248,8 +252,7 @@ class ServiceManager:
             except subprocess.TimeoutExpired:
                 problem = f"timed out after {self.start_timeout_s:.0f} s"
         if problem:
-            raise ServiceError(f"mariadb: mariadb-install-db failed ({problem}); "
-                               f"last lines of {logfile}:\n{_tail(logfile)}")
+            raise ServiceError(f"mariadb: mariadb-install-db failed ({problem}): {_why('mariadb', logfile)}")
         staging.rename(datadir)
         log.info("mariadb: bootstrapped a new datadir in %s", datadir)
 
@@ -291,9 +294,8 @@ class ServiceManager:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise ServiceError(f"{plan.name} exited with code {proc.returncode} while starting; "
-                                   f"last lines of {self.log_path(plan.name)}:\n"
-                                   f"{_tail(self.log_path(plan.name))}")
+                raise ServiceError(f"{plan.name} exited with code {proc.returncode} while starting: "
+                                   f"{_why(plan.name, self.log_path(plan.name))}")
             try:
                 plan.probe()
             except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
@@ -304,8 +306,8 @@ class ServiceManager:
                      "/".join(str(p) for p, _ in plan.ports), proc.pid, time.monotonic() - started)
             return
         raise ServiceError(f"{plan.name} did not answer on {_LOOPBACK}:{plan.ports[0][0]} within "
-                           f"{self.start_timeout_s:.0f} s (last error: {last}); last lines of "
-                           f"{self.log_path(plan.name)}:\n{_tail(self.log_path(plan.name))}")
+                           f"{self.start_timeout_s:.0f} s (last error: {last}): "
+                           f"{_why(plan.name, self.log_path(plan.name))}")
 
 
 def _known(name: str) -> str:
@@ -332,11 +334,26 @@ def _http_ping(port: int) -> None:
 
 
 def _redis_ping(port: int, password: str | None) -> None:
-    # No retry: redis-py's default retries with backoff would take ~4 s to report "not yet".
-    client = redis.Redis(host=_LOOPBACK, port=port, password=password, socket_timeout=1,
-                         socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
-    with contextlib.closing(client):
-        client.ping()
+    """PING (after AUTH when a password is set) in raw RESP: only taskherd.store speaks redis-py.
+
+    One try, one second: "not yet" must come back at once (connection refused, `-LOADING` while
+    Redis replays its AOF, or a wrong password as `-WRONGPASS`, all raised)."""
+    with socket.create_connection((_LOOPBACK, port), timeout=1) as sock, sock.makefile("rb") as replies:
+        if password:
+            _resp_call(sock, replies, "AUTH", password, expect=b"+OK")
+        _resp_call(sock, replies, "PING", expect=b"+PONG")
+
+
+def _resp_call(sock: socket.socket, replies: BinaryIO, *args: str, expect: bytes) -> None:
+    """Send one command as a RESP array of bulk strings; raise unless the reply line is `expect`."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    sock.sendall(b"".join(parts))
+    reply = replies.readline(512).rstrip(b"\r\n")
+    if reply != expect:
+        raise ServiceError(f"redis answered {args[0]} with {reply[:120]!r}")
 
 
 def _port_in_use(port: int) -> bool:
@@ -391,12 +408,49 @@ def _open_log(path: Path, argv: list[str]) -> Iterator[BinaryIO]:
         yield file
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+_CAUSE = {
+    "nsqlookupd": re.compile(r"FATAL"),
+    "nsqd": re.compile(r"FATAL"),  # "FATAL: failed to instantiate nsqd - failed to lock data-path: ..."
+    "mariadb": re.compile(r"\[ERROR\]"),  # the first [ERROR] is the cause, the rest its consequences
+    # Redis logs errors at warning level ("pid:M date # ..."), beside start-up chatter and advisories.
+    "redis": re.compile(r"^\d+:[A-Z] .* # (?!WARNING|oO0O|Redis version=|Configuration loaded|Server init)"),
+}
+_ANY_CAUSE = re.compile(r"FATAL|\[ERROR\]|\bError\b")
+_START_MARK = "--- taskherd "
+"""The header `_open_log` writes before each start: what follows the last one is this start's log."""
+
+
+def _why(name: str, path: Path) -> str:
+    """The log line of the last start that says why `name` failed, else a short tail; and the path.
+
+    The first such line for nsqd and MariaDB (what follows it is consequence), the last for Redis
+    (whose warning level also carries start-up chatter)."""
+    text = _read_end(path)
+    if text is None:
+        return f"(cannot read {path})"
+    lines = text.split(_START_MARK)[-1].splitlines()[1:]
+    causes = [line for line in lines if _CAUSE.get(name, _ANY_CAUSE).search(line)] or \
+        [line for line in lines if _ANY_CAUSE.search(line)]
+    if causes:
+        cause = causes[-1] if name == "redis" else causes[0]
+        more = f"; {len(causes) - 1} more such line(s)" if len(causes) > 1 else ""
+        return f"{cause.strip()}\n    (from {path}{more})"
+    tail = "\n".join("    " + line for line in lines[-5:]) or "    (log is empty)"
+    return f"no error line in {path}; its last lines:\n{tail}"
+
+
+def _read_end(path: Path, size: int = 16384) -> str | None:
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            text = f.read().decode(errors="replace")
-    except OSError as exc:
-        return f"(cannot read log: {exc})"
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _tail(path: Path, lines: int) -> str:
+    text = _read_end(path, 8192)
+    if text is None:
+        return f"    (cannot read {path})"
     return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (log is empty)"
