@@ -3,8 +3,12 @@
 Services first (ServiceManager), then one manager pod and N worker pods as child processes, each
 `taskherd run --role ...` with the same effective config (written into the data dir, so every pod
 agrees on ports). Pod logs stream to our stdout with a prefix per pod. A pod that exits on its own
-(its supervisor escalated) is restarted, as Kubernetes would. Stop order: pods (SIGTERM, so workers
-drain), then services.
+(its supervisor escalated) is restarted, as Kubernetes would; so is a service that dies, up to
+`SERVICE_MAX_RESTARTS` within `SERVICE_RESTART_WINDOW_S`, past which `up` stops everything and exits 1.
+Stop order: pods (SIGTERM, so workers drain), then services.
+
+One `up` per data dir: an exclusive lock on `DATA/up.lock` (holding the pid) is taken before anything
+in the data dir is written, and held until everything is stopped.
 
 Pods run `python -P -m taskherd`: `-P` keeps the working directory off `sys.path`, so `up` started in
 a source checkout runs the installed package, never the source folder `taskherd/` (which lacks the
@@ -13,6 +17,9 @@ subpackages pyproject maps in from other folders, such as `taskherd.config`).
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -26,8 +33,12 @@ import httpx
 
 from taskherd.config.settings import Settings
 from taskherd.config.toml_out import dumps
-from taskherd.deploy.local.services import ServiceManager
+from taskherd.deploy.local.services import SERVICES, ServiceManager
 from taskherd.errors import ServiceError
+
+SERVICE_MAX_RESTARTS = 5
+SERVICE_RESTART_WINDOW_S = 60.0
+"""A service that died this often within this window is given up on (and `up` with it)."""
 
 
 class Pod:
@@ -78,8 +89,41 @@ def stop_pods(pods: list[Pod], grace_s: float) -> None:
         t.join()
 
 
+class DataDirLock:
+    """An exclusive `flock` on DATA/up.lock, which holds the pid of the `up` that has it.
+
+    The kernel drops the lock when its holder dies, so a crashed `up` leaves no stale lock; the
+    descriptor is not inherited, so no service or pod keeps it past `up`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "up.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ServiceError naming the pid that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ServiceError(f"data dir {self.path.parent} is in use by another taskherd up "
+                               f"(pid {holder}); stop that one or choose another --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the flock
+            self._fd = None
+
+
 class Cluster:
-    """Context manager: services + pods up on enter (API answering), all down on exit."""
+    """Context manager: services + pods up on enter (API answering), all down on exit.
+
+    `tend()`, called from the thread that entered, restarts services that died (see the module doc)."""
 
     def __init__(self, settings: Settings, config_path: str | None = None, workers: int | None = None,
                  data_dir: str | None = None, out: IO[str] | None = None) -> None:
@@ -90,17 +134,20 @@ class Cluster:
         self.services = ServiceManager(settings, self.data_dir)
         self.config = self.data_dir / "cluster.toml"
         self.pods: list[Pod] = []
+        self._lock = DataDirLock(self.data_dir)
+        self._service_restarts: dict[str, collections.deque[float]] = \
+            {name: collections.deque() for name in SERVICES}
         self._stopping = threading.Event()
 
     @property
     def api_url(self) -> str:
         return f"http://{self.settings.api.host}:{self.settings.api.port}"
 
-    def __enter__(self) -> "Cluster":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(dumps(self.settings))
-        self.services.start()
+    def __enter__(self) -> Cluster:
+        self._lock.acquire()  # first: a second `up` on this data dir must change nothing in it
         try:
+            self.config.write_text(dumps(self.settings))
+            self.services.start()
             self.pods = [Pod("manager", "manager", self.config, self.out)]
             self.pods += [Pod(f"worker-{i + 1}", "worker", self.config, self.out) for i in range(self.workers)]
             for pod in self.pods:
@@ -114,8 +161,44 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
-        stop_pods(self.pods, self.settings.worker.drain_grace_s + 10)
-        self.services.stop()
+        try:
+            stop_pods(self.pods, self.settings.worker.drain_grace_s + 10)
+            self.services.stop()
+        finally:
+            self._lock.release()
+
+    def tend(self) -> None:
+        """Restart every service that is not running, saying so; raise ServiceError (giving up) when
+        one has needed `SERVICE_MAX_RESTARTS` restarts within `SERVICE_RESTART_WINDOW_S` already.
+
+        Call it from the thread that entered: a service dies with the thread that started it."""
+        for name in SERVICES:
+            if self.services.pid(name) is None and not self._stopping.is_set():
+                self._restart_service(name)
+
+    def _restart_service(self, name: str) -> None:
+        code = self.services.exit_code(name)  # reaps it: no zombie is left behind
+        how = "is not running" if code is None else f"exited ({_exit_text(code)})"
+        now = time.monotonic()
+        recent = self._service_restarts[name]
+        while recent and now - recent[0] > SERVICE_RESTART_WINDOW_S:
+            recent.popleft()
+        if len(recent) >= SERVICE_MAX_RESTARTS:
+            raise ServiceError(f"{name} {how} after {len(recent)} restarts within "
+                               f"{SERVICE_RESTART_WINDOW_S:.0f} s; giving up "
+                               f"(see {self.services.log_path(name)})")
+        recent.append(now)
+        self._say(f"[up] {name} {how}; restarting ({len(recent)}/{SERVICE_MAX_RESTARTS})")
+        try:
+            pid = self.services.start_one(name)
+        except ServiceError as exc:
+            self._say(f"[up] {name} did not restart: {exc}")
+            return
+        self._say(f"[up] {name} restarted (pid {pid})")
+
+    def _say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Until the API is ready and every pod has registered."""
@@ -136,10 +219,18 @@ class Cluster:
     def _keep_alive(self) -> None:
         while not self._stopping.wait(1.0):
             for pod in self.pods:
-                if pod.exited() and not self._stopping.is_set():
+                if pod.proc is not None and pod.exited() and not self._stopping.is_set():
                     pod.restarts += 1
-                    self.out.write(f"[up] pod {pod.name} exited ({pod.proc.returncode}); restarting\n")
+                    self._say(f"[up] pod {pod.name} exited ({_exit_text(pod.proc.returncode)}); restarting")
                     pod.start()
+
+
+def _exit_text(code: int) -> str:
+    """"code 1", or "code -9, SIGKILL" for a process a signal ended."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"code {code}, {signal.Signals(-code).name}"
+    return f"code {code}"
 
 
 def up(settings: Settings, config_path: str | None, workers: int | None, data_dir: str | None) -> int:
@@ -151,8 +242,14 @@ def up(settings: Settings, config_path: str | None, workers: int | None, data_di
         with Cluster(settings, config_path, workers, data_dir) as cluster:
             print(f"[up] cluster ready: API {cluster.api_url} (docs at {cluster.api_url}/docs), "
                   f"{cluster.workers} worker pod(s), data in {cluster.data_dir}. Ctrl-C stops it.", flush=True)
-            while not stop.wait(0.5):  # wake to let a signal caught by another thread run its handler
-                pass
+            # Wake often: to restart a dead service, and to let a signal caught by another thread run
+            # its handler.
+            while not stop.wait(0.5):
+                try:
+                    cluster.tend()
+                except ServiceError as exc:
+                    print(f"[up] {exc}; stopping pods, then services ...", file=sys.stderr, flush=True)
+                    return 1
             print("[up] stopping pods, then services ...", flush=True)
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
