@@ -14,11 +14,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.taskherd-installed
 PYTHONS := python3.13 python3.12 python3.11 python3
 
-.PHONY: help setup test demo bench clean
+.PHONY: help setup check test demo bench clean
 
 help:
 	@echo "make setup   venv, Python packages and service binaries (only what is missing)"
-	@echo "make test    setup, then run the tests on real services"
+	@echo "make check   ruff, mypy and the import-linter contracts (python -m tests.checks)"
+	@echo "make test    setup and check, then run the tests on real services"
 	@echo "make demo    setup, then run the main job on a local cluster"
 	@echo "make bench   setup, then run the benchmarks"
 	@echo "make clean   remove the venv and build leftovers of this tree"
@@ -26,7 +27,10 @@ help:
 setup: $(STAMP)
 	$(PY) -m taskherd.deploy.local.setup
 
-test: setup
+check: $(STAMP)
+	$(PY) -m tests.checks
+
+test: setup check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
@@ -58,5 +62,5 @@ $(PY):
 	fi
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache *.egg-info
+	rm -rf $(VENV) build dist .pytest_cache .check .ruff_cache .mypy_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -15,21 +15,19 @@ from typing import Any
 import pykka
 
 from taskherd.intake import Intake
-from taskherd.jobs import summarize
-from taskherd.runners import RunnerSpec
-from taskherd.store.task_queue import TaskRef
+from taskherd.jobs import write_summary
+from taskherd.nsq.messages import TaskRef
+from taskherd.specs import normalize_spec
+from taskherd.states import WAITING_STATES, TaskState
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.manager")
 
-RUNNER_FIELDS = {"kind", "target", "env", "cwd", "headers"}
-SPEC_FIELDS = {"executor": RUNNER_FIELDS | {"id", "timeout_s", "max_attempts", "retry_on", "description"},
-               "analyzer": RUNNER_FIELDS | {"id", "timeout_s", "description"}}
-
 
 @dataclass(frozen=True, slots=True)
 class RegisterSpec:
-    """Ask -> 'created' | 'unchanged' | 'replaced' | 'conflict'; raises InvalidSpec."""
+    """Ask -> 'created' | 'unchanged' | 'replaced' | 'conflict'; raises InvalidSpec (or InvalidInput
+    for the task type)."""
 
     kind: str
     """'executor' or 'analyzer'"""
@@ -82,7 +80,7 @@ class Manager(Supervised, pykka.ThreadingActor):
             case Teardown(job):
                 # A job done a moment ago may not have its summary in MySQL yet: write it now, or it
                 # would be lost with the keys it is made from (a no-op if written or not done).
-                summarize(self.intake.store, self.intake.archive, job)
+                write_summary(self.intake.store, self.intake.archive, job)
                 self.intake.store.cancel_job(job)  # running executors are killed at their next renewal
                 left = self.intake.store.teardown(job)
                 log.info("job %s torn down%s", job, f"; {len(left)} key(s) left: {left[:5]}" if left else "")
@@ -91,7 +89,7 @@ class Manager(Supervised, pykka.ThreadingActor):
                 return self._cancel(task_id)
             case CancelJob(job):
                 moved = self.intake.store.cancel_job(job)
-                self._ring_results(job, [t for t, prior in moved if prior in ("pending", "retry")])
+                self._ring_results(job, [t for t, prior in moved if prior in WAITING_STATES])
                 log.info("job %s cancelled (%d live task(s))", job, len(moved))
                 return len(moved)
             case RetryTasks(task_ids, job):
@@ -105,19 +103,19 @@ class Manager(Supervised, pykka.ThreadingActor):
         if job is None:
             return "gone"
         prior = self.intake.store.cancel(job, task_id)
-        if prior in ("pending", "retry"):
+        if prior in WAITING_STATES:
             self._ring_results(job, [task_id])
         return prior
 
     def _ring_results(self, job: str, task_ids: list[str]) -> None:
         """Cancelled waiting tasks go straight to analysis (to be archived as cancelled)."""
         if task_ids:
-            self.intake.queue.publish(self.intake.settings.nsq.results_topic,
+            self.intake.publisher.publish(self.intake.settings.nsq.results_topic,
                                       [TaskRef(job, t).encode() for t in task_ids])
 
     def _retry(self, task_ids: list[str], job: str | None) -> list[Any]:
         if job is not None:
-            task_ids += self.intake.archive.task_ids(job, "failed", "", 1_000_000)
+            task_ids += self.intake.archive.task_ids(job, TaskState.FAILED, "", 1_000_000)
         accepted = self.intake.retry(task_ids)
         log.info("requeued %d dead letter(s)", len(accepted))
         return accepted
@@ -127,20 +125,3 @@ class Manager(Supervised, pykka.ThreadingActor):
         status = self.intake.store.register(kind, task_type, spec, replace)
         log.info("%s for %s: %s", kind, task_type, status)
         return status
-
-
-def normalize_spec(kind: str, task_type: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """A stored spec: validated (raises InvalidSpec naming the field), with its id defaulted."""
-    from taskherd.intake import InvalidTask, check_name
-
-    check_name("task_type", task_type)
-    unknown = set(spec) - SPEC_FIELDS[kind]
-    if unknown:
-        raise InvalidTask(sorted(unknown)[0], "unknown field")
-    runner_spec(spec)
-    return {"id": task_type, **{k: v for k, v in spec.items() if v is not None}}
-
-
-def runner_spec(spec: dict[str, Any]) -> RunnerSpec:
-    """The part of a stored executor/analyzer spec that says how to call it."""
-    return RunnerSpec.from_dict({k: v for k, v in spec.items() if k in RUNNER_FIELDS})

@@ -1,6 +1,6 @@
 """ResultAnalyzer: turns finished tasks into child tasks and archive rows, and sees a job finish.
 
-Where a task is analyzed (`_verdict`) and archived (`_archive`). A message on the results topic is a
+Where a task is analyzed (`_verdict`), archived to MySQL and retired from Redis (`_archive`). A message on the results topic is a
 doorbell for a job, not a result: the results wait in Redis (the job's analyzing set), and the
 analyzer claims them there in batches of up to BATCH, with their tasks, in one round trip. It reads
 the doorbells from its own nsqd connection (`Feed`, RDY = BATCH), in its own thread: no IOLoop and
@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
-import redis
 
 from taskherd.actors.context import PodContext
-from taskherd.actors.feed import Feed, FeedDelivery
-from taskherd.actors.manager import runner_spec
-from taskherd.errors import QueueError, StoreError, TaskherdError
-from taskherd.intake import Intake, InvalidTask, Submission, from_child
-from taskherd.jobs import summarize
+from taskherd.errors import InvalidTask, QueueError, StoreError, TaskherdError
+from taskherd.intake import Intake, Submission, from_child
+from taskherd.jobs import write_summary
 from taskherd.metrics import ANALYZER_BATCH, ARCHIVED
+from taskherd.nsq.feed import Feed, FeedDelivery
+from taskherd.nsq.messages import TaskRef, decode
 from taskherd.runners import Runner
+from taskherd.specs import runner_spec
+from taskherd.states import TaskState
 from taskherd.store.archive import ArchivedTask
-from taskherd.store.task_queue import TaskRef, decode
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.analyzer")
@@ -60,8 +60,8 @@ class Poll:
 class Verdict:
     """What analysis decided for one task."""
 
-    state: str
-    """'succeeded', 'failed' or 'cancelled'"""
+    state: TaskState
+    """A final state."""
     record: dict[str, Any] | None = None
     children: tuple[Submission, ...] = ()
     error: str | None = None
@@ -122,12 +122,12 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                     ref = decode(d.body, self.ctx.settings.nsq.max_message_bytes)
                     bells.setdefault(ref.job, []).append((d, ref))
                 except ValueError as exc:
-                    self.ctx.dead_letter(d, f"results topic: {exc}")
+                    self.ctx.publisher.dead_letter(d, f"results topic: {exc}")
             waiting = []
             for job in list(bells):
                 try:
                     drained = self._batch(job, {ref.type for _, ref in bells[job]}) < BATCH
-                except (StoreError, QueueError, redis.RedisError) as exc:  # a service is down: retry later
+                except (StoreError, QueueError) as exc:  # a service is down: retry later
                     log.warning("analysis of %s deferred: %s", job, exc)
                     self._unclaim(1000)
                     for d, _ in bells.pop(job):
@@ -169,7 +169,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             (job, ids), self._claimed = self._claimed, None
             try:
                 self.ctx.store.unclaim(job, ids, delay_ms)
-            except (StoreError, redis.RedisError) as exc:
+            except StoreError as exc:
                 log.warning("claim of %d result(s) of %s left to lapse: %s", len(ids), job, exc)
 
     def _retry_later(self, task: dict[str, Any]) -> None:
@@ -178,29 +178,29 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         delay_ms = 1000 * int(task.get("analyses") or 1)
         self.ctx.store.unclaim(task["job"], [task["id"]], delay_ms)
         ref = TaskRef(task["job"], task["id"], task["type"]).encode()
-        self.ctx.queue.publish_deferred(self.ctx.settings.nsq.results_topic, ref, delay_ms)
+        self.ctx.publisher.publish_deferred(self.ctx.settings.nsq.results_topic, ref, delay_ms)
 
     def _verdict(self, task: dict[str, Any], spec: dict[str, Any] | None) -> Verdict | None:
         """None: the analyzer failed in a way worth retrying; analyze it again later."""
         result = json.loads(task["result"]) if task.get("result") else None
         if task.get("outcome") == "cancelled":
-            return Verdict("cancelled", error="cancelled")
+            return Verdict(TaskState.CANCELLED, error="cancelled")
         if task.get("outcome") != "ok":
-            return Verdict("failed", error=task.get("error") or "failed")
+            return Verdict(TaskState.FAILED, error=task.get("error") or "failed")
         if spec is None:
-            return Verdict("succeeded", record=result)
+            return Verdict(TaskState.SUCCEEDED, record=result)
         try:
             outcome = self.runner.run(runner_spec(spec), _analyzer_input(task, result),
                                       float(spec.get("timeout_s") or self.ctx.settings.manager.analyzer_timeout_s))
         except TaskherdError as exc:
-            return Verdict("failed", error=f"analyzer for {task['type']!r} is unusable: {exc}")
+            return Verdict(TaskState.FAILED, error=f"analyzer for {task['type']!r} is unusable: {exc}")
         if not outcome.ok:
             analyses = int(task.get("analyses") or 1)
             if outcome.retryable and analyses < ANALYZER_RETRIES:
                 log.warning("analyzer for %s failed (analysis %d), will retry: %s", task["id"], analyses,
                             outcome.error)
                 return None
-            return Verdict("failed", error=f"analyzer failed: {outcome.error}")
+            return Verdict(TaskState.FAILED, error=f"analyzer failed: {outcome.error}")
         return _read_analysis(task, outcome.result or {})
 
     def _submit_children(self, verdicts: list[tuple[dict[str, Any], Verdict]]) -> list[tuple[dict[str, Any], Verdict]]:
@@ -217,7 +217,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 self.intake.submit(list(v.children), where="children")
                 out.append((task, v))
             except InvalidTask as exc:
-                out.append((task, Verdict("failed", error=f"analyzer returned an invalid child: {exc}")))
+                out.append((task, Verdict(TaskState.FAILED, error=f"analyzer returned an invalid child: {exc}")))
         return out
 
     def _archive(self, job: str, verdicts: list[tuple[dict[str, Any], Verdict]]) -> None:
@@ -225,14 +225,14 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         if not verdicts:
             return
         self.ctx.archive.archive([_row(task, v) for task, v in verdicts])
-        outs, job_done = self.ctx.store.archive(job, [(task["id"], v.state) for task, v in verdicts])
+        outs, job_done = self.ctx.store.retire(job, [(task["id"], v.state) for task, v in verdicts])
         for (_, v), out in zip(verdicts, outs):
             if out == "ok":
                 ARCHIVED.labels(v.state).inc()
         if job_done:
             log.info("job %s is done", job)
             # None if another writer (the watcher's sweep) summarized it first: the waiters then read.
-            self.ctx.job_events.notify(job, summarize(self.ctx.store, self.ctx.archive, job))
+            self.ctx.job_events.notify(job, write_summary(self.ctx.store, self.ctx.archive, job))
 
 
 def _analyzer_input(task: dict[str, Any], result: Any) -> dict[str, Any]:
@@ -249,12 +249,12 @@ def _read_analysis(task: dict[str, Any], out: dict[str, Any]) -> Verdict:
                else "record: expected an object or null" if record is not None and not isinstance(record, dict)
                else None)
     if problem:
-        return Verdict("failed", error=f"analyzer output unusable: {problem}")
+        return Verdict(TaskState.FAILED, error=f"analyzer output unusable: {problem}")
     try:
         subs = tuple(from_child(c, task, i) for i, c in enumerate(children))
     except InvalidTask as exc:
-        return Verdict("failed", error=f"analyzer returned an invalid child: {exc}")
-    return Verdict("succeeded", record=record, children=subs)
+        return Verdict(TaskState.FAILED, error=f"analyzer returned an invalid child: {exc}")
+    return Verdict(TaskState.SUCCEEDED, record=record, children=subs)
 
 
 def _row(task: dict[str, Any], v: Verdict) -> ArchivedTask:

@@ -3,10 +3,11 @@
 Where a task is timed out on the manager side: every `watcher_interval_s` it requeues running tasks
 whose lease expired (the worker died, was partitioned, or overran its deadline), promotes retries
 that are due (retry times live in Redis, never in NSQ's memory-only deferred messages), republishes
-pending tasks that NSQ lost, rings for results left unclaimed (a lost doorbell, a lapsed claim), and writes the summary of a done job if its writer crashed.
+pending tasks that NSQ lost, rings for results left unclaimed (a lost doorbell, a lapsed claim), and
+writes the summary of a done job if its writer crashed.
 
-Only one watcher is active at a time: it holds a Redis lease (SET NX PX) that it renews every sweep,
-so two manager replicas never both requeue.
+Only one watcher is active at a time: it holds a Redis lease that it takes or extends every sweep
+in one script (`Membership.hold`), so two manager replicas never both requeue.
 """
 
 from __future__ import annotations
@@ -16,21 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
-import redis
 
 from taskherd.actors.context import PodContext
-from taskherd.actors.ticker import Ticker
 from taskherd.errors import QueueError, StoreError
-from taskherd.jobs import summarize
+from taskherd.jobs import write_summary
+from taskherd.nsq.messages import TaskRef
+from taskherd.states import TaskState
 from taskherd.store import keys
-from taskherd.store.task_queue import TaskRef
-from taskherd.supervisor import Supervised
+from taskherd.supervisor import Supervised, Ticker
 
 log = logging.getLogger("taskherd.watcher")
 
 
 @dataclass(frozen=True, slots=True)
-class Sweep:
+class SweepJobs:
     """From the ticker."""
 
 
@@ -43,7 +43,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         self._shortfall = 0
 
     def on_start(self) -> None:
-        self._ticker = Ticker(self.actor_ref, Sweep(), self.ctx.settings.manager.watcher_interval_s).start()
+        self._ticker = Ticker(self.actor_ref, SweepJobs(), self.ctx.settings.manager.watcher_interval_s).start()
 
     def on_stop(self) -> None:
         if self._ticker:
@@ -52,26 +52,22 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case Sweep():
+            case SweepJobs():
                 try:
                     if self._leader():
                         self.sweep()
-                except (StoreError, QueueError, redis.RedisError) as exc:
+                except (StoreError, QueueError) as exc:
                     log.warning("sweep skipped: %s", exc)
             case _:
                 log.warning("watcher: unknown message %r", message)
         return None
 
     def _leader(self) -> bool:
-        r, me = self.ctx.store.redis, self.ctx.node_id
         ttl_ms = int(self.ctx.settings.manager.watcher_interval_s * 3000)
-        if r.set(keys.WATCHER_LEASE, me, nx=True, px=ttl_ms):
+        held = self.ctx.store.members.hold(keys.WATCHER_LEASE, self.ctx.node_id, ttl_ms)
+        if held == "taken":
             log.info("this node is now the active TimeoutWatcher")
-            return True
-        if r.get(keys.WATCHER_LEASE) == me:
-            r.pexpire(keys.WATCHER_LEASE, ttl_ms)
-            return True
-        return False
+        return held is not None
 
     def sweep(self) -> None:
         store, s = self.ctx.store, self.ctx.settings
@@ -81,22 +77,22 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         now = store.now_ms()
         stale_before = now - int(s.manager.republish_after_s * 1000)
         for job in store.jobs():
-            for task_id in store.due(job, keys.RUNNING, now):
+            for task_id in store.due(job, TaskState.RUNNING, now):
                 moved = store.requeue(job, task_id)
                 log.info("lease of %s/%s expired -> %s", job, task_id, moved)
-                (tasks if moved == keys.PENDING else results if moved == keys.ANALYZING else []).append(
+                (tasks if moved == TaskState.PENDING else results if moved == TaskState.ANALYZING else []).append(
                     TaskRef(job, task_id).encode())
-            for task_id in store.due(job, keys.RETRY, now):
+            for task_id in store.due(job, TaskState.RETRY, now):
                 if store.promote(job, task_id):
                     tasks.append(TaskRef(job, task_id).encode())
-            stale[job] = store.due(job, keys.PENDING, stale_before)
-            unheard = store.due(job, keys.ANALYZING, stale_before, limit=1)
+            stale[job] = store.due(job, TaskState.PENDING, stale_before)
+            unheard = store.due(job, TaskState.ANALYZING, stale_before, limit=1)
             if unheard:
                 log.warning("results of %s waited %.0f s unclaimed: ringing its doorbell again", job,
                             s.manager.republish_after_s)
                 results.append(TaskRef(job, unheard[0]).encode())
             if self.ctx.archive is not None:
-                summarize(store, self.ctx.archive, job)
+                write_summary(store, self.ctx.archive, job)
         self._ring(s.nsq.tasks_topic, tasks)
         self._ring(s.nsq.results_topic, results)
         self._republish_lost(stale, stale_before)
@@ -114,8 +110,8 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         topic = self.ctx.settings.nsq.tasks_topic
         # Only tasks waiting longer than republish_after_s count: a task just written to Redis whose
         # message is still on its way would otherwise look lost.
-        waiting = sum(self.ctx.store.count(j, keys.PENDING, stale_before) for j in stale)
-        backlog = self.ctx.queue.backlog(topic)
+        waiting = sum(self.ctx.store.count(j, TaskState.PENDING, stale_before) for j in stale)
+        backlog = self.ctx.publisher.backlog(topic)
         shortfall = 0 if backlog is None else max(0, waiting - backlog)
         # Counts read at two instants race with live traffic: act only on a shortfall seen twice.
         budget, self._shortfall = min(shortfall, self._shortfall), shortfall
@@ -126,8 +122,8 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
             budget -= len(ids)
             log.warning("republishing %d pending task(s) of %s that NSQ no longer holds", len(ids), job)
             self._ring(topic, [TaskRef(job, i).encode() for i in ids])
-            self.ctx.store.touch_state(job, keys.PENDING, ids)
+            self.ctx.store.touch_state(job, TaskState.PENDING, ids)
 
     def _ring(self, topic: str, bodies: list[bytes]) -> None:
         if bodies:
-            self.ctx.queue.publish(topic, bodies)
+            self.ctx.publisher.publish(topic, bodies)

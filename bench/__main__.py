@@ -27,8 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (RESULTS, ROOT, BenchError, RedisServer, command_output, dump_json, log, reap_leftovers,
-                          record_pid, stop_proc)
+from bench.common import (
+    RESULTS,
+    ROOT,
+    BenchError,
+    RedisServer,
+    command_output,
+    dump_json,
+    log,
+    reap_leftovers,
+    record_pid,
+    stop_proc,
+)
 
 WORKLOADS = ("noop", "latency", "sleep10", "fanout", "scale", "recovery")
 PEERS = ("celery", "dramatiq", "rq")
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if "taskherd" in systems:
             try:
                 run_taskherd(workloads, cfg, reps, args, run_dir, logs, report, launch_peer_recovery)
-            except Exception as exc:  # noqa: BLE001 - a broken cluster must not cost the peers' figures
+            except Exception as exc:
                 report["errors"]["taskherd"] = f"{type(exc).__name__}: {exc}"
                 log(f"bench: taskherd failed ({type(exc).__name__}: {exc}); see {logs / 'taskherd-cluster.log'}")
         if not recovery_drivers:
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         report["errors"]["bench"] = str(exc)
         log(f"bench: {exc}")
     finally:
-        for p, (proc, _) in recovery_drivers.items():
+        for proc, _ in recovery_drivers.values():
             stop_proc(proc, 20)
         for server in redises.values():
             server.stop()
@@ -302,7 +312,7 @@ def versions() -> dict[str, Any]:
     def find(name: str) -> str:
         try:
             return binaries.find(name)
-        except Exception:  # noqa: BLE001 - reported as missing
+        except Exception:
             return name
 
     git = command_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])

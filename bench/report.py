@@ -115,7 +115,8 @@ def notes(report: dict[str, Any]) -> list[str]:
             "archive (taskherd) / last result seen by the driver (peers).")
     if "latency" in th:
         n.append("latency: taskherd's submit->result is the server's result timestamp; the peers' is the client "
-                 "holding the result (their blocking get); taskherd's client-observed figure is its long-poll on the job answering done.")
+                 "holding the result (their blocking get); taskherd's client-observed figure is its long-poll on the job "
+                 "answering done.")
     if "fanout" in th or any("fanout" in res.get(p, {}) for p in PEERS):
         sizes = [f"{s} {res[s]['fanout'].get('tasks')} tasks" for s in ("taskherd", *PEERS)
                  if s in res and "fanout" in res[s]]

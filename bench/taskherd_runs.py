@@ -23,16 +23,14 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
+from bench.common import BenchError, kill_tree, log, percentile, port_free, record_pid, summary, tree_pids, wait_for
+from bench.funcs import tree_size
 from taskherd.client import Client, ClientError
 from taskherd.config import Settings, from_dict
 from taskherd.deploy.local.cluster import Cluster, Pod
 from taskherd.store import keys
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
-
-from bench.common import (BenchError, kill_tree, log, percentile, port_free, record_pid, summary, tree_pids,
-                          wait_for)
-from bench.funcs import tree_size
 
 PORT_SHIFT = 3000
 """Every port 3000 above taskherd's defaults, clear of `taskherd up` and of the test blocks."""
@@ -104,7 +102,7 @@ class Taskherd:
             if closer is not None:
                 try:
                     closer.close()
-                except Exception:  # noqa: BLE001 - best effort on the way out
+                except Exception:
                     pass
         if self.cluster is not None:
             t0 = time.monotonic()
@@ -137,7 +135,7 @@ class Taskherd:
         def read(cur: Any) -> list[dict[str, Any]]:
             cur.execute(query, args)
             return list(cur.fetchall())
-        return self.archive._execute(read)  # noqa: SLF001 - Archive's one-transaction helper
+        return self.archive._execute(read)
 
     def check_job(self, job: str, n: int, status: dict[str, Any]) -> dict[str, Any]:
         """Every task ran exactly once and was archived once: MySQL rows, executions and attempts per

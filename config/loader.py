@@ -5,31 +5,72 @@ The only boundary where untrusted configuration enters: past `load`, settings ar
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from taskherd.config.settings import Settings
+from taskherd.config.settings import DROPPED, RENAMED, Settings
 from taskherd.errors import ConfigError
+
+log = logging.getLogger("taskherd.config")
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Settings from `path` (defaults alone when None), with `overrides` merged over the file."""
+    """Settings from `path` (defaults alone when None), with `overrides` merged over the file. Each
+    deprecated key is logged as a warning (`check` returns them instead)."""
+    settings, deprecated = check(path, overrides)
+    for line in deprecated:
+        log.warning("%s", line)
+    return settings
+
+
+def check(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> tuple[Settings, list[str]]:
+    """(Settings, one line per deprecated key used); raises ConfigError listing every problem."""
     data: dict[str, Any] = {} if path is None else _read_toml(Path(path))
     for section, values in (overrides or {}).items():
         data.setdefault(section, {})
         if isinstance(data[section], dict):
             data[section] = {**data[section], **values}
-    return from_dict(data, source=str(path) if path else "<defaults>")
+    source = str(path) if path else "<defaults>"
+    deprecated = _migrate(data, source)
+    return from_dict(data, source), deprecated
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> Settings:
     try:
         return Settings.model_validate(_lists_to_tuples(data))
     except ValidationError as exc:
-        raise ConfigError([f"{source}: {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]) from None
+        raise ConfigError([f"{source}: {_key_path(e['loc'])}: {_describe(dict(e))}" for e in exc.errors()]) from None
+
+
+def _migrate(data: dict[str, Any], source: str) -> list[str]:
+    """Move renamed keys to their new place and drop retired ones (in `data`); say so for each. A key
+    set under both names is an error: which one was meant cannot be guessed."""
+    notes, clashes = [], []
+    for (old_section, old), (new_section, new) in RENAMED.items():
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old not in section:
+            continue
+        target = data.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # the validator names the bad section
+        if new in target:
+            clashes.append(f"{source}: [{old_section}].{old}: deprecated and also set as [{new_section}].{new}; "
+                           f"keep only [{new_section}].{new}")
+            continue
+        target[new] = section.pop(old)
+        notes.append(f"{source}: [{old_section}].{old} is deprecated: use [{new_section}].{new}")
+    for (section_name, key), why in DROPPED.items():
+        section = data.get(section_name)
+        if isinstance(section, dict) and key in section:
+            del section[key]
+            notes.append(f"{source}: [{section_name}].{key} is deprecated and ignored: {why}; remove it")
+    if clashes:
+        raise ConfigError(clashes)
+    return notes
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

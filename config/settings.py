@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+RENAMED = {("manager", "default_max_attempts"): ("retry", "max_attempts"),
+           ("manager", "retry_backoff_base_s"): ("retry", "backoff_base_s"),
+           ("manager", "retry_backoff_max_s"): ("retry", "backoff_max_s")}
+"""Keys that moved: still read from their old place, with a deprecation message naming the new one."""
+DROPPED = {("manager", "analyzer_slots"): "it was never used"}
+"""Keys that are accepted and ignored, with a deprecation message saying why."""
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -67,13 +74,18 @@ class ApiSettings(_Section):
 
 class ManagerSettings(_Section):
     default_timeout_s: float = Field(300.0, gt=0)
-    default_max_attempts: int = Field(3, ge=1)
     analyzer_timeout_s: float = Field(60.0, gt=0)
-    analyzer_slots: int = Field(2, ge=1, le=256)
     watcher_interval_s: float = Field(1.0, gt=0)
     republish_after_s: float = Field(10.0, gt=0)
-    retry_backoff_base_s: float = Field(1.0, ge=0)
-    retry_backoff_max_s: float = Field(60.0, ge=0)
+
+
+class RetrySettings(_Section):
+    """When a failed attempt is tried again (taskherd/retries.py): a task has `max_attempts` unless its
+    spec or submission says otherwise; the n-th retry waits base * 2^(n-1), capped, jittered."""
+
+    max_attempts: int = Field(3, ge=1)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
 
 
 class WorkerSettings(_Section):
@@ -113,6 +125,7 @@ class Settings(_Section):
     mysql: MysqlSettings = MysqlSettings()
     api: ApiSettings = ApiSettings()
     manager: ManagerSettings = ManagerSettings()
+    retry: RetrySettings = RetrySettings()
     worker: WorkerSettings = WorkerSettings()
     registry: RegistrySettings = RegistrySettings()
     supervisor: SupervisorSettings = SupervisorSettings()

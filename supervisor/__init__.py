@@ -8,6 +8,7 @@ from taskherd.supervisor.spec import ChildSpec, Factory
 from taskherd.supervisor.strategies import OneForAll, OneForOne, RestForOne, Strategy
 from taskherd.supervisor.supervised import Supervised
 from taskherd.supervisor.supervisor import ChildInfo, EscalationHandler, Supervisor
+from taskherd.supervisor.ticker import Ticker
 
 __all__ = [
     "ChildExited",
@@ -24,5 +25,6 @@ __all__ = [
     "Supervised",
     "Supervisor",
     "Sweep",
+    "Ticker",
     "WhichChildren",
 ]

@@ -9,7 +9,6 @@ like any child failure, and the root calls `on_escalate` so its owner can exit t
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from taskherd.supervisor.messages import ChildExited, ChildFailed, GetChild, Swe
 from taskherd.supervisor.spec import ChildSpec
 from taskherd.supervisor.strategies import OneForOne, Strategy
 from taskherd.supervisor.supervised import Supervised, describe
+from taskherd.supervisor.ticker import Ticker
 
 logger = logging.getLogger("taskherd.supervisor")
 
@@ -62,29 +62,6 @@ class _Slot:
         return urn is None or urn == self.urn()
 
 
-class _Sweeper:
-    """Daemon thread that tells the supervisor `Sweep()` every interval until stopped."""
-
-    def __init__(self, target: pykka.ActorRef[Any], interval_s: float, name: str) -> None:
-        self._target = target
-        self._interval_s = interval_s
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"taskherd-sweep-{name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval_s):
-            try:
-                self._target.tell(Sweep())
-            except pykka.ActorDeadError:
-                return
-
-
 class Supervisor(Supervised, pykka.ThreadingActor):
     """Starts its children in order, restarts them by `strategy`, stops them in reverse order.
 
@@ -114,7 +91,7 @@ class Supervisor(Supervised, pykka.ThreadingActor):
         self._on_escalate = on_escalate
         self._stop_timeout_s = stop_timeout_s
         self._clock = clock
-        self._sweeper = _Sweeper(self.actor_ref, sweep_interval_s, name)
+        self._sweeper = Ticker(self.actor_ref, Sweep(), sweep_interval_s)
 
     @classmethod
     def spec(cls, name: str, children: Sequence[ChildSpec], **options: Any) -> ChildSpec:

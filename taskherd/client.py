@@ -28,8 +28,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from taskherd.errors import TaskherdError
-
-FINAL_STATES = ("succeeded", "failed", "cancelled")
+from taskherd.states import FINAL_STATES
 
 
 class ClientError(TaskherdError):

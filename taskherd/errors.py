@@ -19,6 +19,20 @@ class ConfigError(TaskherdError):
         self.problems = problems
 
 
+class InvalidInput(TaskherdError):
+    """A user's input is unusable; `field` names the part that is wrong (e.g. `tasks[3].type`), and
+    `problem` says what is wrong with it. The API answers 422 with both."""
+
+    def __init__(self, field_: str, problem: str) -> None:
+        super().__init__(f"{field_}: {problem}")
+        self.field = field_
+        self.problem = problem
+
+
+class InvalidTask(InvalidInput):
+    """A submitted task (or an analyzer's child) is unusable."""
+
+
 class ServiceError(TaskherdError):
     """A backing service (nsqd, nsqlookupd, redis-server, mariadbd) is missing or would not start."""
 

@@ -12,30 +12,22 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from taskherd.config.settings import Settings
-from taskherd.errors import QueueError, TaskherdError
+from taskherd.errors import InvalidInput, InvalidTask, QueueError
+from taskherd.nsq.messages import TaskRef
+from taskherd.nsq.publisher import Publisher
+from taskherd.specs import check_name
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import NewTask, StaleSpecs, StateStore
-from taskherd.store.task_queue import TaskQueue, TaskRef
 
 log = logging.getLogger("taskherd.intake")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 MAX_ID_CHARS = 255
-
-
-class InvalidTask(TaskherdError):
-    """A submitted task is unusable; `field` names the part that is wrong (e.g. `tasks[3].type`)."""
-
-    def __init__(self, field_: str, problem: str) -> None:
-        super().__init__(f"{field_}: {problem}")
-        self.field = field_
-        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +59,11 @@ def canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def check_name(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise InvalidTask(where, "expected 1-128 characters of letters, digits, '_', '.', ':' or '-', "
-                                 f"starting with a letter or digit; got {value!r}")
-    return value
+def _check_name(where: str, value: Any) -> str:
+    try:
+        return check_name(where, value)
+    except InvalidInput as exc:
+        raise InvalidTask(exc.field, exc.problem) from None
 
 
 class Intake:
@@ -83,11 +75,11 @@ class Intake:
     fresh read. So a submission pays no round trip for specs, yet sees a change as soon as an
     uncached read would have."""
 
-    def __init__(self, settings: Settings, store: StateStore, archive: Archive, queue: TaskQueue) -> None:
+    def __init__(self, settings: Settings, store: StateStore, archive: Archive, publisher: Publisher) -> None:
         self.settings = settings
         self.store = store
         self.archive = archive
-        self.queue = queue
+        self.publisher = publisher
         self._specs: tuple[str, dict[str, dict[str, Any]]] = ("", {})
         """(specs version, executor specs by type) as last read; an empty version is never trusted."""
 
@@ -136,7 +128,7 @@ class Intake:
         if not bodies:
             return
         try:
-            self.queue.publish(self.settings.nsq.tasks_topic, bodies)
+            self.publisher.publish(self.settings.nsq.tasks_topic, bodies)
         except QueueError as exc:
             log.warning("publish of %d task(s) failed; the TimeoutWatcher will republish them: %s", len(bodies), exc)
 
@@ -157,9 +149,9 @@ class Intake:
             self._specs = (version, specs)
         return version or None, [self._one(s, f"{where}[{i}]", specs) for i, s in enumerate(subs)]
 
-    def _one(self, s: Submission, where: str, specs: dict[str, dict | None]) -> NewTask:
-        check_name(f"{where}.job", s.job)
-        check_name(f"{where}.type", s.type)
+    def _one(self, s: Submission, where: str, specs: Mapping[str, dict[str, Any] | None]) -> NewTask:
+        _check_name(f"{where}.job", s.job)
+        _check_name(f"{where}.type", s.type)
         spec = specs.get(s.type)
         if spec is None:
             raise InvalidTask(f"{where}.type", f"no executor registered for task type {s.type!r}")
@@ -174,7 +166,8 @@ class Intake:
             raise InvalidTask(f"{where}.payload", f"{len(payload.encode())} bytes exceeds the limit of {limit}")
         m = self.settings.manager
         timeout_s = _positive(f"{where}.timeout_s", s.timeout_s, spec.get("timeout_s") or m.default_timeout_s, float)
-        attempts = _positive(f"{where}.max_attempts", s.max_attempts, spec.get("max_attempts") or m.default_max_attempts, int)
+        default_attempts = spec.get("max_attempts") or self.settings.retry.max_attempts
+        attempts = _positive(f"{where}.max_attempts", s.max_attempts, default_attempts, int)
         digest = hashlib.sha256(f"{s.type}\0{payload}".encode()).hexdigest()
         return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent)
 

@@ -8,7 +8,7 @@ import json
 import threading
 from typing import Any
 
-from taskherd.store import keys
+from taskherd.states import FINAL_STATES, LIVE_STATES
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
 
@@ -39,22 +39,26 @@ class Queries:
         row = self.archive.job(job)
         if row is None:
             return None
-        counts = {s: 0 for s in keys.LIVE_STATES} | {s: row[s] for s in keys.FINAL_STATES}
+        counts = dict.fromkeys(LIVE_STATES, 0) | {s: row[s] for s in FINAL_STATES}
         return {"job": job, "counts": counts, "open": 0, "total": row["total"], "done": True,
                 "created_ms": row["created_ms"], "finished_ms": row["finished_ms"], "fenced": 0,
                 "summarized": True, "torn_down": True}
 
     def job_tasks(self, job: str, state: str, limit: int, cursor: str) -> tuple[list[str], str | None]:
         """A page of task ids in one state; the cursor is opaque to callers."""
-        if state in keys.LIVE_STATES:
+        if state in LIVE_STATES:
             offset = int(cursor or 0)
             ids = self.store.ids_in_state(job, state, offset, limit)
             return ids, (str(offset + len(ids)) if len(ids) == limit else None)
-        ids = self.archive.task_ids(job, state, cursor or "", limit)
+        ids = self.archived_ids(job, state, cursor, limit)
         return ids, (ids[-1] if len(ids) == limit else None)
 
+    def archived_ids(self, job: str | None, state: str, cursor: str, limit: int) -> list[str]:
+        """Ids of archived tasks in a final state, of one job or of all, after `cursor` (an id)."""
+        return self.archive.task_ids(job, state, cursor or "", limit)
 
-def summarize(store: StateStore, archive: Archive, job: str) -> dict[str, Any] | None:
+
+def write_summary(store: StateStore, archive: Archive, job: str) -> dict[str, Any] | None:
     """Write the done job's summary to MySQL once; the watcher retries if this crashes midway. The
     job's status as summarized (what `Queries.job` reads now), or None if it had nothing to write."""
     status = store.job(job)

@@ -1,7 +1,7 @@
 """One pod: one process, one supervisor tree, until SIGTERM (`taskherd run --role ...`).
 
 The tree is rest_for_one. The actors that consume NSQ (worker slots, the ResultAnalyzer) each read
-their own nsqd connection (`taskherd.actors.feed`), so no actor's restart reaches another's
+their own nsqd connection (`taskherd.nsq.feed`), so no actor's restart reaches another's
 subscription. Worker slots sit under their own one_for_one supervisor, so one crashing slot restarts
 alone. Past the restart intensity the root gives up and the process exits 1, so Kubernetes (or
 `taskherd up`) restarts the pod.
@@ -13,22 +13,30 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pykka
 
 from taskherd.actors.context import PodContext, find
+from taskherd.actors.http_server import HttpServer
+from taskherd.actors.lease_keeper import Drain, HeldCount, LeaseKeeper
+from taskherd.actors.manager import Manager
 from taskherd.actors.registry import NodeInfo, Registry
+from taskherd.actors.result_analyzer import ResultAnalyzer
+from taskherd.actors.timeout_watcher import TimeoutWatcher
+from taskherd.actors.worker import Worker
+from taskherd.api import build_app
 from taskherd.config.settings import Settings
 from taskherd.errors import StoreError
+from taskherd.intake import Intake
 from taskherd.logs import configure_logging
+from taskherd.nsq.publisher import Publisher
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
-from taskherd.store.task_queue import TaskQueue
-from taskherd.supervisor import ChildSpec, OneForOne, RestForOne, Supervisor
+from taskherd.supervisor import ChildSpec, Factory, OneForOne, RestForOne, Supervisor
 
 log = logging.getLogger("taskherd.pod")
-ROLES = ("manager", "worker", "all")
 
 
 def run(settings: Settings, role: str, config_path: str | None = None) -> int:
@@ -44,7 +52,7 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
     root = Supervisor.start(children(ctx, role, node), strategy=RestForOne(), name="pod",
                             max_restarts=settings.supervisor.max_restarts, max_seconds=settings.supervisor.max_seconds,
                             sweep_interval_s=settings.supervisor.sweep_interval_s,
-                            on_escalate=lambda exc: (escalated.set(), stop.set()))
+                            on_escalate=lambda _exc: _set_all(escalated, stop))
     log.info("pod %s up (role %s)", ctx.node_id, role)
     while not stop.wait(0.5):  # a signal delivered to another thread only runs its handler once we wake
         pass
@@ -56,13 +64,18 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
     return 1 if escalated.is_set() else 0
 
 
+def _set_all(*events: threading.Event) -> None:
+    for event in events:
+        event.set()
+
+
 def _context(settings: Settings, role: str, node: NodeInfo, stop: threading.Event) -> PodContext | None:
     archive = None
     if role in ("manager", "all"):
         archive = Archive(settings.mysql)
         if not _until_ready(archive.ensure_schema, "MySQL schema", stop):
             return None
-    return PodContext(settings, node.id, StateStore(settings.redis), TaskQueue(settings.nsq), archive)
+    return PodContext(settings, node.id, StateStore(settings.redis), Publisher(settings.nsq), archive)
 
 
 def _until_ready(step: Callable[[], Any], what: str, stop: threading.Event) -> bool:
@@ -80,46 +93,48 @@ def _until_ready(step: Callable[[], Any], what: str, stop: threading.Event) -> b
 
 
 def children(ctx: PodContext, role: str, node: NodeInfo) -> list[ChildSpec]:
-    from taskherd.actors.api import Api
-    from taskherd.actors.dispatcher import Dispatcher
-    from taskherd.actors.manager import Manager
-    from taskherd.actors.result_analyzer import ResultAnalyzer
-    from taskherd.actors.timeout_watcher import TimeoutWatcher
-    from taskherd.actors.worker import Worker
-    from taskherd.intake import Intake
-
     s = ctx.settings
-    specs = [ChildSpec("registry", lambda sup, slot: Registry.start(ctx.store.redis, node, s.registry,
+    specs = [ChildSpec("registry", lambda sup, slot: Registry.start(ctx.store.members, node, s.registry,
                                                                     supervisor=sup, slot=slot))]
     if role in ("manager", "all"):
         assert ctx.archive is not None
-        intake = Intake(s, ctx.store, ctx.archive, ctx.queue)
+        intake = Intake(s, ctx.store, ctx.archive, ctx.publisher)
         specs += [ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
                   ChildSpec("analyzer", lambda sup, slot: ResultAnalyzer.start(ctx, intake, supervisor=sup, slot=slot)),
                   ChildSpec("watcher", lambda sup, slot: TimeoutWatcher.start(ctx, supervisor=sup, slot=slot)),
-                  ChildSpec("api", lambda sup, slot: Api.start(ctx, intake, supervisor=sup, slot=slot))]
+                  ChildSpec("api", lambda sup, slot: HttpServer.start(_api_app(ctx, intake), s.api,
+                                                                      supervisor=sup, slot=slot))]
     if role in ("worker", "all"):
-        slots = [ChildSpec(f"worker-{i}", lambda sup, slot, i=i: Worker.start(ctx, i, supervisor=sup, slot=slot))
-                 for i in range(s.worker.slots)]
-        specs += [ChildSpec("dispatcher", lambda sup, slot: Dispatcher.start(ctx, supervisor=sup, slot=slot)),
+        slots = [ChildSpec(f"worker-{i}", _worker_slot(ctx, i)) for i in range(s.worker.slots)]
+        specs += [ChildSpec("lease_keeper", lambda sup, slot: LeaseKeeper.start(ctx, supervisor=sup, slot=slot)),
                   Supervisor.spec("slots", slots, strategy=OneForOne(), max_restarts=s.supervisor.max_restarts,
                                   max_seconds=s.supervisor.max_seconds, sweep_interval_s=s.supervisor.sweep_interval_s)]
     return specs
 
 
+def _worker_slot(ctx: PodContext, index: int) -> Factory:
+    return lambda sup, slot: Worker.start(ctx, index, supervisor=sup, slot=slot)
+
+
+def _api_app(ctx: PodContext, intake: Intake) -> Callable[[], Any]:
+    """What the HttpServer serves: the API over this pod, asking whichever Manager is alive."""
+    def manager() -> pykka.ActorRef[Any]:
+        return find(Manager)
+
+    return lambda: build_app(ctx, intake, manager)
+
+
 def drain(grace_s: float) -> None:
     """Take no new work, let running tasks finish within the grace period, hand back the rest."""
-    from taskherd.actors.dispatcher import Dispatcher, Drain, HeldCount
-
     try:
-        dispatcher = find(Dispatcher)
-        dispatcher.ask(Drain(), timeout=5)
+        keeper = find(LeaseKeeper)
+        keeper.ask(Drain(), timeout=5)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and dispatcher.ask(HeldCount(), timeout=5):
+        while time.monotonic() < deadline and keeper.ask(HeldCount(), timeout=5):
             time.sleep(0.1)
-        left = dispatcher.ask(HeldCount(), timeout=5)
+        left = keeper.ask(HeldCount(), timeout=5)
         if left:
             log.warning("grace period over: handing back %d running task(s)", left)
-            dispatcher.ask(Drain(hand_back=True), timeout=10)
+            keeper.ask(Drain(hand_back=True), timeout=10)
     except (pykka.ActorDeadError, pykka.Timeout) as exc:
         log.warning("drain incomplete: %s", exc)

@@ -25,8 +25,7 @@ from taskherd.config import Settings
 from taskherd.deploy.local import binaries
 from taskherd.deploy.local.services import PortInUse, ServiceManager
 from taskherd.errors import MissingBinary
-from tests.helpers import (PORT_SHIFTS, Services, mysql_connect, nsqd_post, redis_client,
-                           settings_for_tests)
+from tests.helpers import PORT_SHIFTS, Services, mysql_connect, nsqd_post, redis_client, settings_for_tests
 
 
 @pytest.fixture(scope="session")

@@ -29,14 +29,24 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from bench.common import (ROOT, BenchError, kill_tree, log, percentile, pid_of_tree_containing, record_pid,
-                          stop_proc, summary, wait_for)
+from bench.common import (
+    ROOT,
+    BenchError,
+    kill_tree,
+    log,
+    percentile,
+    pid_of_tree_containing,
+    record_pid,
+    stop_proc,
+    summary,
+    wait_for,
+)
 
 VENV_BIN = Path(sys.executable).parent
 POLL_S = 0.05
@@ -281,7 +291,7 @@ class RqPeer(Peer):
             status = (status or b"").decode()
             if status == "finished":
                 out.append(datetime.strptime(started.decode(), "%Y-%m-%dT%H:%M:%S.%fZ")
-                           .replace(tzinfo=timezone.utc).timestamp())
+                           .replace(tzinfo=UTC).timestamp())
             elif status in ("failed", "stopped", "canceled"):
                 out.append(float("nan"))
             else:

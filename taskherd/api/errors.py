@@ -15,16 +15,14 @@ import logging
 import re
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from taskherd.api.models import SHAPE_TAGS
-from taskherd.errors import QueueError, StoreError
-from taskherd.intake import InvalidTask
-from taskherd.runners.spec import SpecError
+from taskherd.errors import InvalidInput, QueueError, StoreError
+from taskherd.specs import InvalidSpec
 
 log = logging.getLogger("taskherd.api")
 
@@ -64,17 +62,17 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, lambda _r, e: error_response(e.status, e.items, **e.extra))
     app.add_exception_handler(RequestValidationError, lambda r, e: _validation_response(r, e.errors()))
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(InvalidTask, lambda _r, e: error_response(422, [error_item(
+    app.add_exception_handler(InvalidInput, lambda _r, e: error_response(422, [error_item(
         task_field(e.field, True), e.problem)]))
-    app.add_exception_handler(SpecError, lambda _r, e: error_response(422, [_spec_item(p) for p in e.problems]))
+    app.add_exception_handler(InvalidSpec, lambda _r, e: error_response(422, [_spec_item(p) for p in e.problems]))
     app.add_exception_handler(StoreError, lambda _r, e: _unavailable(
         "mysql" if str(e).startswith("mysql") else "redis", e))
-    app.add_exception_handler(redis.RedisError, lambda _r, e: _unavailable("redis", e))
     app.add_exception_handler(QueueError, lambda _r, e: _unavailable("nsqd", e))
     app.add_exception_handler(Exception, _internal_error)
 
 
-def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
     no_route = exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed")
     message = f"no route for {request.method} {request.url.path}" if no_route else str(exc.detail)
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":

@@ -7,13 +7,23 @@ JSON here and checked by `taskherd.runners.RunnerSpec`, whose messages say what 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from taskherd.states import TaskState
+
 MAX_SECONDS = 7 * 24 * 3600
-STATES = ("pending", "running", "retry", "analyzing", "succeeded", "failed", "cancelled")
-State = Literal["pending", "running", "retry", "analyzing", "succeeded", "failed", "cancelled"]
+State = TaskState
+
+
+class FinalState(StrEnum):
+    """A final state: what the archive can be asked about."""
+
+    SUCCEEDED = TaskState.SUCCEEDED.value
+    FAILED = TaskState.FAILED.value
+    CANCELLED = TaskState.CANCELLED.value
 
 
 class _In(BaseModel):
@@ -42,7 +52,7 @@ def _shape(body: Any) -> str:
     return "batch" if isinstance(body, dict) and "tasks" in body else "one"
 
 
-SubmitBody = Annotated[Union[Annotated[TaskIn, Tag("one")], Annotated[TaskBatch, Tag("batch")]],
+SubmitBody = Annotated[Annotated[TaskIn, Tag("one")] | Annotated[TaskBatch, Tag("batch")],
                        Discriminator(_shape)]
 """A single task object, or `{"tasks": [...]}`."""
 SHAPE_TAGS = ("one", "batch")

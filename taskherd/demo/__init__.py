@@ -30,7 +30,7 @@ ANALYZER = {"kind": "python", "target": "taskherd.demo.crawl:analyze"}
 POLL_S = 0.3
 WAIT_LIMIT_S = 600.0
 
-__all__ = ["ANALYZER", "EXECUTOR", "TASK_TYPE", "CrawlSummary", "DemoSite", "SiteFacts", "main", "summarize"]
+__all__ = ["ANALYZER", "EXECUTOR", "TASK_TYPE", "CrawlSummary", "DemoSite", "SiteFacts", "crawl_summary", "main"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class CrawlSummary:
     """Archived pages that a BFS from the root over the archived links does not reach (should be 0)."""
 
 
-def main(settings: Settings, config_path: str | Path | None, pages: int = 300, workers: int = 4) -> int:
+def main(settings: Settings, config_path: str | Path | None, pages: int = 300, workers: int = 2) -> int:
     """Run the demo end to end; 0 when the crawl matches the site and teardown leaves nothing."""
     from taskherd.deploy.local.cluster import Cluster
 
@@ -56,7 +56,7 @@ def main(settings: Settings, config_path: str | Path | None, pages: int = 300, w
         print(f"  logs     {log.name}")
         print("  cluster  starting nsqd, nsqlookupd, redis, mysql, 1 manager and "
               f"{workers} worker pod(s)...", flush=True)
-        with Cluster(settings, config_path, workers=workers, data_dir=None, out=log) as cluster:
+        with Cluster(settings, str(config_path) if config_path else None, workers=workers, data_dir=None, out=log) as cluster:
             print(f"  cluster  ready, API at {cluster.api_url}")
             client = _client(cluster.api_url)
             started = time.monotonic()
@@ -72,7 +72,7 @@ def _pod_log(settings: Settings, job: str) -> IO[str]:
     """Where the pods' logs go, so the terminal shows the demo, not every pod's chatter."""
     logs = Path(settings.local.data_dir).resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    return open(logs / f"demo-{job}.log", "w", buffering=1)  # noqa: SIM115 (closed by main's with)
+    return open(logs / f"demo-{job}.log", "w", buffering=1)
 
 
 def _client(api_url: str) -> Client:
@@ -109,7 +109,7 @@ def _follow(client: Client, job: str) -> dict[str, Any]:
             time.sleep(POLL_S)
 
 
-def summarize(records: list[dict[str, Any]], root: str) -> CrawlSummary:
+def crawl_summary(records: list[dict[str, Any]], root: str) -> CrawlSummary:
     """Pages, links and depth of a crawl from its archived records alone (BFS over their `out` links)."""
     out = {r["record"]["url"]: r["record"].get("out", []) for r in records}
     depth = {root: 0} if root in out else {}
@@ -139,7 +139,7 @@ def _report(settings: Settings, job: str, site: DemoSite, elapsed: float) -> boo
 
     archive = Archive(settings.mysql)
     try:
-        summary = summarize(archive.records(job), site.root)
+        summary = crawl_summary(archive.records(job), site.root)
         counts = archive.counts(job)
     finally:
         archive.close()

@@ -59,7 +59,7 @@ def fetch(payload: dict[str, Any]) -> dict[str, Any]:
     """
     url, base = payload["url"], payload["base"]
     request = urllib.request.Request(url, headers={"User-Agent": "taskherd-demo/1"})
-    with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (http only)
+    with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
         body = response.read(MAX_BYTES)
         status = response.status
         final_url = response.geturl()

@@ -114,7 +114,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+    def do_GET(self) -> None:
         body = self.server.pages.get(self.path.split("?", 1)[0].split("#", 1)[0])
         if body is None:
             self.send_error(404, "no such page")
@@ -125,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the http.server name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the demo's output is the progress bar
 
 
@@ -152,7 +152,7 @@ class DemoSite:
         if self._server is None:
             raise RuntimeError("DemoSite is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{self._prefix}/"
+        return f"http://{host!s}:{port}{self._prefix}/"
 
     @property
     def root(self) -> str:
@@ -184,7 +184,7 @@ class DemoSite:
             return self
         server = _Server((self._host, self._port), _Handler)
         host, port = server.server_address[:2]
-        base = f"http://{host}:{port}{self._prefix}/"
+        base = f"http://{host!s}:{port}{self._prefix}/"
         p = self._prefix
         server.pages = {f"{p}/p/{i}.html": _render(i, links, base, self.seed) for i, links in enumerate(self._plan)}
         server.pages[f"{p}/"] = f'<!doctype html>\n<html><body><a href="{p}/p/0.html">start</a></body></html>\n'.encode()

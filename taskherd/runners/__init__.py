@@ -1,6 +1,6 @@
 """Run one executor or analyzer call (python, exe or http) with a hard time-out.
 
-    spec = RunnerSpec.from_dict({"kind": "python", "target": "mypkg.tasks:resize"})
+    spec = taskherd.specs.RunnerSpec.from_dict({"kind": "python", "target": "mypkg.tasks:resize"})
     with Runner() as runner:
         outcome = runner.run(spec, {"path": "a.png"}, timeout_s=30)
 
@@ -14,8 +14,6 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "RunnerSpec": "spec",
-    "SpecError": "spec",
     "Outcome": "outcome",
     "Runner": "runner",
     "Started": "runner",

@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 TAIL_CHARS = 4096
 

@@ -17,10 +17,19 @@ import time
 from typing import Any
 
 from taskherd.runners.outcome import (
-    TAIL_BYTES, Outcome, encode_payload, failed, killed, parse_object, since, succeeded, tail, timed_out,
+    TAIL_BYTES,
+    Outcome,
+    encode_payload,
+    failed,
+    killed,
+    parse_object,
+    since,
+    succeeded,
+    tail,
+    timed_out,
 )
 from taskherd.runners.process_tree import CallGuard, kill_tree
-from taskherd.runners.spec import RunnerSpec
+from taskherd.specs import RunnerSpec
 
 DRAIN_S = 2.0
 """After a kill, how long to wait for pipes to close: an escaped grandchild may hold them forever."""
@@ -123,8 +132,8 @@ def _conclude(
         # Like an exception in a python executor: often transient, and attempts are bounded upstream.
         return failed(_exit_error(code, detail), duration, retryable=True, exit_code=code, detail=detail)
     result, problem = parse_object(stdout, "stdout")
-    if problem:
-        return failed(problem, duration, retryable=False, exit_code=code, detail=detail)
+    if problem or result is None:
+        return failed(problem or "no result", duration, retryable=False, exit_code=code, detail=detail)
     return succeeded(result, duration, exit_code=code, detail=detail)
 
 

@@ -20,9 +20,17 @@ from typing import Any
 import httpx
 
 from taskherd.runners.outcome import (
-    Outcome, encode_payload, failed, head, killed, parse_object, since, succeeded, timed_out,
+    Outcome,
+    encode_payload,
+    failed,
+    head,
+    killed,
+    parse_object,
+    since,
+    succeeded,
+    timed_out,
 )
-from taskherd.runners.spec import RunnerSpec
+from taskherd.specs import RunnerSpec
 
 RETRYABLE_4XX = frozenset({408, 429})
 
@@ -105,7 +113,7 @@ def _judge(response: httpx.Response, raw: bytes, duration: float) -> Outcome:
     status = response.status_code
     if 200 <= status < 300:
         result, problem = parse_object(raw, "response body")
-        if problem:
+        if problem or result is None:
             return failed(f"HTTP {status}: {problem}", duration, retryable=False, detail=head(raw))
         return succeeded(result, duration)
     retryable = status >= 500 or status in RETRYABLE_4XX

@@ -86,7 +86,8 @@ class PythonRunner:
             child = self._ensure_child()
         except OSError as exc:
             self._guard.end()
-            return lambda: failed(f"cannot start the python child: {exc}", since(started), retryable=True)
+            why = f"cannot start the python child: {exc}"
+            return lambda: failed(why, since(started), retryable=True)
         if not self._guard.attach(child.handle):
             return lambda: self._conclude(child, _ChildGone(), self._guard.end(), timeout_s, started)
         try:
@@ -210,7 +211,9 @@ class _Child:
         self.handle = psutil.Process(self.pid)
         """Made once: the child stays unreaped while we hold it, so its pid cannot be reused under us."""
         self.calls = 0
-        self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are PIPEs
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
+        self._in, self._out = self._stdin.fileno(), self._stdout.fileno()
         os.set_blocking(self._in, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._out, selectors.EVENT_READ)
@@ -280,7 +283,7 @@ class _Child:
 
     def close_stdin(self) -> None:
         self._set_writing(False)
-        self.proc.stdin.close()
+        self._stdin.close()
 
     def await_exit(self, timeout_s: float) -> bool:
         """Wait for EOF on the child's stdout without reaping it; True if it came in time."""
@@ -300,7 +303,7 @@ class _Child:
         except subprocess.TimeoutExpired:
             code = None
         self._selector.close()
-        for pipe in (self.proc.stdin, self.proc.stdout):
+        for pipe in (self._stdin, self._stdout):
             pipe.close()
         return code
 

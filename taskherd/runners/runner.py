@@ -16,8 +16,7 @@ from taskherd.runners.exe_runner import ExeRunner
 from taskherd.runners.http_runner import HttpRunner
 from taskherd.runners.outcome import Outcome
 from taskherd.runners.python_runner import PythonRunner
-from taskherd.runners.spec import RunnerSpec
-
+from taskherd.specs import RunnerSpec
 
 T = TypeVar("T")
 
@@ -71,15 +70,17 @@ class Runner:
     def start(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Started[Outcome]:
         """Start the call and return what waits for its outcome. A python call runs in the child while
         the caller goes on; the other kinds run here and now, and the wait returns their outcome."""
-        kind_runner = {"python": self._python, "exe": self._exe, "http": self._http}[spec.kind]
+        runners: dict[str, PythonRunner | ExeRunner | HttpRunner] = {"python": self._python, "exe": self._exe,
+                                                                     "http": self._http}
+        kind_runner = runners[spec.kind]
         with self._lock:
             self._active = kind_runner
         try:
-            if kind_runner is self._python:
-                wait = self._python.start(str(spec.target), payload, timeout_s)
+            if isinstance(kind_runner, PythonRunner):
+                wait = kind_runner.start(str(spec.target), payload, timeout_s)
             else:
                 done = kind_runner.run(spec, payload, timeout_s)
-                wait = lambda: done  # noqa: E731
+                wait = lambda: done
         except BaseException:
             self._idle()
             raise

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pymysql
 import pymysql.cursors
@@ -18,6 +19,8 @@ from pymysql.constants import CLIENT
 
 from taskherd.config.settings import MysqlSettings
 from taskherd.errors import StoreError
+
+T = TypeVar("T")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tasks (
@@ -108,7 +111,7 @@ class Archive:
             self._local.conn = conn
         return conn
 
-    def _execute(self, fn: Any) -> Any:
+    def _execute(self, fn: Callable[[Any], T]) -> T:
         """Run fn(cursor) in autocommit (a read never sees an old snapshot; a write that needs a
         transaction sends its own BEGIN and COMMIT, see `archive`); on a lost connection, reconnect
         once and retry."""
@@ -124,6 +127,7 @@ class Archive:
             except pymysql.MySQLError as exc:
                 self._drop()
                 raise StoreError(f"mysql: {exc}") from exc
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -170,7 +174,7 @@ class Archive:
 
         def read(cur: Any) -> list[dict[str, Any]]:
             cur.execute(f"SELECT id, job, digest FROM tasks WHERE id IN ({marks})", ids)
-            return cur.fetchall()
+            return _rows(cur)
 
         return {r["id"]: (r["job"], r["digest"]) for r in self._execute(read)}
 
@@ -178,7 +182,7 @@ class Archive:
         def read(cur: Any) -> dict[str, Any] | None:
             cur.execute("SELECT t.*, r.record FROM tasks t LEFT JOIN records r ON r.task_id = t.id WHERE t.id = %s",
                         (task_id,))
-            return cur.fetchone()
+            return _row(cur)
 
         row = self._execute(read)
         if row is None:
@@ -195,7 +199,7 @@ class Archive:
         def read(cur: Any) -> list[dict[str, Any]]:
             cur.execute(f"SELECT id FROM tasks WHERE {where}state = %s AND id > %s ORDER BY id LIMIT %s",
                         (*args, state, after, limit))
-            return cur.fetchall()
+            return _rows(cur)
 
         return [r["id"] for r in self._execute(read)]
 
@@ -208,7 +212,7 @@ class Archive:
         def read(cur: Any) -> list[dict[str, Any]]:
             cur.execute(f"SELECT id, job, type, state, payload FROM tasks WHERE id IN ({marks}) "
                         "AND state IN ('failed', 'cancelled')", ids)
-            return cur.fetchall()
+            return _rows(cur)
 
         return self._execute(read)
 
@@ -226,7 +230,7 @@ class Archive:
     def records(self, job: str, limit: int = 100_000) -> list[dict[str, Any]]:
         def read(cur: Any) -> list[dict[str, Any]]:
             cur.execute("SELECT task_id, type, record FROM records WHERE job = %s LIMIT %s", (job, limit))
-            return cur.fetchall()
+            return _rows(cur)
 
         return [{**r, "record": json.loads(r["record"])} for r in self._execute(read)]
 
@@ -240,7 +244,7 @@ class Archive:
     def job(self, job: str) -> dict[str, Any] | None:
         def read(cur: Any) -> dict[str, Any] | None:
             cur.execute("SELECT * FROM jobs WHERE job = %s", (job,))
-            return cur.fetchone()
+            return _row(cur)
 
         return self._execute(read)
 
@@ -271,3 +275,11 @@ def _packed(statements: list[str]) -> list[str]:
         else:
             queries.append(st)
     return queries
+
+
+def _rows(cur: Any) -> list[dict[str, Any]]:
+    return cast(list[dict[str, Any]], list(cur.fetchall()))
+
+
+def _row(cur: Any) -> dict[str, Any] | None:
+    return cast(dict[str, Any] | None, cur.fetchone())

@@ -12,12 +12,6 @@ from __future__ import annotations
 
 PREFIX = "th"
 
-# Task states, as stored in the task hash's `state` field.
-PENDING, RUNNING, RETRY, ANALYZING = "pending", "running", "retry", "analyzing"
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-LIVE_STATES = (PENDING, RUNNING, RETRY, ANALYZING)
-FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
-
 
 def _tag(job: str) -> str:
     return f"{PREFIX}:{{j:{job}}}"
@@ -92,4 +86,4 @@ def node(node_id: str) -> str:
 
 
 WATCHER_LEASE = f"{PREFIX}:lease:timeout-watcher"
-"""String holding the node id of the one active TimeoutWatcher, with a TTL."""
+"""String holding the node id of the one active TimeoutWatcher, with a TTL (`lua/hold.lua`)."""

@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any, cast
 
 import redis
 
 from taskherd.config.settings import RedisSettings
 from taskherd.errors import StoreError, TaskherdError
+from taskherd.states import FINAL_STATES, LIVE_STATES, WAITING_STATES, TaskState
 from taskherd.store import keys
-
-_LIVE = keys.LIVE_STATES
+from taskherd.store.errors import store_errors
+from taskherd.store.membership import Membership
 
 
 class StaleSpecs(TaskherdError):
@@ -74,16 +76,26 @@ def _retry() -> Any:
     return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
 
 
+@store_errors("redis")
 class StateStore:
     """Runtime state of tasks, jobs and specs in Redis. Thread-safe: each thread sends its scripts on
-    a connection of its own (`_roundtrip`); other reads go through redis-py's pool."""
+    a connection of its own (`_roundtrip`); other reads go through redis-py's pool. Every method
+    raises StoreError when Redis fails (`store_errors`)."""
 
     def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
         self.redis = client or connect(settings)
+        """The client itself, for tests and the bench; taskherd's own code goes through the methods."""
+        self.members = Membership(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
-                         ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "archive", "register", "cancel",
-                          "claim", "summarized")}
+                         ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "retire", "register",
+                          "cancel", "claim", "summarized")}
         self._local = threading.local()
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    def close(self) -> None:
+        self.redis.close()
 
     def _run(self, name: str, keys_: list[str], args: list[Any]) -> Any:
         return self._pipelined([(name, keys_, args)])[0]
@@ -140,16 +152,16 @@ class StateStore:
         args: list[Any] = [job, specs_version or ""]
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives]
-        out = self._run("submit", [keys.job_meta(job), keys.by_state(job, keys.PENDING), keys.TASK_INDEX, keys.JOBS,
+        out = self._run("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX, keys.JOBS,
                                    keys.SPECS_VERSION, *[keys.task(job, t.id) for t in tasks]], args)
         if out == ["stale"]:
             raise StaleSpecs(f"executor specs changed since version {specs_version!r} was read")
-        return out
+        return [str(x) for x in out]
 
     # --- worker transitions -------------------------------------------------------------------------
     def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int,
               type_hint: str = "") -> tuple[Lease | str, str | None]:
-        """(Lease, its executor spec as stored: JSON text, see `spec_from_text`), or (why not, None):
+        """(Lease, its executor spec as stored: JSON text, see `taskherd.specs.spec_from_text`), or (why not, None):
         'gone' (archived, torn down, unknown) or the
         state the task is already in. With the type hint from the message, the spec comes in the same
         round trip; a replaced executor is thus used from the next task on, with no cache to invalidate."""
@@ -160,7 +172,7 @@ class StateStore:
                          ttl_ms: int, type_hint: str = "") -> tuple[str | None, Lease | str, str | None]:
         """`finish(*finishing)` (when given) and `lease(...)` in one round trip: in a drain a slot's
         outcome and its next lease fall due at the same moment. (finish's answer or None, lease's two)."""
-        ks = [keys.task(job, task_id), keys.by_state(job, keys.PENDING), keys.by_state(job, keys.RUNNING)]
+        ks = [keys.task(job, task_id), keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.RUNNING)]
         calls = ([self._finish_call(*finishing)] if finishing else []) + [("lease", ks, [task_id, exec_id, worker, ttl_ms])]
         *finished, r, raw = self._pipelined(calls, ("GET", keys.executor(type_hint or "-")))
         if r[0] != "ok":
@@ -175,80 +187,78 @@ class StateStore:
         args: list[Any] = [ttl_ms]
         for task_id, exec_id in held:
             args += [task_id, exec_id]
-        r = self._run("renew", [keys.by_state(job, keys.RUNNING), *[keys.task(job, t) for t, _ in held]], args)
+        r = self._run("renew", [keys.by_state(job, TaskState.RUNNING), *[keys.task(job, t) for t, _ in held]], args)
         return [bool(x) for x in r]
 
-    def finish(self, lease: Lease, outcome: str, result: dict | None, error: str, retry_delay_ms: int,
-               record: dict) -> str:
+    def finish(self, lease: Lease, outcome: str, result: dict[str, Any] | None, error: str, retry_delay_ms: int,
+               record: dict[str, Any]) -> str:
         """'ring' (analyzing; ring the job's results doorbell) | 'analyzing' | 'retry' | 'fenced' | 'gone'."""
-        return self._run(*self._finish_call(lease, outcome, result, error, retry_delay_ms, record))
+        return str(self._run(*self._finish_call(lease, outcome, result, error, retry_delay_ms, record)))
 
     @staticmethod
-    def _finish_call(lease: Lease, outcome: str, result: dict | None, error: str, retry_delay_ms: int,
-                     record: dict) -> tuple[str, list[str], list[Any]]:
+    def _finish_call(lease: Lease, outcome: str, result: dict[str, Any] | None, error: str, retry_delay_ms: int,
+                     record: dict[str, Any]) -> tuple[str, list[str], list[Any]]:
         job, tid = lease.job, lease.task_id
-        ks = [keys.task(job, tid), keys.executions(job, tid), keys.by_state(job, keys.RUNNING),
-              keys.by_state(job, keys.ANALYZING), keys.by_state(job, keys.RETRY), keys.job_meta(job), keys.rung(job)]
+        ks = [keys.task(job, tid), keys.executions(job, tid), keys.by_state(job, TaskState.RUNNING),
+              keys.by_state(job, TaskState.ANALYZING), keys.by_state(job, TaskState.RETRY), keys.job_meta(job), keys.rung(job)]
         args = [tid, lease.exec_id, outcome, json.dumps(result) if result is not None else "", error or "",
                 retry_delay_ms, json.dumps(record)]
         return "finish", ks, args
 
     def release(self, lease: Lease) -> bool:
         """Hand a running task back to pending (drain); False if the execution was already superseded."""
-        ks = [keys.task(lease.job, lease.task_id), keys.by_state(lease.job, keys.RUNNING),
-              keys.by_state(lease.job, keys.PENDING)]
+        ks = [keys.task(lease.job, lease.task_id), keys.by_state(lease.job, TaskState.RUNNING),
+              keys.by_state(lease.job, TaskState.PENDING)]
         return bool(self._run("release", ks, [lease.task_id, lease.exec_id]))
 
     # --- watcher transitions ------------------------------------------------------------------------
     def requeue(self, job: str, task_id: str) -> str:
-        ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.by_state(job, keys.RUNNING),
-              keys.by_state(job, keys.PENDING), keys.by_state(job, keys.ANALYZING)]
-        return self._run("requeue", ks, [task_id])
+        ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.by_state(job, TaskState.RUNNING),
+              keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.ANALYZING)]
+        return str(self._run("requeue", ks, [task_id]))
 
     def promote(self, job: str, task_id: str) -> bool:
-        ks = [keys.task(job, task_id), keys.by_state(job, keys.RETRY), keys.by_state(job, keys.PENDING)]
+        ks = [keys.task(job, task_id), keys.by_state(job, TaskState.RETRY), keys.by_state(job, TaskState.PENDING)]
         return bool(self._run("promote", ks, [task_id]))
 
     def due(self, job: str, state: str, before_ms: int, limit: int = 500) -> list[str]:
         """Ids in a live state whose score (lease expiry, due time, publish time) is before `before_ms`."""
-        return self.redis.zrangebyscore(keys.by_state(job, state), "-inf", before_ms, start=0, num=limit)
+        return cast(list[str], self.redis.zrangebyscore(keys.by_state(job, state), "-inf", before_ms, start=0, num=limit))
 
     def touch_state(self, job: str, state: str, ids: list[str]) -> None:
         """Mark waiting tasks (pending, analyzing) as just republished, so they are not republished at once."""
         now = self.now_ms()
-        self.redis.zadd(keys.by_state(job, state), {i: now for i in ids}, xx=True)
+        self.redis.zadd(keys.by_state(job, state), dict.fromkeys(ids, now), xx=True)
 
     # --- cancel and retry ----------------------------------------------------------------------------
     def cancel(self, job: str, task_id: str) -> str:
         """The state the task was in ('gone' if not live). Waiting tasks move to analyzing at once;
         a running one is flagged and its worker kills it at the next lease renewal."""
-        ks = [keys.task(job, task_id), *[keys.by_state(job, s) for s in (keys.PENDING, keys.RETRY, keys.ANALYZING)]]
-        return self._run("cancel", ks, [task_id])
+        ks = [keys.task(job, task_id), *[keys.by_state(job, s) for s in (*WAITING_STATES, TaskState.ANALYZING)]]
+        return str(self._run("cancel", ks, [task_id]))
 
     def cancel_job(self, job: str) -> list[tuple[str, str]]:
         """Refuse new tasks in the job, then cancel each live one; returns (task id, prior state)."""
         self.redis.hset(keys.job_meta(job), "cancel_requested", 1)
         out = []
-        for state in (keys.PENDING, keys.RETRY, keys.RUNNING):
-            for task_id in self.redis.zrange(keys.by_state(job, state), 0, -1):
+        for state in (TaskState.PENDING, TaskState.RETRY, TaskState.RUNNING):
+            for task_id in cast(list[str], self.redis.zrange(keys.by_state(job, state), 0, -1)):
                 out.append((task_id, self.cancel(job, task_id)))
         return out
 
-    # --- analysis and archive -----------------------------------------------------------------------
-    def archive(self, job: str, done: list[tuple[str, str]]) -> tuple[list[str], bool]:
-        """For each (task id, final state) of one job: 'ok', or 'skip' (not awaiting analysis: a
+    # --- analysis, and retiring what MySQL has archived ----------------------------------------------
+    def retire(self, job: str, done: list[tuple[str, str]]) -> tuple[list[str], bool]:
+        """Once their rows are in MySQL: for each (task id, final state) of one job, delete the task
+        from Redis and count it into its final state: 'ok', or 'skip' (not awaiting analysis: a
         duplicate); and whether the job just finished. One round trip for the batch."""
         args = [keys.task(job, ""), keys.executions(job, ""), *[x for pair in done for x in pair]]
-        try:
-            out, _ = self._pipelined([("archive", [keys.job_meta(job), *[keys.by_state(job, s) for s in _LIVE]], args)],
-                                     ("HDEL", keys.TASK_INDEX, *[task_id for task_id, _ in done]))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis archive: {exc}") from exc
+        out, _ = self._pipelined([("retire", [keys.job_meta(job), *[keys.by_state(job, s) for s in LIVE_STATES]], args)],
+                                 ("HDEL", keys.TASK_INDEX, *[task_id for task_id, _ in done]))
         return out[:-1], out[-1] == "done"
 
     # --- reads --------------------------------------------------------------------------------------
     def job_of(self, task_id: str) -> str | None:
-        return self.redis.hget(keys.TASK_INDEX, task_id)
+        return cast(str | None, self.redis.hget(keys.TASK_INDEX, task_id))
 
     def task(self, job: str, task_id: str) -> dict[str, Any] | None:
         """The live task with its executions, or None once archived (or never submitted)."""
@@ -267,7 +277,7 @@ class StateStore:
         doorbells named every type (`type_hints`), one more otherwise."""
         hinted = [t for t in dict.fromkeys(type_hints) if t]
         rows, *got = self._pipelined(
-            [("claim", [keys.by_state(job, keys.ANALYZING), keys.rung(job)],
+            [("claim", [keys.by_state(job, TaskState.ANALYZING), keys.rung(job)],
               [limit, claim_ms, keys.task(job, ""), keys.executions(job, "")])],
             *([("MGET", *[keys.analyzer(t) for t in hinted])] if hinted else []))
         specs = {t: json.loads(r) if r else None for t, r in zip(hinted, got[0] if got else [])}
@@ -281,19 +291,19 @@ class StateStore:
         """Claimed results become claimable again after `delay_ms` (0: at once)."""
         if ids:
             at = self.now_ms() + delay_ms
-            self.redis.zadd(keys.by_state(job, keys.ANALYZING), {i: at for i in ids}, xx=True)
+            self.redis.zadd(keys.by_state(job, TaskState.ANALYZING), dict.fromkeys(ids, at), xx=True)
 
     def job(self, job: str) -> dict[str, Any] | None:
         """Counters by state, or None when Redis knows nothing of the job."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(keys.job_meta(job))
-        for s in _LIVE:
+        for s in LIVE_STATES:
             pipe.zcard(keys.by_state(job, s))
         meta, *live = pipe.execute()
         if not meta:
             return None
-        counts = dict(zip(_LIVE, live))
-        for s in keys.FINAL_STATES:
+        counts = dict(zip(LIVE_STATES, live))
+        for s in FINAL_STATES:
             counts[s] = int(meta.get(s, 0))
         return {"counts": counts, "open": sum(live), "total": int(meta.get("total", 0)),
                 "done": meta.get("done") == "1", "created_ms": _int(meta.get("created")),
@@ -310,10 +320,10 @@ class StateStore:
         return self.redis.zcount(keys.by_state(job, state), "-inf", before_ms)
 
     def ids_in_state(self, job: str, state: str, offset: int, limit: int) -> list[str]:
-        return self.redis.zrange(keys.by_state(job, state), offset, offset + limit - 1)
+        return cast(list[str], self.redis.zrange(keys.by_state(job, state), offset, offset + limit - 1))
 
     def jobs(self) -> set[str]:
-        return self.redis.smembers(keys.JOBS)
+        return cast(set[str], self.redis.smembers(keys.JOBS))
 
     def now_ms(self) -> int:
         """Redis's clock, the one clock every lease and deadline is measured on."""
@@ -324,8 +334,8 @@ class StateStore:
     def register(self, kind: str, task_type: str, spec: dict[str, Any], replace: bool) -> str:
         """'created' | 'unchanged' | 'replaced' | 'conflict'."""
         body = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-        return self._run("register", [keys.SPEC_TYPES[kind](task_type), keys.SPECS_VERSION],
-                         [body, "1" if replace else "0", uuid.uuid4().hex])
+        return str(self._run("register", [keys.SPEC_TYPES[kind](task_type), keys.SPECS_VERSION],
+                             [body, "1" if replace else "0", uuid.uuid4().hex]))
 
     def spec(self, kind: str, task_type: str) -> dict[str, Any] | None:
         raw = self.redis.get(keys.SPEC_TYPES[kind](task_type))
@@ -347,8 +357,10 @@ class StateStore:
         raws = self._roundtrip([("MGET", *names)])[0] if names else []
         return raws[len(types):], {t: json.loads(r) if r else None for t, r in zip(types, raws)}
 
-    def spec_raw(self, kind: str, task_type: str) -> str | None:
-        return self.redis.get(keys.SPEC_TYPES[kind](task_type))
+    def spec_types(self, kind: str) -> list[str]:
+        """Every task type with a spec of `kind`, sorted."""
+        prefix = keys.SPEC_TYPES[kind]("")
+        return sorted(k[len(prefix):] for k in self.redis.scan_iter(match=prefix + "*", count=1000))
 
     # --- teardown -----------------------------------------------------------------------------------
     def teardown(self, job: str) -> list[str]:
@@ -368,15 +380,6 @@ class StateStore:
         if self.redis.sismember(keys.JOBS, job):
             left.append(f"{keys.JOBS}[{job}]")
         return left
-
-
-def spec_from_text(raw: str | None) -> dict[str, Any] | None:
-    """A spec as stored; one that is not a JSON object reads as missing (the task then fails, clearly)."""
-    try:
-        spec = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return spec if isinstance(spec, dict) else None
 
 
 def _lua(name: str) -> str:

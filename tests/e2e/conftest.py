@@ -9,12 +9,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from taskherd.client import Client
-from taskherd.config.settings import Settings
 from taskherd.config import from_dict
+from taskherd.config.settings import Settings
 from taskherd.config.toml_out import dumps
 from taskherd.deploy.local.cluster import Pod
 from tests.helpers import Services, wait_until
@@ -34,8 +33,8 @@ class Pods:
 def fast(settings: Settings) -> Settings:
     """Test timings: short leases and sweeps so recovery is seconds, not minutes."""
     data = settings.model_dump()
-    data["manager"].update(watcher_interval_s=0.5, republish_after_s=3.0, retry_backoff_base_s=0.2,
-                           retry_backoff_max_s=1.0)
+    data["manager"].update(watcher_interval_s=0.5, republish_after_s=3.0)
+    data.setdefault("retry", {}).update(backoff_base_s=0.2, backoff_max_s=1.0)
     data["worker"].update(slots=2, lease_renew_s=0.5, lease_ttl_s=3.0, drain_grace_s=5.0)
     data["nsq"].update(lookupd_poll_interval_s=1.0, msg_timeout_s=2.0)
     data["registry"].update(heartbeat_s=0.5, node_ttl_s=1.0)

@@ -89,16 +89,18 @@ def test_an_analyzer_naming_a_child_twice_adds_it_once(cluster):
     assert status["total"] == 2
     assert c.task("the-child")["parent"] == "parent"
     # a redelivered result of an archived task (re-analysis) changes nothing
-    from taskherd.store.task_queue import TaskQueue, TaskRef
-    TaskQueue(cluster.settings.nsq).publish(cluster.settings.nsq.results_topic, [TaskRef("jd", "parent").encode()])
-    TaskQueue(cluster.settings.nsq).publish(cluster.settings.nsq.tasks_topic, [TaskRef("jd", "parent").encode()])
+    from taskherd.nsq.messages import TaskRef
+    from taskherd.nsq.publisher import Publisher
+
+    Publisher(cluster.settings.nsq).publish(cluster.settings.nsq.results_topic, [TaskRef("jd", "parent").encode()])
+    Publisher(cluster.settings.nsq).publish(cluster.settings.nsq.tasks_topic, [TaskRef("jd", "parent").encode()])
     wait_until(lambda: _topic_drained(cluster), timeout=20, message="redelivered messages consumed")
     assert c.job("jd")["total"] == 2 and Archive(cluster.settings.mysql).counts("jd")["succeeded"] == 2
 
 
 def _topic_drained(cluster) -> bool:
-    from taskherd.store.task_queue import TaskQueue
-    q = TaskQueue(cluster.settings.nsq)
+    from taskherd.nsq.publisher import Publisher
+    q = Publisher(cluster.settings.nsq)
     return q.backlog(cluster.settings.nsq.results_topic) == 0 and q.backlog(cluster.settings.nsq.tasks_topic) == 0
 
 
@@ -113,7 +115,7 @@ def test_teardown_leaves_no_key_of_the_job(cluster):
 
 
 class _Handler(QuietHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         status = {"/ok": 200, "/bad": 400, "/down": 503, "/analyze": 200}[self.path]
         out = {"got": body} if self.path != "/analyze" else {"record": {"via": "http", "id": body["task"]["id"]}}

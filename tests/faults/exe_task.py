@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.faults.funcs import CallLog  # noqa: E402
+from tests.faults.funcs import CallLog
 
 
 def _grandchildren(shell: subprocess.Popen[bytes], deadline: float) -> list[int]:

@@ -42,7 +42,7 @@ class CallLog:
         self._fd = -1
         self.t0 = 0.0
 
-    def __enter__(self) -> "CallLog":
+    def __enter__(self) -> CallLog:
         self.t0 = time.time()
         self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -39,8 +39,8 @@ def fault_settings(base: Settings, slots: int = 2) -> Settings:
     """The e2e test timings (seconds, not minutes, to recover), plus a 5 s NSQ message time-out so a
     dead consumer's unacknowledged messages come back within the case, and a 2 s drain grace."""
     data = base.model_dump()
-    data["manager"].update(watcher_interval_s=0.5, republish_after_s=3.0, retry_backoff_base_s=0.2,
-                           retry_backoff_max_s=1.0)
+    data["manager"].update(watcher_interval_s=0.5, republish_after_s=3.0)
+    data.setdefault("retry", {}).update(backoff_base_s=0.2, backoff_max_s=1.0)
     data["worker"].update(slots=slots, lease_renew_s=0.5, lease_ttl_s=3.0, drain_grace_s=2.0)
     data["nsq"].update(lookupd_poll_interval_s=1.0, msg_timeout_s=5.0)
     data["registry"].update(heartbeat_s=0.5, node_ttl_s=1.0)
@@ -129,7 +129,7 @@ class FaultCluster:
         self.client = Client(f"http://{self.settings.api.host}:{self.settings.api.port}", timeout=10)
         self.pods: list[FaultPod] = []
 
-    def start(self, workers: int = 2) -> "FaultCluster":
+    def start(self, workers: int = 2) -> FaultCluster:
         self.add("manager", "manager")
         for i in range(workers):
             self.add(f"worker-{i + 1}", "worker")

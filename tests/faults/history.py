@@ -107,7 +107,7 @@ class History:
     calls: list[Call]
 
     @classmethod
-    def read(cls, run: JobRun) -> "History":
+    def read(cls, run: JobRun) -> History:
         """Read everything once the job is done (its MySQL summary is written right after)."""
         status = run.wait_done()
         summary = wait_until(lambda: _summary(run), timeout=30, message=f"summary of {run.job} in MySQL")

@@ -34,7 +34,7 @@ class InjectedCrash(RuntimeError):
 
 
 def _actor(ref: pykka.ActorRef) -> Any:
-    return ref._actor_weakref()  # noqa: SLF001 - fault injection reaches into the live object on purpose
+    return ref._actor_weakref()
 
 
 def _live(class_name: str) -> list[Any]:
@@ -65,13 +65,13 @@ def crash_worker(command: dict[str, Any]) -> dict[str, Any]:
     prefix, exclude = command.get("prefix", ""), set(command.get("exclude", ()))
     deadline = time.monotonic() + float(command.get("timeout_s", 10))
     while time.monotonic() < deadline:
-        for dispatcher in _live("Dispatcher"):
-            for index, lease in dispatcher.held().items():
+        for keeper in _live("LeaseKeeper"):
+            for index, lease in keeper.held().items():
                 worker = next((w for w in _live("Worker") if w.index == index), None)
                 if worker is None or not lease.task_id.startswith(prefix) or lease.task_id in exclude:
                     continue
                 report = Path(command["dir"]) / "crashed.json"
-                worker._finish = _crash_at_finish(worker, lease.exec_id, report)  # noqa: SLF001
+                worker._finish = _crash_at_finish(worker, lease.exec_id, report)
                 return {"ok": True, "slot": index, "task": lease.task_id, "report": str(report)}
         time.sleep(0.01)
     return {"ok": False, "why": f"no slot held a lease of a task starting with {prefix!r}"}
@@ -81,7 +81,7 @@ def crash_analyzer(command: dict[str, Any]) -> dict[str, Any]:
     analyzers = _live("ResultAnalyzer")
     if not analyzers:
         return {"ok": False, "why": "no live ResultAnalyzer"}
-    analyzers[0]._archive = _raise_once("the result analyzer")  # noqa: SLF001
+    analyzers[0]._archive = _raise_once("the result analyzer")
     return {"ok": True}
 
 
@@ -92,7 +92,7 @@ def _serve(hook_dir: Path) -> None:
     command = {**json.loads((hook_dir / "command.json").read_text()), "dir": str(hook_dir)}
     try:
         reply = ACTIONS[command["do"]](command)
-    except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
+    except Exception as exc:
         reply = {"ok": False, "why": f"{type(exc).__name__}: {exc}"}
     tmp = hook_dir / f".reply-{command['seq']}.json"
     tmp.write_text(json.dumps(reply))

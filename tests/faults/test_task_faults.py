@@ -62,7 +62,7 @@ class _SlowHandler(QuietHandler):
     """An http executor slower than its time-out. It stops when the client goes away (a killed
     request), so its call's end is when the worker abandoned it."""
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with CallLog(payload, "http") as call:
             deadline = call.t0 + float(payload["sleep_s"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +18,19 @@ import httpx
 import pykka
 import pytest
 import redis
-import tomllib
 
-from taskherd.actors.api import Api
 from taskherd.actors.context import PodContext
+from taskherd.actors.http_server import HttpServer
 from taskherd.actors.manager import Manager
+from taskherd.api import build_app
 from taskherd.cli import main
 from taskherd.client import ApiUnreachable, Client, ClientError, WaitTimeout
 from taskherd.config import Settings
 from taskherd.intake import Intake
+from taskherd.nsq.publisher import Publisher
 from taskherd.store import keys
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
-from taskherd.store.task_queue import TaskQueue
 from tests.helpers import Services, free_port, nsqd_url, redis_client, wait_until
 
 ECHO = {"kind": "python", "target": "tests.unit.fixtures.runner_funcs:echo"}
@@ -67,12 +68,12 @@ def small_limits(settings: Settings) -> Settings:
 @pytest.fixture
 def stack(clean: Services) -> Iterator[Stack]:
     settings = small_limits(clean.settings)
-    store, queue, archive = StateStore(settings.redis), TaskQueue(settings.nsq), Archive(settings.mysql)
+    store, queue, archive = StateStore(settings.redis), Publisher(settings.nsq), Archive(settings.mysql)
     archive.ensure_schema()
     ctx = PodContext(settings, "test-node", store, queue, archive)
     intake = Intake(settings, store, archive, queue)
     manager = Manager.start(intake, supervisor=None, slot="manager")
-    api = Api.start(ctx, intake, manager=lambda: manager, supervisor=None, slot="api")
+    api = HttpServer.start(lambda: build_app(ctx, intake, lambda: manager), settings.api, supervisor=None, slot="api")
     url = f"http://{settings.api.host}:{settings.api.port}"
     http = httpx.Client(base_url=url, timeout=30)
     wait_until(lambda: http.get("/healthz").status_code == 200, timeout=15, ignore=(httpx.TransportError,),
@@ -329,17 +330,17 @@ def test_a_stopped_manager_answers_503_not_a_hang(typed: Stack) -> None:
     assert typed.http.post("/tasks", json=typed.task(id="t1")).status_code == 201
 
 
-def test_the_api_actor_fails_to_start_on_a_taken_port(clean: Services) -> None:
+def test_the_http_server_actor_fails_to_start_on_a_taken_port(clean: Services) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
         settings = clean.settings.model_copy(update={"api": clean.settings.api.model_copy(update={"port": port})})
-        store, queue, archive = StateStore(settings.redis), TaskQueue(settings.nsq), Archive(settings.mysql)
+        store, queue, archive = StateStore(settings.redis), Publisher(settings.nsq), Archive(settings.mysql)
         ctx = PodContext(settings, "test-node", store, queue, archive)
-        ref = Api.start(ctx, Intake(settings, store, archive, queue), manager=lambda: None, supervisor=None,
-                        slot="api")
-        wait_until(lambda: not ref.is_alive(), timeout=10, message="Api actor stopped after a failed start")
+        intake = Intake(settings, store, archive, queue)
+        ref = HttpServer.start(lambda: build_app(ctx, intake, lambda: None), settings.api, supervisor=None, slot="api")
+        wait_until(lambda: not ref.is_alive(), timeout=10, message="HttpServer actor stopped after a failed start")
 
 
 # --- client and CLI ---------------------------------------------------------------------------------
@@ -437,7 +438,7 @@ def test_nodes_are_listed_by_the_api_and_by_the_cli_from_redis(stack: Stack, tmp
     from taskherd.actors.registry import NodeInfo, Registry
 
     info = NodeInfo.for_this_process("worker", 3)
-    Registry.start(StateStore(stack.settings.redis).redis, info, stack.settings.registry, supervisor=None,
+    Registry.start(StateStore(stack.settings.redis).members, info, stack.settings.registry, supervisor=None,
                    slot="registry")
     wait_until(lambda: stack.http.get("/nodes").json(), timeout=10, message="node registered")
     assert [n["id"] for n in stack.http.get("/nodes").json()] == [info.id]
@@ -464,7 +465,7 @@ def test_cli_job_wait_polls_until_done_and_exits_by_outcome(monkeypatch: pytest.
                                 "done": finished}).encode()
 
     stub = Client("http://stub", transport=answer)
-    monkeypatch.setattr("taskherd.cli._client", lambda args: stub)
+    monkeypatch.setattr("taskherd.cli.jobs.client", lambda args: stub)
     monkeypatch.setattr("taskherd.client.time.sleep", lambda s: None)
     # When `job wait` follows it, Then it exits 0 when all succeeded and 1 when some failed
     assert main(["job", "wait", "j1", "--timeout", "30"]) == code

@@ -1,6 +1,6 @@
-"""A consumer's own subscription (actors/feed.py) against a real nsqd and nsqlookupd: one message in
-flight per slot, a batch in flight for the analyzer, requeues come back, a pause or a shed hands back what nsqd already sent, discovery
-through nsqlookupd, and a reconnect after nsqd restarts."""
+"""A consumer's own subscription (taskherd/nsq/feed.py) against a real nsqd and nsqlookupd: one message
+in flight per slot, a batch in flight for the analyzer, requeues come back, a pause or a shed hands
+back what nsqd already sent, discovery through nsqlookupd, and a reconnect after nsqd restarts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from taskherd.actors.feed import Feed
+from taskherd.nsq.feed import Feed
 from tests.helpers import Services, channel_stats, nsqd_post, wait_until
 
 CHANNEL = "workers"
@@ -96,7 +96,7 @@ def test_a_busy_slot_sheds_the_message_sent_behind_its_task_until_it_reads_again
     feeds.publish(b"behind", b"later")
     conn = next(iter(busy._conns.values()))
     assert select.select([conn.sock], [], [], 5)[0], "nsqd sent the busy slot the next message"
-    busy.shed()  # the Dispatcher, a renewal tick into the long task
+    busy.shed()  # the LeaseKeeper, a renewal tick into the long task
     first = next_message(idle)
     assert feeds.in_flight() == 1  # the busy slot was sent nothing more (RDY 0)
     first.finish()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from taskherd.intake import Intake, InvalidTask, Submission
+from taskherd.nsq.publisher import Publisher
+from taskherd.store import keys
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
-from taskherd.store import keys
-from taskherd.store.task_queue import TaskQueue
 from tests.helpers import topic_depth
 
 
@@ -18,7 +18,7 @@ def intake(clean):
     store, archive = StateStore(s.redis), Archive(s.mysql)
     archive.ensure_schema()
     store.register("executor", "t", {"id": "t", "kind": "python", "target": "m:f"}, replace=False)
-    return Intake(s, store, archive, TaskQueue(s.nsq))
+    return Intake(s, store, archive, Publisher(s.nsq))
 
 
 def test_an_id_twice_in_one_batch_is_created_once_and_published_once(intake):

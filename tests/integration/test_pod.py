@@ -26,17 +26,17 @@ import httpx
 import psutil
 import pytest
 
-from taskherd.actors.registry import live_nodes
 from taskherd.cli import main
 from taskherd.client import Client, ClientError
 from taskherd.config import Settings, from_dict
 from taskherd.config.toml_out import dumps
 from taskherd.deploy.local.cluster import Pod
 from taskherd.deploy.local.services import ServiceManager
+from taskherd.nsq.publisher import Publisher
+from taskherd.states import FINAL_STATES
 from taskherd.store import keys
 from taskherd.store.state_store import StateStore
-from taskherd.store.task_queue import TaskQueue
-from tests.helpers import TEST_PORTS, Services, nsqd_post, settings_for_tests, topic_depth, wait_until
+from tests.helpers import TEST_PORTS, Services, settings_for_tests, topic_depth, wait_until
 
 PY = "tests.e2e.funcs"
 """Executors the pods' runner children import (the pods run with this checkout as their cwd)."""
@@ -46,8 +46,8 @@ HEARTBEAT_S, NODE_TTL_S = 0.5, 1.0
 def fast(settings: Settings, **sections: dict[str, Any]) -> Settings:
     """Test timings, with `sections` merged over them (e.g. `supervisor={"max_restarts": 2}`)."""
     data = settings.model_dump()
-    data["manager"].update(watcher_interval_s=0.5, republish_after_s=3.0, retry_backoff_base_s=0.2,
-                           retry_backoff_max_s=1.0)
+    data["manager"].update(watcher_interval_s=0.5, republish_after_s=3.0)
+    data.setdefault("retry", {}).update(backoff_base_s=0.2, backoff_max_s=1.0)
     data["worker"].update(slots=2, lease_renew_s=0.5, lease_ttl_s=3.0, drain_grace_s=5.0)
     data["nsq"].update(lookupd_poll_interval_s=1.0)
     data["registry"].update(heartbeat_s=HEARTBEAT_S, node_ttl_s=NODE_TTL_S)
@@ -97,7 +97,7 @@ def node_of(settings: Settings, pod: Pod) -> dict[str, str] | None:
     """The live registration whose pid is the pod's, if any."""
     store = StateStore(settings.redis)
     try:
-        return next((n for n in live_nodes(store.redis) if n.get("pid") == str(pod.pid)), None)
+        return next((n for n in store.members.nodes() if n.get("pid") == str(pod.pid)), None)
     finally:
         store.redis.close()
 
@@ -217,7 +217,7 @@ def final(client: Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
     """The task once it reached a final state."""
     def ended() -> dict[str, Any] | None:
         task = client.task(task_id)
-        return task if task["state"] in keys.FINAL_STATES else None
+        return task if task["state"] in FINAL_STATES else None
     return wait_until(ended, timeout=timeout, ignore=(ClientError,), message=f"task {task_id} final")
 
 
@@ -244,7 +244,7 @@ def gone(proc: psutil.Process) -> bool:
 def test_a_garbage_task_message_is_dead_lettered_and_the_pod_keeps_working(herd: Pods) -> None:
     settings, client = herd.settings, herd.client
     # When a message that names no task lands on the tasks topic
-    TaskQueue(settings.nsq).publish(settings.nsq.tasks_topic, [b"\x00not a task ref"])
+    Publisher(settings.nsq).publish(settings.nsq.tasks_topic, [b"\x00not a task ref"])
     # Then it goes to the dead-letter topic, once, and no actor crashed over it
     wait_until(lambda: topic_depth(settings, settings.nsq.deadletter_topic) == 1, timeout=20,
                message="one message on the dead-letter topic")
@@ -520,7 +520,7 @@ def test_taskherd_up_stops_every_process_on_ctrl_c_and_resumes_its_data(up: Up) 
     assert final(client, "kept")["state"] == "succeeded"
     store = StateStore(up.settings.redis)
     store.redis.set("th-test:resume", "still here")
-    TaskQueue(up.settings.nsq).publish("th-test.resume", [b"kept on disk"])
+    Publisher(up.settings.nsq).publish("th-test.resume", [b"kept on disk"])
     store.redis.close()
     recorded = descendants(up.proc.pid)
     names = " ".join(name for _, _, name in recorded)

@@ -11,10 +11,11 @@ from taskherd.actors.context import PodContext
 from taskherd.actors.manager import Manager, Teardown
 from taskherd.actors.timeout_watcher import TimeoutWatcher
 from taskherd.intake import Intake
+from taskherd.nsq.publisher import Publisher
+from taskherd.states import TaskState
 from taskherd.store import keys
 from taskherd.store.archive import Archive, ArchivedTask
 from taskherd.store.state_store import NewTask, StateStore
-from taskherd.store.task_queue import TaskQueue
 from tests.helpers import topic_depth
 
 JOB = "claims"
@@ -60,7 +61,7 @@ def test_a_claim_hides_its_tasks_until_given_back_and_counts_each_analysis(store
 def test_a_lapsed_claim_comes_back(store):
     run_to_result(store, "a")
     assert len(store.claim_results(JOB, 256, 1)[0]) == 1
-    store.redis.zadd(keys.by_state(JOB, keys.ANALYZING), {"a": 0}, xx=True)  # as if 1 ms were long past
+    store.redis.zadd(keys.by_state(JOB, TaskState.ANALYZING), {"a": 0}, xx=True)  # as if 1 ms were long past
     assert [t["id"] for t in store.claim_results(JOB, 256, 60_000)[0]] == ["a"]
 
 
@@ -77,10 +78,10 @@ def test_the_watcher_rings_once_for_a_job_whose_results_wait_unclaimed(clean, st
     s = clean.settings
     for t in ("a", "b"):
         run_to_result(store, t)  # told to ring; the doorbells are never published, as if nsqd lost them
-    watcher = TimeoutWatcher(PodContext(s, "node", store, TaskQueue(s.nsq)), supervisor=None, slot="watcher")
+    watcher = TimeoutWatcher(PodContext(s, "node", store, Publisher(s.nsq)), supervisor=None, slot="watcher")
     watcher.sweep()
     assert topic_depth(s, s.nsq.results_topic) is None  # just recorded: their doorbell may be on its way
-    store.redis.zadd(keys.by_state(JOB, keys.ANALYZING), {"a": 0, "b": 0}, xx=True)  # long past republish_after_s
+    store.redis.zadd(keys.by_state(JOB, TaskState.ANALYZING), {"a": 0, "b": 0}, xx=True)  # long past republish_after_s
     watcher.sweep()
     assert topic_depth(s, s.nsq.results_topic) == 1  # one doorbell for the job, not one per result
     assert len(store.claim_results(JOB, 256, 60_000)[0]) == 2
@@ -96,8 +97,8 @@ def test_a_teardown_right_after_done_keeps_the_summary_and_no_key(clean, store):
     archive.archive([ArchivedTask(id="a", job=JOB, type="t", state="succeeded", attempts=1, digest="digest",
                                   parent="", payload="{}", result=tasks[0]["result"], error=None,
                                   executions="[]", created_ms=1, finished_ms=2)])
-    assert store.archive(JOB, [("a", "succeeded")]) == (["ok"], True)  # done; not yet summarized
-    manager = Manager.start(Intake(clean.settings, store, archive, TaskQueue(clean.settings.nsq)),
+    assert store.retire(JOB, [("a", "succeeded")]) == (["ok"], True)  # done; not yet summarized
+    manager = Manager.start(Intake(clean.settings, store, archive, Publisher(clean.settings.nsq)),
                             supervisor=None, slot="manager")
     assert manager.ask(Teardown(JOB), timeout=10) == []
     summary = archive.job(JOB)

@@ -14,12 +14,21 @@ import psutil
 import pytest
 import redis
 
+from taskherd.config import Settings, from_dict
 from taskherd.deploy.local import binaries
 from taskherd.deploy.local.services import SERVICES, PortInUse, ServiceManager
 from taskherd.errors import MissingBinary, ServiceError
-from taskherd.config import Settings, from_dict
-from tests.helpers import (DIRECT, Services, free_port, mysql_connect, nsqd_post, redis_client,
-                           settings_for_tests, topic_depth, wait_until)
+from tests.helpers import (
+    DIRECT,
+    Services,
+    free_port,
+    mysql_connect,
+    nsqd_post,
+    redis_client,
+    settings_for_tests,
+    topic_depth,
+    wait_until,
+)
 
 
 def test_all_four_services_answer(services: Services) -> None:

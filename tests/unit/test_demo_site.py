@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from taskherd.demo import summarize
+from taskherd.demo import crawl_summary
 from taskherd.demo.crawl import analyze, fetch, links_in
 from taskherd.demo.site import MAX_LINKS, MIN_LINKS, DemoSite, SiteFacts
-from taskherd.runners import Runner, RunnerSpec
+from taskherd.runners import Runner
+from taskherd.specs import RunnerSpec
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_summarize_recovers_the_facts_from_records_alone(site: DemoSite) -> None
         task = {"id": url, "type": "crawl", "job": "j", "attempts": 1, "payload": {"url": url, "base": site.url}}
         rec = analyze({"task": task, "result": fetch(task["payload"])})["record"]
         records.append({"task_id": url, "type": "crawl", "record": rec})
-    summary = summarize(records, site.root)
+    summary = crawl_summary(records, site.root)
     facts = site.expected()
     assert (summary.pages, summary.links, summary.max_depth, summary.unreached) == (
         facts.pages, facts.links, facts.max_depth, 0)

@@ -8,9 +8,9 @@ import time
 
 from nsq import protocol
 
-from taskherd.actors import feed as feed_module
-from taskherd.actors.feed import FeedDelivery, Feed
 from taskherd.config import from_dict
+from taskherd.nsq import feed as feed_module
+from taskherd.nsq.feed import Feed, FeedDelivery
 
 
 class Conn:

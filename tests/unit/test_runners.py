@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from taskherd.runners import Outcome, Runner, RunnerSpec, SpecError
+from taskherd.runners import Outcome, Runner
 from taskherd.runners.process_tree import is_dead
+from taskherd.specs import InvalidSpec, RunnerSpec
 from tests.helpers import QuietHandler
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -91,7 +92,7 @@ def test_spec_from_dict_accepts_each_kind_and_round_trips() -> None:
     ],
 )
 def test_spec_from_dict_names_the_bad_field(data: dict[str, Any], message: str) -> None:
-    with pytest.raises(SpecError) as caught:
+    with pytest.raises(InvalidSpec) as caught:
         RunnerSpec.from_dict(data, where="executor resize")
     assert str(caught.value).startswith("executor resize: ")
     assert message in str(caught.value)
@@ -256,7 +257,7 @@ def test_exe_timeout_kills_the_grandchild_too(runner: Runner, tmp_path: Path) ->
 class _Handler(QuietHandler):
     release: threading.Event
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         if self.path == "/slow":
             self.release.wait(10)

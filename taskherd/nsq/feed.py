@@ -10,7 +10,7 @@ encoded and frames decoded by pynsq's protocol module.
 
 A slot finishes a message once it holds the task's lease, so nsqd sends its next message while the
 executor runs: it is there the moment the slot is free. Behind a long task that message would wait:
-the Dispatcher's renewal tick `shed`s it (back to nsqd for an idle slot, RDY 0 until the slot reads
+the LeaseKeeper's renewal tick `shed`s it (back to nsqd for an idle slot, RDY 0 until the slot reads
 again), so a pod never holds work behind a long task for more than a tick.
 
 With a static `nsqd_tcp_address` the feed connects there; otherwise it asks nsqlookupd which nsqds
@@ -39,16 +39,16 @@ SOCKET_TIMEOUT_S = 5.0
 """For sends, and for the rest of a frame that has begun to arrive; waiting for messages is select's."""
 HEARTBEAT_MS = 30_000
 """nsqd closes a connection that sends nothing for two heartbeat intervals: an idle owner answers each
-heartbeat, and a busy one sends a NOP (`keep_alive`; the Dispatcher does it for a slot)."""
+heartbeat, and a busy one sends a NOP (`keep_alive`; the LeaseKeeper does it for a slot)."""
 
 
 class FeedDelivery:
-    """One message, acknowledged from any thread (the owner, or the Dispatcher handing back). Only the
+    """One message, acknowledged from any thread (the owner, or the LeaseKeeper handing back). Only the
     first finish or requeue goes to nsqd."""
 
     __slots__ = ("_conn", "body", "attempts", "id", "answered")
 
-    def __init__(self, conn: "_Conn", msg_id: bytes, attempts: int, body: bytes) -> None:
+    def __init__(self, conn: _Conn, msg_id: bytes, attempts: int, body: bytes) -> None:
         self._conn, self.id, self.attempts, self.body = conn, msg_id, attempts, body
         self.answered = False
 
@@ -154,7 +154,7 @@ class Feed:
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._reading = threading.Lock()
-        """Held by whoever reads the sockets: the owner, or the Dispatcher shedding while a slot runs."""
+        """Held by whoever reads the sockets: the owner, or the LeaseKeeper shedding while a slot runs."""
         self._ready: deque[FeedDelivery] = deque()
         """Messages read but not yet handed to the owner (a slot: with several nsqds, one from each)."""
         self._paused = False
@@ -179,7 +179,7 @@ class Feed:
                 self._selector.unregister(wake_fd)
 
     def _next(self, deadline: float) -> FeedDelivery | None:
-        if self._shed:  # the Dispatcher paused us while we ran a long task: ready again
+        if self._shed:  # the LeaseKeeper paused us while we ran a long task: ready again
             self._shed = False
             for conn in list(self._conns.values()):
                 conn.send(protocol.ready(self.ready))
@@ -308,7 +308,7 @@ class Feed:
                 pass
         conn.close()
 
-    # --- the Dispatcher's thread ----------------------------------------------------------------------
+    # --- the LeaseKeeper's thread ----------------------------------------------------------------------
     def shed(self) -> None:
         """The slot runs a long task (and so reads nothing): the message nsqd sent it meanwhile goes
         back for an idle slot, and RDY stays 0 until the slot reads again. Skipped if the slot is

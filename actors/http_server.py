@@ -1,8 +1,10 @@
-"""Api: serves the HTTP JSON API (`taskherd.api`) with uvicorn, in a daemon thread the actor owns.
+"""HttpServer: serves an ASGI app (the manager's API, `taskherd.api`) with uvicorn, in a daemon
+thread the actor owns, so the supervisor restarts the server like any other child.
 
 The port is bound in `on_start`, before the server thread starts, so a port that is taken fails the
 start at once with a message naming it (uvicorn alone would `sys.exit` inside its thread). The actor
-receives no messages of its own: requests reach the Manager through `ask`, from FastAPI's threads.
+receives no messages of its own: the app's handlers ask the Manager from FastAPI's threads. The app
+is given by the pod (an entry point), so actors never import the API built on top of them.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pykka
 import uvicorn
 
-from taskherd.actors.context import PodContext, find
-from taskherd.api import build_app
+from taskherd.config.settings import ApiSettings
 from taskherd.errors import TaskherdError
-from taskherd.intake import Intake
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.api")
@@ -32,25 +33,18 @@ class ApiStartError(TaskherdError):
     """The API server could not start: its port is taken, or it did not come up in time."""
 
 
-def current_manager() -> pykka.ActorRef:
-    """The live Manager of this process (a restarted Manager has a new ref, so look it up each time)."""
-    from taskherd.actors.manager import Manager
-
-    return find(Manager)
-
-
-class Api(Supervised, pykka.ThreadingActor):
-    def __init__(self, ctx: PodContext, intake: Intake,
-                 manager: Callable[[], pykka.ActorRef] = current_manager, **supervised: Any) -> None:
+class HttpServer(Supervised, pykka.ThreadingActor):
+    def __init__(self, app: Callable[[], Any], settings: ApiSettings, **supervised: Any) -> None:
         super().__init__(**supervised)
-        self.ctx, self.intake, self.manager = ctx, intake, manager
+        self.app, self.settings = app, settings
+        """`app` makes the ASGI app each time the server (re)starts."""
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
 
     def on_start(self) -> None:
-        api = self.ctx.settings.api
+        api = self.settings
         sock = _bind(api.host, api.port)
-        config = uvicorn.Config(build_app(self.ctx, self.intake, self.manager), host=api.host, port=api.port,
+        config = uvicorn.Config(self.app(), host=api.host, port=api.port,
                                 http="httptools", log_level="warning", log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
@@ -69,7 +63,7 @@ class Api(Supervised, pykka.ThreadingActor):
         super().on_stop()
 
     def on_receive(self, message: Any) -> Any:
-        log.warning("api: unknown message %r", message)
+        log.warning("http server: unknown message %r", message)
 
     def _serve(self, sock: socket.socket) -> None:
         assert self.server is not None

@@ -1,22 +1,23 @@
-"""TaskQueue: publishing to NSQ, the doorbell that tells workers and the manager there is work.
+"""Publisher: publishing to NSQ, the doorbell that tells workers and the manager there is work.
 
 Publishing is synchronous and callable from any thread: an OK from nsqd means nsqd holds the
 message. It speaks nsqd's TCP protocol (PUB/MPUB, encoded by pynsq's
 `nsq.protocol`) on one blocking connection per thread, because pynsq's Writer is asynchronous and bound
 to an IOLoop, and nsqd's HTTP /pub cost 1.4 ms a message through httpx against 0.08 ms over TCP (the
 worker publishes once per task). When the TCP nsqd fails, it falls back to the HTTP addresses (which
-may be other nsqds). Consuming is each consumer's own `Feed` (actors/feed.py). NSQ is never the
+may be other nsqds). Consuming is each consumer's own `Feed` (taskherd/nsq/feed.py). NSQ is never the
 source of truth: Redis is, and the TimeoutWatcher republishes anything NSQ loses.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import socket
 import struct
 import threading
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from nsq import protocol
@@ -24,42 +25,13 @@ from nsq import protocol
 from taskherd.config.settings import NsqSettings
 from taskherd.errors import QueueError
 
+if TYPE_CHECKING:
+    from taskherd.nsq.feed import FeedDelivery
 
-@dataclass(frozen=True, slots=True)
-class TaskRef:
-    """Body of a message on either topic: which task to lease (tasks) or to analyze (results).
-
-    Only the reference travels; the task itself lives in Redis, so a stale or repeated message is
-    harmless: the transition it triggers checks the task's state first.
-    """
-
-    job: str
-    task_id: str
-    type: str = ""
-    """A hint so the reader fetches the executor (tasks) or analyzer (results) spec in the same round trip."""
-
-    def encode(self) -> bytes:
-        body = {"j": self.job, "t": self.task_id, **({"y": self.type} if self.type else {})}
-        return json.dumps(body, separators=(",", ":")).encode()
+log = logging.getLogger("taskherd.nsq")
 
 
-def decode(body: bytes, max_bytes: int) -> TaskRef:
-    """The TaskRef in a message body; raises ValueError naming what is wrong with it."""
-    if len(body) > max_bytes:
-        raise ValueError(f"message of {len(body)} bytes exceeds {max_bytes}")
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    except RecursionError:
-        raise ValueError("not usable JSON: nested too deeply") from None
-    if not isinstance(data, dict) or not isinstance(data.get("j"), str) or not isinstance(data.get("t"), str):
-        raise ValueError('expected {"j": job, "t": task id} with string values')
-    hint = data.get("y")
-    return TaskRef(data["j"], data["t"], hint if isinstance(hint, str) else "")
-
-
-class TaskQueue:
+class Publisher:
     """Publishes to nsqd over TCP, else to the first nsqd HTTP address that answers. Thread-safe."""
 
     def __init__(self, settings: NsqSettings) -> None:
@@ -82,6 +54,23 @@ class TaskQueue:
         """Put `body` on `topic` after `delay_ms`. nsqd keeps deferred messages in memory only: use it
         for a wake-up that something else repeats should it be lost, never for the only copy."""
         self._post(f"/pub?topic={topic}&defer={max(0, int(delay_ms))}", body)
+
+    def dead_letter(self, delivery: FeedDelivery, why: str) -> None:
+        """A message nobody can use: keep it on the dead-letter topic, never requeue it.
+
+        A dead letter is one JSON line saying why (and the size and sha256 of the original), a newline,
+        then the original bytes unchanged, so it can be inspected or republished as it came. nsqd
+        allows `DEADLETTER_HEADROOM` bytes (config/settings.py) over the largest message we accept, so
+        the envelope always fits.
+        """
+        log.error("dead-lettering a message: %s", why)
+        raw = delivery.body
+        head = {"why": why, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        try:
+            self.publish(self.settings.deadletter_topic, [json.dumps(head).encode() + b"\n" + raw])
+        except QueueError as exc:
+            log.error("dead-letter publish failed; the message is dropped: %s", exc)
+        delivery.finish()
 
     def _tcp_publish(self, topic: str, chunk: list[bytes]) -> None:
         conn = getattr(self._local, "conn", None)

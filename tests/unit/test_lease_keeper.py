@@ -1,4 +1,4 @@
-"""The Dispatcher's per-tick decisions on its own: what waits behind a long task is given back, what
+"""The LeaseKeeper's per-tick decisions on its own: what waits behind a long task is given back, what
 a drain counts and hands back. Narrow: stand-ins for the store, the queue and the slot's feed; the
 real thing runs in tests/e2e and tests/faults."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from taskherd.actors.dispatcher import Dispatcher, HeldCount
+from taskherd.actors.lease_keeper import HeldCount, LeaseKeeper
 from taskherd.actors.worker import Ahead, Execution
 from taskherd.config import from_dict
 from taskherd.store.state_store import Lease
@@ -68,10 +68,10 @@ def lease(task_id: str) -> Lease:
     return Lease("job", task_id, f"exec-{task_id}", "t", "{}", 60.0, 1, 3, 0)
 
 
-def slot(running_for_s: float) -> tuple[Dispatcher, Execution, Message, Feed]:
+def slot(running_for_s: float) -> tuple[LeaseKeeper, Execution, Message, Feed]:
     settings = from_dict({"worker": {"slots": 1, "lease_renew_s": 1.0}}, source="<test>")
-    ctx = SimpleNamespace(settings=settings, store=Store(), queue=Queue())
-    d = Dispatcher(ctx, supervisor=None, slot="dispatcher")
+    ctx = SimpleNamespace(settings=settings, store=Store(), publisher=Queue())
+    d = LeaseKeeper(ctx, supervisor=None, slot="lease_keeper")
     execution, message, feed = Execution(Runner()), Message(), Feed()
     execution.begin(lease("running"))
     execution.began_at = time.monotonic() - running_for_s
@@ -101,4 +101,4 @@ def test_a_drain_counts_the_task_leased_ahead_and_hands_both_back():
     assert d.on_receive(HeldCount()) == 3  # running, leased ahead, run and not yet recorded
     d._hand_back()
     assert d.ctx.store.released == ["ahead", "running"] and message.answers == ["requeue 0"]
-    assert len(d.ctx.queue.published) == 1  # the running task's message was finished: published again
+    assert len(d.ctx.publisher.published) == 1  # the running task's message was finished: published again

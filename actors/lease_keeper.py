@@ -1,6 +1,6 @@
-"""Dispatcher: keeps the pod's leases alive, sheds what waits behind long tasks, drains the pod.
+"""LeaseKeeper: keeps the pod's leases alive, sheds what waits behind long tasks, drains the pod.
 
-Each slot reads its own nsqd connection with RDY 1 (actors/feed.py) and finishes a message once
+Each slot reads its own nsqd connection with RDY 1 (taskherd/nsq/feed.py) and finishes a message once
 it holds the task's lease, so nsqd sends the slot's next message while its executor runs, and the
 slot leases that next task ahead. Nothing passes through here per task. Behind a task that runs past
 a renewal tick, what waits is given back (the task leased ahead to pending and its message to nsqd,
@@ -22,15 +22,14 @@ from typing import Any
 import pykka
 
 from taskherd.actors.context import PodContext
-from taskherd.actors.feed import Feed
-from taskherd.actors.ticker import Ticker
-from taskherd.actors.worker import Execution, Pause, give_back
+from taskherd.actors.leases import Execution, Pause, give_back
 from taskherd.errors import QueueError, StoreError
+from taskherd.nsq.feed import Feed
+from taskherd.nsq.messages import TaskRef
 from taskherd.store.state_store import Lease
-from taskherd.store.task_queue import TaskRef
-from taskherd.supervisor import Supervised
+from taskherd.supervisor import Supervised, Ticker
 
-log = logging.getLogger("taskherd.dispatcher")
+log = logging.getLogger("taskherd.lease_keeper")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +37,7 @@ class SlotStarted:
     """From a Worker's on_start: this slot (a new incarnation after a restart) takes work."""
 
     index: int
-    ref: pykka.ActorRef
+    ref: pykka.ActorRef[Any]
     execution: Execution
     """The slot's current lease and execution, read for renewals and killed from this thread."""
     feed: Feed
@@ -63,13 +62,13 @@ class HeldCount:
     """Ask -> how many leases this pod still holds."""
 
 
-class Dispatcher(Supervised, pykka.ThreadingActor):
+class LeaseKeeper(Supervised, pykka.ThreadingActor):
     def __init__(self, ctx: PodContext, **supervised: Any) -> None:
         super().__init__(**supervised)
         self.ctx = ctx
         self.topic = ctx.settings.nsq.tasks_topic
         self.executions: dict[int, Execution] = {}
-        self.slots: dict[int, tuple[pykka.ActorRef, Feed]] = {}
+        self.slots: dict[int, tuple[pykka.ActorRef[Any], Feed]] = {}
         self.renewed_at: dict[str, float] = {}
         """exec id -> when its lease was last renewed (or taken)."""
         self.paused = False
@@ -108,7 +107,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 return sum((e.current() is not None) + (e.ahead() is not None) + e.unrecorded
                            for e in self.executions.values())
             case _:
-                log.warning("dispatcher: unknown message %r", message)
+                log.warning("lease keeper: unknown message %r", message)
         return None
 
     def _pause(self) -> None:
@@ -132,16 +131,16 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
                 if (ahead := execution.take_ahead()) is not None:
                     give_back(self.ctx, ahead)
                 feed.shed()
-            for held in (lease, execution.ahead()):
-                if held is not None:
-                    self.renewed_at.setdefault(held.exec_id, time.monotonic())
-                    by_job.setdefault(held.job, []).append((index, held))
-        live = {lease.exec_id for held in by_job.values() for _, lease in held}
+            for one in (lease, execution.ahead()):
+                if one is not None:
+                    self.renewed_at.setdefault(one.exec_id, time.monotonic())
+                    by_job.setdefault(one.job, []).append((index, one))
+        live = {one.exec_id for held in by_job.values() for _, one in held}
         self.renewed_at = {e: t for e, t in self.renewed_at.items() if e in live}
         ttl = self.ctx.settings.worker.lease_ttl_s
         for job, held in by_job.items():
             try:
-                ok = self.ctx.store.renew(job, [(l.task_id, l.exec_id) for _, l in held], int(ttl * 1000))
+                ok = self.ctx.store.renew(job, [(lease.task_id, lease.exec_id) for _, lease in held], int(ttl * 1000))
             except StoreError as exc:
                 self._kill_unrenewed(held, ttl, exc)
                 continue
@@ -176,7 +175,7 @@ class Dispatcher(Supervised, pykka.ThreadingActor):
             self._kill(index, lease, "the pod is shutting down")
         if refs:
             try:
-                self.ctx.queue.publish(self.topic, refs)
+                self.ctx.publisher.publish(self.topic, refs)
             except QueueError as exc:
                 log.warning("handed-back tasks not published; the TimeoutWatcher will: %s", exc)
 

@@ -1,19 +1,24 @@
-"""How to call one executor or analyzer: the `RunnerSpec` and the one boundary that builds it.
+"""Executor and analyzer specs: the one place that parses, validates, normalizes and makes them
+runnable, for the API, the Manager, the Intake, the worker and the analyzer alike.
 
-A spec arrives as JSON from a user (registration) or from Redis (the worker's cache), so it is
-checked once here and every problem is reported at once, each naming its field. A `RunnerSpec`
-that exists is valid: the runners never re-check it.
+A spec arrives as JSON from a user (registration) or from Redis (a worker reads it with its lease),
+so it is checked here and every problem is reported at once, each naming its field. Its call target
+becomes a `RunnerSpec`; a `RunnerSpec` that exists is valid, so the runners never re-check it. The
+other fields (time-out, attempts, `retry_on`, description) are defaults and policy for its tasks.
+
+Names users give (task types, jobs) are checked here too (`check_name`), since a spec is keyed by one.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from taskherd.errors import ExecutorError
+from taskherd.errors import ExecutorError, InvalidInput
 
 Kind = Literal["python", "exe", "http"]
 KINDS: tuple[str, ...] = ("python", "exe", "http")
@@ -21,10 +26,16 @@ KINDS: tuple[str, ...] = ("python", "exe", "http")
 _IDENT = r"[A-Za-z_]\w*"
 _PYTHON_TARGET = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
 _FIELDS = {"kind", "target", "env", "cwd", "headers"}
+RUNNER_FIELDS = frozenset(_FIELDS)
+"""The fields of a stored spec that say how to call it (the rest are defaults and policy)."""
+SPEC_FIELDS = {"executor": RUNNER_FIELDS | {"id", "timeout_s", "max_attempts", "retry_on", "description"},
+               "analyzer": RUNNER_FIELDS | {"id", "timeout_s", "description"}}
+SPEC_KINDS = tuple(SPEC_FIELDS)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 _FIELDS_BY_KIND = {"python": set(), "exe": {"env", "cwd"}, "http": {"headers"}}
 
 
-class SpecError(ExecutorError):
+class InvalidSpec(ExecutorError):
     """A spec could not be used; `problems` holds one line per field, `data` the input as given."""
 
     def __init__(self, problems: list[str], data: Any, where: str = "") -> None:
@@ -60,26 +71,26 @@ class RunnerSpec:
         self.validate()
 
     def validate(self, where: str = "") -> RunnerSpec:
-        """Raise `SpecError` naming every bad field; return self so it chains."""
+        """Raise `InvalidSpec` naming every bad field; return self so it chains."""
         problems = _kind_problems(self.kind)
         if not problems:
             problems = _target_problems(self.kind, self.target) + _option_problems(self)
         if problems:
-            raise SpecError(problems, {name: getattr(self, name) for name in self.__slots__}, where)
+            raise InvalidSpec(problems, {name: getattr(self, name) for name in self.__slots__}, where)
         return self
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "") -> RunnerSpec:
         """The boundary constructor for JSON input; unknown fields are errors (typos must not pass)."""
         if not isinstance(data, Mapping):
-            raise SpecError([f"expected an object with kind and target, got {_show(data)}"], data, where)
+            raise InvalidSpec([f"expected an object with kind and target, got {_show(data)}"], data, where)
         problems = _shape_problems(data)
         if problems:
-            raise SpecError(problems, data, where)
+            raise InvalidSpec(problems, data, where)
         try:
             return cls(**dict(data))
-        except SpecError as exc:
-            raise SpecError(exc.problems, data, where) from None
+        except InvalidSpec as exc:
+            raise InvalidSpec(exc.problems, data, where) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form that `from_dict` reads back; empty options are left out."""
@@ -161,7 +172,48 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def field_names() -> frozenset[str]:
-    """The fields `from_dict` accepts, for callers that carry a spec inside a larger record."""
-    return frozenset(_FIELDS)
+def check_name(where: str, value: Any) -> str:
+    """A task type or job name; raises InvalidInput naming `where`."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise InvalidInput(where, "expected 1-128 characters of letters, digits, '_', '.', ':' or '-', "
+                                  f"starting with a letter or digit; got {value!r}")
+    return value
 
+
+def normalize_spec(kind: str, task_type: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec as it is stored: validated (raises InvalidSpec naming each bad field, or InvalidInput
+    for the task type), with its id defaulted to the task type and empty options left out."""
+    check_name("task_type", task_type)
+    unknown = sorted(set(spec) - SPEC_FIELDS[kind])
+    if unknown:
+        raise InvalidSpec([f"{name}: unknown field" for name in unknown], dict(spec))
+    runner_spec(spec)
+    return {"id": task_type, **{k: v for k, v in spec.items() if v is not None}}
+
+
+def runner_spec(spec: Mapping[str, Any]) -> RunnerSpec:
+    """The part of a stored spec that says how to call it; raises InvalidSpec."""
+    return RunnerSpec.from_dict({k: v for k, v in spec.items() if k in RUNNER_FIELDS})
+
+
+def spec_from_text(raw: str | None) -> dict[str, Any] | None:
+    """A spec as stored; one that is not a JSON object reads as missing (the task then fails, clearly)."""
+    try:
+        spec = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+Runnable = RunnerSpec | InvalidSpec | None
+"""What runs a task type: None when no spec is registered, the error when the stored spec is unusable."""
+
+
+def runnable(spec: Mapping[str, Any] | None) -> Runnable:
+    """What runs a stored spec, or why it cannot run (never raises)."""
+    if spec is None:
+        return None
+    try:
+        return runner_spec(spec)
+    except InvalidSpec as exc:
+        return exc

@@ -1,4 +1,5 @@
-"""Ticker: tells an actor a message on a fixed interval, from a daemon thread.
+"""Ticker: tells an actor a message on a fixed interval, from a daemon thread (the supervisor's
+sweep, the lease keeper's renewals, the watcher's sweep, the registry's heartbeat).
 
 pykka has no timers; a thread that only `tell`s keeps the actor's own work in its mailbox, so the
 periodic work is serialised with everything else the actor does and needs no locks.
@@ -7,17 +8,18 @@ periodic work is serialised with everything else the actor does and needs no loc
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pykka
 
 
 class Ticker:
-    def __init__(self, ref: pykka.ActorRef, message: object, interval_s: float) -> None:
+    def __init__(self, ref: pykka.ActorRef[Any], message: object, interval_s: float) -> None:
         self._ref, self._message, self._interval = ref, message, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"tick-{type(message).__name__}", daemon=True)
 
-    def start(self) -> "Ticker":
+    def start(self) -> Ticker:
         self._thread.start()
         return self
 

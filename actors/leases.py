@@ -1,0 +1,102 @@
+"""A worker slot's leases, shared by the slot (`Worker`) and the pod's `LeaseKeeper`.
+
+The slot takes and runs leases; the LeaseKeeper renews them, kills an executor whose lease is lost,
+gives back what waits behind a long task, and drains the pod. Both hold the slot's `Execution`,
+so what they share lives here, apart from either actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from taskherd.actors.context import PodContext
+from taskherd.errors import StoreError
+from taskherd.nsq.feed import FeedDelivery
+from taskherd.runners import Runner
+from taskherd.store.state_store import Lease
+
+log = logging.getLogger("taskherd.worker")
+
+
+class Execution:
+    """The slot's leases, shared with the LeaseKeeper (renewals, shedding, drain).
+
+    `current` is the lease the executor runs under, killable from the LeaseKeeper's thread but only
+    while it is still the one asked for: a kill meant for a finished lease must not hit the slot's
+    next task. `unrecorded` is set while an outcome waits to be recorded (the slot records it as its
+    next executor runs). `ahead` is the next task, leased while the current one runs, its message
+    still in flight; whichever thread takes it first (the slot to run it, the LeaseKeeper to give it
+    back) has it. The pod holds all three."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._current: Lease | None = None
+        self._ahead: Ahead | None = None
+        self.began_at = 0.0
+        self.unrecorded = False
+
+    def hold_ahead(self, ahead: Ahead) -> None:
+        with self._lock:
+            self._ahead = ahead
+
+    def take_ahead(self, exec_id: str | None = None) -> Ahead | None:
+        """The task leased ahead (only if its execution is `exec_id`, when given), now yours."""
+        with self._lock:
+            ahead = self._ahead
+            if ahead is None or (exec_id is not None and ahead.lease.exec_id != exec_id):
+                return None
+            self._ahead = None
+            return ahead
+
+    def ahead(self) -> Lease | None:
+        with self._lock:
+            return self._ahead.lease if self._ahead else None
+
+    def begin(self, lease: Lease) -> None:
+        with self._lock:
+            self._current, self.began_at = lease, time.monotonic()
+
+    def end(self) -> None:
+        with self._lock:
+            self._current = None
+
+    def current(self) -> Lease | None:
+        with self._lock:
+            return self._current
+
+    def kill(self, exec_id: str) -> bool:
+        with self._lock:
+            return self._current is not None and self._current.exec_id == exec_id and self._runner.kill()
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """A task leased while the slot's executor runs another, with its message (still in flight) and
+    its executor spec as stored."""
+
+    lease: Lease
+    delivery: FeedDelivery
+    raw: str | None
+
+
+def give_back(ctx: PodContext, ahead: Ahead) -> None:
+    """A task leased ahead goes back to pending (not counted as an attempt) and its message to nsqd,
+    for an idle slot; if it is no longer ours (cancelled, superseded), its message is finished."""
+    try:
+        released = ctx.store.release(ahead.lease)
+    except StoreError as exc:
+        log.warning("could not give back %s; its lease will expire instead: %s", ahead.lease.task_id, exc)
+        released = True
+    if released:
+        ahead.delivery.requeue(0)
+    else:
+        ahead.delivery.finish()
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Tell, from the LeaseKeeper: take no more messages (drain, shutdown)."""

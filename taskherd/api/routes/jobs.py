@@ -1,0 +1,79 @@
+"""Routes of jobs: status (and the long-poll that answers the moment a job is done), a page of its
+task ids by state, cancel, retry its dead letters, tear it down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+
+from taskherd.actors.manager import CancelJob, RetryTasks, Teardown
+from taskherd.api import models as m
+from taskherd.api.deps import PodDep, job_status
+from taskherd.api.errors import ApiError
+
+MAX_WAIT_S = 60.0
+"""Longest long-poll on a job (`wait_s`); clients loop for longer waits."""
+RECHECK_S = 0.5
+"""A long-poll re-reads its job this often: another manager replica may have finished it."""
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/jobs/{job}")
+async def get_job(job: str, pod: PodDep,
+                  wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0) -> dict[str, Any]:
+    """Counts by state, open and total, done flag, created and finished times (ms). With `wait_s`,
+    answers as soon as the job is done, or after `wait_s` seconds with its progress then (a
+    long-poll: `job wait` and the client's `wait` use it, so "done" arrives within milliseconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        woken = pod.ctx.job_events.register(job)
+        status = await run_in_threadpool(job_status, pod, job)
+        remaining = deadline - time.monotonic()
+        if status["done"] or remaining <= 0:
+            woken.cancel()
+            return status
+        try:
+            done = await asyncio.wait_for(woken, min(remaining, RECHECK_S))
+        except TimeoutError:
+            continue
+        if done is not None:
+            return done  # as the analyzer summarized it; None: summarized elsewhere, read it
+
+
+@router.get("/jobs/{job}/tasks", response_model=m.TaskPage)
+def get_job_tasks(job: str, pod: PodDep, state: m.State,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str = "") -> m.TaskPage:
+    """One page of the job's task ids in one state; pass `next_cursor` back for the next page."""
+    job_status(pod, job)
+    ids, next_cursor = pod.queries.job_tasks(job, state, limit, cursor)
+    return m.TaskPage(job=job, state=state, ids=ids, next_cursor=next_cursor)
+
+
+@router.post("/jobs/{job}/teardown", response_model=m.Teardown)
+def post_teardown(job: str, pod: PodDep) -> m.Teardown:
+    """Delete the job's runtime state, then prove Redis holds none of it (500 lists leftovers)."""
+    leftovers = pod.ask(Teardown(job))
+    if leftovers:
+        raise ApiError(500, "job", f"{len(leftovers)} key(s) of job {job!r} remain in Redis after teardown",
+                       "redis", job=job, leftovers=leftovers)
+    return m.Teardown(job=job, leftovers=[])
+
+
+@router.post("/jobs/{job}/cancel")
+def cancel_job(job: str, pod: PodDep) -> dict[str, Any]:
+    """Cancel every live task of the job; the job accepts no new tasks afterwards."""
+    job_status(pod, job)
+    return {"job": job, "cancelled": pod.ask(CancelJob(job))}
+
+
+@router.post("/jobs/{job}/retry")
+def retry_job(job: str, pod: PodDep) -> dict[str, Any]:
+    """Requeue every failed task of the job."""
+    job_status(pod, job)
+    accepted = pod.ask(RetryTasks(job=job))
+    return {"job": job, "requeued": sum(1 for a in accepted if a.status == "created")}

@@ -1,0 +1,71 @@
+"""`taskherd run|up|demo|nodes`: run a pod, a local cluster, the demo; list the live pods."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from typing import Any
+
+from taskherd.cli.common import command, settings
+from taskherd.errors import StoreError
+
+
+def add_commands(sub: Any) -> None:
+    command(sub, "nodes", cmd_nodes, "list live pods (reads Redis directly)")
+    command(sub, "run", cmd_run, "run one pod until SIGTERM") \
+        .add_argument("--role", choices=("manager", "worker", "all"), default="all")
+    u = command(sub, "up", cmd_up, "run a local cluster (services + pods) until Ctrl-C")
+    u.add_argument("--workers", type=int, metavar="N", help="worker pods (default [local].workers)")
+    u.add_argument("--data-dir", metavar="DIR", help="data directory (default [local].data_dir)")
+    d = command(sub, "demo", cmd_demo, "crawl a generated site on a local cluster, end to end")
+    d.add_argument("--pages", type=int, default=300, metavar="N")
+    d.add_argument("--workers", type=int, metavar="N", help="worker pods (default [local].workers)")
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from taskherd.store.state_store import StateStore
+
+    config = settings(args)
+    try:
+        store = StateStore(config.redis)
+        nodes = store.members.nodes()
+        store.close()
+    except StoreError as exc:
+        print(f"error: cannot read nodes from Redis at {config.redis.host}:{config.redis.port}: {exc}", file=sys.stderr)
+        return 1
+    _table(nodes, ("id", "role", "host", "pid", "slots", "version", "started"))
+    return 0
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    def cell(row: dict[str, Any], col: str) -> str:
+        if col == "started" and row.get(col):
+            return datetime.datetime.fromtimestamp(float(row[col])).isoformat(sep=" ", timespec="seconds")
+        return str(row.get(col, ""))
+
+    cells = [[cell(r, c) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    for line in [[c.upper() for c in columns]] + cells:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    if not rows:
+        print("(no live nodes)", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from taskherd.pod import run
+
+    return run(settings(args), args.role, args.config)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from taskherd.deploy.local.cluster import up
+
+    return up(settings(args), args.config, args.workers, args.data_dir)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from taskherd.demo import main as demo_main
+
+    config = settings(args)
+    return demo_main(config, args.config, args.pages, args.workers or config.local.workers)

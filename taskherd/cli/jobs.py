@@ -1,0 +1,64 @@
+"""`taskherd job status|wait|cancel|teardown`: follow a job and end it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from taskherd.cli.common import client, command, group, printing
+from taskherd.client import ApiUnreachable, ClientError, WaitTimeout, progress
+from taskherd.states import FINAL_STATES, TaskState
+
+
+def add_commands(sub: Any) -> None:
+    jobs = group(sub, "job", "follow and tear down jobs")
+    command(jobs, "status", printing(lambda api, args: api.job(args.job)), "print a job's counts as JSON") \
+        .add_argument("job")
+    w = command(jobs, "wait", cmd_job_wait, "progress bar until done: exit 0, 1 with failed tasks, 3 on timeout")
+    w.add_argument("job")
+    w.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: never)")
+    command(jobs, "cancel", printing(lambda api, args: api.cancel_job(args.job)),
+            "cancel every live task of a job; it accepts no new ones").add_argument("job")
+    command(jobs, "teardown", cmd_job_teardown, "delete the job's runtime state and verify none is left") \
+        .add_argument("job")
+
+
+def cmd_job_wait(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=args.job, unit="task", dynamic_ncols=True)
+
+    def show(status: dict[str, Any]) -> None:
+        done, total = progress(status)
+        bar.total, bar.n = total, done
+        bar.set_postfix(failed=status["counts"].get(TaskState.FAILED, 0), open=status.get("open", 0), refresh=False)
+        bar.refresh()
+
+    try:
+        with client(args) as api:
+            status = api.wait(args.job, timeout=args.timeout, on_progress=show)
+    except WaitTimeout as exc:
+        bar.close()  # before the message, so the bar does not overwrite it
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        bar.close()
+    counts = status["counts"]
+    ended = ", ".join(f"{counts.get(s, 0)} {s}" for s in FINAL_STATES)
+    print(f"job {args.job} done: {ended}, {status.get('total', 0)} in all")
+    return 1 if counts.get(TaskState.FAILED, 0) else 0
+
+
+def cmd_job_teardown(args: argparse.Namespace) -> int:
+    with client(args) as api:
+        try:
+            api.teardown(args.job)
+        except ClientError as exc:
+            if isinstance(exc, ApiUnreachable) or not isinstance(exc.detail, dict):
+                raise
+            for key in exc.detail.get("leftovers", []):
+                print(f"left: {key}", file=sys.stderr)
+            raise
+    print(f"job {args.job} torn down: no key of it is left in Redis")
+    return 0
