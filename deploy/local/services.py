@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import psutil
-import pymysql
 
 from taskherd.config import Settings
 from taskherd.config.settings import DEADLETTER_HEADROOM
 from taskherd.deploy.local import binaries
 from taskherd.errors import ServiceError
+from taskherd.store.archive import provision
 
 log = logging.getLogger(__name__)
 
@@ -218,17 +218,7 @@ class ServiceManager:
 
     def _mariadb_ready(self) -> None:
         """`SELECT 1` as the bootstrap's root, then create the configured database (and user)."""
-        cfg = self.settings.mysql
-        conn = pymysql.connect(host=_LOOPBACK, port=cfg.port, user="root", password="",
-                               connect_timeout=1, autocommit=True)
-        with contextlib.closing(conn), conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{cfg.database}`")
-            if cfg.user != "root":  # the bootstrap made only root; an app user is ours to make
-                for host in (_LOOPBACK, "localhost"):
-                    cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s",
-                                (cfg.user, host, cfg.password))
-                    cur.execute(f"GRANT ALL ON `{cfg.database}`.* TO %s@%s", (cfg.user, host))
+        provision(self.settings.mysql, _LOOPBACK)
 
     def _bootstrap_mariadb(self) -> None:
         """Run mariadb-install-db once; into a sibling directory renamed into place when done.

@@ -283,3 +283,21 @@ def _rows(cur: Any) -> list[dict[str, Any]]:
 
 def _row(cur: Any) -> dict[str, Any] | None:
     return cast(dict[str, Any] | None, cur.fetchone())
+
+
+def provision(settings: MysqlSettings, host: str) -> None:
+    """For a fresh local server (`taskherd up`), as its root, which has no password there: check it
+    answers, then create the configured database and, unless it is root, its user. Raises StoreError."""
+    try:
+        conn = pymysql.connect(host=host, port=settings.port, user="root", password="", connect_timeout=1,
+                               autocommit=True)
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{settings.database}`")
+            if settings.user != "root":  # the bootstrap made only root; an app user is ours to make
+                for user_host in (host, "localhost"):
+                    cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s",
+                                (settings.user, user_host, settings.password))
+                    cur.execute(f"GRANT ALL ON `{settings.database}`.* TO %s@%s", (settings.user, user_host))
+    except pymysql.MySQLError as exc:
+        raise StoreError(f"mysql provision {host}:{settings.port}: {exc}") from exc
