@@ -6,11 +6,11 @@
 -- ARGV[1] job, ARGV[2] the specs version the batch was prepared under ('' to skip the check: it
 -- answers {'stale'}, creating nothing, when a spec has changed since); then 8 per task: id, type,
 -- payload, digest, max_attempts, timeout_s, parent, revives (revives: the final state of an archived
--- task being retried, counted out of the job as it returns)
+-- task being retried, counted out of that state as it returns, and not into the total again)
 if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'stale'} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local created, out = 0, {}
+local created, counted, out = 0, 0, {}
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   for i = 6, #KEYS do out[#out + 1] = 'cancelled' end
   return out
@@ -31,13 +31,20 @@ for i = 6, #KEYS do
       'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
       'state', 'pending', 'attempts', 0, 'created', now)
     redis.call('ZADD', KEYS[2], now, id)
-    if ARGV[a + 8] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[a + 8], -1) end
+    -- A revived task is already in the total: it moves from its final state back to live work. Only
+    -- when the job no longer counts it (torn down since) is it counted in afresh.
+    local revives = ARGV[a + 8]
+    if revives ~= '' and tonumber(redis.call('HGET', KEYS[1], revives) or '0') > 0 then
+      redis.call('HINCRBY', KEYS[1], revives, -1)
+    else
+      counted = counted + 1
+    end
     created = created + 1
     out[#out + 1] = 'created'
   end
 end
 if created > 0 then
-  redis.call('HINCRBY', KEYS[1], 'total', created)
+  redis.call('HINCRBY', KEYS[1], 'total', counted)
   redis.call('HSETNX', KEYS[1], 'created', now)
   if redis.call('HGET', KEYS[1], 'done') == '1' then
     redis.call('HSET', KEYS[1], 'done', 0)
