@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -210,6 +212,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         outcome is recorded alone, with retries."""
         if isinstance(outcome, str):
             outcome = Outcome("failed", None, outcome, False, 0.0)
+        warn_unloadable(lease.type, outcome.error)
         delay_ms = retry_delay_ms(self.ctx.settings.retry, outcome, lease.attempts, lease.max_attempts, spec)
         record = {"exec": lease.exec_id, "worker": self.name, "started": lease.started_ms,
                   "duration_s": round(outcome.duration_s, 6), "status": outcome.status, "error": outcome.error,
@@ -252,3 +255,22 @@ def _with_retries(fn: Any, attempts: int = 5) -> Any:
                 return "error"
             time.sleep(min(2.0, 0.1 * 2 ** i))
     return "error"
+
+
+_unloadable: set[str] = set()
+_unloadable_lock = threading.Lock()
+
+
+def warn_unloadable(task_type: str, error: str | None) -> bool:
+    """Log once per pod, at WARNING, a target this pod cannot import (the task fails with the same
+    words; the log says where the pod looks, since that is what the user must fix)."""
+    if not error or not error.startswith("cannot load "):
+        return False
+    with _unloadable_lock:
+        if error in _unloadable:
+            return False
+        _unloadable.add(error)
+    log.warning("task type %r: %s; this pod imports from its working directory %s and PYTHONPATH=%r "
+                "(see README: how your code reaches the pods)", task_type, error, os.getcwd(),
+                os.environ.get("PYTHONPATH", ""))
+    return True

@@ -256,6 +256,24 @@ def test_a_garbage_task_message_is_dead_lettered_and_the_pod_keeps_working(herd:
     assert not any(p.exited() for p in herd.started)
 
 
+def test_a_target_the_worker_cannot_import_fails_its_tasks_and_is_logged_once(herd: Pods) -> None:
+    client = herd.client
+    # Given an executor whose module no pod can import (stored as is, as a spec registered with the
+    # target check off would be)
+    StateStore(herd.settings.redis).register("executor", "ghost", {"id": "ghost", "kind": "python",
+                                                                    "target": "no_such_module_xyz:fn"}, False)
+    # When three of its tasks run
+    client.submit({"tasks": [{"id": f"ghost-{i}", "type": "ghost", "job": "gh", "payload": {}} for i in range(3)]})
+    # Then each fails at once with the reason, and the worker says so once, at WARNING
+    for i in range(3):
+        task = final(client, f"ghost-{i}")
+        assert (task["state"], task["attempts"]) == ("failed", 1)
+        assert task["error"].startswith('cannot load "no_such_module_xyz:fn": ModuleNotFoundError')
+    warnings = [line for line in herd.log.getvalue().splitlines()
+                if "WARNING" in line and "cannot load \"no_such_module_xyz:fn\"" in line]
+    assert len(warnings) == 1 and "PYTHONPATH" in warnings[0], warnings
+
+
 def test_a_sigkilled_runner_child_fails_the_attempt_and_the_retry_succeeds(herd: Pods) -> None:
     client = herd.client
     worker = next(p for p in herd.started if p.role == "worker")

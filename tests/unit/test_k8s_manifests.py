@@ -111,7 +111,7 @@ def test_redis_and_mariadb_keep_their_data_on_volumes() -> None:
     assert redis_args[redis_args.index("--dir") + 1] == "/data"
     mariadb = text("mariadb.yaml")
     assert "mountPath: /var/lib/mysql" in mariadb and "volumeClaimTemplates:" in mariadb
-    assert "name: taskherd-mysql" in mariadb and "kind: Secret" in text("mariadb-secret.yaml")
+    assert "name: taskherd-mysql" in mariadb and "kind: Secret" in text("examples/mariadb-secret.yaml")
 
 
 @pytest.mark.parametrize("name, role", [("manager.yaml", "manager"), ("worker.yaml", "worker")])
