@@ -208,7 +208,12 @@ class Client:
             raise ApiUnreachable(self.base_url, f"connection refused ({exc})") from None
         except TimeoutError:
             raise ApiUnreachable(self.base_url, "no answer in time") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except http.client.RemoteDisconnected:
+            raise ApiUnreachable(self.base_url, "the connection was closed without an HTTP answer") from None
+        except http.client.HTTPException as exc:  # raw bytes of another protocol: shown escaped, on one line
+            raise ApiUnreachable(self.base_url, f"the server there does not speak HTTP ({type(exc).__name__}: "
+                                                f"{_excerpt(str(exc))})") from None
+        except OSError as exc:
             raise ApiUnreachable(self.base_url, f"{type(exc).__name__}: {exc}") from None
         if status >= 400:
             raise ClientError(status, _detail(status, content))
@@ -277,6 +282,12 @@ class _Connections:
 def _seg(value: str) -> str:
     """One path segment, every reserved character escaped (task ids may be URLs)."""
     return quote(value, safe="")
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    """The start of what a server sent, escaped so that it prints as one line."""
+    shown = repr(text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def _detail(status: int, content: bytes) -> Any:

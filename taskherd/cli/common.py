@@ -45,7 +45,11 @@ def settings(args: argparse.Namespace) -> Settings:
 
 def client(args: argparse.Namespace) -> Client:
     if args.api:
-        return Client(args.api)
+        url = args.api if "://" in args.api else f"http://{args.api}"  # `--api host:port` means http
+        try:
+            return Client(url)
+        except ValueError as exc:
+            raise UsageError(f"--api {args.api}: {exc}") from None
     api = settings(args).api
     host = "127.0.0.1" if api.host in ("0.0.0.0", "::", "") else api.host
     return Client(f"http://{host}:{api.port}")

@@ -1,13 +1,15 @@
 """The `taskherd` command line: `main(argv) -> int` over small command modules, one per resource.
 
 Exit codes: 0 success; 1 the API (or Redis, for `nodes`) refused or failed, or a job ended with failed
-tasks; 2 bad usage or a bad config file; 3 `job wait` timed out. Errors are one line per problem on
+tasks; 2 bad usage or a bad config file; 3 `job wait` timed out; 141 the reader of stdout closed it
+(`taskherd config show | head -1`: nothing more is printed, and no error). Errors are one line per problem on
 stderr, never a traceback: `error: 409 id: task 'a' already exists ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from taskherd.cli import cluster, config, jobs, specs, tasks
@@ -27,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be answered quietly
         return code
+    except BrokenPipeError:  # `taskherd config show | head -1`: the reader has all it wanted
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
     except ConfigError as exc:
         return _fail(exc.problems, 2, prefix="")
     except UsageError as exc:
@@ -38,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc).splitlines(), 1)
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _fail(lines: list[str], code: int, prefix: str = "error: ") -> int:
