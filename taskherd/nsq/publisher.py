@@ -7,6 +7,11 @@ to an IOLoop, and nsqd's HTTP /pub cost 1.4 ms a message through httpx against 0
 worker publishes once per task). When the TCP nsqd fails, it falls back to the HTTP addresses (which
 may be other nsqds). Consuming is each consumer's own `Feed` (taskherd/nsq/feed.py). NSQ is never the
 source of truth: Redis is, and the TimeoutWatcher republishes anything NSQ loses.
+
+An empty `nsqd_tcp_address` (as on Kubernetes) means: find nsqd through nsqlookupd, for publishers as
+for consumers. Its `/nodes` lists every nsqd registered with it (a topic need not exist yet), and
+the publisher uses the first by address, asking again every `lookupd_poll_interval_s` and after a
+failure; with none found, it publishes over the HTTP addresses.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -40,6 +46,8 @@ class Publisher:
         self._http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=16))
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._found: tuple[float, list[str]] = (-1e9, [])
+        """(when nsqlookupd was last asked, the TCP addresses of the nsqds it knew)."""
 
     def publish(self, topic: str, bodies: list[bytes]) -> None:
         """Put every body on `topic`, or raise QueueError; chunks keep each MPUB under nsqd's limit."""
@@ -75,13 +83,39 @@ class Publisher:
     def _tcp_publish(self, topic: str, chunk: list[bytes]) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = _TcpProducer(self.settings.nsqd_tcp_address)
+            conn = self._local.conn = _TcpProducer(self._tcp_address())
         conn.publish(topic, chunk)
+
+    def _tcp_address(self) -> str:
+        """The configured nsqd, or the first nsqlookupd knows of; QueueError when there is none."""
+        if self.settings.nsqd_tcp_address:
+            return self.settings.nsqd_tcp_address
+        found = self._discover()
+        if not found:
+            raise QueueError("no nsqd registered with nsqlookupd " + ", ".join(self.settings.lookupd_http_addresses))
+        return found[0]
+
+    def _discover(self) -> list[str]:
+        asked_at, found = self._found
+        now = time.monotonic()
+        if found and now - asked_at < self.settings.lookupd_poll_interval_s:
+            return found
+        addresses: set[str] = set()
+        for lookupd in self.settings.lookupd_http_addresses:
+            try:
+                nodes = self._http.get(f"http://{lookupd}/nodes", timeout=2.0).json().get("producers") or []
+                addresses |= {f"{n['broadcast_address']}:{n['tcp_port']}" for n in nodes}
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.warning("nsqlookupd %s: cannot list nsqd: %s", lookupd, exc)
+        self._found = (now, sorted(addresses))
+        return self._found[1]
 
     def _drop_tcp(self) -> None:
         conn, self._local.conn = getattr(self._local, "conn", None), None
         if conn is not None:
             conn.close()
+            if not self.settings.nsqd_tcp_address:
+                self._found = (-1e9, [])  # that nsqd failed us: ask nsqlookupd again next time
 
     def _post(self, path: str, content: bytes) -> None:
         errors = []
