@@ -47,7 +47,8 @@ class Submission:
 class Accepted:
     id: str
     status: str
-    """'created' | 'exists' | 'conflict'"""
+    """'created' | 'exists' | 'conflict' | 'cancelled' (the job refuses new tasks); from `retry`, 'retried'
+    in place of 'created'"""
 
 
 def child_id(parent_id: str, position: int) -> str:
@@ -94,16 +95,20 @@ class Intake:
             return self._create(tasks, known, None)
 
     def retry(self, ids: list[str]) -> list[Accepted]:
-        """Requeue dead letters (archived failed or cancelled tasks) under their own ids, fresh attempts.
+        """Requeue dead letters (archived failed or cancelled tasks) under their own ids, fresh attempts,
+        in a new retry round: 'retried' per task requeued ('exists' if it is live again already).
 
-        The archived row stays until the task ends again and overwrites it, so a crash midway loses
-        nothing; the job counts the task out of its final state as it comes back, in the same script.
+        The task keeps its history: the executions of every earlier round (each with its `round`) go
+        with it into Redis and into its row when it ends again. The archived row stays until then, so a
+        crash midway loses nothing; the job counts the task out of its final state as it comes back, in
+        the same script.
         """
         rows = {r["id"]: r for r in self.archive.dead(ids)}
         subs = [Submission(type=r["type"], job=r["job"], payload=json.loads(r["payload"]), id=r["id"])
                 for r in rows.values()]
-        tasks = [dataclasses.replace(t, revives=rows[t.id]["state"]) for t in self._prepare(subs, "tasks", True)[1]]
-        return self._create(tasks, {}, None)
+        tasks = [dataclasses.replace(t, revives=rows[t.id]["state"], **_next_round(rows[t.id]))
+                 for t in self._prepare(subs, "tasks", True)[1]]
+        return [Accepted(a.id, "retried" if a.status == "created" else a.status) for a in self._create(tasks, {}, None)]
 
     def _create(self, tasks: list[NewTask], statuses: dict[str, str], specs_version: str | None) -> list[Accepted]:
         """Create what is new; an id named twice in one batch (an analyzer's two links to one page) is
@@ -170,6 +175,14 @@ class Intake:
         attempts = _positive(f"{where}.max_attempts", s.max_attempts, default_attempts, int)
         digest = hashlib.sha256(f"{s.type}\0{payload}".encode()).hexdigest()
         return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent)
+
+
+def _next_round(row: dict[str, Any]) -> dict[str, Any]:
+    """The round a retried dead letter enters, and the executions of its rounds so far (rows archived
+    before rounds were kept have none marked: round 0)."""
+    done = int(row.get("retry_round") or 0)
+    execs = [{"round": done, **e} for e in json.loads(row.get("executions") or "[]")]
+    return {"round": done + 1, "history": json.dumps(execs)}
 
 
 def _again(first: NewTask, copy: NewTask) -> str:

@@ -27,7 +27,8 @@ class Queries:
         if row is None:
             return None
         return {"id": row["id"], "job": row["job"], "type": row["type"], "state": row["state"],
-                "attempts": row["attempts"], "parent": row["parent"] or None, "payload": row["payload"],
+                "attempts": row["attempts"], "round": row["retry_round"], "parent": row["parent"] or None,
+                "payload": row["payload"],
                 "result": row["result"], "error": row["error"], "record": row.get("record"),
                 "executions": row["executions"], "created_ms": row["created_ms"], "finished_ms": row["finished_ms"]}
 
@@ -77,7 +78,7 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
         return json.loads(v) if v else None
 
     return {"id": t["id"], "job": t["job"], "type": t["type"], "state": t["state"],
-            "attempts": int(t.get("attempts", 0)), "parent": t.get("parent") or None,
+            "attempts": int(t.get("attempts", 0)), "round": int(t.get("round") or 0), "parent": t.get("parent") or None,
             "payload": json.loads(t["payload"]), "result": maybe_json(t.get("result")),
             "error": t.get("error") or None, "record": None, "executions": t["executions"],
             "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None}

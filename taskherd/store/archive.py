@@ -37,6 +37,7 @@ _SCHEMA = (
         executions MEDIUMTEXT NOT NULL,
         created_ms BIGINT NOT NULL,
         finished_ms BIGINT NOT NULL,
+        retry_round INT NOT NULL DEFAULT 0,
         KEY job_state (job, state, id)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
     """CREATE TABLE IF NOT EXISTS records (
@@ -55,10 +56,12 @@ _SCHEMA = (
         created_ms BIGINT NULL,
         finished_ms BIGINT NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    # Tables made before retry rounds were kept (0.1.1) gain the column; every row so far is round 0.
+    "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS retry_round INT NOT NULL DEFAULT 0",
 )
 
 _TASK_COLUMNS = ("id", "job", "type", "state", "attempts", "digest", "parent", "payload", "result", "error",
-                 "executions", "created_ms", "finished_ms")
+                 "executions", "created_ms", "finished_ms", "retry_round")
 _UPSERT_TASKS = (f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES {{}} ON DUPLICATE KEY UPDATE "
                  + ", ".join(f"{c} = VALUES({c})" for c in _TASK_COLUMNS if c != "id"))
 _UPSERT_RECORDS = ("INSERT INTO records (task_id, job, type, record) VALUES {} "
@@ -87,6 +90,8 @@ class ArchivedTask:
     finished_ms: int
     record: str | None = None
     """The analyzer's record (JSON), when it gave one."""
+    retry_round: int = 0
+    """How often the task was retried as a dead letter; `executions` holds every round's, each with its `round`."""
 
 
 class Archive:
@@ -148,7 +153,7 @@ class Archive:
         """Upsert finished tasks and their records in one transaction, sent as one multi-statement
         query (BEGIN; INSERTs; COMMIT: one round trip instead of four) unless it would exceed
         MAX_QUERY_CHARS. A repeat writes the same row again (a redelivered result); a retried dead
-        letter overwrites its failed row when it ends again."""
+        letter overwrites its failed row when it ends again, its executions those of every round."""
         if not tasks:
             return
         task_rows = [tuple(getattr(t, c) for c in _TASK_COLUMNS) for t in tasks]
@@ -204,13 +209,14 @@ class Archive:
         return [r["id"] for r in self._execute(read)]
 
     def dead(self, ids: list[str]) -> list[dict[str, Any]]:
-        """Archived rows among `ids` that ended failed or cancelled: what `task retry` may requeue."""
+        """Archived rows among `ids` that ended failed or cancelled: what `task retry` may requeue
+        (with their executions, JSON text, and retry round, carried into the next round)."""
         if not ids:
             return []
         marks = ", ".join(["%s"] * len(ids))
 
         def read(cur: Any) -> list[dict[str, Any]]:
-            cur.execute(f"SELECT id, job, type, state, payload FROM tasks WHERE id IN ({marks}) "
+            cur.execute(f"SELECT id, job, type, state, payload, executions, retry_round FROM tasks WHERE id IN ({marks}) "
                         "AND state IN ('failed', 'cancelled')", ids)
             return _rows(cur)
 

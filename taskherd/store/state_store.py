@@ -45,6 +45,10 @@ class NewTask:
     parent: str = ""
     revives: str = ""
     """The final state of an archived task being retried (its row is overwritten when it ends again)."""
+    round: int = 0
+    """The retry round: 0 when first submitted, one more each time a dead letter is retried."""
+    history: str = ""
+    """JSON list of the executions of earlier rounds (each with its `round`), kept with the task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,8 @@ class StateStore:
             return []
         args: list[Any] = [job, specs_version or ""]
         for t in tasks:
-            args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives]
+            args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives, t.round,
+                     t.history]
         out = self._run("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX, keys.JOBS,
                                    keys.SPECS_VERSION, *[keys.task(job, t.id) for t in tasks]], args)
         if out == ["stale"]:
@@ -268,7 +273,7 @@ class StateStore:
         fields, execs = pipe.execute()
         if not fields:
             return None
-        return {**fields, "executions": [json.loads(e) for e in execs]}
+        return _with_executions(fields, execs)
 
     def claim_results(self, job: str, limit: int, claim_ms: int, type_hints: Iterable[str] = ()
                       ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
@@ -281,7 +286,7 @@ class StateStore:
               [limit, claim_ms, keys.task(job, ""), keys.executions(job, "")])],
             *([("MGET", *[keys.analyzer(t) for t in hinted])] if hinted else []))
         specs = {t: json.loads(r) if r else None for t, r in zip(hinted, got[0] if got else [])}
-        tasks = [{**dict(zip(f[::2], f[1::2])), "executions": [json.loads(e) for e in x]} for f, x in rows]
+        tasks = [_with_executions(dict(zip(f[::2], f[1::2])), x) for f, x in rows]
         missing = {t["type"] for t in tasks} - set(specs)
         if missing:
             specs |= self.specs("analyzer", missing)
@@ -384,6 +389,15 @@ class StateStore:
 
 def _lua(name: str) -> str:
     return resources.files("taskherd.store").joinpath(f"lua/{name}.lua").read_text()
+
+
+def _with_executions(fields: dict[str, Any], execs: list[str]) -> dict[str, Any]:
+    """A task's hash with `executions`: those of earlier retry rounds (its `history`), then this
+    round's, each marked with the round it belonged to."""
+    history = fields.pop("history", "")
+    current = int(fields.get("round") or 0)
+    return {**fields, "executions": (json.loads(history) if history else [])
+            + [{**json.loads(e), "round": current} for e in execs]}
 
 
 def _int(v: str | None) -> int | None:

@@ -25,7 +25,7 @@ def test_a_poison_task_runs_max_attempts_times_then_is_a_dead_letter_that_retry_
     assert c.tasks("failed", job="jp")[0] == ["p-1"]
 
     c.add_executor("poison", {"kind": "python", "target": f"{PY}:echo", "max_attempts": 3}, replace=True)
-    assert c.retry("p-1")["status"] == "created"
+    assert c.retry("p-1")["status"] == "retried"
     status = done(cluster, "jp")
     assert status["counts"]["failed"] == 0 and status["counts"]["succeeded"] == 1
     assert c.task("p-1")["state"] == "succeeded"

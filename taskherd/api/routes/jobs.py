@@ -76,4 +76,4 @@ def retry_job(job: str, pod: PodDep) -> dict[str, Any]:
     """Requeue every failed task of the job."""
     job_status(pod, job)
     accepted = pod.ask(RetryTasks(job=job))
-    return {"job": job, "requeued": sum(1 for a in accepted if a.status == "created")}
+    return {"job": job, "requeued": sum(1 for a in accepted if a.status == "retried")}

@@ -56,7 +56,8 @@ def cancel_task(task_id: str, pod: PodDep) -> dict[str, Any]:
 
 @router.post("/tasks/{task_id:path}/retry")
 def retry_task(task_id: str, pod: PodDep) -> dict[str, Any]:
-    """Requeue a dead letter (an archived failed or cancelled task) with fresh attempts."""
+    """Requeue a dead letter (an archived failed or cancelled task) with fresh attempts, in a new
+    retry round (its earlier executions are kept): `retried`, or `exists` if it is live again already."""
     task = task_view(pod, task_id)
     if task["state"] not in DEAD_STATES:
         raise ApiError(409, "id", f"task {task_id!r} is {task['state']}; only failed or cancelled tasks are retried")

@@ -4,9 +4,10 @@
 -- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3] task index, KEYS[4] set of jobs,
 -- KEYS[5] specs version, KEYS[6..] task hashes (one per task, in ARGV order)
 -- ARGV[1] job, ARGV[2] the specs version the batch was prepared under ('' to skip the check: it
--- answers {'stale'}, creating nothing, when a spec has changed since); then 8 per task: id, type,
--- payload, digest, max_attempts, timeout_s, parent, revives (revives: the final state of an archived
--- task being retried, counted out of that state as it returns, and not into the total again)
+-- answers {'stale'}, creating nothing, when a spec has changed since); then 10 per task: id, type,
+-- payload, digest, max_attempts, timeout_s, parent, revives (the final state of an archived task
+-- being retried, counted out of that state as it returns, and not into the total again), round (the
+-- retry round; '0', a first submission, is not stored), history (JSON list of the earlier rounds' executions)
 if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'stale'} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -17,7 +18,7 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
 end
 redis.call('SADD', KEYS[4], ARGV[1])
 for i = 6, #KEYS do
-  local a = 2 + (i - 6) * 8
+  local a = 2 + (i - 6) * 10
   local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
   local owner = redis.call('HGET', KEYS[3], id)
   if not owner then redis.call('HSET', KEYS[3], id, ARGV[1]) end
@@ -30,6 +31,7 @@ for i = 6, #KEYS do
     redis.call('HSET', key, 'id', id, 'job', ARGV[1], 'type', ARGV[a + 2], 'payload', ARGV[a + 3],
       'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
       'state', 'pending', 'attempts', 0, 'created', now)
+    if ARGV[a + 9] ~= '0' then redis.call('HSET', key, 'round', ARGV[a + 9], 'history', ARGV[a + 10]) end
     redis.call('ZADD', KEYS[2], now, id)
     -- A revived task is already in the total: it moves from its final state back to live work. Only
     -- when the job no longer counts it (torn down since) is it counted in afresh.
