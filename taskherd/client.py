@@ -150,9 +150,11 @@ class Client:
         page = self._request("GET", f"/jobs/{_seg(job)}/tasks", params=params)
         return page["ids"], page["next_cursor"]
 
-    def teardown(self, job: str) -> dict[str, Any]:
-        """`{job, leftovers: []}`; leftovers raise ClientError 500 whose detail lists them."""
-        return self._request("POST", f"/jobs/{_seg(job)}/teardown")
+    def teardown(self, job: str, cancel: bool = False) -> dict[str, Any]:
+        """`{job, leftovers: []}`; leftovers raise ClientError 500 whose detail lists them. A job with
+        open tasks is refused (ClientError 409 naming them) unless `cancel`: then the job is cancelled,
+        and torn down once its cancelled tasks are killed and archived (409 if that takes over 30 s)."""
+        return self._request("POST", f"/jobs/{_seg(job)}/teardown", params={"cancel": "true"} if cancel else None)
 
     def wait(self, job: str, timeout: float | None = None,
              on_progress: Callable[[dict[str, Any]], None] | None = None, interval: float = 0.5) -> dict[str, Any]:

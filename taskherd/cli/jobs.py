@@ -20,8 +20,10 @@ def add_commands(sub: Any) -> None:
     w.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: never)")
     command(jobs, "cancel", printing(lambda api, args: api.cancel_job(args.job)),
             "cancel every live task of a job; it accepts no new ones").add_argument("job")
-    command(jobs, "teardown", cmd_job_teardown, "delete the job's runtime state and verify none is left") \
-        .add_argument("job")
+    t = command(jobs, "teardown", cmd_job_teardown, "delete a finished job's runtime state and verify none is left")
+    t.add_argument("job")
+    t.add_argument("--cancel", action="store_true",
+                   help="if the job is open, cancel it first and wait (up to 30 s) for its tasks to be killed and archived")
 
 
 def cmd_job_wait(args: argparse.Namespace) -> int:
@@ -53,7 +55,7 @@ def cmd_job_wait(args: argparse.Namespace) -> int:
 def cmd_job_teardown(args: argparse.Namespace) -> int:
     with client(args) as api:
         try:
-            api.teardown(args.job)
+            api.teardown(args.job, cancel=args.cancel)
         except ClientError as exc:
             if isinstance(exc, ApiUnreachable) or not isinstance(exc.detail, dict):
                 raise

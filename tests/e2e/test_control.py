@@ -5,9 +5,10 @@ from __future__ import annotations
 import psutil
 import pytest
 
+from taskherd.cli import main
 from taskherd.client import ClientError
 from taskherd.store.archive import Archive
-from tests.e2e.test_task_life import done
+from tests.e2e.test_task_life import done, job_keys
 from tests.helpers import wait_until
 
 PY = "tests.e2e.funcs"
@@ -60,3 +61,32 @@ def test_cancelling_a_job_cancels_waiting_tasks_and_refuses_new_ones(cluster, tm
     status = done(cluster, "jj", timeout=30)
     assert status["counts"]["cancelled"] == 10 and status["total"] == 10
     assert c.submit({"id": "late", "type": "slow", "job": "jj", "payload": {}})["status"] == "cancelled"
+
+
+def test_teardown_refuses_an_open_job_and_with_cancel_kills_archives_then_tears_it_down(cluster, tmp_path, capsys):
+    c = cluster.client
+    api = ["--api", c.base_url]
+    c.add_executor("slow", {"kind": "python", "target": f"{PY}:marker_sleep"})
+    pidfiles = [tmp_path / f"pid{i}" for i in range(6)]
+    c.submit([{"id": f"td-{i}", "type": "slow", "job": "jt", "payload": {"pidfile": str(p), "sleep_s": 60}}
+              for i, p in enumerate(pidfiles)])
+    pids = wait_until(lambda: [int(p.read_text()) for p in pidfiles if p.exists() and p.read_text()] or None,
+                      timeout=30, message="an executor started")
+    # Given an open job with running executors, when it is torn down without --cancel
+    with pytest.raises(ClientError) as refused:
+        c.teardown("jt")
+    # Then it is refused, naming what is open, and nothing is deleted or killed
+    assert refused.value.status == 409 and "is open" in str(refused.value) and "running" in str(refused.value)
+    assert main(api + ["job", "teardown", "jt"]) == 1
+    err = capsys.readouterr().err
+    assert "is open" in err and "Traceback" not in err
+    assert c.job("jt")["open"] == 6 and all(psutil.pid_exists(pid) for pid in pids)
+    # When it is torn down with --cancel: cancelled, killed, archived, then torn down
+    assert main(api + ["job", "teardown", "jt", "--cancel"]) == 0
+    assert "torn down" in capsys.readouterr().out
+    assert [c.task(f"td-{i}")["state"] for i in range(6)] == ["cancelled"] * 6
+    assert Archive(cluster.settings.mysql).counts("jt") == {"cancelled": 6, "records": 0}
+    assert job_keys(cluster, "jt") == []
+    for pid in pids:
+        wait_until(lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                   timeout=10, message=f"executor {pid} killed")

@@ -283,14 +283,33 @@ def test_listing_tasks_needs_a_known_state_and_job(typed: Stack) -> None:
     assert typed.http.get("/jobs/nobody/tasks", params={"state": "pending"}).status_code == 404
 
 
+def archive_cancelled(stack: Stack, job: str) -> None:
+    """Cancel the job and do the analyzer's part (none runs here): its tasks archived as cancelled."""
+    from tests.integration.test_job_totals import analyze
+
+    s = stack.settings
+    assert stack.http.post(f"/jobs/{job}/cancel").status_code == 200
+    analyze(Intake(s, StateStore(s.redis), Archive(s.mysql), Publisher(s.nsq)), job)
+
+
+def test_teardown_refuses_an_open_job_naming_what_is_open_and_deletes_nothing(typed: Stack) -> None:
+    typed.http.post("/tasks", json={"tasks": [typed.task(id=f"t{i}") for i in range(3)]})
+    before = typed.redis.dbsize()
+    response = typed.http.post("/jobs/j1/teardown")
+    assert response.status_code == 409 and error(response)["field"] == "job"
+    assert "3 pending" in error(response)["message"] and "cancel=true" in error(response)["message"]
+    assert typed.redis.dbsize() == before and typed.http.get("/tasks/t0").json()["state"] == "pending"
+
+
 def test_teardown_leaves_no_key_of_the_job_in_redis(typed: Stack) -> None:
     typed.http.post("/tasks", json={"tasks": [typed.task(id=f"t{i}") for i in range(3)]})
     typed.http.post("/tasks", json=typed.task(id="other", job="j2"))
+    archive_cancelled(typed, "j1")
     response = typed.http.post("/jobs/j1/teardown")
     assert response.status_code == 200 and response.json() == {"job": "j1", "leftovers": []}
     assert list(typed.redis.scan_iter(match=keys.job_pattern("j1"), count=1000)) == []
     assert typed.redis.hget(keys.TASK_INDEX, "t0") is None
-    assert typed.http.get("/tasks/t0").status_code == 404
+    assert typed.http.get("/tasks/t0").json()["state"] == "cancelled"  # archived, still readable
     assert typed.http.get("/tasks/other").json()["state"] == "pending"
 
 
@@ -374,6 +393,9 @@ def test_cli_registers_submits_and_shows_a_task(typed: Stack, capsys: pytest.Cap
     assert main(api + ["job", "status", "j1"]) == 0
     assert json.loads(capsys.readouterr().out)["total"] == 2
     assert main(api + ["job", "wait", "j1", "--timeout", "0.5"]) == 3
+    assert main(api + ["job", "teardown", "j1"]) == 1
+    assert "is open (2 pending)" in capsys.readouterr().err
+    archive_cancelled(typed, "j1")
     assert main(api + ["job", "teardown", "j1"]) == 0
     assert "torn down" in capsys.readouterr().out
 

@@ -1,5 +1,6 @@
 """Routes of jobs: status (and the long-poll that answers the moment a job is done), a page of its
-task ids by state, cancel, retry its dead letters, tear it down."""
+task ids by state, cancel, retry its dead letters, tear it down (an open one only when asked to cancel it
+first)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from taskherd.actors.manager import CancelJob, RetryTasks, Teardown
 from taskherd.api import models as m
 from taskherd.api.deps import PodDep, job_status
 from taskherd.api.errors import ApiError
+from taskherd.states import LIVE_STATES
 
 MAX_WAIT_S = 60.0
 """Longest long-poll on a job (`wait_s`); clients loop for longer waits."""
 RECHECK_S = 0.5
 """A long-poll re-reads its job this often: another manager replica may have finished it."""
+TEARDOWN_WAIT_S = 30.0
+"""How long `teardown?cancel=true` waits, by default, for the cancelled tasks to be killed and archived."""
 
 router = APIRouter(tags=["jobs"])
 
@@ -29,6 +33,11 @@ async def get_job(job: str, pod: PodDep,
     """Counts by state, open and total, done flag, created and finished times (ms). With `wait_s`,
     answers as soon as the job is done, or after `wait_s` seconds with its progress then (a
     long-poll: `job wait` and the client's `wait` use it, so "done" arrives within milliseconds)."""
+    return await _wait_done(pod, job, wait_s)
+
+
+async def _wait_done(pod: PodDep, job: str, wait_s: float) -> dict[str, Any]:
+    """The job's status as soon as it is done, or after `wait_s` seconds (404 for an unknown job)."""
     deadline = time.monotonic() + wait_s
     while True:
         woken = pod.ctx.job_events.register(job)
@@ -55,13 +64,34 @@ def get_job_tasks(job: str, pod: PodDep, state: m.State,
 
 
 @router.post("/jobs/{job}/teardown", response_model=m.Teardown)
-def post_teardown(job: str, pod: PodDep) -> m.Teardown:
-    """Delete the job's runtime state, then prove Redis holds none of it (500 lists leftovers)."""
-    leftovers = pod.ask(Teardown(job))
+async def post_teardown(job: str, pod: PodDep, cancel: bool = False,
+                        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = TEARDOWN_WAIT_S) -> m.Teardown:
+    """Delete the job's runtime state, then prove Redis holds none of it (500 lists leftovers).
+
+    A job with open tasks (pending, running, waiting for a retry or for analysis) is refused with a
+    409 naming them, as a teardown would kill them and archive nothing. With `cancel=true` the job is
+    cancelled first, and torn down once its cancelled tasks are killed and archived (within `wait_s`
+    seconds, else 409 naming what is still open); their archived rows stay readable afterwards."""
+    status = await run_in_threadpool(pod.queries.job, job)
+    if status is not None and status["open"]:
+        if not cancel:
+            raise ApiError(409, "job", f"job {job!r} is open ({_open(status)}); cancel it first, or tear it "
+                           "down with cancel=true", job=job, counts=status["counts"])
+        await run_in_threadpool(pod.ask, CancelJob(job))
+        status = await _wait_done(pod, job, wait_s)
+        if status["open"]:
+            raise ApiError(409, "job", f"job {job!r} is still open {wait_s:g} s after it was cancelled "
+                           f"({_open(status)}); try again", job=job, counts=status["counts"])
+    leftovers = await run_in_threadpool(pod.ask, Teardown(job))
     if leftovers:
         raise ApiError(500, "job", f"{len(leftovers)} key(s) of job {job!r} remain in Redis after teardown",
                        "redis", job=job, leftovers=leftovers)
     return m.Teardown(job=job, leftovers=[])
+
+
+def _open(status: dict[str, Any]) -> str:
+    """What is open in a job, by state: '2 running, 3 pending'."""
+    return ", ".join(f"{n} {state}" for state, n in status["counts"].items() if n and state in LIVE_STATES) or "open"
 
 
 @router.post("/jobs/{job}/cancel")
