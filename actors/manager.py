@@ -9,15 +9,17 @@ listing) go straight to `taskherd.jobs.Queries`, which only reads.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
+from taskherd.errors import InvalidInput
 from taskherd.intake import Intake
 from taskherd.jobs import write_summary
 from taskherd.nsq.messages import TaskRef
-from taskherd.specs import normalize_spec
+from taskherd.specs import InvalidSpec, check_runnable, normalize_spec
 from taskherd.states import WAITING_STATES, TaskState
 from taskherd.supervisor import Supervised
 
@@ -26,14 +28,17 @@ log = logging.getLogger("taskherd.manager")
 
 @dataclass(frozen=True, slots=True)
 class RegisterSpec:
-    """Ask -> 'created' | 'unchanged' | 'replaced' | 'conflict'; raises InvalidSpec (or InvalidInput
-    for the task type)."""
+    """Ask -> 'created' | 'unchanged' | 'replaced' | 'conflict', or the InvalidSpec (InvalidInput for
+    the task type) that says why not: returned, not raised (see `Manager.on_receive`)."""
 
     kind: str
     """'executor' or 'analyzer'"""
     task_type: str
     spec: dict[str, Any]
     replace: bool = False
+    check: bool = True
+    """Refuse a target that cannot run on this host (`specs.check_runnable`); off for targets that
+    exist only where the workers run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +79,18 @@ class Manager(Supervised, pykka.ThreadingActor):
         self.intake = intake
 
     def on_receive(self, message: Any) -> Any:
+        """A user's mistake (InvalidInput, InvalidSpec) is answered as a value, which `Pod.ask` raises in
+        the API's thread: raised here, pykka would log a full traceback for what is only a 422."""
+        try:
+            return self._handle(message)
+        except (InvalidInput, InvalidSpec) as exc:
+            log.info("%s refused: %s", _describe(message), str(exc).replace("\n", "; "))
+            return exc
+
+    def _handle(self, message: Any) -> Any:
         match message:
-            case RegisterSpec(kind, task_type, spec, replace):
-                return self._register(kind, task_type, spec, replace)
+            case RegisterSpec(kind, task_type, spec, replace, check):
+                return self._register(kind, task_type, spec, replace, check)
             case Teardown(job):
                 # A job done a moment ago may not have its summary in MySQL yet: write it now, or it
                 # would be lost with the keys it is made from (a no-op if written or not done).
@@ -120,8 +134,16 @@ class Manager(Supervised, pykka.ThreadingActor):
         log.info("requeued %d dead letter(s)", len(accepted))
         return accepted
 
-    def _register(self, kind: str, task_type: str, spec: dict[str, Any], replace: bool) -> str:
+    def _register(self, kind: str, task_type: str, spec: dict[str, Any], replace: bool, check: bool) -> str:
         spec = normalize_spec(kind, task_type, spec)
+        if check:  # the python child of a worker looks in its working directory first (`python -m`)
+            check_runnable(spec, import_path=(os.getcwd(),))
         status = self.intake.store.register(kind, task_type, spec, replace)
         log.info("%s for %s: %s", kind, task_type, status)
         return status
+
+
+def _describe(message: Any) -> str:
+    if isinstance(message, RegisterSpec):
+        return f"{message.kind} for {message.task_type!r}"
+    return type(message).__name__

@@ -103,13 +103,16 @@ class Client:
         self._http.close()
 
     # --- executors and analyzers --------------------------------------------------------------------
-    def add_executor(self, task_type: str, spec: Mapping[str, Any], replace: bool = False) -> dict[str, Any]:
+    def add_executor(self, task_type: str, spec: Mapping[str, Any], replace: bool = False,
+                     check: bool = True) -> dict[str, Any]:
         """Register; returns `{task_type, status, spec}` (status created, unchanged or replaced).
-        A different spec already registered raises ClientError 409 unless `replace`."""
-        return self._put_spec("executors", task_type, spec, replace)
+        A different spec already registered raises ClientError 409 unless `replace`; a target that
+        cannot run on the manager's host (no such module or program) a 422 unless `check` is False."""
+        return self._put_spec("executors", task_type, spec, replace, check)
 
-    def add_analyzer(self, task_type: str, spec: Mapping[str, Any], replace: bool = False) -> dict[str, Any]:
-        return self._put_spec("analyzers", task_type, spec, replace)
+    def add_analyzer(self, task_type: str, spec: Mapping[str, Any], replace: bool = False,
+                     check: bool = True) -> dict[str, Any]:
+        return self._put_spec("analyzers", task_type, spec, replace, check)
 
     def executors(self) -> dict[str, Any]:
         return self._request("GET", "/executors")["executors"]
@@ -117,9 +120,10 @@ class Client:
     def analyzers(self) -> dict[str, Any]:
         return self._request("GET", "/analyzers")["analyzers"]
 
-    def _put_spec(self, kind: str, task_type: str, spec: Mapping[str, Any], replace: bool) -> dict[str, Any]:
+    def _put_spec(self, kind: str, task_type: str, spec: Mapping[str, Any], replace: bool,
+                  check: bool) -> dict[str, Any]:
         return self._request("PUT", f"/{kind}/{_seg(task_type)}", json=dict(spec),
-                             params={"replace": "true" if replace else "false"})
+                             params={"replace": "true" if replace else "false", "check": "true" if check else "false"})
 
     # --- tasks --------------------------------------------------------------------------------------
     def submit(self, tasks: Mapping[str, Any] | Iterable[Mapping[str, Any]],

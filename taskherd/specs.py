@@ -11,9 +11,14 @@ Names users give (task types, jobs) are checked here too (`check_name`), since a
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
+import os
 import re
-from collections.abc import Mapping
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -154,6 +159,10 @@ def _is_http_url(target: Any) -> bool:
         parts = urlsplit(target)
     except ValueError:
         return False
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
@@ -194,6 +203,99 @@ def normalize_spec(kind: str, task_type: str, spec: Mapping[str, Any]) -> dict[s
 def runner_spec(spec: Mapping[str, Any]) -> RunnerSpec:
     """The part of a stored spec that says how to call it; raises InvalidSpec."""
     return RunnerSpec.from_dict({k: v for k, v in spec.items() if k in RUNNER_FIELDS})
+
+
+CHECK_ESCAPE = "check=false"
+"""How a registration skips `check_runnable` (the API's query parameter)."""
+
+
+def check_runnable(spec: Mapping[str, Any], import_path: Sequence[str] = ()) -> None:
+    """Raise InvalidSpec naming `target` when a valid spec's target cannot run on this host: an exe
+    whose argv[0] is not an executable file (looked up on PATH when it has no slash), a python module
+    that is not found on `import_path` (where the worker's python child looks first: its working
+    directory) nor on this process's. Nothing is imported or run. An http URL is checked by `from_dict`."""
+    runner = runner_spec(spec)
+    problem = None
+    if runner.kind == "exe" and isinstance(runner.target, tuple):
+        problem = _exe_problem(runner.target[0], runner.cwd, dict(runner.env).get("PATH"))
+    elif runner.kind == "python" and isinstance(runner.target, str):
+        problem = _module_problem(runner.target.partition(":")[0], import_path)
+    if problem:
+        raise InvalidSpec([f"target: {problem} (if it exists only where the workers run, register with "
+                           f"{CHECK_ESCAPE})"], dict(spec))
+
+
+def _exe_problem(program: str, cwd: str | None, path: str | None) -> str | None:
+    if "/" not in program:
+        found = shutil.which(program, path=path or os.environ.get("PATH", os.defpath))
+        return None if found else f"{program!r} is not found on PATH on this host"
+    full = os.path.join(cwd or os.getcwd(), program)
+    if not os.path.isfile(full):
+        return f"{program!r} does not exist on this host" + (f" (relative to {cwd or os.getcwd()})"
+                                                            if not os.path.isabs(program) else "")
+    if not os.access(full, os.X_OK):
+        return f"{program!r} is not executable (no x permission)"
+    return None
+
+
+def _module_problem(module: str, import_path: Sequence[str]) -> str | None:
+    parts = module.split(".")
+    found = _find_top(parts[0], import_path)
+    for depth in range(2, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        if name in sys.modules:  # `os.path`: a module its parent put there
+            found = sys.modules[name].__spec__
+        elif found is None or found.submodule_search_locations is None:
+            found = None
+            break
+        else:
+            found = _find_sub(name, list(found.submodule_search_locations))
+    if found is not None:
+        return None
+    where = ", ".join(import_path)
+    return f"module {module!r} is not found on this host's import path" + (f" (searched {where} first)" if where else "")
+
+
+def _find_top(name: str, import_path: Sequence[str]) -> importlib.machinery.ModuleSpec | None:
+    """Where `import name` would look: `import_path`, then this process's finders (sys.path, editable
+    installs, built-ins); finding a top-level module imports nothing."""
+    found = importlib.machinery.PathFinder.find_spec(name, list(import_path)) if import_path else None
+    if found is None:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+    return found
+
+
+def _find_sub(fullname: str, path: list[str]) -> importlib.machinery.ModuleSpec | None:
+    """A submodule's spec from the meta path finders (an editable install maps its own), or from its
+    package's folders (the standard finder needs a namespace package's parent imported): nothing is imported."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        try:
+            found = find(fullname, path)
+        except Exception:  # noqa: BLE001 - a third-party finder may assume the parent is imported
+            continue
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return _find_in_folders(fullname, path)
+
+
+def _find_in_folders(fullname: str, path: list[str]) -> importlib.machinery.ModuleSpec | None:
+    name = fullname.rpartition(".")[2]
+    for folder in path:
+        for suffix in importlib.machinery.all_suffixes():
+            if os.path.isfile(os.path.join(folder, name + suffix)):
+                return importlib.machinery.ModuleSpec(fullname, None, origin=os.path.join(folder, name + suffix))
+    portions = [os.path.join(folder, name) for folder in path if os.path.isdir(os.path.join(folder, name))]
+    if not portions:
+        return None
+    found = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+    found.submodule_search_locations = portions
+    return found
 
 
 def spec_from_text(raw: str | None) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from taskherd.actors.context import PodContext
 from taskherd.api.errors import ApiError
+from taskherd.errors import TaskherdError
 from taskherd.intake import Intake
 from taskherd.jobs import Queries
 
@@ -27,13 +28,17 @@ class Pod:
         self.queries = Queries(ctx.store, ctx.archive)
 
     def ask(self, message: Any) -> Any:
-        """The Manager's answer; 503 while it is restarting or too busy to answer in time."""
+        """The Manager's answer; 503 while it is restarting or too busy to answer in time. A user's
+        mistake comes back as a value (a TaskherdError), raised here for the API's error handlers."""
         try:
-            return self.manager().ask(message, timeout=ASK_TIMEOUT_S)
+            answer = self.manager().ask(message, timeout=ASK_TIMEOUT_S)
         except pykka.ActorDeadError:
             raise ApiError(503, None, "the manager is not running (restarting?); try again", "manager") from None
         except pykka.Timeout:
             raise ApiError(503, None, f"the manager did not answer within {ASK_TIMEOUT_S:g} s", "manager") from None
+        if isinstance(answer, TaskherdError):
+            raise answer
+        return answer
 
 
 def _pod(request: Request) -> Pod:

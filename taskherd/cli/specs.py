@@ -7,6 +7,7 @@ import shlex
 from typing import Any
 
 from taskherd.cli.common import Command, UsageError, client, command, group, parse_json, printing
+from taskherd.client import ApiUnreachable, ClientError
 from taskherd.specs import KINDS, SPEC_KINDS
 
 
@@ -33,6 +34,9 @@ def _spec_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--header", action="append", metavar="NAME=VALUE", help="http: request header (repeatable)")
     p.add_argument("--description")
     p.add_argument("--replace", action="store_true", help="replace a different spec already registered")
+    p.add_argument("--no-check", action="store_true",
+                   help="register a target that exists only where the workers run (no module or program "
+                        "check on the manager's host)")
 
 
 def _add_command(kind: str) -> Command:
@@ -46,10 +50,31 @@ def _add_command(kind: str) -> Command:
         spec = {k: v for k, v in spec.items() if v is not None}
         with client(args) as api:
             register = api.add_executor if kind == "executor" else api.add_analyzer
-            answer = register(args.task_type, spec, replace=args.replace)
+            try:
+                answer = register(args.task_type, spec, replace=args.replace, check=not args.no_check)
+            except ClientError as exc:
+                raise in_cli_words(exc) from None
         print(f"{kind} for {args.task_type}: {answer['status']}")
         return 0
     return add
+
+
+API_WORDS = {"register with check=false": "add --no-check"}
+"""How the API's messages name its query parameters -> this command's flags."""
+
+
+def in_cli_words(exc: ClientError) -> ClientError:
+    """The API's error, naming the command's flags instead of the API's query parameters."""
+    if isinstance(exc, ApiUnreachable):
+        return exc
+    errors = []
+    for error in exc.errors:
+        message = str(error.get("message", ""))
+        for api_words, cli_words in API_WORDS.items():
+            message = message.replace(api_words, cli_words)
+        errors.append({**error, "message": message})
+    detail = {**exc.detail, "errors": errors} if isinstance(exc.detail, dict) else {"errors": errors}
+    return ClientError(exc.status, detail)
 
 
 def _lister(kind: str) -> Any:

@@ -17,22 +17,23 @@ router = APIRouter(tags=["specs"])
 
 @router.put("/executors/{task_type}", response_model=m.Registered, status_code=201)
 def put_executor(task_type: str, spec: m.ExecutorIn, pod: PodDep, response: Response,
-                 replace: bool = False) -> m.Registered:
-    """Register how to run tasks of a type: 201 created, 200 unchanged or replaced, 409 conflict."""
-    return _register(pod, response, "executor", task_type, spec, replace)
+                 replace: bool = False, check: bool = True) -> m.Registered:
+    """Register how to run tasks of a type: 201 created, 200 unchanged or replaced, 409 conflict, 422
+    a bad spec or (unless `check=false`) a target that cannot run on this host."""
+    return _register(pod, response, "executor", task_type, spec, replace, check)
 
 
 @router.put("/analyzers/{task_type}", response_model=m.Registered, status_code=201)
 def put_analyzer(task_type: str, spec: m.AnalyzerIn, pod: PodDep, response: Response,
-                 replace: bool = False) -> m.Registered:
+                 replace: bool = False, check: bool = True) -> m.Registered:
     """Register how to analyze results of a type: same answers as executors."""
-    return _register(pod, response, "analyzer", task_type, spec, replace)
+    return _register(pod, response, "analyzer", task_type, spec, replace, check)
 
 
 def _register(pod: Pod, response: Response, kind: str, task_type: str, spec: m.SpecIn,
-              replace: bool) -> m.Registered:
+              replace: bool, check: bool) -> m.Registered:
     body = spec.model_dump(exclude_none=True)
-    status = pod.ask(RegisterSpec(kind, task_type, body, replace))
+    status = pod.ask(RegisterSpec(kind, task_type, body, replace, check))
     if status == "conflict":
         raise ApiError(409, "replace", f"an {kind} with a different spec is already registered for "
                                        f"{task_type!r}; pass replace=true to replace it")
