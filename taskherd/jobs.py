@@ -8,7 +8,7 @@ import json
 import threading
 from typing import Any
 
-from taskherd.states import FINAL_STATES, LIVE_STATES
+from taskherd.states import FINAL_STATES, LIVE_STATES, TaskState
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
 
@@ -77,11 +77,20 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
     def maybe_json(v: str | None) -> Any:
         return json.loads(v) if v else None
 
+    executions = t["executions"]
+    if t["state"] == TaskState.RUNNING:  # the live execution, as its lease says
+        executions = [*executions, {"exec": t.get("exec"), "worker": t.get("worker"), "started": _ms(t.get("started")),
+                                    "deadline": _ms(t.get("deadline")), "status": "running",
+                                    "round": int(t.get("round") or 0)}]
     return {"id": t["id"], "job": t["job"], "type": t["type"], "state": t["state"],
             "attempts": int(t.get("attempts", 0)), "round": int(t.get("round") or 0), "parent": t.get("parent") or None,
             "payload": json.loads(t["payload"]), "result": maybe_json(t.get("result")),
-            "error": t.get("error") or None, "record": None, "executions": t["executions"],
+            "error": t.get("error") or None, "record": None, "executions": executions,
             "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None}
+
+
+def _ms(v: str | None) -> int | None:
+    return int(v) if v else None
 
 
 Status = dict[str, Any]

@@ -70,3 +70,16 @@ def test_retrying_a_jobs_dead_letters_counts_them_as_requeued(typed: Stack) -> N
         fail_for_good(intake, "j1", f"d{i}", 1)
     answer = typed.http.post("/jobs/j1/retry")
     assert answer.status_code == 200 and answer.json() == {"job": "j1", "requeued": 3}
+
+
+def test_a_running_task_shows_its_live_execution(typed: Stack) -> None:
+    """`running` with `executions: []` told nothing: the live execution (worker, started, deadline) shows."""
+    s = typed.settings
+    store = StateStore(s.redis)
+    assert typed.http.post("/tasks", json=typed.task(id="r", timeout_s=30)).status_code == 201
+    lease, _ = store.lease("j1", "r", "exec-1", "pod-a/2", 60_000)
+    assert isinstance(lease, Lease)
+    shown = typed.http.get("/tasks/r").json()
+    assert shown["state"] == "running" and shown["attempts"] == 1
+    assert shown["executions"] == [{"exec": "exec-1", "worker": "pod-a/2", "started": lease.started_ms,
+                                    "deadline": lease.started_ms + 30_000, "status": "running", "round": 0}]
