@@ -24,6 +24,7 @@ import pykka
 from taskherd.actors.context import PodContext
 from taskherd.actors.leases import Execution, Pause, give_back
 from taskherd.errors import QueueError, StoreError
+from taskherd.metrics import LEASES_HELD, SLOTS
 from taskherd.nsq.feed import Feed
 from taskherd.nsq.messages import TaskRef
 from taskherd.store.state_store import Lease
@@ -99,13 +100,13 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
                     ref.tell(Pause())
             case RenewLeases():
                 self._renew()
+                self._gauge()
             case Drain(hand_back):
                 self._pause()
                 if hand_back:
                     self._hand_back()
-            case HeldCount():  # running, leased ahead, or run and not yet recorded
-                return sum((e.current() is not None) + (e.ahead() is not None) + e.unrecorded
-                           for e in self.executions.values())
+            case HeldCount():
+                return self._held_count()
             case _:
                 log.warning("lease keeper: unknown message %r", message)
         return None
@@ -118,6 +119,17 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
                 ref.tell(Pause())
             except pykka.ActorDeadError:
                 pass  # its restarted incarnation is told when it says SlotStarted
+
+    def _held_count(self) -> int:
+        """Leases held: running, leased ahead, or run and not yet recorded."""
+        return sum((e.current() is not None) + (e.ahead() is not None) + e.unrecorded
+                   for e in self.executions.values())
+
+    def _gauge(self) -> None:
+        busy = sum(e.current() is not None for e in self.executions.values())
+        SLOTS.labels("busy").set(busy)
+        SLOTS.labels("idle").set(len(self.executions) - busy)
+        LEASES_HELD.set(self._held_count())
 
     def _renew(self) -> None:
         by_job: dict[str, list[tuple[int, Lease]]] = {}

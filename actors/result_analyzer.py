@@ -30,7 +30,7 @@ from taskherd.actors.context import PodContext
 from taskherd.errors import InvalidTask, QueueError, StoreError, TaskherdError
 from taskherd.intake import Intake, Submission, from_child
 from taskherd.jobs import write_summary
-from taskherd.metrics import ANALYZER_BATCH, ARCHIVED
+from taskherd.metrics import ANALYZER_BATCH, ARCHIVED, TASKS
 from taskherd.nsq.feed import Feed, FeedDelivery
 from taskherd.nsq.messages import TaskRef, decode
 from taskherd.runners import Runner
@@ -226,9 +226,11 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             return
         self.ctx.archive.archive([_row(task, v) for task, v in verdicts])
         outs, job_done = self.ctx.store.retire(job, [(task["id"], v.state) for task, v in verdicts])
-        for (_, v), out in zip(verdicts, outs):
+        for (task, v), out in zip(verdicts, outs):
             if out == "ok":
                 ARCHIVED.labels(v.state).inc()
+                if v.state == TaskState.FAILED:
+                    TASKS.labels(task["type"], "dead_lettered").inc()
         if job_done:
             log.info("job %s is done", job)
             # None if another writer (the watcher's sweep) summarized it first: the waiters then read.

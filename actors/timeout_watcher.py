@@ -21,6 +21,7 @@ import pykka
 from taskherd.actors.context import PodContext
 from taskherd.errors import QueueError, StoreError
 from taskherd.jobs import write_summary
+from taskherd.metrics import JOBS_OPEN, OLDEST_PENDING_AGE, OPEN_TASKS, QUEUE_DEPTH
 from taskherd.nsq.messages import TaskRef
 from taskherd.states import TaskState
 from taskherd.store import keys
@@ -76,7 +77,11 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         stale: dict[str, list[str]] = {}
         now = store.now_ms()
         stale_before = now - int(s.manager.republish_after_s * 1000)
+        open_tasks, open_jobs, oldest = 0, 0, now
         for job in store.jobs():
+            waiting, published = store.load(job)
+            open_tasks, open_jobs = open_tasks + waiting, open_jobs + bool(waiting)
+            oldest = min(oldest, published if published is not None else now)
             for task_id in store.due(job, TaskState.RUNNING, now):
                 moved = store.requeue(job, task_id)
                 log.info("lease of %s/%s expired -> %s", job, task_id, moved)
@@ -96,6 +101,12 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         self._ring(s.nsq.tasks_topic, tasks)
         self._ring(s.nsq.results_topic, results)
         self._republish_lost(stale, stale_before)
+        OPEN_TASKS.set(open_tasks)
+        JOBS_OPEN.set(open_jobs)
+        OLDEST_PENDING_AGE.set((now - oldest) / 1000)
+        results_depth = self.ctx.publisher.backlog(s.nsq.results_topic)
+        if results_depth is not None:
+            QUEUE_DEPTH.labels(s.nsq.results_topic).set(results_depth)
         self.sweeps += 1
 
     def _republish_lost(self, stale: dict[str, list[str]], stale_before: int) -> None:
@@ -112,6 +123,8 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         # message is still on its way would otherwise look lost.
         waiting = sum(self.ctx.store.count(j, TaskState.PENDING, stale_before) for j in stale)
         backlog = self.ctx.publisher.backlog(topic)
+        if backlog is not None:
+            QUEUE_DEPTH.labels(topic).set(backlog)
         shortfall = 0 if backlog is None else max(0, waiting - backlog)
         # Counts read at two instants race with live traffic: act only on a shortfall seen twice.
         budget, self._shortfall = min(shortfall, self._shortfall), shortfall

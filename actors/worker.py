@@ -24,6 +24,7 @@ from taskherd.actors.context import PodContext, find
 from taskherd.actors.lease_keeper import LeaseKeeper, SlotStarted
 from taskherd.actors.leases import Ahead, Execution, Pause, give_back
 from taskherd.errors import QueueError, StoreError
+from taskherd.metrics import EXECUTION_SECONDS, TASKS
 from taskherd.nsq.feed import Feed, FeedDelivery
 from taskherd.nsq.messages import TaskRef, decode
 from taskherd.retries import retry_delay_ms
@@ -230,6 +231,7 @@ class Worker(Supervised, pykka.ThreadingActor):
                 then_lease = None
         if then_lease is None:
             state = _with_retries(lambda: self.ctx.store.finish(*finishing))
+        _count(lease.type, outcome, state)
         self._rang(lease, state)
         return leased
 
@@ -274,3 +276,18 @@ def warn_unloadable(task_type: str, error: str | None) -> bool:
                 "(see README: how your code reaches the pods)", task_type, error, os.getcwd(),
                 os.environ.get("PYTHONPATH", ""))
     return True
+
+
+def _count(task_type: str, outcome: Outcome, state: str | None) -> None:
+    """The execution in the pod's metrics, as Redis recorded it (`state`, finish.lua's answer)."""
+    if state == "fenced":
+        label = "fenced"
+    elif state == "retry":
+        label = "retried"
+    elif outcome.ok:
+        label = "succeeded"
+    else:
+        label = {"timeout": "timed_out", "killed": "cancelled"}.get(outcome.status, "failed")
+    if state in ("ring", "analyzing", "retry", "fenced"):
+        TASKS.labels(task_type, label).inc()
+        EXECUTION_SECONDS.labels(task_type).observe(outcome.duration_s)

@@ -9,6 +9,7 @@ like any child failure, and the root calls `on_escalate` so its owner can exit t
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 import pykka
 
 from taskherd.errors import SupervisorEscalation
+from taskherd.metrics import ACTOR_RESTARTS
 from taskherd.supervisor.intensity import RestartIntensity
 from taskherd.supervisor.messages import ChildExited, ChildFailed, GetChild, Sweep, WhichChildren
 from taskherd.supervisor.spec import ChildSpec
@@ -190,6 +192,7 @@ class Supervisor(Supervised, pykka.ThreadingActor):
                 "supervisor %s: restarting child %s (%r): %s", self.slot, name, self._strategy, why
             )
             self._slots[name].restarts += 1
+            ACTOR_RESTARTS.labels(re.sub(r"-\d+$", "", name)).inc()
             self._start_child(self._slots[name])
 
     def _give_up(self, failed: str, reason: str) -> SupervisorEscalation:

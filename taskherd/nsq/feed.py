@@ -32,6 +32,7 @@ import httpx
 from nsq import protocol
 
 from taskherd.config.settings import NsqSettings
+from taskherd.metrics import SERVICE_ERRORS
 
 log = logging.getLogger("taskherd.feed")
 
@@ -272,6 +273,7 @@ class Feed:
             try:
                 conn = _Conn(address, self.topic, self.channel, self.settings, self.name, self.ready)
             except (OSError, ConnectionError) as exc:
+                SERVICE_ERRORS.labels("nsqd").inc()
                 self._failures += 1
                 self._retry_at = now + min(5.0, 0.1 * 2 ** self._failures)
                 log.warning("nsqd %s: cannot subscribe (%s); retrying", address, exc)

@@ -30,6 +30,7 @@ from nsq import protocol
 
 from taskherd.config.settings import NsqSettings
 from taskherd.errors import QueueError
+from taskherd.metrics import SERVICE_ERRORS
 
 if TYPE_CHECKING:
     from taskherd.nsq.feed import FeedDelivery
@@ -128,6 +129,7 @@ class Publisher:
             except httpx.HTTPError as exc:
                 errors.append(f"{addr}: {exc}")
                 self._demote(addr)
+        SERVICE_ERRORS.labels("nsqd").inc()
         raise QueueError(f"nsqd publish {path.split('?')[0]} failed: " + "; ".join(errors))
 
     def _order(self) -> list[str]:

@@ -19,6 +19,7 @@ from pymysql.constants import CLIENT
 
 from taskherd.config.settings import MysqlSettings
 from taskherd.errors import StoreError
+from taskherd.metrics import SERVICE_ERRORS
 
 T = TypeVar("T")
 
@@ -112,6 +113,7 @@ class Archive:
                                        cursorclass=pymysql.cursors.DictCursor,
                                        client_flag=CLIENT.MULTI_STATEMENTS)
             except pymysql.MySQLError as exc:
+                SERVICE_ERRORS.labels("mysql").inc()
                 raise StoreError(f"mysql connect {s.host}:{s.port}: {exc}") from exc
             self._local.conn = conn
         return conn
@@ -126,10 +128,12 @@ class Archive:
                 with conn.cursor() as cur:
                     return fn(cur)
             except pymysql.err.OperationalError as exc:
+                SERVICE_ERRORS.labels("mysql").inc()
                 self._drop()
                 if attempt == 2:
                     raise StoreError(f"mysql: {exc}") from exc
             except pymysql.MySQLError as exc:
+                SERVICE_ERRORS.labels("mysql").inc()
                 self._drop()
                 raise StoreError(f"mysql: {exc}") from exc
         raise AssertionError("unreachable: the second attempt returns or raises")

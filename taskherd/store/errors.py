@@ -12,6 +12,7 @@ import pymysql
 import redis
 
 from taskherd.errors import StoreError
+from taskherd.metrics import SERVICE_ERRORS
 
 C = TypeVar("C", bound=type)
 
@@ -37,6 +38,7 @@ def _guarded(fn: Callable[..., Any], service: str, name: str) -> Callable[..., A
         try:
             return fn(*args, **kwargs)
         except _LIBRARY_ERRORS as exc:
+            SERVICE_ERRORS.labels(service).inc()
             raise StoreError(f"{service} {name}: {exc}") from exc
 
     return guarded

@@ -315,6 +315,16 @@ class StateStore:
                 "finished_ms": _int(meta.get("finished")), "fenced": int(meta.get("fenced", 0)),
                 "summarized": meta.get("summarized") == "1"}
 
+    def load(self, job: str) -> tuple[int, int | None]:
+        """(tasks of the job not yet archived, when its longest-waiting pending task was published
+        (ms, Redis clock) or None); one round trip, for the manager's gauges."""
+        pipe = self.redis.pipeline(transaction=False)
+        for s in LIVE_STATES:
+            pipe.zcard(keys.by_state(job, s))
+        pipe.zrange(keys.by_state(job, TaskState.PENDING), 0, 0, withscores=True)
+        *live, oldest = pipe.execute()
+        return sum(live), (int(oldest[0][1]) if oldest else None)
+
     def mark_summarized(self, job: str) -> None:
         self._run("summarized", [keys.job_meta(job)], [])
 
