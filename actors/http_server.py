@@ -19,7 +19,6 @@ from typing import Any
 import pykka
 import uvicorn
 
-from taskherd.config.settings import ApiSettings
 from taskherd.errors import TaskherdError
 from taskherd.supervisor import Supervised
 
@@ -34,17 +33,16 @@ class ApiStartError(TaskherdError):
 
 
 class HttpServer(Supervised, pykka.ThreadingActor):
-    def __init__(self, app: Callable[[], Any], settings: ApiSettings, **supervised: Any) -> None:
+    def __init__(self, app: Callable[[], Any], host: str, port: int, what: str = "API", **supervised: Any) -> None:
+        """`app` makes the ASGI app each time the server (re)starts; `what` names it in logs and errors."""
         super().__init__(**supervised)
-        self.app, self.settings = app, settings
-        """`app` makes the ASGI app each time the server (re)starts."""
+        self.app, self.host, self.port, self.what = app, host, port, what
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
 
     def on_start(self) -> None:
-        api = self.settings
-        sock = _bind(api.host, api.port)
-        config = uvicorn.Config(self.app(), host=api.host, port=api.port,
+        sock = _bind(self.host, self.port, self.what)
+        config = uvicorn.Config(self.app(), host=self.host, port=self.port,
                                 http="httptools", log_level="warning", log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
@@ -56,7 +54,7 @@ class HttpServer(Supervised, pykka.ThreadingActor):
             self._shutdown()
             sock.close()
             raise
-        log.info("API listening on http://%s:%d", api.host, api.port)
+        log.info("%s listening on http://%s:%d", self.what, self.host, self.port)
 
     def on_stop(self) -> None:
         self._shutdown()
@@ -95,7 +93,7 @@ class HttpServer(Supervised, pykka.ThreadingActor):
             log.info("API stopped")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, what: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -106,5 +104,5 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ApiStartError(f"cannot listen on {host}:{port} ([api] host/port): {exc.strerror or exc}") from None
+        raise ApiStartError(f"{what}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock

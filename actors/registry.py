@@ -37,11 +37,36 @@ class NodeInfo:
     version: str
     started: float
     """Unix time the process started."""
+    api_url: str = ""
+    """Where a manager serves the API; empty for a worker."""
+    metrics_url: str = ""
+    """Where the pod serves Prometheus metrics (its /healthz and /readyz sit beside it)."""
 
     @staticmethod
-    def for_this_process(role: str, slots: int) -> NodeInfo:
+    def for_this_process(role: str, slots: int, api: tuple[str, int] | None = None,
+                         probes: tuple[str, int] | None = None) -> NodeInfo:
+        """`api` and `probes` are the (host, port) the pod listens on for each, when it does."""
         host = socket.gethostname()
-        return NodeInfo(f"{role}-{host}-{os.getpid()}", role, host, os.getpid(), slots, __version__, time.time())
+        api_url = _url(*api) if api else ""
+        metrics_url = f"{api_url}/metrics" if api_url else (f"{_url(*probes)}/metrics" if probes else "")
+        return NodeInfo(f"{role}-{host}-{os.getpid()}", role, host, os.getpid(), slots, __version__, time.time(),
+                        api_url, metrics_url)
+
+
+ADVERTISE_ENV = "TASKHERD_ADVERTISE_HOST"
+"""The address other hosts reach this pod at (on Kubernetes: the pod IP, from the downward API)."""
+
+
+def _url(host: str, port: int) -> str:
+    """An http URL for what listens on host:port, as another host would reach it: the advertised
+    address when set, else the listening address unless it is a wildcard, else this host's address."""
+    shown = os.environ.get(ADVERTISE_ENV) or ("" if host in ("0.0.0.0", "::", "") else host)
+    if not shown:
+        try:
+            shown = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            shown = "127.0.0.1"
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

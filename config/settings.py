@@ -94,6 +94,10 @@ class WorkerSettings(_Section):
     lease_renew_s: float = Field(1.0, gt=0)
     lease_ttl_s: float = Field(5.0, gt=0)
     recycle_after: int = Field(1000, ge=1)
+    http_host: str = "127.0.0.1"
+    """Where a worker pod serves /healthz, /readyz and /metrics ("0.0.0.0" on Kubernetes)."""
+    http_port: int = Field(18090, ge=0, le=65535)
+    """Its port; 0 picks a free one. `taskherd up` gives its worker pods this port and the next ones."""
 
 
 class RegistrySettings(_Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from taskherd.actors.result_analyzer import ResultAnalyzer
 from taskherd.actors.timeout_watcher import TimeoutWatcher
 from taskherd.actors.worker import Worker
 from taskherd.api import build_app
+from taskherd.api.probes import Checks, probe_app
 from taskherd.config.settings import Settings
 from taskherd.errors import StoreError
 from taskherd.intake import Intake
@@ -44,7 +46,11 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    node = NodeInfo.for_this_process(role, settings.worker.slots if role != "manager" else 0)
+    settings = _with_probe_port(settings, role)
+    w = settings.worker
+    node = NodeInfo.for_this_process(role, w.slots if role != "manager" else 0,
+                                     api=(settings.api.host, settings.api.port) if role != "worker" else None,
+                                     probes=(w.http_host, w.http_port) if role == "worker" else None)
     ctx = _context(settings, role, node, stop)
     if ctx is None:
         return 0
@@ -102,14 +108,37 @@ def children(ctx: PodContext, role: str, node: NodeInfo) -> list[ChildSpec]:
         specs += [ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
                   ChildSpec("analyzer", lambda sup, slot: ResultAnalyzer.start(ctx, intake, supervisor=sup, slot=slot)),
                   ChildSpec("watcher", lambda sup, slot: TimeoutWatcher.start(ctx, supervisor=sup, slot=slot)),
-                  ChildSpec("api", lambda sup, slot: HttpServer.start(_api_app(ctx, intake), s.api,
-                                                                      supervisor=sup, slot=slot))]
+                  ChildSpec("api", lambda sup, slot: HttpServer.start(_api_app(ctx, intake), s.api.host, s.api.port,
+                                                                      "API ([api] host/port)", supervisor=sup,
+                                                                      slot=slot))]
     if role in ("worker", "all"):
         slots = [ChildSpec(f"worker-{i}", _worker_slot(ctx, i)) for i in range(s.worker.slots)]
         specs += [ChildSpec("lease_keeper", lambda sup, slot: LeaseKeeper.start(ctx, supervisor=sup, slot=slot)),
                   Supervisor.spec("slots", slots, strategy=OneForOne(), max_restarts=s.supervisor.max_restarts,
                                   max_seconds=s.supervisor.max_seconds, sweep_interval_s=s.supervisor.sweep_interval_s)]
+    if role == "worker":  # a manager (or an `all` pod) serves the same probes with its API
+        specs.append(ChildSpec("probes", lambda sup, slot: HttpServer.start(
+            lambda: probe_app(_worker_checks(ctx)), s.worker.http_host, s.worker.http_port,
+            "worker probes ([worker] http_host/http_port)", supervisor=sup, slot=slot)))
     return specs
+
+
+def _worker_checks(ctx: PodContext) -> Checks:
+    """A worker is ready when Redis and nsqd answer and its lease keeper runs (liveness asks nothing)."""
+    nsq = ctx.settings.nsq
+    return {"redis": ctx.store.ping,
+            "nsqd": lambda: ctx.publisher.backlog(nsq.tasks_topic) is not None,
+            "lease_keeper": lambda: find(LeaseKeeper).is_alive()}
+
+
+def _with_probe_port(settings: Settings, role: str) -> Settings:
+    """A worker asked for port 0 gets a free one now, so its registration can name it."""
+    if role != "worker" or settings.worker.http_port:
+        return settings
+    with socket.socket() as sock:
+        sock.bind((settings.worker.http_host, 0))
+        port = sock.getsockname()[1]
+    return settings.model_copy(update={"worker": settings.worker.model_copy(update={"http_port": port})})
 
 
 def _worker_slot(ctx: PodContext, index: int) -> Factory:

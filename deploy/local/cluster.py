@@ -44,14 +44,14 @@ SERVICE_RESTART_WINDOW_S = 60.0
 class Pod:
     """One `taskherd run` child process, its output streamed with a prefix."""
 
-    def __init__(self, name: str, role: str, config: Path, out: IO[str]) -> None:
-        self.name, self.role, self.config, self.out = name, role, config, out
+    def __init__(self, name: str, role: str, config: Path, out: IO[str], http_port: int | None = None) -> None:
+        self.name, self.role, self.config, self.out, self.http_port = name, role, config, out, http_port
         self.proc: subprocess.Popen[str] | None = None
         self.restarts = 0
 
     def start(self) -> None:
         argv = [sys.executable, "-P", "-m", "taskherd", "--config", str(self.config), "run", "--role",
-                self.role]
+                self.role, *(["--http-port", str(self.http_port)] if self.http_port is not None else [])]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._stream, args=(self.proc,), daemon=True).start()
@@ -149,7 +149,9 @@ class Cluster:
             self.config.write_text(dumps(self.settings))
             self.services.start()
             self.pods = [Pod("manager", "manager", self.config, self.out)]
-            self.pods += [Pod(f"worker-{i + 1}", "worker", self.config, self.out) for i in range(self.workers)]
+            port = self.settings.worker.http_port  # each worker pod its own probe port (0: each a free one)
+            self.pods += [Pod(f"worker-{i + 1}", "worker", self.config, self.out, port + i if port else 0)
+                          for i in range(self.workers)]
             for pod in self.pods:
                 pod.start()
             self._wait_ready(90)

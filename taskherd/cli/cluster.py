@@ -13,8 +13,10 @@ from taskherd.errors import StoreError
 
 def add_commands(sub: Any) -> None:
     command(sub, "nodes", cmd_nodes, "list live pods (reads Redis directly)")
-    command(sub, "run", cmd_run, "run one pod until SIGTERM") \
-        .add_argument("--role", choices=("manager", "worker", "all"), default="all")
+    r = command(sub, "run", cmd_run, "run one pod until SIGTERM")
+    r.add_argument("--role", choices=("manager", "worker", "all"), default="all")
+    r.add_argument("--http-port", type=int, metavar="PORT",
+                   help="a worker pod's probe and metrics port (default [worker].http_port; 0 picks a free one)")
     u = command(sub, "up", cmd_up, "run a local cluster (services + pods) until Ctrl-C")
     u.add_argument("--workers", type=int, metavar="N", help="worker pods (default [local].workers)")
     u.add_argument("--data-dir", metavar="DIR", help="data directory (default [local].data_dir)")
@@ -55,7 +57,10 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from taskherd.pod import run
 
-    return run(settings(args), args.role, args.config)
+    config = settings(args)
+    if args.http_port is not None:
+        config = config.model_copy(update={"worker": config.worker.model_copy(update={"http_port": args.http_port})})
+    return run(config, args.role, args.config)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -73,7 +73,8 @@ def stack(clean: Services) -> Iterator[Stack]:
     ctx = PodContext(settings, "test-node", store, queue, archive)
     intake = Intake(settings, store, archive, queue)
     manager = Manager.start(intake, supervisor=None, slot="manager")
-    api = HttpServer.start(lambda: build_app(ctx, intake, lambda: manager), settings.api, supervisor=None, slot="api")
+    api = HttpServer.start(lambda: build_app(ctx, intake, lambda: manager), settings.api.host, settings.api.port,
+                           supervisor=None, slot="api")
     url = f"http://{settings.api.host}:{settings.api.port}"
     http = httpx.Client(base_url=url, timeout=30)
     wait_until(lambda: http.get("/healthz").status_code == 200, timeout=15, ignore=(httpx.TransportError,),
@@ -358,7 +359,8 @@ def test_the_http_server_actor_fails_to_start_on_a_taken_port(clean: Services) -
         store, queue, archive = StateStore(settings.redis), Publisher(settings.nsq), Archive(settings.mysql)
         ctx = PodContext(settings, "test-node", store, queue, archive)
         intake = Intake(settings, store, archive, queue)
-        ref = HttpServer.start(lambda: build_app(ctx, intake, lambda: None), settings.api, supervisor=None, slot="api")
+        ref = HttpServer.start(lambda: build_app(ctx, intake, lambda: None), settings.api.host, settings.api.port,
+                               supervisor=None, slot="api")
         wait_until(lambda: not ref.is_alive(), timeout=10, message="HttpServer actor stopped after a failed start")
 
 

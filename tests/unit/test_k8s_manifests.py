@@ -149,11 +149,15 @@ def test_the_manager_init_container_fills_the_password_and_checks_the_config(tmp
     assert load(rendered / "taskherd.toml").mysql.password == password
 
 
-def test_worker_grace_period_covers_the_drain_and_there_is_no_liveness_probe(settings: Settings) -> None:
+def test_worker_grace_period_covers_the_drain_and_its_probes_are_on_its_http_port(settings: Settings) -> None:
     worker = text("worker.yaml")
     grace = int(scalar(worker, "terminationGracePeriodSeconds"))
     assert grace >= settings.worker.drain_grace_s + 15, "SIGKILL would cut the drain or the hand-back short"
-    assert "livenessProbe" not in worker
+    port = settings.worker.http_port
+    assert f"containerPort: {port}" in worker and f'prometheus.io/port: "{port}"' in worker
+    assert "httpGet: { path: /healthz, port: probes }" in block(worker, r"\s*livenessProbe:")
+    assert "httpGet: { path: /readyz, port: probes }" in block(worker, r"\s*readinessProbe:")
+    assert settings.worker.http_host == "0.0.0.0"
 
 
 def test_the_scaled_object_scales_the_workers_on_the_tasks_topic_channel(settings: Settings) -> None:
