@@ -52,7 +52,8 @@ class Teardown:
 @dataclass(frozen=True, slots=True)
 class CancelTask:
     """Ask -> the state the task was in: pending/retry (cancelled now), running (killed at its next
-    lease renewal), analyzing (too late), or 'gone' (finished or unknown)."""
+    lease renewal), analyzing (too late), its final state when archived (succeeded, failed, cancelled),
+    or 'gone' (unknown)."""
 
     task_id: str
 
@@ -114,11 +115,12 @@ class Manager(Supervised, pykka.ThreadingActor):
 
     def _cancel(self, task_id: str) -> str:
         job = self.intake.store.job_of(task_id)
-        if job is None:
-            return "gone"
-        prior = self.intake.store.cancel(job, task_id)
-        if prior in WAITING_STATES:
+        prior = "gone" if job is None else self.intake.store.cancel(job, task_id)
+        if job is not None and prior in WAITING_STATES:
             self._ring_results(job, [task_id])
+        if prior == "gone":  # no longer live: say how it ended, as a retry of it does
+            archived = self.intake.archive.task(task_id)
+            return str(archived["state"]) if archived else prior
         return prior
 
     def _ring_results(self, job: str, task_ids: list[str]) -> None:

@@ -50,9 +50,11 @@ class ClientError(TaskherdError):
         return str(self.errors[0].get("message", ""))
 
     def describe(self) -> str:
-        """`409 id: task 'a' already exists ...`, one line per error."""
+        """`409 id: task 'a' already exists ...`, one line per error (`503 redis unavailable: ...` when
+        no field is to blame)."""
         status = "" if self.status is None else f"{self.status} "
-        return "\n".join(f"{status}{e.get('field') or '-'}: {e.get('message', '')}" for e in self.errors)
+        return "\n".join(f"{status}{e['field'] + ': ' if e.get('field') else ''}{e.get('message', '')}"
+                         for e in self.errors)
 
 
 class ApiUnreachable(ClientError):
@@ -178,6 +180,8 @@ class Client:
 
     # --- operations ---------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
+        """Live pods: `{id, role, host, pid, slots, version, started}` (pid and slots integers,
+        started a Unix time), oldest first."""
         return self._request("GET", "/nodes")
 
     def ready(self) -> dict[str, Any]:

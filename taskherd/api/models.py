@@ -113,6 +113,21 @@ class Teardown(BaseModel):
     leftovers: list[str]
 
 
+NODE_NUMBERS: dict[str, type[int] | type[float]] = {"pid": int, "slots": int, "started": float}
+"""Fields of a node registration that are numbers (Redis keeps every field as a string)."""
+
+
+def node_view(node: dict[str, Any]) -> dict[str, Any]:
+    """A node registration as `GET /nodes` answers it: `pid` and `slots` integers, `started` a Unix time."""
+    out = dict(node)
+    for name, number in NODE_NUMBERS.items():
+        try:
+            out[name] = number(node[name])
+        except (KeyError, ValueError):
+            pass  # missing or not a number (another version's pod): shown as registered
+    return out
+
+
 class ErrorItem(BaseModel):
     field: str | None = Field(description="Dotted path of the bad input (`tasks.3.payload`), null if none.")
     message: str

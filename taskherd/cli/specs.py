@@ -59,7 +59,7 @@ def _add_command(kind: str) -> Command:
     return add
 
 
-API_WORDS = {"register with check=false": "add --no-check"}
+API_WORDS = {"register with check=false": "add --no-check", "pass replace=true": "add --replace"}
 """How the API's messages name its query parameters -> this command's flags."""
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any, cast
 
 from taskherd.cli.common import UsageError, client, command, group, parse_json, printing, read_text, settings
+from taskherd.client import ApiUnreachable, Client, ClientError
 from taskherd.states import FINAL_STATES
 
 
@@ -36,12 +38,17 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    tasks = _tasks_from_file(args) if args.file else None
     with client(args) as api:
-        if tasks is None:
-            answers = [cast(dict[str, Any], api.submit(_one_task(args)))]
+        if args.file:
+            answers = _submit_file(api, args, settings(args).api.max_batch)
         else:
-            answers = cast(list[dict[str, Any]], api.submit(tasks, chunk=settings(args).api.max_batch))
+            answers = [cast(dict[str, Any], api.submit(_one_task(args)))]
+    _print_answers(answers)
+    conflicts = sum(a["status"] == "conflict" for a in answers)
+    return 1 if conflicts else 0
+
+
+def _print_answers(answers: list[dict[str, Any]]) -> None:
     for a in answers:
         print(f"{a['id']} {a['status']}")
     conflicts = sum(a["status"] == "conflict" for a in answers)
@@ -49,7 +56,35 @@ def cmd_submit(args: argparse.Namespace) -> int:
         created = sum(a["status"] == "created" for a in answers)
         print(f"{created} created, {len(answers) - created - conflicts} exist, {conflicts} conflict",
               file=sys.stderr)
-    return 1 if conflicts else 0
+
+
+def _submit_file(api: Client, args: argparse.Namespace, chunk: int) -> list[dict[str, Any]]:
+    """Submit the file `chunk` tasks at a time (each chunk all or nothing); an error names the file's
+    line (`tasks.jsonl:3: type: ...`), not the task's place in the request (`tasks.1.type`)."""
+    tasks, lines = _tasks_from_file(args)
+    answers: list[dict[str, Any]] = []
+    for start in range(0, len(tasks), chunk):
+        try:
+            answers += cast(list[dict[str, Any]], api.submit(tasks[start:start + chunk], chunk=chunk))
+        except ClientError as exc:
+            if answers:  # what earlier chunks submitted stays submitted: say so before the error
+                _print_answers(answers)
+            raise _at_lines(exc, args.file, lines[start:start + chunk]) from None
+    return answers
+
+
+def _at_lines(exc: ClientError, path: str, lines: list[int]) -> ClientError:
+    """The API's `tasks.N.field` errors as `FILE:LINE: field`."""
+    if isinstance(exc, ApiUnreachable):
+        return exc
+    errors = []
+    for error in exc.errors:
+        where = re.fullmatch(r"tasks\.(\d+)(?:\.(.+))?", str(error.get("field") or ""))
+        if where and int(where[1]) < len(lines):
+            error = {**error, "field": f"{path}:{lines[int(where[1])]}: {where[2] or 'task'}"}
+        errors.append(error)
+    return ClientError(exc.status, {**exc.detail, "errors": errors} if isinstance(exc.detail, dict) else
+                       {"errors": errors})
 
 
 def _one_task(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,10 +100,11 @@ def _one_task(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in task.items() if v is not None}
 
 
-def _tasks_from_file(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _tasks_from_file(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[int]]:
+    """The file's tasks, and the line each is on."""
     defaults = {k: v for k, v in (("job", args.job), ("type", args.type), ("timeout_s", args.timeout_s),
                                   ("max_attempts", args.max_attempts)) if v is not None}
-    tasks = []
+    tasks, lines = [], []
     for n, line in enumerate(read_text(args.file, "--file").splitlines(), 1):
         if not line.strip():
             continue
@@ -76,9 +112,10 @@ def _tasks_from_file(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not isinstance(task, dict):
             raise UsageError(f"{args.file}:{n}: expected a JSON object per line")
         tasks.append({**defaults, **task})
+        lines.append(n)
     if not tasks:
         raise UsageError(f"{args.file}: no tasks in the file")
-    return tasks
+    return tasks, lines
 
 
 def cmd_task_list(args: argparse.Namespace) -> int:
@@ -92,6 +129,8 @@ def cmd_task_list(args: argparse.Namespace) -> int:
             shown += len(ids)
             if cursor is None:
                 break
+    if not shown:
+        print("no tasks", file=sys.stderr)  # stdout stays empty, for scripts reading ids
     return 0
 
 

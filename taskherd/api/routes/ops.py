@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from taskherd.api import models as m
 from taskherd.api.deps import Pod, PodDep
 from taskherd.api.probes import metrics_response, readiness
 
@@ -16,8 +17,9 @@ router = APIRouter(tags=["ops"])
 
 @router.get("/nodes")
 def get_nodes(pod: PodDep) -> list[dict[str, Any]]:
-    """Live pods, as registered in Redis (oldest first): a JSON array of node objects."""
-    return pod.ctx.store.members.nodes()
+    """Live pods, as registered in Redis (oldest first): a JSON array of node objects, `pid` and
+    `slots` integers and `started` a Unix time."""
+    return [m.node_view(node) for node in pod.ctx.store.members.nodes()]
 
 
 @router.get("/healthz")
