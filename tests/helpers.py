@@ -58,6 +58,8 @@ def settings_for_tests(shift: int = 0) -> Settings:
         "redis": {"port": p["redis"]},
         "mysql": {"port": p["mysql"], "database": "taskherd_test"},
         "api": {"port": p["api"]},
+        # Tests start several worker pods on one config, next to any `taskherd up`: each its own free port.
+        "worker": {"http_port": 0},
     }, source="<tests>")
 
 

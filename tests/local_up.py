@@ -65,7 +65,8 @@ def config_toml(settings: Settings) -> str:
              "[redis]", f"port = {settings.redis.port}",
              "[mysql]", f"port = {settings.mysql.port}", f'database = "{settings.mysql.database}"',
              "[api]", f"port = {settings.api.port}"]
-    for section, values in SHORT.items():
+    sections = {**SHORT, "worker": {**SHORT["worker"], "http_port": settings.worker.http_port}}
+    for section, values in sections.items():
         lines += [f"[{section}]", *(f"{key} = {value}" for key, value in values.items())]
     return "\n".join(lines) + "\n"
 
