@@ -24,6 +24,7 @@ import pykka
 from taskherd.actors.context import PodContext
 from taskherd.actors.leases import Execution, Pause, give_back
 from taskherd.errors import QueueError, StoreError
+from taskherd.logs import task_fields
 from taskherd.metrics import LEASES_HELD, SLOTS
 from taskherd.nsq.feed import Feed
 from taskherd.nsq.messages import TaskRef
@@ -183,7 +184,8 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
                 if self.ctx.store.release(lease):
                     refs.append(TaskRef(lease.job, lease.task_id, lease.type).encode())
             except StoreError as exc:
-                log.warning("could not hand back %s; its lease will expire instead: %s", lease.task_id, exc)
+                log.warning("could not hand back %s; its lease will expire instead: %s", lease.task_id, exc,
+                            extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
             self._kill(index, lease, "the pod is shutting down")
         if refs:
             try:
@@ -197,7 +199,9 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
         if execution is None:
             return
         if execution.kill(lease.exec_id):
-            log.warning("killed the executor of %s (slot %d): %s", lease.task_id, index, why)
+            log.warning("killed the executor of %s (slot %d): %s", lease.task_id, index, why,
+                        extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
         elif (ahead := execution.take_ahead(lease.exec_id)) is not None:
-            log.warning("dropped %s, leased ahead on slot %d: %s", lease.task_id, index, why)
+            log.warning("dropped %s, leased ahead on slot %d: %s", lease.task_id, index, why,
+                        extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
             ahead.delivery.finish()

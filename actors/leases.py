@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from taskherd.actors.context import PodContext
 from taskherd.errors import StoreError
+from taskherd.logs import task_fields
 from taskherd.nsq.feed import FeedDelivery
 from taskherd.runners import Runner
 from taskherd.store.state_store import Lease
@@ -89,7 +90,9 @@ def give_back(ctx: PodContext, ahead: Ahead) -> None:
     try:
         released = ctx.store.release(ahead.lease)
     except StoreError as exc:
-        log.warning("could not give back %s; its lease will expire instead: %s", ahead.lease.task_id, exc)
+        lease = ahead.lease
+        log.warning("could not give back %s; its lease will expire instead: %s", lease.task_id, exc,
+                    extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
         released = True
     if released:
         ahead.delivery.requeue(0)

@@ -30,6 +30,7 @@ from taskherd.actors.context import PodContext
 from taskherd.errors import InvalidTask, QueueError, StoreError, TaskherdError
 from taskherd.intake import Intake, Submission, from_child
 from taskherd.jobs import write_summary
+from taskherd.logs import task_fields
 from taskherd.metrics import ANALYZER_BATCH, ARCHIVED, TASKS
 from taskherd.nsq.feed import Feed, FeedDelivery
 from taskherd.nsq.messages import TaskRef, decode
@@ -198,7 +199,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             analyses = int(task.get("analyses") or 1)
             if outcome.retryable and analyses < ANALYZER_RETRIES:
                 log.warning("analyzer for %s failed (analysis %d), will retry: %s", task["id"], analyses,
-                            outcome.error)
+                            outcome.error, extra=task_fields(task["job"], task["id"], task_type=task["type"]))
                 return None
             return Verdict(TaskState.FAILED, error=f"analyzer failed: {outcome.error}")
         return _read_analysis(task, outcome.result or {})
@@ -232,7 +233,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
                 if v.state == TaskState.FAILED:
                     TASKS.labels(task["type"], "dead_lettered").inc()
         if job_done:
-            log.info("job %s is done", job)
+            log.info("job %s is done", job, extra=task_fields(job))
             # None if another writer (the watcher's sweep) summarized it first: the waiters then read.
             self.ctx.job_events.notify(job, write_summary(self.ctx.store, self.ctx.archive, job))
 

@@ -21,6 +21,7 @@ import pykka
 from taskherd.actors.context import PodContext
 from taskherd.errors import QueueError, StoreError
 from taskherd.jobs import write_summary
+from taskherd.logs import task_fields
 from taskherd.metrics import JOBS_OPEN, OLDEST_PENDING_AGE, OPEN_TASKS, QUEUE_DEPTH
 from taskherd.nsq.messages import TaskRef
 from taskherd.states import TaskState
@@ -84,7 +85,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
             oldest = min(oldest, published if published is not None else now)
             for task_id in store.due(job, TaskState.RUNNING, now):
                 moved = store.requeue(job, task_id)
-                log.info("lease of %s/%s expired -> %s", job, task_id, moved)
+                log.info("lease of %s/%s expired -> %s", job, task_id, moved, extra=task_fields(job, task_id))
                 (tasks if moved == TaskState.PENDING else results if moved == TaskState.ANALYZING else []).append(
                     TaskRef(job, task_id).encode())
             for task_id in store.due(job, TaskState.RETRY, now):

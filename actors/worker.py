@@ -24,6 +24,7 @@ from taskherd.actors.context import PodContext, find
 from taskherd.actors.lease_keeper import LeaseKeeper, SlotStarted
 from taskherd.actors.leases import Ahead, Execution, Pause, give_back
 from taskherd.errors import QueueError, StoreError
+from taskherd.logs import task_fields
 from taskherd.metrics import EXECUTION_SECONDS, TASKS
 from taskherd.nsq.feed import Feed, FeedDelivery
 from taskherd.nsq.messages import TaskRef, decode
@@ -174,7 +175,8 @@ class Worker(Supervised, pykka.ThreadingActor):
         try:
             lease, raw = self.ctx.store.lease(*self._lease_args(ref))
         except StoreError as exc:
-            log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
+            log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc,
+                        extra=task_fields(ref.job, ref.task_id, task_type=ref.type))
             delivery.requeue(1.0)
             return None
         return self._leased(ref, delivery, lease, raw)
@@ -186,9 +188,12 @@ class Worker(Supervised, pykka.ThreadingActor):
     @staticmethod
     def _leased(ref: TaskRef, delivery: FeedDelivery, lease: Lease | str, raw: str | None) -> Ahead | None:
         if isinstance(lease, str):
-            log.debug("task %s not leased: %s", ref.task_id, lease)
+            log.debug("task %s not leased: %s", ref.task_id, lease, extra=task_fields(ref.job, ref.task_id))
             delivery.finish()  # a duplicate, or a task already gone: the lease in Redis is the truth
             return None
+        if log.isEnabledFor(logging.DEBUG):  # the hot path: no fields built for a line not written
+            log.debug("leased %s (attempt %d of %d)", lease.task_id, lease.attempts, lease.max_attempts,
+                      extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
         return Ahead(lease, delivery, raw)
 
     def _start(self, lease: Lease, runnable: Runnable) -> Started[Outcome] | Started[str]:
@@ -226,12 +231,16 @@ class Worker(Supervised, pykka.ThreadingActor):
                 state, next_lease, raw = self.ctx.store.finish_and_lease(finishing, *self._lease_args(ref))
                 leased = self._leased(ref, delivery, next_lease, raw)
             except StoreError as exc:
-                log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc)
+                log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc,
+                        extra=task_fields(ref.job, ref.task_id, task_type=ref.type))
                 delivery.requeue(1.0)
                 then_lease = None
         if then_lease is None:
             state = _with_retries(lambda: self.ctx.store.finish(*finishing))
         _count(lease.type, outcome, state)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("recorded %s: %s -> %s", lease.task_id, outcome.status, state,
+                      extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
         self._rang(lease, state)
         return leased
 
@@ -241,9 +250,11 @@ class Worker(Supervised, pykka.ThreadingActor):
                 ref = TaskRef(lease.job, lease.task_id, lease.type).encode()
                 self.ctx.publisher.publish(self.ctx.settings.nsq.results_topic, [ref])
             except QueueError as exc:
-                log.warning("result of %s not published; the TimeoutWatcher will: %s", lease.task_id, exc)
+                log.warning("result of %s not published; the TimeoutWatcher will: %s", lease.task_id, exc,
+                            extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
         elif state == "fenced":
-            log.warning("result of %s discarded: execution %s was superseded", lease.task_id, lease.exec_id)
+            log.warning("result of %s discarded: execution %s was superseded", lease.task_id, lease.exec_id,
+                        extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
 
 
 def _with_retries(fn: Any, attempts: int = 5) -> Any:

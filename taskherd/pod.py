@@ -42,7 +42,6 @@ log = logging.getLogger("taskherd.pod")
 
 
 def run(settings: Settings, role: str, config_path: str | None = None) -> int:
-    configure_logging(settings.log, role)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -51,6 +50,7 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
     node = NodeInfo.for_this_process(role, w.slots if role != "manager" else 0,
                                      api=(settings.api.host, settings.api.port) if role != "worker" else None,
                                      probes=(w.http_host, w.http_port) if role == "worker" else None)
+    configure_logging(settings.log, role, node.id)
     ctx = _context(settings, role, node, stop)
     if ctx is None:
         return 0
