@@ -72,7 +72,8 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
     def __init__(self, ctx: PodContext, intake: Intake, **supervised: Any) -> None:
         super().__init__(**supervised)
         self.ctx, self.intake = ctx, intake
-        self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
+        self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after,
+                             max_result_bytes=ctx.settings.worker.max_result_bytes)
         s = ctx.settings.nsq
         self.feed = Feed(s, s.results_topic, CHANNEL, f"{ctx.node_id}-analyzer", ready=BATCH)
         self._bells: dict[str, list[tuple[FeedDelivery, TaskRef]]] = {}

@@ -53,7 +53,8 @@ class Worker(Supervised, pykka.ThreadingActor):
         super().__init__(**supervised)
         self.ctx, self.index = ctx, index
         self.name = f"{ctx.node_id}/{index}"
-        self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after)
+        self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after,
+                             max_result_bytes=ctx.settings.worker.max_result_bytes)
         self.execution = Execution(self.runner)
         self.feed = Feed(ctx.settings.nsq, ctx.settings.nsq.tasks_topic, CHANNEL, self.name)
         self.paused = False

@@ -30,6 +30,14 @@ DEADLETTER_HEADROOM = 65536
 header line plus the unusable message, unchanged) always fits."""
 
 
+MAX_RESULT_BYTES = 1_048_576
+MAX_RESULT_CEILING = 4 * MAX_RESULT_BYTES
+"""The most `[worker].max_result_bytes` may be: a result is archived in one MEDIUMTEXT cell by one
+statement, and MariaDB refuses either past 16 MiB (its max_allowed_packet by default), which wedged a
+job for ever (its batch deferred again and again). Stored JSON's spaces and SQL's escaping at most
+double a result's compact JSON: 4 MiB stays well under 16 MiB, with room for the payload."""
+
+
 class NsqSettings(_Section):
     """Where NSQ lives. Producers publish over nsqd's HTTP API; consumers discover nsqd via lookupd."""
 
@@ -98,6 +106,11 @@ class WorkerSettings(_Section):
     """Where a worker pod serves /healthz, /readyz and /metrics ("0.0.0.0" on Kubernetes)."""
     http_port: int = Field(18090, ge=0, le=65535)
     """Its port; 0 picks a free one. `taskherd up` gives its worker pods this port and the next ones."""
+    max_result_bytes: int = Field(MAX_RESULT_BYTES, ge=1024, le=MAX_RESULT_CEILING)
+    """The largest result an executor (or output an analyzer) may return, as compact JSON. A bigger
+    one fails its task at once, not retried, and the worker reads no more than this of it (plus a
+    little) into memory. Default 1 MiB, as `[nsq].max_message_bytes`, and 4 × `[api].max_payload_bytes`
+    (an executor may return its payload and more)."""
 
 
 class RegistrySettings(_Section):

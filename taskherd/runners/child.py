@@ -13,8 +13,12 @@ order, on private copies of fds 0 and 1 taken at start-up::
               "error": "...", "error_type": "pkg.mod.Error" | null, "traceback": "..." | null}
 
 `stage` says where it failed: resolving the target, inside the call, in the returned value, or in
-the request itself. The child exits when its stdin reaches EOF. Only the standard library is
-imported here, so the child starts fast.
+the request itself. The child exits when its stdin reaches EOF. Only the standard library (and
+`outcome`, which needs no more) is imported here, so the child starts fast.
+
+`--max-result-bytes N`: a result whose compact JSON is longer is not sent; the reply is a "result"
+failure naming both sizes, so the worker never reads more than N bytes (plus the envelope) of it.
+An error message is cut to TAIL_CHARS, so no reply but a result's can be long.
 """
 
 from __future__ import annotations
@@ -30,17 +34,29 @@ import traceback
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from taskherd.runners.outcome import oversize_error
+
 TAIL_CHARS = 4096
+NO_BOUND = sys.maxsize
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    max_result_bytes = _max_result_bytes(sys.argv[1:] if argv is None else argv)
     _die_with_parent(os.getppid())
     requests, replies = _claim_protocol_fds()
     functions: dict[str, Callable[[dict[str, Any]], Any]] = {}
     for line in requests:
-        replies.write(_serve(line, functions))
+        replies.write(_serve(line, functions, max_result_bytes))
         replies.flush()
     return 0
+
+
+def _max_result_bytes(argv: list[str]) -> int:
+    if argv[:1] == ["--max-result-bytes"] and len(argv) == 2 and argv[1].isdigit():
+        return int(argv[1])
+    if argv:
+        raise SystemExit(f"usage: python -m taskherd.runners.child [--max-result-bytes N], got {argv}")
+    return NO_BOUND
 
 
 def _die_with_parent(parent: int, interval_s: float = 0.2) -> None:
@@ -76,17 +92,23 @@ def _claim_protocol_fds() -> tuple[BinaryIO, BinaryIO]:
     return requests, replies
 
 
-def _serve(line: bytes, functions: dict[str, Callable[[dict[str, Any]], Any]]) -> bytes:
+def _serve(line: bytes, functions: dict[str, Callable[[dict[str, Any]], Any]], max_result_bytes: int) -> bytes:
     try:
         request = json.loads(line)
         request_id, target, payload = request["id"], request["target"], request["payload"]
     except (ValueError, KeyError, TypeError) as exc:
         return _encode(_failure(None, "protocol", f"unreadable request: {exc}", exc))
     reply = _call(request_id, target, payload, functions)
-    try:
+    if not reply["ok"]:
         return _encode(reply)
+    try:
+        result = _encode(reply["result"])[:-1]
     except (TypeError, ValueError, RecursionError) as exc:
         return _encode(_failure(request_id, "result", f"{target} returned a value that is not JSON: {exc}", None))
+    if len(result) > max_result_bytes:
+        return _encode(_failure(request_id, "result", oversize_error(len(result), max_result_bytes), None))
+    head = json.dumps({"id": request_id, "ok": True}, separators=(",", ":"))
+    return head[:-1].encode() + b',"result":' + result + b"}\n"  # splice: the result is encoded once
 
 
 def _call(request_id: Any, target: str, payload: Any, functions: dict[str, Callable[..., Any]]) -> dict[str, Any]:
@@ -122,7 +144,7 @@ def _failure(request_id: Any, stage: str, error: str, exc: BaseException | None)
         "id": request_id,
         "ok": False,
         "stage": stage,
-        "error": error,
+        "error": error[:TAIL_CHARS],
         "error_type": _qualified_name(type(exc)) if exc is not None else None,
         "traceback": "".join(traceback.format_exception(exc))[-TAIL_CHARS:] if exc is not None else None,
     }

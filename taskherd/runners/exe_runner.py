@@ -3,12 +3,17 @@
 Each call gets its own session (`start_new_session=True`) so a time-out or a kill can take the
 whole tree, shells' background jobs included, without touching the worker. stderr goes to a
 temporary file rather than a pipe: an executor may log megabytes, and only the tail is kept.
+
+stdout is read in a bounded loop (one selector over stdin and stdout, as the payload is written):
+once more than `max_result_bytes` plus RESULT_SLACK has come, the tree is killed and the call fails
+naming both sizes, so an executor that writes gigabytes costs the worker no more than the bound.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -16,30 +21,33 @@ import tempfile
 import time
 from typing import Any
 
+from taskherd.config.settings import MAX_RESULT_BYTES
 from taskherd.runners.outcome import (
+    RESULT_SLACK,
     TAIL_BYTES,
     Outcome,
+    bounded,
     encode_payload,
     failed,
     killed,
+    oversize,
     parse_object,
     since,
-    succeeded,
     tail,
     timed_out,
 )
 from taskherd.runners.process_tree import CallGuard, kill_tree
 from taskherd.specs import RunnerSpec
 
-DRAIN_S = 2.0
-"""After a kill, how long to wait for pipes to close: an escaped grandchild may hold them forever."""
+CHUNK = 1 << 16
 
 
 class ExeRunner:
     """Runs argv targets. Not thread-safe: one call at a time; `kill()` may come from another thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self._guard = CallGuard()
+        self._max_result_bytes = max_result_bytes
 
     def run(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Outcome:
         """Run `spec.target` with `payload` on stdin; the deadline covers start to exit."""
@@ -57,23 +65,44 @@ class ExeRunner:
                 self._guard.end()
                 error = f"cannot start {spec.target[0]!r}: {exc.strerror or exc}"
                 return failed(error, since(started), retryable=False)
-            stdout, timed_out_ = self._communicate(proc, data, timeout_s)
+            stdout, ending = self._communicate(proc, data, timeout_s)
             was_killed = self._guard.end()
-            return _conclude(proc, stdout, stderr, was_killed, timed_out_, timeout_s, started)
+            return self._conclude(proc, stdout, ending, stderr, was_killed, timeout_s, started)
 
     def kill(self) -> bool:
         """Abort the call in flight (its `run` returns status "killed"); False if none."""
         return self._guard.kill()
 
-    def _communicate(self, proc: subprocess.Popen[bytes], data: bytes, timeout_s: float) -> tuple[bytes, bool]:
+    def _communicate(self, proc: subprocess.Popen[bytes], data: bytes, timeout_s: float) -> tuple[bytes, str]:
+        """stdout and how the call ended: "exit", "timeout" or "oversize" (stdout is then b"")."""
         if not self._guard.attach(proc.pid):
-            return _drain(proc), False
-        try:
-            stdout, _ = proc.communicate(data, timeout=timeout_s)
-            return stdout, False
-        except subprocess.TimeoutExpired:
-            kill_tree(proc.pid)  # communicate did not reap it, so the pid is still its own
-            return _drain(proc), True
+            _reap(proc)
+            return b"", "exit"
+        limit = self._max_result_bytes + RESULT_SLACK
+        stdout, ending = _exchange(proc, data, time.monotonic() + timeout_s, limit)
+        if ending != "exit":
+            kill_tree(proc.pid)  # not reaped yet, so the pid is still its own
+            _reap(proc)
+        return stdout, ending
+
+    def _conclude(self, proc: subprocess.Popen[bytes], stdout: bytes, ending: str, stderr: Any, was_killed: bool,
+                  timeout_s: float, started: float) -> Outcome:
+        duration, detail = since(started), _stderr_tail(stderr)
+        if was_killed:
+            return killed(duration, detail=detail)
+        if ending == "timeout":
+            return timed_out(timeout_s, duration, detail=detail)
+        if ending == "oversize":
+            limit = self._max_result_bytes
+            return oversize(limit + RESULT_SLACK, limit, duration, more_than=True, detail=detail)
+        code = proc.returncode
+        if code != 0:
+            # Like an exception in a python executor: often transient, and attempts are bounded upstream.
+            return failed(_exit_error(code, detail), duration, retryable=True, exit_code=code, detail=detail)
+        result, problem = parse_object(stdout, "stdout")
+        if problem or result is None:
+            return failed(problem or "no result", duration, retryable=False, exit_code=code, detail=detail)
+        return bounded(result, self._max_result_bytes, duration, exit_code=code, detail=detail)
 
 
 def _start(spec: RunnerSpec, stderr: Any) -> subprocess.Popen[bytes]:
@@ -105,36 +134,62 @@ else:
     _DIE_WITH_WORKER = None
 
 
-def _drain(proc: subprocess.Popen[bytes]) -> bytes:
-    """Collect what a killed process wrote and reap it, giving up on pipes an escapee still holds."""
+def _exchange(proc: subprocess.Popen[bytes], data: bytes, deadline: float, limit: int) -> tuple[bytes, str]:
+    """Write `data` to stdin while reading stdout, until stdout's EOF and the exit, the deadline
+    ("timeout"), or more than `limit` bytes of stdout ("oversize"). Holds at most `limit` + CHUNK."""
+    assert proc.stdin is not None and proc.stdout is not None  # both are PIPEs
+    pending, out, size = memoryview(data), bytearray(), 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        os.set_blocking(proc.stdin.fileno(), False)
+        selector.register(proc.stdin, selectors.EVENT_WRITE)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return b"", "timeout"
+            for key, _ in selector.select(remaining):
+                if key.fileobj is proc.stdin:
+                    pending = _write(proc, selector, pending)
+                elif chunk := os.read(proc.stdout.fileno(), CHUNK):
+                    out += chunk
+                    size += len(chunk)
+                    if size > limit:
+                        return b"", "oversize"
+                else:
+                    selector.unregister(proc.stdout)
+    return (bytes(out), "exit") if _wait(proc, deadline) else (b"", "timeout")
+
+
+def _write(proc: subprocess.Popen[bytes], selector: selectors.BaseSelector, pending: memoryview) -> memoryview:
+    """Write what stdin takes now; at the end (or if the executor closed its stdin), close it: EOF."""
+    assert proc.stdin is not None
     try:
-        stdout, _ = proc.communicate(timeout=DRAIN_S)
-        return stdout or b""
+        pending = pending[os.write(proc.stdin.fileno(), pending):]
+    except BlockingIOError:
+        return pending
+    except (BrokenPipeError, ConnectionResetError):
+        pending = pending[len(pending):]  # it reads no more stdin: not an error (as communicate())
+    if not pending:
+        selector.unregister(proc.stdin)
+        proc.stdin.close()
+    return pending
+
+
+def _wait(proc: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Reap the process once it exits by the deadline; False if it does not."""
+    try:
+        proc.wait(max(0.0, deadline - time.monotonic()))
+        return True
     except subprocess.TimeoutExpired:
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe:
-                pipe.close()
-        proc.wait()
-        return b""
+        return False
 
 
-def _conclude(
-    proc: subprocess.Popen[bytes], stdout: bytes, stderr: Any, was_killed: bool, timed_out_: bool,
-    timeout_s: float, started: float,
-) -> Outcome:
-    duration, detail = since(started), _stderr_tail(stderr)
-    if was_killed:
-        return killed(duration, detail=detail)
-    if timed_out_:
-        return timed_out(timeout_s, duration, detail=detail)
-    code = proc.returncode
-    if code != 0:
-        # Like an exception in a python executor: often transient, and attempts are bounded upstream.
-        return failed(_exit_error(code, detail), duration, retryable=True, exit_code=code, detail=detail)
-    result, problem = parse_object(stdout, "stdout")
-    if problem or result is None:
-        return failed(problem or "no result", duration, retryable=False, exit_code=code, detail=detail)
-    return succeeded(result, duration, exit_code=code, detail=detail)
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Close our pipe ends (an escaped grandchild may hold the others for ever) and reap the killed process."""
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe:
+            pipe.close()
+    proc.wait()
 
 
 def _exit_error(code: int, detail: str | None) -> str:

@@ -67,6 +67,37 @@ def killed(duration_s: float, **extra: Any) -> Outcome:
     return Outcome("killed", None, "killed", False, duration_s, **extra)
 
 
+RESULT_SLACK = 65536
+"""Bytes a runner reads past the result bound before it stops reading: room for a reply's envelope, a
+trailing newline or pretty-printing. Whatever was read, the result's compact JSON is then held to the
+bound itself."""
+
+BOUND_SETTING = "[worker].max_result_bytes"
+
+
+def oversize_error(size: int, limit: int, *, more_than: bool = False) -> str:
+    """Why a result was refused, naming both sizes (`more_than`: reading stopped at `size`)."""
+    return f"result of {'more than ' if more_than else ''}{size} bytes exceeds {BOUND_SETTING} = {limit}"
+
+
+def oversize(size: int, limit: int, duration_s: float, *, more_than: bool = False, **extra: Any) -> Outcome:
+    # Not retryable: the same code on the same payload returns the same result again.
+    return failed(oversize_error(size, limit, more_than=more_than), duration_s, retryable=False, **extra)
+
+
+def result_size(result: dict[str, Any]) -> int:
+    """The size the bound is about: the result as compact JSON (ASCII, so characters are bytes)."""
+    return len(json.dumps(result, separators=(",", ":")))
+
+
+def bounded(result: dict[str, Any], limit: int, duration_s: float, **extra: Any) -> Outcome:
+    """`result` as a success if its compact JSON fits `limit`, else the failure that names both sizes."""
+    size = result_size(result)
+    if size > limit:
+        return oversize(size, limit, duration_s, **extra)
+    return succeeded(result, duration_s, **extra)
+
+
 def tail(data: bytes | str | None, limit: int = TAIL_BYTES) -> str | None:
     """The last `limit` bytes as text, or None when there is nothing to keep."""
     if not data:

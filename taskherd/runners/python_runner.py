@@ -9,6 +9,10 @@ Where user modules come from: the child inherits the worker's environment and it
 (`-m` puts the cwd first on `sys.path`); `pythonpath` entries are put in front of PYTHONPATH. The
 worker's own `sys.path` is not copied: what a task can import is decided by configuration, not by
 how the worker happened to be started.
+
+Results are bounded twice: the child sends no result over `max_result_bytes` (it replies with the
+failure instead), and the parent reads no reply line longer than that plus RESULT_SLACK (should one
+come anyway, the child is killed).
 """
 
 from __future__ import annotations
@@ -25,7 +29,18 @@ from typing import Any
 
 import psutil
 
-from taskherd.runners.outcome import Outcome, encode_payload, failed, killed, since, succeeded, timed_out
+from taskherd.config.settings import MAX_RESULT_BYTES
+from taskherd.runners.outcome import (
+    RESULT_SLACK,
+    Outcome,
+    encode_payload,
+    failed,
+    killed,
+    oversize,
+    since,
+    succeeded,
+    timed_out,
+)
 from taskherd.runners.process_tree import CallGuard, descendants, kill_all, kill_tree
 
 CHILD_MODULE = "taskherd.runners.child"
@@ -34,6 +49,14 @@ RETIRE_GRACE_S = 1.0
 
 class _ChildGone(Exception):
     """The child's pipes closed under us: it exited or was killed."""
+
+
+class _ReplyTooLong(Exception):
+    """The child sent more than a reply may hold without ending the line."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 class PythonRunner:
@@ -48,12 +71,14 @@ class PythonRunner:
         pythonpath: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         recycle_after: int = 1000,
+        max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
         if recycle_after < 1:
             raise ValueError(f"recycle_after: expected an integer >= 1, got {recycle_after!r}")
         self._pythonpath = tuple(str(p) for p in pythonpath)
         self._env = dict(env or {})
         self._recycle_after = recycle_after
+        self._max_result_bytes = max_result_bytes
         self._child: _Child | None = None
         self._guard = CallGuard()
         self._last_id = 0
@@ -119,7 +144,8 @@ class PythonRunner:
 
     def _ensure_child(self) -> _Child:
         if self._child is None:
-            self._child = _Child([sys.executable, "-m", CHILD_MODULE], self._child_env())
+            argv = [sys.executable, "-m", CHILD_MODULE, "--max-result-bytes", str(self._max_result_bytes)]
+            self._child = _Child(argv, self._child_env(), self._max_result_bytes + RESULT_SLACK)
         return self._child
 
     def _child_env(self) -> dict[str, str]:
@@ -129,21 +155,23 @@ class PythonRunner:
         return env
 
     @staticmethod
-    def _complete(child: _Child, pending: memoryview, deadline: float) -> bytes | None | _ChildGone:
+    def _complete(child: _Child, pending: memoryview, deadline: float) -> bytes | None | _ChildGone | _ReplyTooLong:
         try:
             return child.complete(pending, deadline)
-        except _ChildGone as gone:
+        except (_ChildGone, _ReplyTooLong) as gone:
             return gone
 
-    def _conclude(
-        self, child: _Child, line: bytes | None | _ChildGone, was_killed: bool, timeout_s: float, started: float
-    ) -> Outcome:
+    def _conclude(self, child: _Child, line: bytes | None | _ChildGone | _ReplyTooLong, was_killed: bool,
+                  timeout_s: float, started: float) -> Outcome:
         if was_killed:
             self._discard(child)
             return killed(since(started))
         if line is None:
             self._discard(child)
             return timed_out(timeout_s, since(started))
+        if isinstance(line, _ReplyTooLong):
+            self._discard(child)
+            return oversize(line.size, self._max_result_bytes, since(started), more_than=True)
         if isinstance(line, _ChildGone):
             code = self._discard(child)
             return failed(f"the python child died during the call ({_describe_exit(code)})",
@@ -202,7 +230,7 @@ def _outcome_from_reply(reply: dict[str, Any], duration: float) -> Outcome:
 class _Child:
     """One running child and its two pipes; knows the framing, not what the messages mean."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], max_line: int) -> None:
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
             start_new_session=True,  # its own group: a terminal's Ctrl-C does not reach it; killpg reaches all of it
@@ -219,6 +247,7 @@ class _Child:
         self._selector.register(self._out, selectors.EVENT_READ)
         self._writing = False
         self._buffer = bytearray()
+        self._max_line = max_line
 
     @property
     def result_fd(self) -> int:
@@ -269,6 +298,8 @@ class _Child:
     def _take_line(self) -> bytes | None:
         end = self._buffer.find(b"\n")
         if end < 0:
+            if len(self._buffer) > self._max_line:
+                raise _ReplyTooLong(len(self._buffer))
             return None
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]

@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from taskherd.config.settings import MAX_RESULT_BYTES
 from taskherd.runners.exe_runner import ExeRunner
 from taskherd.runners.http_runner import HttpRunner
 from taskherd.runners.outcome import Outcome
@@ -49,12 +50,16 @@ class Runner:
         env: Mapping[str, str] | None = None,
         recycle_after: int = 1000,
         http_client: httpx.Client | None = None,
+        max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
         """`pythonpath`/`env`/`recycle_after` shape the python child (see `PythonRunner`);
-        `http_client` is for callers that share or configure one (it is then not closed here)."""
-        self._python = PythonRunner(pythonpath=pythonpath, env=env, recycle_after=recycle_after)
-        self._exe = ExeRunner()
-        self._http = HttpRunner(http_client)
+        `http_client` is for callers that share or configure one (it is then not closed here);
+        a result longer than `max_result_bytes` (compact JSON) fails its call, and no more than
+        that (plus RESULT_SLACK) of it is ever read."""
+        self._python = PythonRunner(pythonpath=pythonpath, env=env, recycle_after=recycle_after,
+                                    max_result_bytes=max_result_bytes)
+        self._exe = ExeRunner(max_result_bytes)
+        self._http = HttpRunner(http_client, max_result_bytes)
         self._lock = threading.Lock()
         self._active: PythonRunner | ExeRunner | HttpRunner | None = None
 
