@@ -237,6 +237,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             log.info("job %s is done", job, extra=task_fields(job))
             # None if another writer (the watcher's sweep) summarized it first: the waiters then read.
             self.ctx.job_events.notify(job, write_summary(self.ctx.store, self.ctx.archive, job))
+            self.ctx.store.settle(job)  # out of the watcher's sweep; its state leaves Redis retain_done_s later
 
 
 def _analyzer_input(task: dict[str, Any], result: Any) -> dict[str, Any]:

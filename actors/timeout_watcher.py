@@ -81,6 +81,8 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         open_tasks, open_jobs, oldest = 0, 0, now
         for job in store.jobs():
             waiting, published = store.load(job)
+            if not waiting and self._settle(job):
+                continue
             open_tasks, open_jobs = open_tasks + waiting, open_jobs + bool(waiting)
             oldest = min(oldest, published if published is not None else now)
             for task_id in store.due(job, TaskState.RUNNING, now):
@@ -97,8 +99,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
                 log.warning("results of %s waited %.0f s unclaimed: ringing its doorbell again", job,
                             s.manager.republish_after_s)
                 results.append(TaskRef(job, unheard[0]).encode())
-            if self.ctx.archive is not None:
-                write_summary(store, self.ctx.archive, job)
+        self._expire(now - int(s.manager.retain_done_s * 1000))
         self._ring(s.nsq.tasks_topic, tasks)
         self._ring(s.nsq.results_topic, results)
         self._republish_lost(stale, stale_before)
@@ -109,6 +110,22 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         if results_depth is not None:
             QUEUE_DEPTH.labels(s.nsq.results_topic).set(results_depth)
         self.sweeps += 1
+
+    def _settle(self, job: str) -> bool:
+        """A job with nothing open: if done, its summary is written (the analyzer's, should it have
+        crashed first) and it leaves the sweep; True then."""
+        if self.ctx.archive is not None:
+            write_summary(self.ctx.store, self.ctx.archive, job)
+        return self.ctx.store.settle(job)
+
+    def _expire(self, done_before_ms: int) -> None:
+        """Jobs done before `done_before_ms` leave Redis, each once its summary is in MySQL."""
+        for job in self.ctx.store.done_before(done_before_ms):
+            if self.ctx.archive is not None:
+                write_summary(self.ctx.store, self.ctx.archive, job)
+            if self.ctx.store.expire(job):
+                log.info("job %s expired from Redis (done over %g s ago); MySQL keeps it", job,
+                         self.ctx.settings.manager.retain_done_s, extra=task_fields(job))
 
     def _republish_lost(self, stale: dict[str, list[str]], stale_before: int) -> None:
         """Republish pending refs only when nsqd holds fewer messages than Redis has pending tasks.

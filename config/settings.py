@@ -85,6 +85,9 @@ class ManagerSettings(_Section):
     analyzer_timeout_s: float = Field(60.0, gt=0)
     watcher_interval_s: float = Field(1.0, gt=0)
     republish_after_s: float = Field(10.0, gt=0)
+    retain_done_s: float = Field(3600.0, ge=0)
+    """How long a done job's runtime state stays in Redis (its status, a long-poll's answer) before the
+    watcher removes it; its summary and tasks stay readable from MySQL through the same endpoints."""
 
 
 class RetrySettings(_Section):

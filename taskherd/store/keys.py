@@ -55,7 +55,11 @@ def job_pattern(job: str) -> str:
 
 
 JOBS = f"{PREFIX}:jobs"
-"""Set of job names with runtime state; the TimeoutWatcher iterates it."""
+"""Set of open jobs (tasks not all archived); the TimeoutWatcher sweeps these and no others."""
+
+JOBS_DONE = f"{PREFIX}:jobs-done"
+"""Sorted set of done jobs still in Redis, scored by when they finished (ms): settled out of JOBS by
+`settle.lua`, and expired (`expire.lua`) `[manager].retain_done_s` later."""
 
 TASK_INDEX = f"{PREFIX}:task-index"
 """Hash task id -> job for live tasks, so `GET /tasks/{id}` finds a task without its job.

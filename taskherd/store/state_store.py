@@ -92,7 +92,7 @@ class StateStore:
         self.members = Membership(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "retire", "register",
-                          "cancel", "claim", "summarized")}
+                          "cancel", "claim", "summarized", "settle", "expire")}
         self._local = threading.local()
 
     def ping(self) -> bool:
@@ -157,8 +157,10 @@ class StateStore:
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives, t.round,
                      t.history]
-        out = self._run("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX, keys.JOBS,
-                                   keys.SPECS_VERSION, *[keys.task(job, t.id) for t in tasks]], args)
+        out, _ = self._pipelined([("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX,
+                                              keys.JOBS, keys.SPECS_VERSION, *[keys.task(job, t.id) for t in tasks]], args)],
+                                 # open again if it was done: out of the done set, where expire.lua checks it anyway
+                                 ("ZREM", keys.JOBS_DONE, job))
         if out == ["stale"]:
             raise StaleSpecs(f"executor specs changed since version {specs_version!r} was read")
         return [str(x) for x in out]
@@ -338,7 +340,22 @@ class StateStore:
         return cast(list[str], self.redis.zrange(keys.by_state(job, state), offset, offset + limit - 1))
 
     def jobs(self) -> set[str]:
+        """The open jobs (a done job is settled out of them)."""
         return cast(set[str], self.redis.smembers(keys.JOBS))
+
+    def settle(self, job: str) -> bool:
+        """Move a done job out of the open jobs, into the done ones; False if it is still open."""
+        return bool(self._run("settle", [keys.job_meta(job), keys.JOBS, keys.JOBS_DONE], [job]))
+
+    def done_before(self, before_ms: int, limit: int = 100) -> list[str]:
+        """Done jobs that finished before `before_ms`, oldest first."""
+        return cast(list[str], self.redis.zrangebyscore(keys.JOBS_DONE, "-inf", before_ms, start=0, num=limit))
+
+    def expire(self, job: str) -> bool:
+        """Delete a done job's runtime state (its summary must be in MySQL first); False if it is open again."""
+        ks = [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES], keys.JOBS,
+              keys.JOBS_DONE]
+        return bool(self._run("expire", ks, [job]))
 
     def now_ms(self) -> int:
         """Redis's clock, the one clock every lease and deadline is measured on."""
@@ -379,22 +396,52 @@ class StateStore:
 
     # --- teardown -----------------------------------------------------------------------------------
     def teardown(self, job: str) -> list[str]:
-        """Delete every key of the job and its id claims; return what is still there (should be [])."""
-        for batch in _chunks(self.redis.scan_iter(match=keys.job_pattern(job), count=1000), 500):
-            self.redis.delete(*batch)
-        stale = [tid for tid, owner in self.redis.hscan_iter(keys.TASK_INDEX, count=1000) if owner == job]
-        for batch in _chunks(iter(stale), 500):
-            self.redis.hdel(keys.TASK_INDEX, *batch)
-        self.redis.srem(keys.JOBS, job)
-        return self.leftovers(job)
+        """Delete every key of the job and its id claims; return what is still there (should be []).
 
-    def leftovers(self, job: str) -> list[str]:
-        left = list(self.redis.scan_iter(match=keys.job_pattern(job), count=1000))
-        left += [f"{keys.TASK_INDEX}[{tid}]" for tid, owner in self.redis.hscan_iter(keys.TASK_INDEX, count=1000)
-                 if owner == job]
-        if self.redis.sismember(keys.JOBS, job):
-            left.append(f"{keys.JOBS}[{job}]")
+        Its keys are found from the job itself (its live-state sets name its live tasks; nothing else
+        of it is per task), never by scanning the keyspace: a small job's teardown costs the same
+        beside a million unrelated keys."""
+        ids = self._live_ids(job)
+        for batch in _chunks(iter(self._job_keys(job, ids)), 500):
+            self.redis.delete(*batch)
+        for batch in _chunks(iter(ids), 500):
+            self.redis.hdel(keys.TASK_INDEX, *batch)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.srem(keys.JOBS, job)
+        pipe.zrem(keys.JOBS_DONE, job)
+        pipe.execute()
+        return self.leftovers(job, ids)
+
+    def leftovers(self, job: str, ids: list[str] | None = None) -> list[str]:
+        """Keys of the job (and the tasks `ids`, by default those it has live) still in Redis."""
+        ids = self._live_ids(job) if ids is None else ids
+        names = self._job_keys(job, ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(name)
+        if ids:
+            pipe.hmget(keys.TASK_INDEX, ids)
+        else:
+            pipe.echo("")
+        pipe.sismember(keys.JOBS, job)
+        pipe.zscore(keys.JOBS_DONE, job)
+        *exist, owners, open_, done = pipe.execute()
+        left = [name for name, n in zip(names, exist) if n]
+        left += [f"{keys.TASK_INDEX}[{tid}]" for tid, owner in zip(ids, owners or []) if owner == job]
+        left += [f"{keys.JOBS}[{job}]"] if open_ else []
+        left += [f"{keys.JOBS_DONE}[{job}]"] if done is not None else []
         return left
+
+    def _live_ids(self, job: str) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for s in LIVE_STATES:
+            pipe.zrange(keys.by_state(job, s), 0, -1)
+        return [tid for ids in pipe.execute() for tid in ids]
+
+    @staticmethod
+    def _job_keys(job: str, ids: list[str]) -> list[str]:
+        return [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES],
+                *[k for tid in ids for k in (keys.task(job, tid), keys.executions(job, tid))]]
 
 
 def _lua(name: str) -> str:
