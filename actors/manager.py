@@ -19,7 +19,7 @@ from taskherd.errors import InvalidInput
 from taskherd.intake import Intake
 from taskherd.jobs import write_summary
 from taskherd.nsq.messages import TaskRef
-from taskherd.specs import InvalidSpec, check_runnable, normalize_spec
+from taskherd.specs import InvalidSpec, check_admitted, check_runnable, normalize_spec
 from taskherd.states import WAITING_STATES, TaskState
 from taskherd.supervisor import Supervised
 
@@ -138,6 +138,8 @@ class Manager(Supervised, pykka.ThreadingActor):
 
     def _register(self, kind: str, task_type: str, spec: dict[str, Any], replace: bool, check: bool) -> str:
         spec = normalize_spec(kind, task_type, spec)
+        settings = self.intake.settings  # [security] is not skipped by check=false
+        check_admitted(spec, settings.security, settings.auth.on)
         if check:  # the python child of a worker looks in its working directory first (`python -m`)
             check_runnable(spec, import_path=(os.getcwd(),))
         status = self.intake.store.register(kind, task_type, spec, replace)

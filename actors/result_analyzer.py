@@ -35,7 +35,7 @@ from taskherd.metrics import ANALYZER_BATCH, ARCHIVED, TASKS
 from taskherd.nsq.feed import Feed, FeedDelivery
 from taskherd.nsq.messages import TaskRef, decode
 from taskherd.runners import Runner
-from taskherd.specs import runner_spec
+from taskherd.specs import check_admitted, runner_spec
 from taskherd.states import TaskState
 from taskherd.store.archive import ArchivedTask
 from taskherd.supervisor import Supervised
@@ -192,6 +192,7 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         if spec is None:
             return Verdict(TaskState.SUCCEEDED, record=result)
         try:
+            check_admitted(spec, self.ctx.settings.security, self.ctx.settings.auth.on)  # [security] may have narrowed
             outcome = self.runner.run(runner_spec(spec), _analyzer_input(task, result),
                                       float(spec.get("timeout_s") or self.ctx.settings.manager.analyzer_timeout_s))
         except TaskherdError as exc:

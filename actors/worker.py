@@ -30,7 +30,7 @@ from taskherd.nsq.feed import Feed, FeedDelivery
 from taskherd.nsq.messages import TaskRef, decode
 from taskherd.retries import retry_delay_ms
 from taskherd.runners import Outcome, Runner, Started
-from taskherd.specs import InvalidSpec, Runnable, runnable, spec_from_text
+from taskherd.specs import InvalidSpec, NotAllowed, Runnable, runnable, spec_from_text
 from taskherd.store.state_store import Lease
 from taskherd.supervisor import Supervised
 
@@ -200,16 +200,19 @@ class Worker(Supervised, pykka.ThreadingActor):
     def _start(self, lease: Lease, runnable: Runnable) -> Started[Outcome] | Started[str]:
         if runnable is None:
             return Started(lambda: f"no executor registered for task type {lease.type!r}")
+        if isinstance(runnable, NotAllowed):  # [security] narrowed since it was registered: nothing starts
+            return Started(lambda: f"executor spec for {lease.type!r} is refused by [security]: {runnable}")
         if isinstance(runnable, InvalidSpec):
             return Started(lambda: f"executor spec for {lease.type!r} is unusable: {runnable}")
         return self.runner.start(runnable, json.loads(lease.payload), lease.timeout_s)
 
     def _spec(self, raw: str | None) -> tuple[dict[str, Any] | None, Runnable]:
-        """The executor spec as stored and what runs it, worked out once per distinct stored text: a
-        replaced executor is new text, so there is no cache to invalidate."""
+        """The executor spec as stored and what runs it (or why not: unusable, or not admitted by
+        `[security]`), worked out once per distinct stored text: a replaced executor is new text, and
+        `[security]` changes only with a restart, so there is no cache to invalidate."""
         if raw not in self._specs:
             spec = spec_from_text(raw)
-            self._specs[raw] = (spec, runnable(spec))
+            self._specs[raw] = (spec, runnable(spec, self.ctx.settings.security, self.ctx.settings.auth.on))
         return self._specs[raw]
 
     def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None,

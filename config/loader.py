@@ -5,14 +5,16 @@ The only boundary where untrusted configuration enters: past `load`, settings ar
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from taskherd.config.settings import DROPPED, RENAMED, Settings
+from taskherd.config.settings import DROPPED, RENAMED, AuthSettings, Settings, TokenSettings
 from taskherd.errors import ConfigError
 
 log = logging.getLogger("taskherd.config")
@@ -43,7 +45,52 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Settings:
     try:
         return Settings.model_validate(_lists_to_tuples(data))
     except ValidationError as exc:
-        raise ConfigError([f"{source}: {_key_path(e['loc'])}: {_describe(dict(e))}" for e in exc.errors()]) from None
+        raise ConfigError([f"{source}: {_key_path(e['loc'])}: {_describe(dict(e), _secret(e['loc']))}"
+                           for e in exc.errors()]) from None
+
+
+_TOKEN_LIST = TypeAdapter(tuple[TokenSettings, ...])
+
+
+def tokens(auth: AuthSettings) -> tuple[TokenSettings, ...]:
+    """Every API token: `[auth].tokens` and those of `[auth].tokens_file`, read now (a Secret mounted
+    as a file); raises ConfigError naming the file and key of each problem, never a token's value."""
+    if not auth.tokens_file:
+        return auth.tokens
+    path = Path(auth.tokens_file)
+    data = _read_tokens_file(path)
+    entries = data.get("tokens") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ConfigError([f"{path}: tokens: expected a list of {{name, sha256, scopes}} (TOML: tokens = [...]; "
+                           f"JSON: a list or {{\"tokens\": [...]}})"])
+    if not entries:
+        raise ConfigError([f"{path}: tokens: empty; [auth].tokens_file must hold at least one token"])
+    try:
+        found = _TOKEN_LIST.validate_python(_lists_to_tuples(entries))
+    except ValidationError as exc:
+        raise ConfigError([f"{path}: tokens.{'.'.join(str(p) for p in e['loc'])}: {_describe(dict(e), hidden=True)}"
+                           for e in exc.errors()]) from None
+    try:
+        return AuthSettings(tokens=auth.tokens + found).tokens
+    except ValidationError as exc:
+        raise ConfigError([f"{path} with [auth].tokens: {_describe(dict(e), hidden=True)}" for e in exc.errors()]) from None
+
+
+def _read_tokens_file(path: Path) -> object:
+    if path.suffix == ".json":
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"{path}: [auth].tokens_file: {exc.strerror or exc}"]) from None
+        except ValueError as exc:  # the message quotes no content, only where it broke
+            raise ConfigError([f"{path}: not valid JSON at line {getattr(exc, 'lineno', '?')}"]) from None
+    return _read_toml(path, hide=True)
+
+
+def _secret(loc: tuple[object, ...]) -> bool:
+    """Whether a bad value must not be echoed: a password, or anything of [auth] but the file's path."""
+    parts = [str(p) for p in loc]
+    return "password" in parts or (bool(parts) and parts[0] == "auth" and parts[-1] != "tokens_file")
 
 
 def _migrate(data: dict[str, Any], source: str) -> list[str]:
@@ -73,18 +120,21 @@ def _migrate(data: dict[str, Any], source: str) -> list[str]:
     return notes
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, hide: bool = False) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        if hide:  # tomllib's message quotes no content, but say only where, to be sure
+            where = re.search(r"\(at line \d+, column \d+\)", str(exc))
+            raise ConfigError([f"{path}: not valid TOML {where.group(0) if where else ''}".rstrip()]) from None
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except IsADirectoryError:
         raise ConfigError([f"{path}: is a directory, not a TOML file"]) from None
     except PermissionError:
         raise ConfigError([f"{path}: permission denied"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not valid TOML: not UTF-8 text"]) from None
 
@@ -107,8 +157,11 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return f"[{parts[0]}]." + ".".join(parts[1:])
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], hidden: bool = False) -> str:
+    """What is wrong; with `hidden` (a secret's place), without the value given."""
     kind, given = err["type"], err.get("input")
+    if hidden:
+        return _describe_hidden(kind, err)
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
@@ -123,6 +176,18 @@ def _describe(err: dict[str, Any]) -> str:
     if kind.endswith("_type") or kind.endswith("_parsing"):
         return f"wrong type: expected {_expected(kind)}, got {type(given).__name__} {given!r}"
     return f"{err['msg']} (got {given!r})"
+
+
+def _describe_hidden(kind: str, err: dict[str, Any]) -> str:
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing"
+    if kind == "string_pattern_mismatch":
+        return f"expected a value matching {(err.get('ctx') or {}).get('pattern')} (the value is not shown)"
+    if kind.endswith("_type"):
+        return f"wrong type: expected {_expected(kind)}, got {type(err.get('input')).__name__} (not shown)"
+    return f"{err['msg']} (the value is not shown)"
 
 
 def _expected(kind: str) -> str:

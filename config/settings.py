@@ -7,7 +7,10 @@ default (a misspelt `max_attemps` would otherwise retry forever at the default).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RENAMED = {("manager", "default_max_attempts"): ("retry", "max_attempts"),
            ("manager", "retry_backoff_base_s"): ("retry", "backoff_base_s"),
@@ -116,6 +119,90 @@ class WorkerSettings(_Section):
     (an executor may return its payload and more)."""
 
 
+Scope = Literal["read", "submit", "admin"]
+SCOPES: tuple[str, ...] = ("read", "submit", "admin")
+"""read: every GET; submit: submit, cancel and retry tasks and jobs; admin: register or replace executors
+and analyzers, teardown. A token holds each scope it lists; none implies another."""
+
+
+class TokenSettings(_Section):
+    """One API token, as its name and the hex sha256 of its secret: the secret itself is never stored."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: tuple[Scope, ...] = Field(min_length=1)
+
+
+class AuthSettings(_Section):
+    """Who may call the API. No tokens (inline or from `tokens_file`): the API is open, and says so."""
+
+    tokens: tuple[TokenSettings, ...] = ()
+    tokens_file: str = ""
+    """A TOML (`tokens = [...]`) or JSON (a list, or `{"tokens": [...]}`) file of more tokens, e.g. a
+    mounted Kubernetes Secret; read by the pod that serves the API when it starts (a relative path is
+    from its working directory). Setting it turns auth on, and a file with no token is an error."""
+
+    @property
+    def on(self) -> bool:
+        """Whether requests need a token; decided by the config alone, so worker pods (which never
+        read `tokens_file`) apply the allowlists exactly as the manager does."""
+        return bool(self.tokens or self.tokens_file)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthSettings:
+        names = [t.name for t in self.tokens]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"token name(s) {', '.join(twice)} appear more than once")
+        if len({t.sha256 for t in self.tokens}) < len(self.tokens):
+            raise ValueError("two tokens have the same sha256 (one secret, two names)")
+        return self
+
+
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\.?$")
+
+
+class SecuritySettings(_Section):
+    """What executors and analyzers may run (`taskherd.specs.admission`), checked when one is registered
+    (403) and again when a worker leases a task of it. An empty list admits everything while auth is off
+    and nothing of that kind while it is on."""
+
+    exe_allow: tuple[str, ...] = ()
+    """Globs over an exe's resolved argv[0] (an absolute path): `*` and `?` stay within one path
+    segment, `**` crosses them (`/opt/tools/*`, `/usr/bin/python3*`, `/opt/**`)."""
+    http_allow: tuple[str, ...] = ()
+    """URL prefixes (`https://api.example.com/hooks/`), matched against the URL with any user:password@
+    dropped; a prefix that does not end in `/`, `:`, `?`, `#`, `=` or `&` matches only up to a `/`, `?`,
+    `#` or the end, so `https://a.example` admits neither `https://a.example.evil.net` nor
+    `https://a.example:8443`."""
+    python_allow: tuple[str, ...] = ()
+    """Module prefixes: `mypkg` admits `mypkg` and `mypkg.anything`, not `mypkg2`."""
+
+    @field_validator("exe_allow")
+    @classmethod
+    def _absolute(cls, globs: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [g for g in globs if not g.startswith("/")]
+        if bad:
+            raise ValueError("expected absolute path globs (argv[0] is matched once resolved)")
+        return globs
+
+    @field_validator("http_allow")
+    @classmethod
+    def _urls(cls, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in prefixes if not re.match(r"^https?://[^/?#@]+", p)]
+        if bad:
+            raise ValueError("expected http:// or https:// URL prefixes with a host")
+        return prefixes
+
+    @field_validator("python_allow")
+    @classmethod
+    def _modules(cls, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in prefixes if not _MODULE.match(p)]
+        if bad:
+            raise ValueError("expected dotted module names (mypkg, mypkg.tasks)")
+        return prefixes
+
+
 class RegistrySettings(_Section):
     heartbeat_s: float = Field(1.0, gt=0)
     node_ttl_s: float = Field(2.0, gt=0)
@@ -151,3 +238,5 @@ class Settings(_Section):
     supervisor: SupervisorSettings = SupervisorSettings()
     log: LogSettings = LogSettings()
     local: LocalSettings = LocalSettings()
+    auth: AuthSettings = AuthSettings()
+    security: SecuritySettings = SecuritySettings()

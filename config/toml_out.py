@@ -22,6 +22,8 @@ def _value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table: an [auth] token
+        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items() if x is not None) + " }"
     if isinstance(v, str):
         return json.dumps(v)  # a JSON string is a valid TOML basic string
     return repr(v)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json as _json
+import os
 import select
 import threading
 import time
@@ -88,11 +89,20 @@ Transport = Callable[[str, str, "bytes | None"], "tuple[int, bytes]"]
 """(method, path with query, JSON body or None) -> (HTTP status, body): how a Client reaches the API."""
 
 
+TOKEN_ENV = "TASKHERD_TOKEN"
+"""Where a Client (and the CLI) finds its API token when none is given."""
+
+
 class Client:
-    def __init__(self, base_url: str, timeout: float = 60.0, transport: Transport | None = None) -> None:
-        """`transport` replaces the HTTP connection (a test's stand-in API)."""
+    def __init__(self, base_url: str, timeout: float = 60.0, transport: Transport | None = None,
+                 token: str | None = None) -> None:
+        """`transport` replaces the HTTP connection (a test's stand-in API).
+        `token`: the API's bearer token (`[auth]`), else $TASKHERD_TOKEN, else none ("" forces none)."""
         self.base_url = base_url.rstrip("/")
-        self._http = _Connections(self.base_url, timeout)
+        token = os.environ.get(TOKEN_ENV) if token is None else token
+        if token and not all("!" <= c <= "~" for c in token):  # never echoed: it is a secret
+            raise ValueError("token: holds a space, a control or a non-ASCII character, which a bearer token cannot")
+        self._http = _Connections(self.base_url, timeout, token or None)
         self._send: Transport = transport or self._http.request
 
     def __enter__(self) -> Client:
@@ -236,7 +246,8 @@ class _Connections:
     A request is never sent twice: a connection the server has closed while idle (uvicorn closes
     them after 5 s) is seen before it is used, and a new one is made instead."""
 
-    def __init__(self, base_url: str, timeout: float) -> None:
+    def __init__(self, base_url: str, timeout: float, token: str | None = None) -> None:
+        self._headers = {"Accept": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"API URL: expected http://host:port or https://host:port, got {base_url!r}")
@@ -249,7 +260,7 @@ class _Connections:
 
     def request(self, method: str, target: str, body: bytes | None) -> tuple[int, bytes]:
         conn = self._conn()
-        headers = {"Accept": "application/json"}
+        headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:

@@ -29,6 +29,7 @@ from taskherd.actors.timeout_watcher import TimeoutWatcher
 from taskherd.actors.worker import Worker
 from taskherd.api import build_app
 from taskherd.api.probes import Checks, probe_app
+from taskherd.config.loader import tokens
 from taskherd.config.settings import Settings
 from taskherd.errors import StoreError
 from taskherd.intake import Intake
@@ -51,6 +52,8 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
                                      api=(settings.api.host, settings.api.port) if role != "worker" else None,
                                      probes=(w.http_host, w.http_port) if role == "worker" else None)
     configure_logging(settings.log, role, node.id)
+    level, line = _security_line(settings, role)  # the first line: whether this pod's API is open
+    log.log(level, "pod %s starting (role %s): %s", node.id, role, line)
     ctx = _context(settings, role, node, stop)
     if ctx is None:
         return 0
@@ -68,6 +71,21 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
     pykka.ActorRegistry.stop_all(timeout=30)
     log.info("pod %s stopped%s", ctx.node_id, " after escalation" if escalated.is_set() else "")
     return 1 if escalated.is_set() else 0
+
+
+def _security_line(settings: Settings, role: str) -> tuple[int, str]:
+    """(log level, what guards this pod): the API's tokens (read now: a bad tokens_file stops the
+    pod here) and what [security] lets executors and analyzers run."""
+    auth, sec = settings.auth, settings.security
+    lists = "; ".join(f"{kind}_allow " + (str(list(allow)) if allow else "admits nothing" if auth.on else "admits anything")
+                      for kind, allow in (("exe", sec.exe_allow), ("http", sec.http_allow), ("python", sec.python_allow)))
+    if role == "worker":
+        return logging.INFO, f"auth {'on' if auth.on else 'off'}; [security] {lists}"
+    names = [t.name for t in tokens(auth)]
+    if names:
+        return logging.INFO, f"API auth on, {len(names)} token(s): {', '.join(names)}; [security] {lists}"
+    return logging.WARNING, (f"API auth OFF: no [auth] tokens, so anyone who reaches {settings.api.host}:"
+                             f"{settings.api.port} may register executors and run them; [security] {lists}")
 
 
 def _set_all(*events: threading.Event) -> None:

@@ -7,6 +7,8 @@ becomes a `RunnerSpec`; a `RunnerSpec` that exists is valid, so the runners neve
 other fields (time-out, attempts, `retry_on`, description) are defaults and policy for its tasks.
 
 Names users give (task types, jobs) are checked here too (`check_name`), since a spec is keyed by one.
+What `[security]` admits is decided here too (`admission`): by the Manager when a spec is registered,
+and by the worker when it leases a task, so a spec stored before a list was narrowed never runs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from taskherd.config.settings import SecuritySettings
 from taskherd.errors import ExecutorError, InvalidInput
 
 Kind = Literal["python", "exe", "http"]
@@ -48,6 +51,11 @@ class InvalidSpec(ExecutorError):
         super().__init__("\n".join(prefix + p for p in problems))
         self.problems = problems
         self.data = data
+
+
+class NotAllowed(InvalidSpec):
+    """A valid spec whose target `[security]` does not admit (403 at registration; at lease time its
+    task fails with this error and no executor starts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,11 +319,89 @@ Runnable = RunnerSpec | InvalidSpec | None
 """What runs a task type: None when no spec is registered, the error when the stored spec is unusable."""
 
 
-def runnable(spec: Mapping[str, Any] | None) -> Runnable:
-    """What runs a stored spec, or why it cannot run (never raises)."""
+def runnable(spec: Mapping[str, Any] | None, security: SecuritySettings | None = None,
+             auth_on: bool = False) -> Runnable:
+    """What runs a stored spec, or why it cannot run (never raises); with `security`, a target it does
+    not admit is a NotAllowed."""
     if spec is None:
         return None
     try:
-        return runner_spec(spec)
+        runner = runner_spec(spec)
+        if security is not None:
+            check_admitted(spec, security, auth_on)
     except InvalidSpec as exc:
         return exc
+    return runner
+
+
+def check_admitted(spec: Mapping[str, Any], security: SecuritySettings, auth_on: bool) -> None:
+    """Raise NotAllowed, naming `target` and the list, when `[security]` does not admit the spec's target."""
+    why = admission(runner_spec(spec), security, auth_on)
+    if why:
+        raise NotAllowed([f"target: {why}"], dict(spec))
+
+
+def admission(runner: RunnerSpec, security: SecuritySettings, auth_on: bool) -> str | None:
+    """Why `[security]` refuses this target, or None when it admits it. An empty list admits every
+    target of its kind while auth is off, and none while auth is on (secure by default)."""
+    allow: tuple[str, ...] = getattr(security, f"{runner.kind}_allow")
+    key = f"[security].{runner.kind}_allow"
+    if not allow:
+        return None if not auth_on else f"{runner.kind} targets are refused: {key} is empty while auth is on " \
+                                        f"(an operator lists what may run there)"
+    shown = f"{key} = {list(allow)}"
+    if runner.kind == "exe" and isinstance(runner.target, tuple):
+        program = resolve_program(runner.target[0], runner.cwd, dict(runner.env).get("PATH"))
+        if program is None:
+            return f"{runner.target[0]!r} is not found on PATH here, so it cannot be matched against {shown}; " \
+                   f"give its absolute path"
+        return None if any(_glob(g).fullmatch(program) for g in allow) else f"{program!r} is not admitted by {shown}"
+    if runner.kind == "http" and isinstance(runner.target, str):
+        url = canonical_url(runner.target)
+        return None if any(_url_has_prefix(url, p) for p in allow) else f"{url!r} is not admitted by {shown}"
+    module = str(runner.target).partition(":")[0]
+    return None if any(_module_has_prefix(module, p) for p in allow) else f"module {module!r} is not admitted by {shown}"
+
+
+def resolve_program(program: str, cwd: str | None, path: str | None) -> str | None:
+    """argv[0] as the exe runner finds it: on PATH (the spec's own, else this process's) when it has no
+    slash, else against `cwd`; normalized (`..` removed), symlinks left as they are. None: not found."""
+    if "/" not in program:
+        found = shutil.which(program, path=path or os.environ.get("PATH", os.defpath))
+        return os.path.abspath(found) if found else None
+    return os.path.normpath(os.path.join(cwd or os.getcwd(), program))
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """`*` and `?` within one path segment, `**` across segments; everything else literal."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        out.append({"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i])))
+        i += 1
+    return re.compile("".join(out))
+
+
+def canonical_url(url: str) -> str:
+    """The URL as matched against `http_allow`: scheme and host lower-cased, any user:password@ and
+    fragment dropped (the request goes to the host, whatever precedes an @)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port is not None else ""
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path}{query}"
+
+
+def _url_has_prefix(url: str, prefix: str) -> bool:
+    if not url.startswith(prefix):
+        return False
+    rest = url[len(prefix):]
+    return prefix[-1] in "/:?#=&" or not rest or rest[0] in "/?#"
+
+
+def _module_has_prefix(module: str, prefix: str) -> bool:
+    return module.startswith(prefix) if prefix.endswith(".") else module == prefix or module.startswith(prefix + ".")

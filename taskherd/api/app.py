@@ -7,7 +7,8 @@ its thread pool, where blocking on Redis or on an actor's answer is harmless.
 
 Routes live one module per resource in `routes/`; what they share (the pod, lookups that 404) in
 `deps.py`; the one error shape in `errors.py`; bodies in `models.py`; size limit and metrics in
-`middleware.py`. Every error answers `{"errors": [{"field", "message", "service"}]}`.
+`middleware.py`; who may call what (bearer tokens, scopes) in `auth.py`. Every error answers
+`{"errors": [{"field", "message", "service"}]}`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from fastapi import FastAPI
 
 from taskherd import __version__
 from taskherd.actors.context import PodContext
+from taskherd.api import auth
 from taskherd.api import models as m
 from taskherd.api.deps import Pod
 from taskherd.api.errors import install_error_handlers
 from taskherd.api.middleware import BodyLimit, Metrics
 from taskherd.api.routes import jobs, ops, specs, tasks
+from taskherd.config.loader import tokens
 from taskherd.intake import Intake
 
 SPEC_BODY_LIMIT = 1 << 20
@@ -47,5 +50,6 @@ def build_app(ctx: PodContext, intake: Intake, manager: Callable[[], pykka.Actor
     api = ctx.settings.api
     task_limit = api.max_batch * (api.max_payload_bytes + TASK_OVERHEAD_BYTES)
     app.add_middleware(BodyLimit, limit_for=lambda path: task_limit if path == "/tasks" else SPEC_BODY_LIMIT)
+    auth.install(app, auth.Tokens(tokens(ctx.settings.auth)))  # outside BodyLimit: a 401 reads no body
     app.add_middleware(Metrics)
     return app

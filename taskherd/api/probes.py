@@ -19,12 +19,13 @@ Checks = Mapping[str, Callable[[], Any]]
 """Service name -> a call that raises, or returns False, when the service does not answer."""
 
 
-def readiness(checks: Checks) -> JSONResponse:
+def readiness(checks: Checks, **extra: Any) -> JSONResponse:
+    """200 or 503 with each check's answer; `extra` keys are added to either (the API's `auth`)."""
     results = {name: _probe(fn) for name, fn in checks.items()}
     down = [error_item(None, f"{name}: {why}", name) for name, why in results.items() if why != "ok"]
     if down:
-        return error_response(503, down, checks=results)
-    return JSONResponse({"ok": True, "checks": results})
+        return error_response(503, down, checks=results, **extra)
+    return JSONResponse({"ok": True, "checks": results, **extra})
 
 
 def metrics_response() -> Response:

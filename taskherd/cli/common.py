@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from taskherd.client import Client
+from taskherd.client import TOKEN_ENV, Client
 from taskherd.config import Settings, load
 from taskherd.errors import TaskherdError
 
@@ -36,6 +37,7 @@ def command(sub: Any, name: str, handler: Command, help_: str) -> argparse.Argum
     parser.set_defaults(handler=handler)
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--api", metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--token", metavar="TOKEN", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -44,15 +46,21 @@ def settings(args: argparse.Namespace) -> Settings:
 
 
 def client(args: argparse.Namespace) -> Client:
+    """The API's client: at --api, else at the config's [api]; with --token, else $TASKHERD_TOKEN."""
+    given = getattr(args, "token", None)
+    token = os.environ.get(TOKEN_ENV) if given is None else given
+    if token is not None and not all("!" <= c <= "~" for c in token):  # named, never shown: a secret
+        where = "--token" if given is not None else f"${TOKEN_ENV}"
+        raise UsageError(f"{where}: holds a space, a control or a non-ASCII character, which a bearer token cannot")
     if args.api:
         url = args.api if "://" in args.api else f"http://{args.api}"  # `--api host:port` means http
         try:
-            return Client(url)
+            return Client(url, token=token)
         except ValueError as exc:
             raise UsageError(f"--api {args.api}: {exc}") from None
     api = settings(args).api
     host = "127.0.0.1" if api.host in ("0.0.0.0", "::", "") else api.host
-    return Client(f"http://{host}:{api.port}")
+    return Client(f"http://{host}:{api.port}", token=token)
 
 
 def print_json(value: Any) -> None:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from taskherd.cli.common import command, group, print_json, settings
-from taskherd.config.loader import check
+from taskherd.config.loader import check, tokens
 from taskherd.errors import ConfigError
 
 
@@ -23,7 +23,8 @@ def add_commands(sub: Any) -> None:
 def cmd_config_check(args: argparse.Namespace) -> int:
     """'ok' and exit 0 for a usable file (deprecated keys are listed as warnings on stderr)."""
     try:
-        _, deprecated = check(args.file)
+        checked, deprecated = check(args.file)
+        tokens(checked.auth)  # [auth].tokens_file too: what the manager pod reads at start
     except (OSError, ValueError) as exc:  # anything the loader did not already name (e.g. a NUL in the path)
         raise ConfigError([f"{args.file}: cannot read: {exc}"]) from None
     for line in deprecated:
@@ -50,4 +51,6 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table: an [auth] token
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(value, ensure_ascii=False)

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _fail([str(exc)], 2)
     except ClientError as exc:
-        return _fail(exc.describe().splitlines(), 1)
+        hint = " (pass --token or set TASKHERD_TOKEN)" if exc.status == 401 else ""
+        return _fail((exc.describe() + hint).splitlines(), 1)
     except TaskherdError as exc:  # a service that would not start, a store that refused: said, not traced
         return _fail(str(exc).splitlines(), 1)
     except KeyboardInterrupt:
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskherd", description="A distributed task system over NSQ, Redis and MySQL.")
     p.add_argument("--config", metavar="FILE", help="TOML configuration (built-in defaults when omitted)")
     p.add_argument("--api", metavar="URL", help="API base URL (default: http://{api.host}:{api.port} of the config)")
+    p.add_argument("--token", metavar="TOKEN", help="the API's bearer token (default: $TASKHERD_TOKEN, which is "
+                                                    "safer: a command line is visible to other users)")
     p.set_defaults(handler=None, group=None)
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
     for commands in (config, cluster, specs, tasks, jobs):

@@ -30,8 +30,9 @@ def healthz() -> dict[str, bool]:
 
 @router.get("/readyz")
 def readyz(pod: PodDep) -> JSONResponse:
-    """Readiness: Redis, MySQL, nsqd and the Manager actor all answer; 503 names what does not."""
-    return readiness(_probes(pod))
+    """Readiness: Redis, MySQL, nsqd and the Manager actor all answer; 503 names what does not. `auth`
+    says whether this API wants tokens ("on") or is open to anyone who reaches it ("off")."""
+    return readiness(_probes(pod), auth="on" if pod.ctx.settings.auth.on else "off")
 
 
 @router.get("/metrics", response_class=Response)
