@@ -88,6 +88,13 @@ class ManagerSettings(_Section):
     analyzer_timeout_s: float = Field(60.0, gt=0)
     watcher_interval_s: float = Field(1.0, gt=0)
     republish_after_s: float = Field(10.0, gt=0)
+    max_open_tasks: int = Field(1_000_000, ge=0)
+    """Open tasks (pending, running, retry, analyzing) in all jobs together past which a submit is
+    refused with 429 (0: no bound). Protects Redis memory: about 0.6 KB per open task, so the default
+    holds under 1 GB. Children an analyzer adds are never refused and may pass it."""
+    max_open_tasks_per_job: int = Field(0, ge=0)
+    """The same bound for one job (0: none, so one job may fill the herd). Set it when producers share
+    the herd, so one job cannot crowd out the others."""
     retain_done_s: float = Field(3600.0, ge=0)
     """How long a done job's runtime state stays in Redis (its status, a long-poll's answer) before the
     watcher removes it; its summary and tasks stay readable from MySQL through the same endpoints."""

@@ -33,6 +33,17 @@ class InvalidTask(InvalidInput):
     """A submitted task (or an analyzer's child) is unusable."""
 
 
+class HerdFull(TaskherdError):
+    """A submission would pass a bound on open tasks (`[manager].max_open_tasks` or
+    `max_open_tasks_per_job`) and was refused whole: nothing of it was created. The API answers 429
+    with Retry-After; the client and the CLI wait and send it again."""
+
+    def __init__(self, setting: str, bound: int, where: str, open_: int, asked: int) -> None:
+        super().__init__(f"the herd is full: this submit would pass [manager].{setting} = {bound} "
+                         f"({where} {open_} open, {asked} asked); retry when open work has drained")
+        self.setting, self.bound, self.open, self.asked = setting, bound, open_, asked
+
+
 class ServiceError(TaskherdError):
     """A backing service (nsqd, nsqlookupd, redis-server, mariadbd) is missing or would not start."""
 

@@ -17,13 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskherd import metrics
 from taskherd.config.settings import Settings
-from taskherd.errors import InvalidInput, InvalidTask, QueueError
+from taskherd.errors import HerdFull, InvalidInput, InvalidTask, QueueError
 from taskherd.nsq.messages import TaskRef
 from taskherd.nsq.publisher import Publisher
 from taskherd.specs import check_name
 from taskherd.store.archive import Archive
-from taskherd.store.state_store import NewTask, StaleSpecs, StateStore
+from taskherd.store.state_store import Full, NewTask, StaleSpecs, StateStore
 
 log = logging.getLogger("taskherd.intake")
 
@@ -84,15 +85,33 @@ class Intake:
         self._specs: tuple[str, dict[str, dict[str, Any]]] = ("", {})
         """(specs version, executor specs by type) as last read; an empty version is never trusted."""
 
-    def submit(self, subs: list[Submission], where: str = "tasks") -> list[Accepted]:
-        """Accept a batch all or nothing: any invalid task raises InvalidTask before anything is written."""
+    def submit(self, subs: list[Submission], where: str = "tasks", bounded: bool = False) -> list[Accepted]:
+        """Accept a batch all or nothing: any invalid task raises InvalidTask before anything is written.
+        `bounded` (a user's submission; an analyzer's children are accepted work and never refused):
+        a batch whose new tasks would pass `[manager].max_open_tasks` or `max_open_tasks_per_job`
+        raises HerdFull, creating nothing."""
         version, tasks = self._prepare(subs, where, fresh=False)
         known = self._known(tasks)
+        m = self.settings.manager
+        bounds = (m.max_open_tasks_per_job, m.max_open_tasks) if bounded else (0, 0)
         try:
-            return self._create(tasks, dict(known), version)
-        except StaleSpecs:  # a spec changed since we read them: read again, as an uncached submit does
-            _, tasks = self._prepare(subs, where, fresh=True)
-            return self._create(tasks, known, None)
+            try:
+                return self._create(tasks, dict(known), version, bounds)
+            except StaleSpecs:  # a spec changed since we read them: read again, as an uncached submit does
+                _, tasks = self._prepare(subs, where, fresh=True)
+                return self._create(tasks, known, None, bounds)
+        except Full as full:
+            raise self._full(full) from None
+
+    def _full(self, full: Full) -> InvalidTask | HerdFull:
+        m = self.settings.manager
+        setting, bound, where = (("max_open_tasks_per_job", m.max_open_tasks_per_job, f"job {full.job} has")
+                                 if full.scope == "job" else ("max_open_tasks", m.max_open_tasks, "all jobs have"))
+        if full.asked > bound:  # it could never fit: waiting would not help
+            return InvalidTask("tasks", f"{full.asked} new tasks can never fit under [manager].{setting} = {bound}; "
+                                       f"submit at most {bound} at a time")
+        metrics.SUBMITS_REFUSED.labels(setting).inc()
+        return HerdFull(setting, bound, where, full.open, full.asked)
 
     def retry(self, ids: list[str]) -> list[Accepted]:
         """Requeue dead letters (archived failed or cancelled tasks) under their own ids, fresh attempts,
@@ -110,11 +129,14 @@ class Intake:
                  for t in self._prepare(subs, "tasks", True)[1]]
         return [Accepted(a.id, "retried" if a.status == "created" else a.status) for a in self._create(tasks, {}, None)]
 
-    def _create(self, tasks: list[NewTask], statuses: dict[str, str], specs_version: str | None) -> list[Accepted]:
+    def _create(self, tasks: list[NewTask], statuses: dict[str, str], specs_version: str | None,
+                bounds: tuple[int, int] = (0, 0)) -> list[Accepted]:
         """Create what is new; an id named twice in one batch (an analyzer's two links to one page) is
         created once, and its later copies answer as a resubmission would: exists or conflict. The
         first job's script checks the specs version (raising StaleSpecs before anything is created);
-        a spec changed between two jobs' scripts is the same race as one changed just after a read."""
+        a spec changed between two jobs' scripts is the same race as one changed just after a read.
+        `bounds` (raising Full before anything is created): a batch of one job is counted and created
+        by one script; a batch of several jobs is checked first, then created unchecked."""
         first: dict[str, NewTask] = {}
         for t in tasks:
             first.setdefault(t.id, t)
@@ -122,8 +144,11 @@ class Intake:
         for t in first.values():
             if t.id not in statuses:
                 by_job.setdefault(t.job, []).append(t)
+        if len(by_job) > 1 and any(bounds):
+            self.store.check_bounds(by_job, bounds)
+            bounds = (0, 0)
         for job, group in by_job.items():
-            statuses.update(zip([t.id for t in group], self.store.submit(job, group, specs_version)))
+            statuses.update(zip([t.id for t in group], self.store.submit(job, group, specs_version, bounds)))
             specs_version = None
         self.ring([TaskRef(t.job, t.id, t.type).encode() for t in first.values() if statuses[t.id] == "created"])
         return [Accepted(t.id, statuses[t.id] if t is first[t.id] else _again(first[t.id], t)) for t in tasks]

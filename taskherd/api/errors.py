@@ -21,10 +21,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from taskherd.api.models import SHAPE_TAGS
-from taskherd.errors import InvalidInput, QueueError, StoreError
+from taskherd.errors import HerdFull, InvalidInput, QueueError, StoreError
 from taskherd.specs import InvalidSpec, NotAllowed
 
 log = logging.getLogger("taskherd.api")
+
+RETRY_AFTER_S = 1
+"""What a 429 (the herd is full) asks a producer to wait, in whole seconds as Retry-After has them;
+clients add jitter, so producers refused together do not come back together."""
 
 
 class ApiError(Exception):
@@ -69,6 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StoreError, lambda _r, e: _unavailable(
         "mysql" if str(e).startswith("mysql") else "redis", e))
     app.add_exception_handler(QueueError, lambda _r, e: _unavailable("nsqd", e))
+    app.add_exception_handler(HerdFull, lambda _r, e: _full(e))
     app.add_exception_handler(Exception, _internal_error)
 
 
@@ -79,6 +84,13 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
         message = "not valid JSON: the body could not be decoded (is it UTF-8 text?)"
     return error_response(exc.status_code, [error_item("body" if exc.status_code in (400, 413) else None, message)])
+
+
+def _full(exc: Exception) -> JSONResponse:
+    """429 with Retry-After (also in the body, `retry_after_s`, for clients that read only bodies)."""
+    response = error_response(429, [error_item(None, str(exc))], retry_after_s=RETRY_AFTER_S)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def _unavailable(service: str, exc: Exception) -> JSONResponse:

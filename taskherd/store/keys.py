@@ -65,6 +65,11 @@ TASK_INDEX = f"{PREFIX}:task-index"
 """Hash task id -> job for live tasks, so `GET /tasks/{id}` finds a task without its job.
 Entries are removed at archive, so it too is bounded by live work."""
 
+OPEN_TASKS = f"{PREFIX}:open-tasks"
+"""Integer: live tasks (pending, running, retry, analyzing) in all jobs, for `[manager].max_open_tasks`.
+`submit.lua` adds what it creates, `retire.lua` takes out what it retires, `forget.lua` what a
+teardown deletes; moves between live states leave it alone."""
+
 
 def executor(task_type: str) -> str:
     return f"{PREFIX}:executor:{task_type}"

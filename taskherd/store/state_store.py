@@ -30,6 +30,16 @@ class StaleSpecs(TaskherdError):
     """`submit` refused a batch prepared under executor specs that have changed since."""
 
 
+class Full(TaskherdError):
+    """`submit` refused a batch whose new tasks would pass a bound on open tasks, creating nothing:
+    `scope` 'job' (the bound on `job`) or 'all' (on all jobs together), the tasks `open` there, and
+    the new tasks `asked`."""
+
+    def __init__(self, scope: str, job: str, open_: int, asked: int) -> None:
+        super().__init__(f"{scope}: {open_} open, {asked} asked")
+        self.scope, self.job, self.open, self.asked = scope, job, open_, asked
+
+
 @dataclass(frozen=True, slots=True)
 class NewTask:
     """A validated task, ready to be created."""
@@ -92,7 +102,7 @@ class StateStore:
         self.members = Membership(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "retire", "register",
-                          "cancel", "claim", "summarized", "settle", "expire")}
+                          "cancel", "claim", "summarized", "settle", "expire", "forget")}
         self._local = threading.local()
 
     def ping(self) -> bool:
@@ -147,23 +157,58 @@ class StateStore:
         return []
 
     # --- submit -------------------------------------------------------------------------------------
-    def submit(self, job: str, tasks: list[NewTask], specs_version: str | None = None) -> list[str]:
+    def submit(self, job: str, tasks: list[NewTask], specs_version: str | None = None,
+               bounds: tuple[int, int] = (0, 0)) -> list[str]:
         """'created' | 'exists' | 'conflict' (an id another live job owns) | 'cancelled' per task, in
         order; one round trip. With `specs_version`, raises StaleSpecs (creating nothing) if the
-        executor specs have changed since that version was read (`executor_specs`)."""
+        executor specs have changed since that version was read (`executor_specs`). `bounds` (open
+        tasks of the job, of all jobs; 0: none): raises Full, creating nothing, if the batch's new
+        tasks would pass one; the count and the create are one script."""
         if not tasks:
             return []
-        args: list[Any] = [job, specs_version or ""]
+        args: list[Any] = [job, specs_version or "", *bounds]
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives, t.round,
                      t.history]
         out, _ = self._pipelined([("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX,
-                                              keys.JOBS, keys.SPECS_VERSION, *[keys.task(job, t.id) for t in tasks]], args)],
+                                              keys.JOBS, keys.SPECS_VERSION, *_open_keys(job),
+                                              *[keys.task(job, t.id) for t in tasks]], args)],
                                  # open again if it was done: out of the done set, where expire.lua checks it anyway
                                  ("ZREM", keys.JOBS_DONE, job))
         if out == ["stale"]:
             raise StaleSpecs(f"executor specs changed since version {specs_version!r} was read")
+        if out and out[0] == "full":
+            raise Full(str(out[1]), job, int(out[2]), int(out[3]))
         return [str(x) for x in out]
+
+    def check_bounds(self, groups: dict[str, list[NewTask]], bounds: tuple[int, int]) -> None:
+        """Raise Full if the new tasks of a batch spanning several jobs (by job) would pass a bound;
+        one round trip, read only. The creates that follow go unchecked, so the batch is never
+        created in part; a concurrent batch admitted in between may pass the bound by its size."""
+        per_job, everywhere = bounds
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.OPEN_TASKS)
+        for job, tasks in groups.items():
+            for k in (keys.by_state(job, TaskState.PENDING), *_open_keys(job)[:3]):
+                pipe.zcard(k)
+            pipe.hmget(keys.TASK_INDEX, [t.id for t in tasks])
+            for t in tasks:
+                pipe.exists(keys.task(job, t.id))
+        replies = iter(pipe.execute())
+        total, asked_all = int(next(replies) or 0), 0
+        for job, tasks in groups.items():
+            open_ = sum(next(replies) for _ in range(4))
+            owners, exist = next(replies), [next(replies) for _ in tasks]
+            asked = sum(1 for owner, there in zip(owners, exist) if owner in (None, job) and not there)
+            if per_job and open_ + asked > per_job:
+                raise Full("job", job, open_, asked)
+            asked_all += asked
+        if everywhere and total + asked_all > everywhere:
+            raise Full("all", "", total, asked_all)
+
+    def open_tasks(self) -> int:
+        """Live tasks of all jobs, as counted for `[manager].max_open_tasks`."""
+        return int(self.redis.get(keys.OPEN_TASKS) or 0)
 
     # --- worker transitions -------------------------------------------------------------------------
     def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int,
@@ -259,7 +304,8 @@ class StateStore:
         from Redis and count it into its final state: 'ok', or 'skip' (not awaiting analysis: a
         duplicate); and whether the job just finished. One round trip for the batch."""
         args = [keys.task(job, ""), keys.executions(job, ""), *[x for pair in done for x in pair]]
-        out, _ = self._pipelined([("retire", [keys.job_meta(job), *[keys.by_state(job, s) for s in LIVE_STATES]], args)],
+        out, _ = self._pipelined([("retire", [keys.job_meta(job), *[keys.by_state(job, s) for s in LIVE_STATES],
+                                             keys.OPEN_TASKS], args)],
                                  ("HDEL", keys.TASK_INDEX, *[task_id for task_id, _ in done]))
         return out[:-1], out[-1] == "done"
 
@@ -402,6 +448,7 @@ class StateStore:
         of it is per task), never by scanning the keyspace: a small job's teardown costs the same
         beside a million unrelated keys."""
         ids = self._live_ids(job)
+        self._run("forget", [keys.OPEN_TASKS, *[keys.by_state(job, s) for s in LIVE_STATES]], [])
         for batch in _chunks(iter(self._job_keys(job, ids)), 500):
             self.redis.delete(*batch)
         for batch in _chunks(iter(ids), 500):
@@ -442,6 +489,13 @@ class StateStore:
     def _job_keys(job: str, ids: list[str]) -> list[str]:
         return [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES],
                 *[k for tid in ids for k in (keys.task(job, tid), keys.executions(job, tid))]]
+
+
+def _open_keys(job: str) -> list[str]:
+    """submit.lua's keys for counting open tasks: the job's running, retry and analyzing sets (its
+    pending set is passed anyway), and the count of all jobs'."""
+    return [keys.by_state(job, TaskState.RUNNING), keys.by_state(job, TaskState.RETRY),
+            keys.by_state(job, TaskState.ANALYZING), keys.OPEN_TASKS]
 
 
 def _lua(name: str) -> str:

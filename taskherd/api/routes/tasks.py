@@ -17,18 +17,24 @@ from taskherd.states import DEAD_STATES, WAITING_STATES, TaskState
 
 router = APIRouter(tags=["tasks"])
 
+FULL: dict[int | str, dict[str, Any]] = {429: {"model": m.ErrorBody, "headers": {"Retry-After": {
+    "description": "Seconds to wait before sending the same submission again", "schema": {"type": "integer"}}},
+    "description": "The herd is full: the submission would pass [manager].max_open_tasks or "
+                   "max_open_tasks_per_job. Nothing of it was created; send it again after Retry-After."}}
 
-@router.post("/tasks", response_model=m.Accepted | m.BatchAccepted, status_code=201)
+
+@router.post("/tasks", response_model=m.Accepted | m.BatchAccepted, status_code=201, responses=FULL)
 def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Response) -> Any:
     """Submit one task or `{"tasks": [...]}`. 201 if any was created, else 200; one conflicting
-    task is a 409, while a batch reports conflicts per task. A batch is accepted all or nothing."""
+    task is a 409, while a batch reports conflicts per task. A batch is accepted all or nothing:
+    one that would pass a bound on open tasks is a 429 with Retry-After, creating nothing."""
     batch = isinstance(body, m.TaskBatch)
     tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
     _check_batch(tasks, pod.ctx.settings.api.max_batch)
     subs = [Submission(type=t.type, job=t.job, payload=t.payload, id=t.id, timeout_s=t.timeout_s,
                        max_attempts=t.max_attempts) for t in tasks]
     try:
-        accepted = pod.intake.submit(subs)
+        accepted = pod.intake.submit(subs, bounded=True)
     except InvalidTask as exc:
         raise ApiError(422, task_field(exc.field, batch), exc.problem) from None
     statuses = [a.status for a in accepted]

@@ -1,13 +1,15 @@
 -- analyzing -> gone from Redis, for a batch of one job's tasks whose MySQL rows are already committed.
 -- Counts each out of its job (after any children were counted in) and marks the job done exactly once,
 -- when nothing is open.
--- KEYS[1] meta, KEYS[2] pending, KEYS[3] running, KEYS[4] retry, KEYS[5] analyzing
+-- KEYS[1] meta, KEYS[2] pending, KEYS[3] running, KEYS[4] retry, KEYS[5] analyzing, KEYS[6] open tasks of
+-- all jobs (a counter: what is retired leaves it; never below 0, so a counter that started after
+-- tasks were live under-counts until they drain, and never blocks submits for ever)
 -- ARGV[1] task key prefix, ARGV[2] executions key prefix, then (id, final state) pairs; the task and
 -- executions keys carry the job's hash tag, like KEYS.
 -- Returns 'ok' or 'skip' (not awaiting analysis: a duplicate) per task, then 'done' or 'open'.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local out = {}
+local out, retired = {}, 0
 for i = 3, #ARGV, 2 do
   local id, task = ARGV[i], ARGV[1] .. ARGV[i]
   if redis.call('HGET', task, 'state') ~= 'analyzing' then
@@ -17,7 +19,12 @@ for i = 3, #ARGV, 2 do
     redis.call('ZREM', KEYS[5], id)
     redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1)
     out[#out + 1] = 'ok'
+    retired = retired + 1
   end
+end
+if retired > 0 then
+  local left = tonumber(redis.call('GET', KEYS[6]) or '0') - retired
+  redis.call('SET', KEYS[6], math.max(0, left))
 end
 local open = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
   + redis.call('ZCARD', KEYS[5])

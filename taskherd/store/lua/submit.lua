@@ -2,23 +2,43 @@
 -- Task ids are global: the first job to claim an id in the task index owns it while the task is
 -- live, and any other job's task of that id is a conflict.
 -- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3] task index, KEYS[4] set of jobs,
--- KEYS[5] specs version, KEYS[6..] task hashes (one per task, in ARGV order)
+-- KEYS[5] specs version, KEYS[6..8] running, retry, analyzing zsets, KEYS[9] open tasks of all jobs
+-- (a counter), KEYS[10..] task hashes (one per task, in ARGV order)
 -- ARGV[1] job, ARGV[2] the specs version the batch was prepared under ('' to skip the check: it
--- answers {'stale'}, creating nothing, when a spec has changed since); then 10 per task: id, type,
+-- answers {'stale'}, creating nothing, when a spec has changed since), ARGV[3] and ARGV[4] the bounds
+-- on open tasks of the job and of all jobs (0: none; a batch whose new tasks would pass one answers
+-- {'full', 'job' or 'all', open, new tasks asked}, creating nothing); then 10 per task: id, type,
 -- payload, digest, max_attempts, timeout_s, parent, revives (the final state of an archived task
 -- being retried, counted out of that state as it returns, and not into the total again), round (the
 -- retry round; '0', a first submission, is not stored), history (JSON list of the earlier rounds' executions)
 if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'stale'} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local FIRST = 10
 local created, counted, out = 0, 0, {}
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  for i = 6, #KEYS do out[#out + 1] = 'cancelled' end
+  for i = FIRST, #KEYS do out[#out + 1] = 'cancelled' end
   return out
 end
+local per_job, all = tonumber(ARGV[3]), tonumber(ARGV[4])
+if per_job > 0 or all > 0 then
+  local asked = #KEYS - FIRST + 1
+  local open = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7])
+    + redis.call('ZCARD', KEYS[8])
+  local everywhere = tonumber(redis.call('GET', KEYS[9]) or '0')
+  if (per_job > 0 and open + asked > per_job) or (all > 0 and everywhere + asked > all) then
+    asked = 0  -- count only what would be created: a resubmission fits where it was
+    for i = FIRST, #KEYS do
+      local owner = redis.call('HGET', KEYS[3], ARGV[5 + (i - FIRST) * 10])
+      if (not owner or owner == ARGV[1]) and redis.call('EXISTS', KEYS[i]) == 0 then asked = asked + 1 end
+    end
+    if per_job > 0 and open + asked > per_job then return {'full', 'job', open, asked} end
+    if all > 0 and everywhere + asked > all then return {'full', 'all', everywhere, asked} end
+  end
+end
 redis.call('SADD', KEYS[4], ARGV[1])
-for i = 6, #KEYS do
-  local a = 2 + (i - 6) * 10
+for i = FIRST, #KEYS do
+  local a = 4 + (i - FIRST) * 10
   local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
   local owner = redis.call('HGET', KEYS[3], id)
   if not owner then redis.call('HSET', KEYS[3], id, ARGV[1]) end
@@ -47,6 +67,7 @@ for i = 6, #KEYS do
 end
 if created > 0 then
   redis.call('HINCRBY', KEYS[1], 'total', counted)
+  redis.call('INCRBY', KEYS[9], created)
   redis.call('HSETNX', KEYS[1], 'created', now)
   if redis.call('HGET', KEYS[1], 'done') == '1' then
     redis.call('HSET', KEYS[1], 'done', 0)
