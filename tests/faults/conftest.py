@@ -2,7 +2,8 @@
 
 - `case` (function): names the case, collects its figures and its own violations, and at teardown
   adds its row to the table (also for a failed case) and kills any executor process it leaked.
-- `make_cluster` (function): `make_cluster(hooked=False, workers=2)` starts the manager and worker pods
+- `make_cluster` (function): `make_cluster(hooked=False, workers=2, auth=None)` (auth None: on when
+  TASKHERD_FAULTS_AUTH=1) starts the manager and worker pods
   on the session's services, emptied first (`clean`); stops them at teardown.
 
 The table is printed by `pytest_terminal_summary` and written to `tests/faults/last_run.md` (an artifact
@@ -128,9 +129,11 @@ def _label(request: pytest.FixtureRequest) -> str:
 def make_cluster(case: Case, clean: Services, tmp_path: Path) -> Iterator[Callable[..., FaultCluster]]:
     clusters: list[FaultCluster] = []
 
-    def make(*, hooked: bool = False, workers: int = 2, slots: int = 2) -> FaultCluster:
-        cluster = FaultCluster(clean, tmp_path, hooked=hooked, slots=slots)
+    def make(*, hooked: bool = False, workers: int = 2, slots: int = 2, auth: bool | None = None) -> FaultCluster:
+        cluster = FaultCluster(clean, tmp_path, hooked=hooked, slots=slots, auth=auth)
         clusters.append(cluster)
+        if cluster.auth:
+            case.notes.append("auth on")
         return cluster.start(workers)
 
     yield make

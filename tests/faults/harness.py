@@ -5,13 +5,19 @@
 each pod runs under `tests.faults.podhook`, so a test can make one of its actors crash.
 `JobRun` submits a job, marks when its fault started and healed, and waits for the job with
 deadlines, noting the first task archived after the heal.
+
+With `auth=True` (or TASKHERD_FAULTS_AUTH=1 for every case) the pods require a bearer token (one token
+with every scope, `FAULTS_TOKEN`, which the cluster's client sends) and admit only this suite's
+executors through `[security]`: the fault matrix must hold as it does with an open API.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,12 +39,22 @@ from tests.helpers import Services, wait_until
 REPO = Path(__file__).resolve().parents[2]
 FUNCS = "tests.faults.funcs"
 EXE_TASK = str(Path(__file__).with_name("exe_task.py"))
+FAULTS_TOKEN = f"faults-{secrets.token_hex(16)}"
+"""The API token of a cluster with auth on (this session's own)."""
+AUTH_ENV = "TASKHERD_FAULTS_AUTH"
+"""Set to 1 to run every case with auth on."""
 
 
-def fault_settings(base: Settings, slots: int = 2) -> Settings:
+def fault_settings(base: Settings, slots: int = 2, auth: bool = False) -> Settings:
     """The e2e test timings (seconds, not minutes, to recover), plus a 5 s NSQ message time-out so a
-    dead consumer's unacknowledged messages come back within the case, and a 2 s drain grace."""
+    dead consumer's unacknowledged messages come back within the case, and a 2 s drain grace. With
+    `auth`, a token with every scope and allowlists admitting exactly this suite's executors."""
     data = base.model_dump()
+    if auth:
+        data["auth"] = {"tokens": [{"name": "faults", "sha256": hashlib.sha256(FAULTS_TOKEN.encode()).hexdigest(),
+                                    "scopes": ["read", "submit", "admin"]}]}
+        data["security"] = {"python_allow": ["tests.faults"], "exe_allow": [sys.executable],
+                            "http_allow": ["http://127.0.0.1:"]}
     data["manager"].update(watcher_interval_s=0.5, republish_after_s=3.0)
     data.setdefault("retry", {}).update(backoff_base_s=0.2, backoff_max_s=1.0)
     data["worker"].update(slots=slots, lease_renew_s=0.5, lease_ttl_s=3.0, drain_grace_s=2.0)
@@ -120,13 +136,16 @@ class FaultPod(Pod):
 
 
 class FaultCluster:
-    def __init__(self, services: Services, tmp: Path, *, hooked: bool = False, slots: int = 2) -> None:
+    def __init__(self, services: Services, tmp: Path, *, hooked: bool = False, slots: int = 2,
+                 auth: bool | None = None) -> None:
         self.services, self.tmp, self.hooked = services, tmp, hooked
-        self.settings = fault_settings(services.settings, slots)
+        self.auth = os.environ.get(AUTH_ENV) == "1" if auth is None else auth
+        self.settings = fault_settings(services.settings, slots, self.auth)
         self.config = tmp / "pods.toml"
         self.config.write_text(dumps(self.settings))
         self.log = PodLog(tmp / "pods.log")
-        self.client = Client(f"http://{self.settings.api.host}:{self.settings.api.port}", timeout=10)
+        self.client = Client(f"http://{self.settings.api.host}:{self.settings.api.port}", timeout=10,
+                             token=FAULTS_TOKEN if self.auth else "")
         self.pods: list[FaultPod] = []
 
     def start(self, workers: int = 2) -> FaultCluster:

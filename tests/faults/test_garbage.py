@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 
 from taskherd.config.settings import DEADLETTER_HEADROOM
-from tests.faults.harness import nsq_read
+from tests.faults.harness import FAULTS_TOKEN, nsq_read
 from tests.helpers import nsqd_post, topic_depth, wait_until
 
 N = 200
@@ -56,8 +56,8 @@ def _raw_post(api: str, path: str, headers: str, body: bytes) -> int:
         return int(sock.recv(4096).split(b" ", 2)[1])
 
 
-def _api_garbage(api: str, job: str) -> dict[str, int]:
-    """Bad requests of every kind; returns the status each got."""
+def _api_garbage(api: str, job: str, token: str | None = None) -> dict[str, int]:
+    """Bad requests of every kind (with `token`, past auth to the validators); returns the status each got."""
     j = {"content-type": "application/json"}
     task = {"type": "work", "job": job, "payload": {}}
     requests = {
@@ -76,7 +76,7 @@ def _api_garbage(api: str, job: str) -> dict[str, int]:
         "unknown route": ("DELETE", "/tasks", j, b""),
     }
     out = {}
-    with httpx.Client(base_url=api, timeout=30) as http:
+    with httpx.Client(base_url=api, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {}) as http:
         for name, (method, path, headers, body) in requests.items():
             out[name] = wait_until(lambda: http.request(method, path, headers=headers, content=body).status_code,
                                    timeout=30, ignore=(httpx.TransportError,), message=f"the API answers {name}")
@@ -95,7 +95,7 @@ def test_11_garbage_on_topics_and_api(make_cluster, case):
 
     # When garbage lands on both NSQ topics and bad requests hit the API
     run.fault()
-    answers = _api_garbage(cluster.client.base_url, run.job)
+    answers = _api_garbage(cluster.client.base_url, run.job, FAULTS_TOKEN if cluster.auth else None)
     published = _publish_garbage(settings)
     run.healed()
 

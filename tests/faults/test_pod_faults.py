@@ -98,8 +98,9 @@ def test_02_worker_sigterm_drains(make_cluster, case):
 
 
 def test_07_manager_sigkill_restart(make_cluster, case):
-    # Given a job of 200 short tasks
-    cluster = make_cluster()
+    # Given a job of 200 short tasks, on pods with auth on (the matrix must hold with it: the new
+    # manager reads the same tokens, and the client's token goes on working)
+    cluster = make_cluster(auth=True)
     run = case.start(cluster)
     run.submit(run.healthy(N))
     run.wait_archived(0.3)
