@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any, cast
 
 from taskherd.cli.common import UsageError, client, command, group, parse_json, printing, read_text, settings
@@ -23,6 +25,8 @@ def add_commands(sub: Any) -> None:
     payload.add_argument("--file", metavar="FILE", help="tasks as JSON lines, one task object per line")
     s.add_argument("--timeout-s", type=float)
     s.add_argument("--max-attempts", type=int)
+    s.add_argument("--submit-deadline", type=float, default=300.0, metavar="S",
+                   help="while the herd is full (429), send a request again for up to S seconds (default 300)")
 
     tasks = group(sub, "task", "look at tasks")
     command(tasks, "show", printing(lambda api, args: api.task(args.id)), "print a task as JSON").add_argument("id")
@@ -39,38 +43,49 @@ def add_commands(sub: Any) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     with client(args) as api:
+        api.submit_deadline = args.submit_deadline
         if args.file:
-            answers = _submit_file(api, args, settings(args).api.max_batch)
+            tally = _submit_file(api, args, settings(args).api.max_batch)
         else:
-            answers = [cast(dict[str, Any], api.submit(_one_task(args)))]
-    _print_answers(answers)
-    conflicts = sum(a["status"] == "conflict" for a in answers)
-    return 1 if conflicts else 0
+            tally = _print_answers([cast(dict[str, Any], api.submit(_one_task(args)))])
+    if sum(tally.values()) > 1:
+        _print_tally(tally)
+    return 1 if tally["conflict"] else 0
 
 
-def _print_answers(answers: list[dict[str, Any]]) -> None:
+def _print_answers(answers: list[dict[str, Any]], tally: Counter[str] | None = None) -> Counter[str]:
+    """Print `ID STATUS` per answer, as they come; returns the tally of statuses (added to `tally`)."""
+    tally = Counter({"created": 0, "conflict": 0}) if tally is None else tally
     for a in answers:
         print(f"{a['id']} {a['status']}")
-    conflicts = sum(a["status"] == "conflict" for a in answers)
-    if len(answers) > 1:
-        created = sum(a["status"] == "created" for a in answers)
-        print(f"{created} created, {len(answers) - created - conflicts} exist, {conflicts} conflict",
-              file=sys.stderr)
+        tally[a["status"]] += 1
+    sys.stdout.flush()
+    return tally
 
 
-def _submit_file(api: Client, args: argparse.Namespace, chunk: int) -> list[dict[str, Any]]:
-    """Submit the file `chunk` tasks at a time (each chunk all or nothing); an error names the file's
-    line (`tasks.jsonl:3: type: ...`), not the task's place in the request (`tasks.1.type`)."""
-    tasks, lines = _tasks_from_file(args)
-    answers: list[dict[str, Any]] = []
-    for start in range(0, len(tasks), chunk):
+def _print_tally(tally: Counter[str]) -> None:
+    created, conflicts = tally["created"], tally["conflict"]
+    print(f"{created} created, {sum(tally.values()) - created - conflicts} exist, {conflicts} conflict",
+          file=sys.stderr)
+
+
+def _submit_file(api: Client, args: argparse.Namespace, chunk: int) -> Counter[str]:
+    """Stream the file `chunk` tasks at a time (each chunk all or nothing, read only as the one before
+    is accepted: a full herd slows the reading down), printing each chunk's answers as they come; an
+    error names the file's line (`tasks.jsonl:3: type: ...`), not the task's place in the request."""
+    tally: Counter[str] = Counter({"created": 0, "conflict": 0})
+    sent = False
+    for tasks, lines in _chunks_of_file(args, chunk):
         try:
-            answers += cast(list[dict[str, Any]], api.submit(tasks[start:start + chunk], chunk=chunk))
+            _print_answers(cast(list[dict[str, Any]], api.submit(tasks, chunk=chunk)), tally)
         except ClientError as exc:
-            if answers:  # what earlier chunks submitted stays submitted: say so before the error
-                _print_answers(answers)
-            raise _at_lines(exc, args.file, lines[start:start + chunk]) from None
-    return answers
+            if sent:  # what earlier chunks submitted stays submitted: they were shown, sum them up
+                _print_tally(tally)
+            raise _at_lines(exc, args.file, lines) from None
+        sent = True
+    if not sent:
+        raise UsageError(f"{args.file}: no tasks in the file")
+    return tally
 
 
 def _at_lines(exc: ClientError, path: str, lines: list[int]) -> ClientError:
@@ -100,12 +115,13 @@ def _one_task(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in task.items() if v is not None}
 
 
-def _tasks_from_file(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[int]]:
-    """The file's tasks, and the line each is on."""
+def _chunks_of_file(args: argparse.Namespace, chunk: int) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:
+    """The file's tasks `chunk` at a time, each with the lines they are on, read as they are asked for."""
     defaults = {k: v for k, v in (("job", args.job), ("type", args.type), ("timeout_s", args.timeout_s),
                                   ("max_attempts", args.max_attempts)) if v is not None}
-    tasks, lines = [], []
-    for n, line in enumerate(read_text(args.file, "--file").splitlines(), 1):
+    tasks: list[dict[str, Any]] = []
+    lines: list[int] = []
+    for n, line in enumerate(_lines(args.file), 1):
         if not line.strip():
             continue
         task = parse_json(line, f"{args.file}:{n}")
@@ -113,9 +129,23 @@ def _tasks_from_file(args: argparse.Namespace) -> tuple[list[dict[str, Any]], li
             raise UsageError(f"{args.file}:{n}: expected a JSON object per line")
         tasks.append({**defaults, **task})
         lines.append(n)
-    if not tasks:
-        raise UsageError(f"{args.file}: no tasks in the file")
-    return tasks, lines
+        if len(tasks) == chunk:
+            yield tasks, lines
+            tasks, lines = [], []
+    if tasks:
+        yield tasks, lines
+
+
+def _lines(path: str) -> Iterator[str]:
+    """The lines of `path` (`-`: stdin), read as they are asked for."""
+    if path == "-":
+        yield from sys.stdin
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--file {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def cmd_task_list(args: argparse.Namespace) -> int:
