@@ -13,7 +13,11 @@ import httpx
 from taskherd.client import Client
 from taskherd.config.toml_out import dumps
 from tests.helpers import wait_until
-from tests.integration.test_pod import Pods, pods  # noqa: F401 - the fixture
+from tests.integration import test_pod
+from tests.integration.test_pod import Pods
+
+pods = test_pod.pods
+"""test_pod's fixture: pods on one config file with fast timings, all stopped at the end."""
 
 ADMIN = "tok-admin-31b9e7"
 MARKER_SCRIPT = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('ran'); print('{}')"
