@@ -193,6 +193,12 @@ class Client:
         params = {"wait_s": f"{min(wait_s, 60.0):g}"} if wait_s > 0 else None
         return self._request("GET", f"/jobs/{_seg(job)}", params=params)
 
+    def jobs(self, state: str = "open", limit: int = 100, cursor: str | None = None
+             ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of jobs (`open` or `done`) with their statuses, and the next cursor (None on the last)."""
+        page = self._request("GET", "/jobs", params={"state": state, "limit": limit, **({"cursor": cursor} if cursor else {})})
+        return page["jobs"], page["next_cursor"]
+
     def job_tasks(self, job: str, state: str, limit: int = 100,
                   cursor: str | None = None) -> tuple[list[str], str | None]:
         """One page of task ids in `state`, and the cursor of the next page (None on the last)."""

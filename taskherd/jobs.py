@@ -38,12 +38,26 @@ class Queries:
         if live is not None:
             return {"job": job, **live}
         row = self.archive.job(job)
-        if row is None:
-            return None
-        counts = dict.fromkeys(LIVE_STATES, 0) | {s: row[s] for s in FINAL_STATES}
-        return {"job": job, "counts": counts, "open": 0, "total": row["total"], "done": True,
-                "created_ms": row["created_ms"], "finished_ms": row["finished_ms"], "fenced": 0,
-                "summarized": True, "torn_down": True}
+        return _archived_job(row) if row is not None else None
+
+    def jobs(self, done: bool, limit: int, cursor: str) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of jobs in name order after `cursor` (a name), and the next cursor: the open ones
+        from Redis, or the done ones from their summaries in MySQL (less any open again since)."""
+        open_names = sorted(self.store.jobs())
+        if not done:
+            page = [name for name in open_names if name > cursor][:limit]
+            statuses = [self.job(name) for name in page]
+            jobs = [s for s in statuses if s is not None]
+        else:
+            jobs, after, reopened = [], cursor, set(open_names)
+            while len(jobs) < limit:
+                rows = self.archive.jobs_after(after, limit)
+                jobs += [_archived_job(r) for r in rows if r["job"] not in reopened][:limit - len(jobs)]
+                if len(rows) < limit:
+                    break
+                after = rows[-1]["job"]
+            page = [j["job"] for j in jobs]
+        return jobs, (page[-1] if len(page) == limit else None)
 
     def job_tasks(self, job: str, state: str, limit: int, cursor: str) -> tuple[list[str], str | None]:
         """A page of task ids in one state; the cursor is opaque to callers."""
@@ -57,6 +71,14 @@ class Queries:
     def archived_ids(self, job: str | None, state: str, cursor: str, limit: int) -> list[str]:
         """Ids of archived tasks in a final state, of one job or of all, after `cursor` (an id)."""
         return self.archive.task_ids(job, state, cursor or "", limit)
+
+
+def _archived_job(row: dict[str, Any]) -> dict[str, Any]:
+    """A job's status from its summary in MySQL (its runtime state has left Redis)."""
+    counts = dict.fromkeys(LIVE_STATES, 0) | {s: row[s] for s in FINAL_STATES}
+    return {"job": row["job"], "counts": counts, "open": 0, "total": row["total"], "done": True,
+            "created_ms": row["created_ms"], "finished_ms": row["finished_ms"], "fenced": 0,
+            "summarized": True, "torn_down": True}
 
 
 def write_summary(store: StateStore, archive: Archive, job: str) -> dict[str, Any] | None:

@@ -26,6 +26,19 @@ class FinalState(StrEnum):
     CANCELLED = TaskState.CANCELLED.value
 
 
+class JobsState(StrEnum):
+    """Which jobs `GET /jobs` lists: open (tasks not all archived) or done (summarized in MySQL)."""
+
+    OPEN = "open"
+    DONE = "done"
+
+
+class JobPage(BaseModel):
+    state: JobsState
+    jobs: list[dict[str, Any]] = Field(description="Each job's status, as `GET /jobs/{job}` answers it.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -13,6 +13,9 @@ from taskherd.states import FINAL_STATES, TaskState
 
 def add_commands(sub: Any) -> None:
     jobs = group(sub, "job", "follow and tear down jobs")
+    ls = command(jobs, "list", cmd_job_list, "list open jobs (or --state done) with their progress")
+    ls.add_argument("--state", choices=("open", "done"), default="open")
+    ls.add_argument("--limit", type=int, default=1000, metavar="N")
     command(jobs, "status", printing(lambda api, args: api.job(args.job)), "print a job's counts as JSON") \
         .add_argument("job")
     w = command(jobs, "wait", cmd_job_wait, "progress bar until done: exit 0, 1 with failed tasks, 3 on timeout")
@@ -24,6 +27,26 @@ def add_commands(sub: Any) -> None:
     t.add_argument("job")
     t.add_argument("--cancel", action="store_true",
                    help="if the job is open, cancel it first and wait (up to 30 s) for its tasks to be killed and archived")
+
+
+def cmd_job_list(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    with client(args) as api:
+        cursor: str | None = None
+        while len(rows) < args.limit:
+            page, cursor = api.jobs(args.state, min(1000, args.limit - len(rows)), cursor)
+            rows += page
+            if cursor is None:
+                break
+    if not rows:
+        print(f"no {args.state} jobs", file=sys.stderr)
+        return 0
+    width = max(len("JOB"), *(len(r["job"]) for r in rows))
+    print(f"{'JOB':<{width}}  {'DONE/TOTAL':>12}  {'FAILED':>7}  {'OPEN':>7}")
+    for r in rows:
+        done, total = progress(r)
+        print(f"{r['job']:<{width}}  {f'{done}/{total}':>12}  {r['counts'].get(TaskState.FAILED, 0):>7}  {r['open']:>7}")
+    return 0
 
 
 def cmd_job_wait(args: argparse.Namespace) -> int:

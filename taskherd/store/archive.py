@@ -251,6 +251,14 @@ class Archive:
             "REPLACE INTO jobs (job, total, succeeded, failed, cancelled, created_ms, finished_ms) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s)", row))
 
+    def jobs_after(self, after: str, limit: int) -> list[dict[str, Any]]:
+        """Summaries of done jobs whose names sort after `after`, in name order."""
+        def read(cur: Any) -> list[dict[str, Any]]:
+            cur.execute("SELECT * FROM jobs WHERE job > %s ORDER BY job LIMIT %s", (after, limit))
+            return _rows(cur)
+
+        return self._execute(read)
+
     def job(self, job: str) -> dict[str, Any] | None:
         def read(cur: Any) -> dict[str, Any] | None:
             cur.execute("SELECT * FROM jobs WHERE job = %s", (job,))

@@ -27,6 +27,15 @@ TEARDOWN_WAIT_S = 30.0
 router = APIRouter(tags=["jobs"])
 
 
+@router.get("/jobs", response_model=m.JobPage)
+def list_jobs(pod: PodDep, state: m.JobsState = m.JobsState.OPEN,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str = "") -> m.JobPage:
+    """A page of jobs in name order, each with its status: `open` ones (tasks not all archived, from
+    Redis) or `done` ones (from their summaries in MySQL); pass `next_cursor` back for the next page."""
+    jobs, next_cursor = pod.queries.jobs(state == m.JobsState.DONE, limit, cursor)
+    return m.JobPage(state=state, jobs=jobs, next_cursor=next_cursor)
+
+
 @router.get("/jobs/{job}")
 async def get_job(job: str, pod: PodDep,
                   wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0) -> dict[str, Any]:
