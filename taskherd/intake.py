@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from taskherd.nsq.messages import TaskRef
 from taskherd.nsq.publisher import Publisher
 from taskherd.specs import check_name
 from taskherd.store.archive import Archive
-from taskherd.store.state_store import Full, NewTask, StaleSpecs, StateStore
+from taskherd.store.state_store import Full, NewTask, Recheck, StaleSpecs, StateStore
 
 log = logging.getLogger("taskherd.intake")
 
@@ -91,17 +92,30 @@ class Intake:
         a batch whose new tasks would pass `[manager].max_open_tasks` or `max_open_tasks_per_job`
         raises HerdFull, creating nothing."""
         version, tasks = self._prepare(subs, where, fresh=False)
+        checked_ms = int(time.time() * 1000)
         known = self._known(tasks)
         m = self.settings.manager
         bounds = (m.max_open_tasks_per_job, m.max_open_tasks) if bounded else (0, 0)
         try:
             try:
-                return self._create(tasks, dict(known), version, bounds)
+                return self._create(tasks, dict(known), version, bounds, checked_ms)
             except StaleSpecs:  # a spec changed since we read them: read again, as an uncached submit does
                 _, tasks = self._prepare(subs, where, fresh=True)
-                return self._create(tasks, known, None, bounds)
+                return self._create(tasks, dict(known), None, bounds, checked_ms)
+            except Recheck:  # we stalled between the archive and Redis (a long pause): ask the archive again
+                return self._recheck(tasks, bounds)
         except Full as full:
             raise self._full(full) from None
+
+    def _recheck(self, tasks: list[NewTask], bounds: tuple[int, int]) -> list[Accepted]:
+        checked_ms = int(time.time() * 1000)
+        known = self._known(tasks)
+        try:
+            return self._create(tasks, dict(known), None, bounds, checked_ms)
+        except Recheck:  # fresh, yet too old for Redis: this host's clock is behind Redis's
+            log.warning("this host's clock seems over 5 s behind Redis's; the archive race check is off for "
+                        "this batch (keep clocks in sync with NTP)")
+            return self._create(tasks, known, None, bounds)
 
     def _full(self, full: Full) -> InvalidTask | HerdFull:
         m = self.settings.manager
@@ -130,7 +144,7 @@ class Intake:
         return [Accepted(a.id, "retried" if a.status == "created" else a.status) for a in self._create(tasks, {}, None)]
 
     def _create(self, tasks: list[NewTask], statuses: dict[str, str], specs_version: str | None,
-                bounds: tuple[int, int] = (0, 0)) -> list[Accepted]:
+                bounds: tuple[int, int] = (0, 0), archive_checked_ms: int | None = None) -> list[Accepted]:
         """Create what is new; an id named twice in one batch (an analyzer's two links to one page) is
         created once, and its later copies answer as a resubmission would: exists or conflict. The
         first job's script checks the specs version (raising StaleSpecs before anything is created);
@@ -148,7 +162,8 @@ class Intake:
             self.store.check_bounds(by_job, bounds)
             bounds = (0, 0)
         for job, group in by_job.items():
-            statuses.update(zip([t.id for t in group], self.store.submit(job, group, specs_version, bounds)))
+            statuses.update(zip([t.id for t in group], self.store.submit(job, group, specs_version, bounds,
+                                                                         archive_checked_ms)))
             specs_version = None
         self.ring([TaskRef(t.job, t.id, t.type).encode() for t in first.values() if statuses[t.id] == "created"])
         return [Accepted(t.id, statuses[t.id] if t is first[t.id] else _again(first[t.id], t)) for t in tasks]

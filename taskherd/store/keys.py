@@ -85,6 +85,11 @@ SPECS_VERSION = f"{PREFIX}:specs-version"
 """A fresh token on every spec change: an Intake keeps the specs it read under it, and `submit.lua`
 refuses a batch prepared under another token (the Intake then reads the specs again)."""
 
+TOMBSTONE = f"{PREFIX}:gone:"
+"""Prefix of a retired task's tombstone (`th:gone:ID` -> "META-KEY DIGEST", 10 s): retire.lua leaves it,
+submit.lua reads it, so a resubmit racing the archive of its own task is not run again. Global like
+the task index, and outside any job's keys: it expires on its own, a teardown need not find it."""
+
 NODES = f"{PREFIX}:nodes"
 """Sorted set node id -> expiry (ms); a node is live while its score is in the future."""
 

@@ -26,6 +26,10 @@ from taskherd.store.errors import store_errors
 from taskherd.store.membership import Membership
 
 
+class Recheck(TaskherdError):
+    """`submit` refused a batch whose check of the archive is older than the tombstones that make it safe."""
+
+
 class StaleSpecs(TaskherdError):
     """`submit` refused a batch prepared under executor specs that have changed since."""
 
@@ -158,23 +162,28 @@ class StateStore:
 
     # --- submit -------------------------------------------------------------------------------------
     def submit(self, job: str, tasks: list[NewTask], specs_version: str | None = None,
-               bounds: tuple[int, int] = (0, 0)) -> list[str]:
+               bounds: tuple[int, int] = (0, 0), archive_checked_ms: int | None = None) -> list[str]:
         """'created' | 'exists' | 'conflict' (an id another live job owns) | 'cancelled' per task, in
         order; one round trip. With `specs_version`, raises StaleSpecs (creating nothing) if the
         executor specs have changed since that version was read (`executor_specs`). `bounds` (open
         tasks of the job, of all jobs; 0: none): raises Full, creating nothing, if the batch's new
-        tasks would pass one; the count and the create are one script."""
+        tasks would pass one; the count and the create are one script. `archive_checked_ms` (Unix ms)
+        is when the caller asked MySQL which ids were archived: an id retired since is answered from
+        its tombstone (retire.lua, 10 s), and a check over 5 s old raises Recheck, creating nothing."""
         if not tasks:
             return []
         args: list[Any] = [job, specs_version or "", *bounds]
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives, t.round,
                      t.history]
+        args += [archive_checked_ms if archive_checked_ms is not None else "", keys.TOMBSTONE]
         out, _ = self._pipelined([("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX,
                                               keys.JOBS, keys.SPECS_VERSION, *_open_keys(job),
                                               *[keys.task(job, t.id) for t in tasks]], args)],
                                  # open again if it was done: out of the done set, where expire.lua checks it anyway
                                  ("ZREM", keys.JOBS_DONE, job))
+        if out == ["recheck"]:
+            raise Recheck(f"the archive was checked over 5 s before the create of {job!r}'s batch")
         if out == ["stale"]:
             raise StaleSpecs(f"executor specs changed since version {specs_version!r} was read")
         if out and out[0] == "full":
@@ -303,7 +312,7 @@ class StateStore:
         """Once their rows are in MySQL: for each (task id, final state) of one job, delete the task
         from Redis and count it into its final state: 'ok', or 'skip' (not awaiting analysis: a
         duplicate); and whether the job just finished. One round trip for the batch."""
-        args = [keys.task(job, ""), keys.executions(job, ""), *[x for pair in done for x in pair]]
+        args = [keys.task(job, ""), keys.executions(job, ""), keys.TOMBSTONE, *[x for pair in done for x in pair]]
         out, _ = self._pipelined([("retire", [keys.job_meta(job), *[keys.by_state(job, s) for s in LIVE_STATES],
                                              keys.OPEN_TASKS], args)],
                                  ("HDEL", keys.TASK_INDEX, *[task_id for task_id, _ in done]))

@@ -15,6 +15,12 @@ if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'stale'}
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local FIRST = 10
+-- After the tasks' ARGV: when the caller asked MySQL which ids were archived (Unix ms, '' if it did
+-- not), and the prefix of retire.lua's tombstones. That check must be younger than the tombstones
+-- (10 s), with 5 s to spare for clocks: else {'recheck'}, creating nothing.
+local after = 4 + (#KEYS - FIRST + 1) * 10
+local checked, tombstones = tonumber(ARGV[after + 1] or ''), ARGV[after + 2]
+if checked and now - checked > 5000 then return {'recheck'} end
 local created, counted, out = 0, 0, {}
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   for i = FIRST, #KEYS do out[#out + 1] = 'cancelled' end
@@ -41,13 +47,20 @@ for i = FIRST, #KEYS do
   local a = 4 + (i - FIRST) * 10
   local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
   local owner = redis.call('HGET', KEYS[3], id)
-  if not owner then redis.call('HSET', KEYS[3], id, ARGV[1]) end
   local old = redis.call('HGET', key, 'digest')
+  if not old and ARGV[a + 8] == '' and tombstones then  -- retired a moment ago? (a revival is no resubmit)
+    local gone = redis.call('GET', tombstones .. id)
+    if gone then
+      local meta, gone_digest = string.match(gone, '^(.*) (%x+)$')
+      old = (meta == KEYS[1]) and gone_digest or 'another job'
+    end
+  end
   if owner and owner ~= ARGV[1] then
     out[#out + 1] = 'conflict'
   elseif old then
     out[#out + 1] = (old == digest) and 'exists' or 'conflict'
   else
+    if not owner then redis.call('HSET', KEYS[3], id, ARGV[1]) end
     redis.call('HSET', key, 'id', id, 'job', ARGV[1], 'type', ARGV[a + 2], 'payload', ARGV[a + 3],
       'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
       'state', 'pending', 'attempts', 0, 'created', now)
