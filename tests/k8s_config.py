@@ -1,8 +1,10 @@
 """The taskherd TOML of deploy/k8s/configmap.yaml, verbatim but for the service addresses, which
-are substituted for services running here (loopback, a test's ports, or a namespace host's address).
+are substituted for services running here (loopback, a test's ports, or a namespace host's address),
+and the path the tokens Secret is mounted at.
 
 So what runs in a test is the manifests' own configuration: `nsqd_tcp_address = ""` (nsqd found
-through nsqlookupd), JSON logs, the worker slots and timings the manifests ship."""
+through nsqlookupd), auth on with the Secret's tokens, the allowlists, JSON logs, the worker slots
+and timings the manifests ship."""
 
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ def configmap_toml() -> str:
     return "\n".join(body).rstrip() + "\n"
 
 
-def local_toml(services: Settings) -> str:
-    """The ConfigMap's TOML with every service address replaced by those of `services`; nothing else."""
+def local_toml(services: Settings, tokens_file: Path | None = None) -> str:
+    """The ConfigMap's TOML with every service address replaced by those of `services`, and the
+    tokens file (the mounted Secret) by `tokens_file` when given; nothing else."""
     nsq, redis, mysql, api = services.nsq, services.redis, services.mysql, services.api
     replacements = [
         (r'nsqd_http_addresses = \[.*\]', f'nsqd_http_addresses = ["{nsq.nsqd_http_addresses[0]}"]'),
@@ -39,6 +42,7 @@ def local_toml(services: Settings) -> str:
          rf'\1"{mysql.host}"\nport = {mysql.port}\nuser = "{mysql.user}"\npassword = "{mysql.password}"\n'
          rf'database = "{mysql.database}"'),
         (r'(\[api\]\nhost = )".*"\nport = \d+', rf'\1"{api.host}"\nport = {api.port}'),
+        *([(r'tokens_file = ".*"', f'tokens_file = "{tokens_file}"')] if tokens_file else []),
     ]
     text = configmap_toml()
     for pattern, replacement in replacements:

@@ -1,43 +1,57 @@
 """The Kubernetes ConfigMap's configuration runs: a manager pod and a worker pod reading it (service
-addresses substituted, `nsqd_tcp_address = ""` kept) run a job to done, publishing through an nsqd
-they found through nsqlookupd."""
+addresses substituted, the tokens Secret's path too; `nsqd_tcp_address = ""`, auth and allowlists
+kept) run the demo's crawl with a token, publishing through an nsqd they found through nsqlookupd."""
 
 from __future__ import annotations
 
+import hashlib
 import io
-import sys
 from pathlib import Path
+
+import pytest
 
 from taskherd.client import Client, ClientError
 from taskherd.config import load
+from taskherd.demo import ANALYZER, EXECUTOR, TASK_TYPE, DemoSite
 from taskherd.deploy.local.cluster import Pod, stop_pods
 from tests.helpers import Services, wait_until
 from tests.k8s_config import configmap_toml, local_toml
 
-ECHO = [sys.executable, "-c", "import json,sys; print(json.dumps({'echo': json.load(sys.stdin)}))"]
+TOKEN = "k8s-test-token"
 
 
-def test_the_configmap_keeps_nsqd_discovery_for_everyone() -> None:
-    assert 'nsqd_tcp_address = ""' in configmap_toml()
+def test_the_configmap_keeps_nsqd_discovery_and_auth_for_everyone() -> None:
+    text = configmap_toml()
+    assert 'nsqd_tcp_address = ""' in text and 'tokens_file = "/etc/taskherd-auth/tokens.toml"' in text
 
 
-def test_pods_reading_the_configmap_run_a_job(clean: Services, tmp_path: Path) -> None:
+def test_pods_reading_the_configmap_run_the_demo_crawl(clean: Services, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.toml"
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    tokens.write_text(f'tokens = [{{ name = "t", scopes = ["read", "submit", "admin"], sha256 = "{digest}" }}]\n')
     config = tmp_path / "taskherd.toml"
-    config.write_text(local_toml(clean.settings))
+    config.write_text(local_toml(clean.settings, tokens))
     settings = load(config)
-    assert settings.nsq.nsqd_tcp_address == "" and settings.log.format == "json"
+    assert settings.nsq.nsqd_tcp_address == "" and settings.log.format == "json" and settings.auth.on
     out = io.StringIO()
     pods = [Pod("manager", "manager", config, out), Pod("worker", "worker", config, out)]
     for pod in pods:
         pod.start()
     try:
-        with Client(f"http://{settings.api.host}:{settings.api.port}") as client:
+        url = f"http://{settings.api.host}:{settings.api.port}"
+        with Client(url) as anonymous:
+            wait_until(lambda: anonymous.ready(), timeout=60, ignore=(ClientError,), message="manager ready")
+            with pytest.raises(ClientError) as refused:
+                anonymous.job("crawl")
+            assert refused.value.status == 401
+        with DemoSite(pages=20) as site, Client(url, token=TOKEN) as client:
             wait_until(lambda: client.ready(), timeout=60, ignore=(ClientError,), message="manager ready")
-            client.add_executor("echo", {"kind": "exe", "target": ECHO})
-            client.submit({"tasks": [{"id": f"k8s-{i}", "type": "echo", "job": "k8s", "payload": {"n": i}}
-                                     for i in range(20)]})
-            status = client.wait("k8s", timeout=60)
+            client.add_executor(TASK_TYPE, EXECUTOR)
+            client.add_analyzer(TASK_TYPE, ANALYZER)
+            client.submit({"id": site.root, "type": TASK_TYPE, "job": "crawl",
+                           "payload": {"url": site.root, "base": site.url}})
+            status = client.wait("crawl", timeout=120)
         assert status["done"] and status["counts"]["succeeded"] == 20, status
-        assert "ValueError" not in out.getvalue() and "Traceback" not in out.getvalue(), out.getvalue()[-3000:]
+        assert "Traceback" not in out.getvalue(), out.getvalue()[-3000:]
     finally:
         stop_pods(pods, 10)

@@ -133,12 +133,15 @@ def test_manager_probes_and_metrics_use_the_api_port(settings: Settings) -> None
 
 
 def test_the_manager_init_container_fills_the_password_and_checks_the_config(tmp_path: Path) -> None:
-    # Given the init container's script, pointed at a temp dir instead of its two mounts
+    # Given the init container's script, pointed at a temp dir instead of its three mounts (the
+    # tokens Secret's as examples/tokens-secret.yaml makes it)
     script = block(text("manager.yaml"), r"\s*- \|")
-    template, rendered = tmp_path / "template", tmp_path / "rendered"
-    template.mkdir()
-    rendered.mkdir()
-    (template / "taskherd.toml").write_text(block(text("configmap.yaml"), r"\s*taskherd\.toml: \|"))
+    template, rendered, auth = tmp_path / "template", tmp_path / "rendered", tmp_path / "auth"
+    for folder in (template, rendered, auth):
+        folder.mkdir()
+    (auth / "tokens.toml").write_text(block(text("examples/tokens-secret.yaml"), r"\s*tokens\.toml: \|"))
+    config = block(text("configmap.yaml"), r"\s*taskherd\.toml: \|").replace("/etc/taskherd-auth/", f"{auth}/")
+    (template / "taskherd.toml").write_text(config)
     script = script.replace("/etc/taskherd-template/", f"{template}/").replace("/etc/taskherd/", f"{rendered}/")
     # When it runs with a password that needs escaping in TOML
     password = 'p"a\\ss wörd'
@@ -147,6 +150,7 @@ def test_the_manager_init_container_fills_the_password_and_checks_the_config(tmp
     # Then it exits 0 and the rendered config carries the password exactly
     assert done.returncode == 0, done.stderr
     assert load(rendered / "taskherd.toml").mysql.password == password
+    assert "{ name: tokens, mountPath: /etc/taskherd-auth, readOnly: true }" in text("manager.yaml")
 
 
 def test_worker_grace_period_covers_the_drain_and_its_probes_are_on_its_http_port(settings: Settings) -> None:
