@@ -8,11 +8,17 @@ from typing import Any
 from taskherd.config.settings import Settings
 
 
-def dumps(settings: Settings) -> str:
+def dumps(settings: Settings, unset_as_comments: bool = False) -> str:
+    """TOML that `load` reads back as `settings`; a key with no value is left out, or shown as a
+    comment (`config show`)."""
     lines: list[str] = []
     for section, values in settings.model_dump().items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {_value(v)}" for key, v in values.items() if v is not None]
+        for key, v in values.items():
+            if v is not None:
+                lines.append(f"{key} = {_value(v)}")
+            elif unset_as_comments:
+                lines.append(f"# {key} is not set")
         lines.append("")
     return "\n".join(lines)
 

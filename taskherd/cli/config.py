@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from taskherd.cli.common import command, group, print_json, settings
 from taskherd.config.loader import check, tokens
+from taskherd.config.toml_out import dumps
 from taskherd.errors import ConfigError
 
 
@@ -34,23 +34,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    data = settings(args).model_dump(mode="json")
+    config = settings(args)
     if args.json:
-        print_json(data)
-        return 0
-    for section, values in data.items():
-        print(f"[{section}]")
-        for key, value in values.items():
-            print(f"# {key} is not set" if value is None else f"{key} = {toml_value(value)}")
-        print()
+        print_json(config.model_dump(mode="json"))
+    else:
+        print(dumps(config, unset_as_comments=True))
     return 0
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):  # an inline table: an [auth] token
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value, ensure_ascii=False)
