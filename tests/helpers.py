@@ -6,6 +6,7 @@ message naming what never happened, so a slow machine makes a test slower, not f
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
@@ -160,3 +161,24 @@ class QuietHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def start_pods(config: Path, roles: tuple[str, ...] = ("manager", "worker")) -> tuple[list[Any], io.StringIO]:
+    """One `taskherd run` pod per role on `config` (stop them with deploy.local.cluster.stop_pods),
+    and the buffer their output streams into, each line prefixed with the pod's role."""
+    from taskherd.deploy.local.cluster import Pod
+
+    out = io.StringIO()
+    pods = [Pod(role, role, config, out) for role in roles]
+    for pod in pods:
+        pod.start()
+    return pods, out
+
+
+def write_config(settings: Settings, folder: Path) -> Path:
+    """`settings` as the TOML file pods read."""
+    from taskherd.config.toml_out import dumps
+
+    path = folder / "pods.toml"
+    path.write_text(dumps(settings))
+    return path

@@ -3,7 +3,6 @@ carries its task id, job, execution id, node and role as fields of their own."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import sys
@@ -11,10 +10,9 @@ from pathlib import Path
 
 from taskherd.client import Client, ClientError
 from taskherd.config import from_dict
-from taskherd.config.toml_out import dumps
-from taskherd.deploy.local.cluster import Pod, stop_pods
+from taskherd.deploy.local.cluster import stop_pods
 from taskherd.logs import _Json, task_fields
-from tests.helpers import Services, wait_until
+from tests.helpers import Services, start_pods, wait_until, write_config
 
 ECHO = [sys.executable, "-c", "import json,sys; print(json.dumps(json.load(sys.stdin)))"]
 
@@ -34,12 +32,7 @@ def test_a_worker_pod_logs_json_lines_with_every_task_event_naming_its_task(clea
     data = clean.settings.model_dump()
     data["log"] = {"format": "json", "level": "DEBUG"}
     settings = from_dict(data)
-    config = tmp_path / "pods.toml"
-    config.write_text(dumps(settings))
-    out = io.StringIO()
-    pods = [Pod("manager", "manager", config, out), Pod("worker", "worker", config, out)]
-    for pod in pods:
-        pod.start()
+    pods, out = start_pods(write_config(settings, tmp_path))
     try:
         with Client(f"http://{settings.api.host}:{settings.api.port}") as client:
             wait_until(lambda: client.ready(), timeout=60, ignore=(ClientError,), message="manager ready")

@@ -5,7 +5,6 @@ kept) run the demo's crawl with a token, publishing through an nsqd they found t
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ import pytest
 from taskherd.client import Client, ClientError
 from taskherd.config import load
 from taskherd.demo import ANALYZER, EXECUTOR, TASK_TYPE, DemoSite
-from taskherd.deploy.local.cluster import Pod, stop_pods
-from tests.helpers import Services, wait_until
+from taskherd.deploy.local.cluster import stop_pods
+from tests.helpers import Services, start_pods, wait_until
 from tests.k8s_config import configmap_toml, local_toml
 
 TOKEN = "k8s-test-token"
@@ -33,10 +32,7 @@ def test_pods_reading_the_configmap_run_the_demo_crawl(clean: Services, tmp_path
     config.write_text(local_toml(clean.settings, tokens))
     settings = load(config)
     assert settings.nsq.nsqd_tcp_address == "" and settings.log.format == "json" and settings.auth.on
-    out = io.StringIO()
-    pods = [Pod("manager", "manager", config, out), Pod("worker", "worker", config, out)]
-    for pod in pods:
-        pod.start()
+    pods, out = start_pods(config)
     try:
         url = f"http://{settings.api.host}:{settings.api.port}"
         with Client(url) as anonymous:

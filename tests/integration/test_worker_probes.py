@@ -4,7 +4,6 @@ it, and both recover."""
 
 from __future__ import annotations
 
-import io
 import re
 import sys
 from collections.abc import Iterator
@@ -15,10 +14,9 @@ import pytest
 
 from taskherd.client import Client, ClientError
 from taskherd.config import from_dict
-from taskherd.config.toml_out import dumps
-from taskherd.deploy.local.cluster import Pod, stop_pods
+from taskherd.deploy.local.cluster import stop_pods
 from taskherd.store.state_store import StateStore
-from tests.helpers import Services, wait_until
+from tests.helpers import Services, start_pods, wait_until, write_config
 
 OK = [sys.executable, "-c", "import json,sys; print(json.dumps({'echo': json.load(sys.stdin)}))"]
 FAIL = [sys.executable, "-c", "import sys; sys.stderr.write('broken'); sys.exit(3)"]
@@ -32,12 +30,7 @@ def cluster(clean: Services, tmp_path: Path) -> Iterator[tuple[Client, dict[str,
     data["worker"].update(slots=2, http_port=0)
     data["retry"] = {"backoff_base_s": 0.1, "backoff_max_s": 0.2}
     settings = from_dict(data)
-    config = tmp_path / "pods.toml"
-    config.write_text(dumps(settings))
-    out = io.StringIO()
-    pods = [Pod("manager", "manager", config, out), Pod("worker", "worker", config, out)]
-    for pod in pods:
-        pod.start()
+    pods, _ = start_pods(write_config(settings, tmp_path))
     store = StateStore(settings.redis)
     try:
         urls = wait_until(lambda: _metrics_urls(store), timeout=60, message="both pods registered with a metrics URL")
