@@ -65,7 +65,8 @@ def pod_toml(infra_ip: str, nsqd_ip: str, overrides: dict[str, dict[str, Any]] |
     text = local_toml(services, tokens_file) if tokens_file else local_toml(services)
     overrides = dict(overrides or {})
     if "[security]" in text:  # with auth on, exe_allow = [] refuses every exe: admit the test's executor
-        overrides["security"] = {"exe_allow": sorted({sys.executable, os.path.realpath(sys.executable)}), **overrides.get("security", {})}
+        allow = sorted({sys.executable, os.path.realpath(sys.executable)})
+        overrides["security"] = {"exe_allow": allow, **overrides.get("security", {})}
     for section, values in overrides.items():
         for key, value in values.items():
             text = _set_key(text, section, key, value)
