@@ -3,6 +3,9 @@
 A registration expires on its own (`taskherd.store.membership`), so a node that dies without saying
 goodbye (SIGKILL, a lost machine) drops out within `node_ttl_s`: nothing has to notice it. A clean
 stop deregisters at once.
+
+Each heartbeat also reads whether a system teardown (`taskherd teardown --all --stop`) asked this
+registration to exit, and then calls `on_stop_asked` (the pod's stop: workers drain, then exit 0).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,9 +79,12 @@ class Heartbeat:
 
 
 class Registry(Supervised, pykka.ThreadingActor):
-    def __init__(self, members: Membership, info: NodeInfo, settings: RegistrySettings, **supervised: Any) -> None:
+    def __init__(self, members: Membership, info: NodeInfo, settings: RegistrySettings,
+                 on_stop_asked: Callable[[], None] | None = None, **supervised: Any) -> None:
         super().__init__(**supervised)
         self.members, self.info, self.settings = members, info, settings
+        self.on_stop_asked = on_stop_asked
+        """Called (once per heartbeat that sees it) when a system teardown asks this pod to exit."""
         self.peers: set[str] = set()
         self._ticker: Ticker | None = None
 
@@ -116,6 +123,9 @@ class Registry(Supervised, pykka.ThreadingActor):
         for left in sorted(self.peers - live):
             log.info("peer left: %s", left)
         self.peers = live
+        if self.on_stop_asked is not None and self.members.asked_to_stop(self.info.id, _fields(self.info)["started"]):
+            log.info("a system teardown asked node %s to stop: stopping", self.info.id)
+            self.on_stop_asked()
 
 
 def _fields(info: NodeInfo) -> dict[str, str]:

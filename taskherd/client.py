@@ -212,6 +212,14 @@ class Client:
         and torn down once its cancelled tasks are killed and archived (409 if that takes over 30 s)."""
         return self._request("POST", f"/jobs/{_seg(job)}/teardown", params={"cancel": "true"} if cancel else None)
 
+    def teardown_all(self, cancel_open: bool = False, stop: bool = False) -> dict[str, Any]:
+        """Tear the whole system down (`POST /system/teardown`): every job, taskherd's NSQ topics;
+        `{jobs, cancelled, topics_deleted, leftovers: [], stopping, not_stopped}`. Leftovers raise
+        ClientError 500 whose detail lists them; an open job is refused (409 naming it) unless
+        `cancel_open`; `stop` asks every pod to exit (workers drain first)."""
+        params = {k: "true" for k, on in (("cancel_open", cancel_open), ("stop", stop)) if on}
+        return self._request("POST", "/system/teardown", params=params or None)
+
     def wait(self, job: str, timeout: float | None = None,
              on_progress: Callable[[dict[str, Any]], None] | None = None, interval: float = 0.5) -> dict[str, Any]:
         """Wait until the job is done and return its status; raise WaitTimeout past `timeout`. Each

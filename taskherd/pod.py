@@ -34,6 +34,7 @@ from taskherd.config.settings import Settings
 from taskherd.errors import StoreError
 from taskherd.intake import Intake
 from taskherd.logs import configure_logging
+from taskherd.nsq import topics
 from taskherd.nsq.publisher import Publisher
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
@@ -57,8 +58,9 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
     ctx = _context(settings, role, node, stop)
     if ctx is None:
         return 0
-    escalated = threading.Event()
-    root = Supervisor.start(children(ctx, role, node), strategy=RestForOne(), name="pod",
+    escalated, asked = threading.Event(), threading.Event()
+    root = Supervisor.start(children(ctx, role, node, on_stop_asked=lambda: _set_all(asked, stop)),
+                            strategy=RestForOne(), name="pod",
                             max_restarts=settings.supervisor.max_restarts, max_seconds=settings.supervisor.max_seconds,
                             sweep_interval_s=settings.supervisor.sweep_interval_s,
                             on_escalate=lambda _exc: _set_all(escalated, stop))
@@ -69,6 +71,8 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
         drain(settings.worker.drain_grace_s)
     root.stop(timeout=30)
     pykka.ActorRegistry.stop_all(timeout=30)
+    if asked.is_set():
+        _delete_topics(settings)
     log.info("pod %s stopped%s", ctx.node_id, " after escalation" if escalated.is_set() else "")
     return 1 if escalated.is_set() else 0
 
@@ -86,6 +90,15 @@ def _security_line(settings: Settings, role: str) -> tuple[int, str]:
         return logging.INFO, f"API auth on, {len(names)} token(s): {', '.join(names)}; [security] {lists}"
     return logging.WARNING, (f"API auth OFF: no [auth] tokens, so anyone who reaches {settings.api.host}:"
                              f"{settings.api.port} may register executors and run them; [security] {lists}")
+
+
+def _delete_topics(settings: Settings) -> None:
+    """After a system teardown's stop, as this pod's consumers are gone: delete taskherd's topics
+    again, as a consumer of ours may have subscribed again (so created its topic) since the teardown
+    deleted them; the last pod to exit so leaves nsqd with none."""
+    deleted = topics.delete(settings.nsq)
+    log.info("system teardown: deleted topic(s) %s%s", ", ".join(deleted.deleted) or "(none left)",
+             f"; {'; '.join(deleted.errors)}" if deleted.errors else "")
 
 
 def _set_all(*events: threading.Event) -> None:
@@ -116,9 +129,10 @@ def _until_ready(step: Callable[[], Any], what: str, stop: threading.Event) -> b
     return False
 
 
-def children(ctx: PodContext, role: str, node: NodeInfo) -> list[ChildSpec]:
+def children(ctx: PodContext, role: str, node: NodeInfo,
+             on_stop_asked: Callable[[], None] | None = None) -> list[ChildSpec]:
     s = ctx.settings
-    specs = [ChildSpec("registry", lambda sup, slot: Registry.start(ctx.store.members, node, s.registry,
+    specs = [ChildSpec("registry", lambda sup, slot: Registry.start(ctx.store.members, node, s.registry, on_stop_asked,
                                                                     supervisor=sup, slot=slot))]
     if role in ("manager", "all"):
         assert ctx.archive is not None

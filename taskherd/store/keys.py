@@ -99,5 +99,11 @@ def node(node_id: str) -> str:
     return f"{PREFIX}:node:{node_id}"
 
 
+STOP = f"{PREFIX}:stop"
+"""Hash node id -> the `started` of its registration: the pods a system teardown (`--stop`) asked to
+exit. Each pod's Registry reads its own entry on every heartbeat and stops its pod when the entry
+names the registration it made (a pod started later, even with the same id, is not asked); a pod
+deletes its entry as it deregisters, and the hash expires on its own (`membership.STOP_TTL_MS`)."""
+
 WATCHER_LEASE = f"{PREFIX}:lease:timeout-watcher"
 """String holding the node id of the one active TimeoutWatcher, with a TTL (`lua/hold.lua`)."""

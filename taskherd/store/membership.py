@@ -18,6 +18,10 @@ import redis
 from taskherd.store import keys
 from taskherd.store.errors import store_errors
 
+STOP_TTL_MS = 600_000
+"""How long a system teardown's request to stop (`keys.STOP`) stays, for a pod cut off from Redis
+when it was made; a pod that heard it deletes its own entry as it deregisters."""
+
 
 @store_errors("redis")
 class Membership:
@@ -42,7 +46,20 @@ class Membership:
         pipe = self._redis.pipeline(transaction=False)
         pipe.delete(keys.node(node_id))
         pipe.zrem(keys.NODES, node_id)
+        pipe.hdel(keys.STOP, node_id)
         pipe.execute()
+
+    def ask_to_stop(self, nodes: Mapping[str, str]) -> None:
+        """Ask these pods (node id -> the `started` of their registration) to exit (`keys.STOP`)."""
+        if nodes:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(keys.STOP, mapping=dict(nodes))  # type: ignore[arg-type]
+            pipe.pexpire(keys.STOP, STOP_TTL_MS)
+            pipe.execute()
+
+    def asked_to_stop(self, node_id: str, started: str) -> bool:
+        """Whether a system teardown asked this registration of `node_id` to exit."""
+        return self._redis.hget(keys.STOP, node_id) == started
 
     def nodes(self) -> list[dict[str, Any]]:
         """Registrations whose TTL has not run out, oldest first."""

@@ -23,6 +23,7 @@ from taskherd.errors import StoreError, TaskherdError
 from taskherd.states import FINAL_STATES, LIVE_STATES, WAITING_STATES, TaskState
 from taskherd.store import keys
 from taskherd.store.errors import store_errors
+from taskherd.store.keyspace import Keyspace
 from taskherd.store.membership import Membership
 
 
@@ -104,6 +105,7 @@ class StateStore:
         self.redis = client or connect(settings)
         """The client itself, for tests and the bench; taskherd's own code goes through the methods."""
         self.members = Membership(self.redis)
+        self.keyspace = Keyspace(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "retire", "register",
                           "cancel", "claim", "summarized", "settle", "expire", "forget")}

@@ -1,0 +1,99 @@
+"""Topics: taskherd's topics on every nsqd, for a system teardown: find each nsqd (the configured
+HTTP addresses and every nsqd registered with nsqlookupd, from its `/nodes`), delete the topics there
+(nsqd's `POST /topic/delete` deletes a topic with its channels and messages), then delete their
+registrations on each nsqlookupd, which would otherwise hand the topic's old channels back to an nsqd
+that creates the topic again. `left` reads nsqd's `/stats` to prove none is there.
+
+A consumer still connected subscribes again and so creates its topic again (empty): only a teardown
+that stops the pods (`--stop`) leaves nsqd with no taskherd topic at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from taskherd.config.settings import NsqSettings
+
+log = logging.getLogger("taskherd.nsq")
+
+TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class Deleted:
+    """What a deletion did: `deleted` lists `ADDRESS/TOPIC` where a topic was; `errors` what failed."""
+
+    deleted: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def names(settings: NsqSettings) -> tuple[str, ...]:
+    """taskherd's topics: tasks, results, dead letters."""
+    return settings.tasks_topic, settings.results_topic, settings.deadletter_topic
+
+
+def nsqd_addresses(settings: NsqSettings, errors: list[str] | None = None) -> list[str]:
+    """Every nsqd's HTTP address: the configured ones, then those registered with nsqlookupd."""
+    found = dict.fromkeys(settings.nsqd_http_addresses)
+    with httpx.Client(timeout=TIMEOUT_S) as http:
+        for lookupd in settings.lookupd_http_addresses:
+            try:
+                nodes = http.get(f"http://{lookupd}/nodes").json().get("producers") or []
+                found.update(dict.fromkeys(f"{n['broadcast_address']}:{n['http_port']}" for n in nodes))
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                _note(errors, f"nsqlookupd {lookupd}: cannot list nsqd: {exc}")
+    return list(found)
+
+
+def delete(settings: NsqSettings, topics: Iterable[str] | None = None) -> Deleted:
+    """Delete `topics` (taskherd's, by default) on every nsqd, then on every nsqlookupd."""
+    topics = list(topics or names(settings))
+    done = Deleted()
+    with httpx.Client(timeout=TIMEOUT_S) as http:
+        for addr in nsqd_addresses(settings, done.errors):
+            for topic in topics:
+                _delete(http, addr, topic, done, "nsqd")
+        for lookupd in settings.lookupd_http_addresses:
+            for topic in topics:
+                _delete(http, lookupd, topic, done, "nsqlookupd")
+    return done
+
+
+def _delete(http: httpx.Client, addr: str, topic: str, done: Deleted, what: str) -> None:
+    """POST /topic/delete; a 404 means there was no such topic."""
+    try:
+        r = http.post(f"http://{addr}/topic/delete", params={"topic": topic})
+    except httpx.HTTPError as exc:
+        _note(done.errors, f"{what} {addr}: cannot delete topic {topic}: {exc}")
+        return
+    if r.status_code == 200 and what == "nsqd":
+        done.deleted.append(f"{addr}/{topic}")
+    elif r.status_code not in (200, 404):
+        _note(done.errors, f"{what} {addr}: deleting topic {topic}: HTTP {r.status_code} {r.text.strip()}")
+
+
+def left(settings: NsqSettings, topics: Iterable[str] | None = None) -> list[str]:
+    """`ADDRESS/TOPIC` for each of `topics` (taskherd's, by default) that an nsqd still has, by its /stats;
+    an nsqd that does not answer is listed as `ADDRESS: error`."""
+    wanted = set(topics or names(settings))
+    found: list[str] = []
+    with httpx.Client(timeout=TIMEOUT_S) as http:
+        for addr in nsqd_addresses(settings, found):
+            try:
+                stats: dict[str, Any] = http.get(f"http://{addr}/stats", params={"format": "json"}).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                found.append(f"{addr}: cannot read /stats: {exc}")
+                continue
+            found += [f"{addr}/{t['topic_name']}" for t in stats.get("topics") or [] if t.get("topic_name") in wanted]
+    return found
+
+
+def _note(errors: list[str] | None, line: str) -> None:
+    log.warning("%s", line)
+    if errors is not None:
+        errors.append(line)
