@@ -123,7 +123,7 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
 
     def _held_count(self) -> int:
         """Leases held: running, leased ahead, or run and not yet recorded."""
-        return sum((e.current() is not None) + (e.ahead() is not None) + e.unrecorded
+        return sum((e.current() is not None) + (e.ahead() is not None) + (e.unrecorded is not None)
                    for e in self.executions.values())
 
     def _gauge(self) -> None:
@@ -144,7 +144,7 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
                 if (ahead := execution.take_ahead()) is not None:
                     give_back(self.ctx, ahead)
                 feed.shed()
-            for one in (lease, execution.ahead()):
+            for one in (lease, execution.ahead(), execution.unrecorded):
                 if one is not None:
                     self.renewed_at.setdefault(one.exec_id, time.monotonic())
                     by_job.setdefault(one.job, []).append((index, one))

@@ -27,8 +27,10 @@ class Execution:
 
     `current` is the lease the executor runs under, killable from the LeaseKeeper's thread but only
     while it is still the one asked for: a kill meant for a finished lease must not hit the slot's
-    next task. `unrecorded` is set while an outcome waits to be recorded (the slot records it as its
-    next executor runs). `ahead` is the next task, leased while the current one runs, its message
+    next task. `unrecorded` is the lease of an outcome that waits to be recorded (the slot records it
+    as its next python executor runs, or before the next exe or http one starts), renewed like the
+    others meanwhile: a late record must find its lease alive, or the task would run twice. `ahead`
+    is the next task, leased while the current one runs, its message
     still in flight; whichever thread takes it first (the slot to run it, the LeaseKeeper to give it
     back) has it. The pod holds all three."""
 
@@ -38,7 +40,7 @@ class Execution:
         self._current: Lease | None = None
         self._ahead: Ahead | None = None
         self.began_at = 0.0
-        self.unrecorded = False
+        self.unrecorded: Lease | None = None
 
     def hold_ahead(self, ahead: Ahead) -> None:
         with self._lock:

@@ -30,7 +30,7 @@ from taskherd.nsq.feed import Feed, FeedDelivery
 from taskherd.nsq.messages import TaskRef, decode
 from taskherd.retries import retry_delay_ms
 from taskherd.runners import Outcome, Runner, Started
-from taskherd.specs import InvalidSpec, NotAllowed, Runnable, runnable, spec_from_text
+from taskherd.specs import InvalidSpec, NotAllowed, Runnable, RunnerSpec, runnable, spec_from_text
 from taskherd.store.state_store import Lease
 from taskherd.supervisor import Supervised
 
@@ -103,17 +103,28 @@ class Worker(Supervised, pykka.ThreadingActor):
         next one), records the previous task's outcome and leases the next task."""
         ahead = self.execution.take_ahead()
         if ahead is None:
-            # With an outcome to record, only a message nsqd has already sent is worth waiting for.
+            # With an outcome to record, only a message nsqd has already sent is worth waiting for;
+            # if one has, the outcome is recorded and its task leased in one round trip.
             delivery = self.feed.next(0.0 if self._unrecorded else POLL_S)
-            ahead = self._lease_for(delivery) if delivery is not None else None
+            ref = self._ref(delivery) if delivery is not None else None
+            ahead = self._record(then_lease=(ref, delivery)) if ref is not None and delivery is not None else None
         if ahead is None:
             self._record()
             return
+        if self._unrecorded is not None and not self._starts_apart(ahead):
+            # An exe or http executor runs inside _start: the outcome would wait for its whole run.
+            self._record()
         try:
             self._run(ahead)
         except Exception:
             ahead.delivery.requeue(1.0)  # at once, not after nsqd's msg_timeout; the slot restarts
             raise
+
+    def _starts_apart(self, task: Ahead) -> bool:
+        """Whether the task's executor runs beside the slot (python: a warm child), so the slot can
+        record the previous outcome while it runs, rather than before it starts."""
+        target = self._spec(task.raw)[1]
+        return isinstance(target, RunnerSpec) and target.kind == "python"
 
     def _run(self, task: Ahead) -> None:
         spec, target = self._spec(task.raw)
@@ -126,7 +137,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         finally:
             self.execution.end()
         self._unrecorded = (task.lease, outcome, spec)
-        self.execution.unrecorded = True
+        self.execution.unrecorded = task.lease
 
     def _record_and_lease_ahead(self, done_fd: int | None) -> None:
         """Record the previous outcome and lease the next task while the executor runs: in one round
@@ -169,7 +180,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         lease, outcome, spec = self._unrecorded
         ahead = self._finish(lease, outcome, spec, then_lease=then_lease)
         self._unrecorded = None
-        self.execution.unrecorded = False
+        self.execution.unrecorded = None
         return ahead
 
     def _lease(self, ref: TaskRef, delivery: FeedDelivery) -> Ahead | None:

@@ -256,6 +256,27 @@ def test_a_garbage_task_message_is_dead_lettered_and_the_pod_keeps_working(herd:
     assert not any(p.exited() for p in herd.started)
 
 
+def test_exe_tasks_longer_than_a_lease_each_run_once(pods: Callable[..., Pods]) -> None:
+    """An exe runs inside the slot's start: the previous task's outcome must be recorded before it,
+    not after (it waited the whole run, its lease expired, the task ran again and the first result
+    was fenced: found on the many-hosts harness)."""
+    group = pods(worker={"slots": 1})
+    manager, worker = group.start("manager", "manager"), group.start("worker", "worker")
+    registered(group.settings, manager)
+    registered(group.settings, worker)
+    client = group.client
+    wait_until(lambda: client.ready(), timeout=30, ignore=(ClientError,), message="manager API ready")
+    ttl = group.settings.worker.lease_ttl_s
+    sleeper = [sys.executable, "-c", f"import json,sys,time; time.sleep({ttl + 1}); print(json.dumps(json.load(sys.stdin)))"]
+    client.add_executor("long", {"kind": "exe", "target": sleeper, "timeout_s": 60})
+    # When three tasks, each longer than a lease, queue for the one slot
+    client.submit([{"id": f"long-{i}", "type": "long", "job": "lj", "payload": {"i": i}} for i in range(3)])
+    status = client.wait("lj", timeout=90)
+    # Then each ran once and succeeded: no lease expired under a finished task, nothing was fenced
+    assert status["counts"]["succeeded"] == 3 and status["fenced"] == 0, status
+    assert [len(final(client, f"long-{i}")["executions"]) for i in range(3)] == [1, 1, 1]
+
+
 def test_a_target_the_worker_cannot_import_fails_its_tasks_and_is_logged_once(herd: Pods) -> None:
     client = herd.client
     # Given an executor whose module no pod can import (stored as is, as a spec registered with the
