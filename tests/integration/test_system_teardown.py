@@ -158,9 +158,9 @@ def test_teardown_stop_exits_every_pod_drained_and_a_later_start_runs_clean(
         for pod in herd.pods:
             wait_until(pod.exited, timeout=60, message=f"pod {pod.name} exited")
             assert pod.proc is not None and pod.proc.returncode == 0, herd.out.getvalue()[-3000:]
-        assert "asked node" in herd.out.getvalue() and "system teardown: deleted topic(s)" in herd.out.getvalue()
         assert state_keys(settings) == []
         assert nsqd_topics(settings) == [] and lookupd_topics(settings) == []
+        assert "asked node" in herd.out.getvalue() and "system teardown: deleted topic(s)" in herd.out.getvalue()
         store = StateStore(settings.redis)
         try:
             assert store.members.nodes() == [] and not store.redis.exists(keys.STOP)
