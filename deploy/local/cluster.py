@@ -3,7 +3,9 @@
 Services first (ServiceManager), then one manager pod and N worker pods as child processes, each
 `taskherd run --role ...` with the same effective config (written into the data dir, so every pod
 agrees on ports). Pod logs stream to our stdout with a prefix per pod. A pod that exits on its own
-(its supervisor escalated) is restarted, as Kubernetes would; so is a service that dies, up to
+(its supervisor escalated) is restarted, as Kubernetes would, but not one that exits 0: it was asked to
+stop (`taskherd teardown --all --stop`); once every pod has, `up` stops the services and exits 0.
+A service that dies is restarted, up to
 `SERVICE_MAX_RESTARTS` within `SERVICE_RESTART_WINDOW_S`, past which `up` stops everything and exits 1.
 Stop order: pods (SIGTERM, so workers drain), then services.
 
@@ -48,6 +50,8 @@ class Pod:
         self.name, self.role, self.config, self.out, self.http_port = name, role, config, out, http_port
         self.proc: subprocess.Popen[str] | None = None
         self.restarts = 0
+        self.stopped = False
+        """It exited 0 on its own (asked to stop), and is not restarted."""
 
     def start(self) -> None:
         argv = [sys.executable, "-P", "-m", "taskherd", "--config", str(self.config), "run", "--role",
@@ -218,10 +222,17 @@ class Cluster:
             self._stopping.wait(0.2)
         raise ServiceError(f"the cluster was not ready within {timeout_s:.0f} s (API {self.api_url})")
 
+    def all_stopped(self) -> bool:
+        """Every pod exited 0: each was asked to stop (a system teardown's `--stop`)."""
+        return bool(self.pods) and all(p.proc is not None and p.proc.poll() == 0 for p in self.pods)
+
     def _keep_alive(self) -> None:
         while not self._stopping.wait(1.0):
             for pod in self.pods:
-                if pod.proc is not None and pod.exited() and not self._stopping.is_set():
+                if pod.proc is not None and pod.exited() and pod.proc.returncode == 0 and not pod.stopped:
+                    pod.stopped = True
+                    self._say(f"[up] pod {pod.name} stopped on request (code 0); not restarted")
+                elif pod.proc is not None and pod.exited() and pod.proc.returncode != 0 and not self._stopping.is_set():
                     pod.restarts += 1
                     self._say(f"[up] pod {pod.name} exited ({_exit_text(pod.proc.returncode)}); restarting")
                     pod.start()
@@ -247,12 +258,17 @@ def up(settings: Settings, config_path: str | None, workers: int | None, data_di
             # Wake often: to restart a dead service, and to let a signal caught by another thread run
             # its handler.
             while not stop.wait(0.5):
+                if cluster.all_stopped():
+                    print("[up] every pod stopped on request (taskherd teardown --stop); stopping services ...",
+                          flush=True)
+                    break
                 try:
                     cluster.tend()
                 except ServiceError as exc:
                     print(f"[up] {exc}; stopping pods, then services ...", file=sys.stderr, flush=True)
                     return 1
-            print("[up] stopping pods, then services ...", flush=True)
+            else:
+                print("[up] stopping pods, then services ...", flush=True)
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -22,12 +22,14 @@ from taskherd.deploy.local.cluster import Pod, stop_pods
 from taskherd.store import keys
 from taskherd.store.state_store import StateStore
 from tests.helpers import DIRECT, Services, nsqd_post, redis_client, wait_until
+from tests.local_up import Up, run_one_echo_task, up_settings
 
 OK = [sys.executable, "-c", "import json,sys; print(json.dumps({'echo': json.load(sys.stdin)}))"]
 SLOW = [sys.executable, "-c", "import time; time.sleep(120)"]
 KEPT = ("th:executor:", "th:analyzer:", "th:specs-version", "th:nodes", "th:node:", "th:stop", "th:lease:timeout-watcher",
         "th:gone:")
 """What a system teardown keeps (taskherd.store.keyspace says why); the count of open tasks must be 0."""
+TASKHERD = [str(Path(sys.executable).parent / "taskherd")]
 
 
 class Herd:
@@ -215,3 +217,27 @@ def test_keyspace_leftovers_keep_specs_nodes_and_tombstones_only(clean: Services
         assert store.keyspace.leftovers() == sorted([keys.task("j", "x"), keys.OPEN_TASKS])
     finally:
         store.close()
+
+
+def test_up_ends_once_teardown_stop_stopped_its_pods_and_starts_clean_on_the_same_data(
+        service_binaries: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a `taskherd up` whose job ran
+    up = Up(TASKHERD, up_settings(), tmp_path / "data", tmp_path)
+    try:
+        up.start()
+        up.wait_ready()
+        assert run_one_echo_task(up, sys.executable, "before")["counts"]["succeeded"] == 1
+        # When: teardown --all --stop
+        code = cli(["--api", up.url, "teardown", "--all", "--stop"])
+        assert code == 0, capsys.readouterr()
+        # Then `up` restarts no pod, stops its services and exits 0, leaving no process behind
+        assert up.proc is not None and up.proc.wait(60) == 0, up.log()
+        assert "[up] every pod stopped on request" in up.log() and "restarting" not in up.log()
+        assert up.still_running() == []
+        # And a later `up` on the same data dir starts clean and runs a job
+        up.start()
+        up.wait_ready()
+        assert run_one_echo_task(up, sys.executable, "after")["counts"]["succeeded"] == 1
+        assert up.stop() == 0
+    finally:
+        up.kill()
