@@ -86,13 +86,6 @@ def _rejoined(cluster: Cluster, client: Client, tmp: Path, t_heal: float) -> flo
     assert any(n["pid"] == pod.pid for n in client.nodes()), "w1 registered under another pid: it restarted"
     return first - t_heal
 
-KNOWN_BUG = pytest.mark.xfail(reason=(
-    "a slot holds a long task's outcome unrecorded until nsqd sends it another message (seen 2026-12-06 on "
-    "4 hosts with the ConfigMap's config: results of 6 s tasks wait past their 5 s lease, are requeued and "
-    "fenced, and tasks fail after 3 attempts); lost 0 and doubled 0 hold"), strict=False)
-
-
-@KNOWN_BUG
 def test_worker_cut_off_past_its_lease_kills_its_executor_and_rejoins(cluster: Cluster, figures: dict,
                                                                       tmp_path: Path) -> None:
     client = cluster.client()
@@ -121,7 +114,6 @@ def test_worker_cut_off_past_its_lease_kills_its_executor_and_rejoins(cluster: C
     assert not late, f"w1 killed these executors only after their leases expired (kill, requeue s): {late}"
 
 
-@KNOWN_BUG
 def test_worker_paused_past_its_lease_is_fenced_on_resume(cluster: Cluster, figures: dict, tmp_path: Path) -> None:
     client = cluster.client()
     job = Job(cluster, "pause", n=16, sleep_s=LEASE_TTL_S + 1, dir=tmp_path / "pause").submit(client)
