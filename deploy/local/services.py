@@ -6,8 +6,8 @@ and the machine's own databases never share a port, a socket or a file, and dele
 resets everything. Starting again on the same `data_dir` resumes the data (MariaDB is bootstrapped
 only once; Redis replays its AOF; nsqd reloads what a clean stop wrote to disk).
 
-Layout of `data_dir`: `nsqd/`, `redis/`, `mariadb/` (datadir, socket, pid file) and `logs/NAME.log`
-(each service's stdout and stderr; MariaDB's error log is the same file).
+Layout of `data_dir`: `nsqd/` (and `nsqd-2/`, ... with several), `redis/`, `mariadb/` (datadir, socket,
+pid file) and `logs/NAME.log` (each service's stdout and stderr; MariaDB's error log is the same file).
 
 Each service runs in a session of its own, so a Ctrl-C at the parent's terminal reaches the parent
 only, which then stops them in order (SIGTERM in reverse start order, SIGKILL after `stop_timeout_s`).
@@ -49,7 +49,8 @@ from taskherd.store.archive import provision
 log = logging.getLogger(__name__)
 
 SERVICES = ("nsqlookupd", "nsqd", "redis", "mariadb")
-"""Start order; stop runs in reverse (nsqd deregisters from lookupd before lookupd goes)."""
+"""Start order; stop runs in reverse (nsqd deregisters from lookupd before lookupd goes). With several
+nsqd (`ServiceManager(nsqd=M)`), the others follow the first: `nsqd-2` ... `nsqd-M` (`service_names`)."""
 
 _LOOPBACK = "127.0.0.1"
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
@@ -76,18 +77,36 @@ class _Plan:
     probe: Callable[[], None]  # returns when the service answers; raises otherwise
 
 
+def service_names(nsqd: int = 1) -> tuple[str, ...]:
+    """The services of a cluster with `nsqd` nsqd, in start order."""
+    return ("nsqlookupd", "nsqd", *(f"nsqd-{i + 1}" for i in range(1, nsqd)), "redis", "mariadb")
+
+
+def nsqd_addresses(settings: Settings, count: int) -> list[tuple[str, str]]:
+    """(TCP, HTTP) address of each of `count` nsqd: the first on the configured ports, each next one
+    two ports up (14150/14151, 14152/14153, ...), all on loopback."""
+    tcp, http = _port(settings.nsq.nsqd_tcp_address), _port(settings.nsq.nsqd_http_addresses[0])
+    return [(f"{_LOOPBACK}:{tcp + 2 * i}", f"{_LOOPBACK}:{http + 2 * i}") for i in range(count)]
+
+
 class ServiceManager:
-    """Starts, probes and stops the four services; per-service control for fault tests.
+    """Starts, probes and stops the services (nsqlookupd, `nsqd` nsqd, Redis, MariaDB); per-service
+    control for fault tests.
 
     `die_with_parent=False` keeps services alive past the starting thread (see the module doc)."""
 
     def __init__(self, settings: Settings, data_dir: str | Path, *, start_timeout_s: float = 60.0,
-                 stop_timeout_s: float = 30.0, die_with_parent: bool = True) -> None:
+                 stop_timeout_s: float = 30.0, die_with_parent: bool = True, nsqd: int = 1) -> None:
+        if nsqd < 1:
+            raise ServiceError(f"at least one nsqd is needed, got {nsqd}")
         self.settings = settings
         self.data_dir = Path(data_dir).absolute()
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.die_with_parent = die_with_parent
+        self.names = service_names(nsqd)
+        self.nsqd = nsqd_addresses(settings, nsqd)
+        """(TCP, HTTP) address of each nsqd, the first being the configured one."""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # --- public face ------------------------------------------------------------------------------
@@ -98,21 +117,21 @@ class ServiceManager:
         Binaries and ports are checked before anything is launched, so a missing binary or a busy
         port starts nothing. If one service fails to answer, the ones this call started are killed.
         """
-        self._start(SERVICES)
+        self._start(self.names)
 
     def stop(self) -> None:
         """Stop every service: SIGTERM in reverse start order, SIGKILL past `stop_timeout_s`."""
-        for name in reversed(SERVICES):
+        for name in reversed(self.names):
             self.stop_one(name)
 
     def start_one(self, name: str) -> int:
         """Start `name` (a no-op if running), wait until it answers, and return its pid."""
-        self._start([_known(name)])
+        self._start([self._known(name)])
         return self._procs[name].pid
 
     def stop_one(self, name: str, sig: int = signal.SIGTERM) -> None:
         """Send `sig` to `name`, wait up to `stop_timeout_s`, then SIGKILL its process group."""
-        proc = self._procs.get(_known(name))
+        proc = self._procs.get(self._known(name))
         if proc is None:
             return
         if proc.poll() is None:
@@ -135,13 +154,13 @@ class ServiceManager:
 
     def pid(self, name: str) -> int | None:
         """Pid of `name` while it runs, else None."""
-        proc = self._procs.get(_known(name))
+        proc = self._procs.get(self._known(name))
         return proc.pid if proc is not None and proc.poll() is None else None
 
     def exit_code(self, name: str) -> int | None:
         """How `name` ended (negative: the signal that killed it), once it has exited on its own;
         None while it runs or when this manager does not hold it (never started, or stopped)."""
-        proc = self._procs.get(_known(name))
+        proc = self._procs.get(self._known(name))
         return proc.poll() if proc is not None else None
 
     def log_path(self, name: str) -> Path:
@@ -156,9 +175,15 @@ class ServiceManager:
 
     # --- plans ------------------------------------------------------------------------------------
 
+    def _known(self, name: str) -> str:
+        if name not in self.names:
+            raise ValueError(f"unknown service {name!r}; expected one of {', '.join(self.names)}")
+        return name
+
     def _plan(self, name: str) -> _Plan:
-        return {"nsqlookupd": self._nsqlookupd, "nsqd": self._nsqd, "redis": self._redis,
-                "mariadb": self._mariadb}[_known(name)]()
+        if self._known(name).startswith("nsqd"):
+            return self._nsqd(int(name.partition("-")[2] or 1) - 1)
+        return {"nsqlookupd": self._nsqlookupd, "redis": self._redis, "mariadb": self._mariadb}[name]()
 
     def _nsqlookupd(self) -> _Plan:
         nsq = self.settings.nsq
@@ -168,10 +193,12 @@ class ServiceManager:
         ports = ((tcp, "[nsq].lookupd_tcp_address"), (http, "[nsq].lookupd_http_addresses"))
         return _Plan("nsqlookupd", argv, ports, lambda: _http_ping(http))
 
-    def _nsqd(self) -> _Plan:
+    def _nsqd(self, index: int = 0) -> _Plan:
+        """The nsqd number `index` (from 0): its own ports (`nsqd_addresses`) and data directory."""
         nsq = self.settings.nsq
-        tcp, http = _port(nsq.nsqd_tcp_address), _port(nsq.nsqd_http_addresses[0])
-        data = self.data_dir / "nsqd"
+        tcp, http = (_port(address) for address in self.nsqd[index])
+        name = "nsqd" if index == 0 else f"nsqd-{index + 1}"
+        data = self.data_dir / name
         data.mkdir(parents=True, exist_ok=True)
         # Messages live in memory (nsqd's default; a clean stop writes them to --data-path). NSQ is the
         # doorbell: what a SIGKILL loses, the TimeoutWatcher republishes from Redis. Writing every
@@ -181,8 +208,9 @@ class ServiceManager:
                 f"--broadcast-address={_LOOPBACK}",
                 f"--lookupd-tcp-address={_LOOPBACK}:{_port(nsq.lookupd_tcp_address)}",
                 f"--max-msg-size={nsq.max_message_bytes + DEADLETTER_HEADROOM}"]
-        ports = ((tcp, "[nsq].nsqd_tcp_address"), (http, "[nsq].nsqd_http_addresses"))
-        return _Plan("nsqd", argv, ports, lambda: _http_ping(http))
+        more = f" + {2 * index}" if index else ""
+        ports = ((tcp, f"[nsq].nsqd_tcp_address{more}"), (http, f"[nsq].nsqd_http_addresses{more}"))
+        return _Plan(name, argv, ports, lambda: _http_ping(http))
 
     def _redis(self) -> _Plan:
         cfg = self.settings.redis
@@ -298,12 +326,6 @@ class ServiceManager:
         raise ServiceError(f"{plan.name} did not answer on {_LOOPBACK}:{plan.ports[0][0]} within "
                            f"{self.start_timeout_s:.0f} s (last error: {last}): "
                            f"{_why(plan.name, self.log_path(plan.name))}")
-
-
-def _known(name: str) -> str:
-    if name not in SERVICES:
-        raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
-    return name
 
 
 def _port(address: str) -> int:

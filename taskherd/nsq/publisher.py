@@ -4,14 +4,20 @@ Publishing is synchronous and callable from any thread: an OK from nsqd means ns
 message. It speaks nsqd's TCP protocol (PUB/MPUB, encoded by pynsq's
 `nsq.protocol`) on one blocking connection per thread, because pynsq's Writer is asynchronous and bound
 to an IOLoop, and nsqd's HTTP /pub cost 1.4 ms a message through httpx against 0.08 ms over TCP (the
-worker publishes once per task). When the TCP nsqd fails, it falls back to the HTTP addresses (which
-may be other nsqds). Consuming is each consumer's own `Feed` (taskherd/nsq/feed.py). NSQ is never the
-source of truth: Redis is, and the TimeoutWatcher republishes anything NSQ loses.
+worker publishes once per task). Consuming is each consumer's own `Feed` (taskherd/nsq/feed.py). NSQ is
+never the source of truth: Redis is, and the TimeoutWatcher republishes anything NSQ loses.
 
-An empty `nsqd_tcp_address` (as on Kubernetes) means: find nsqd through nsqlookupd, for publishers as
-for consumers. Its `/nodes` lists every nsqd registered with it (a topic need not exist yet), and
-the publisher uses the first by address, asking again every `lookupd_poll_interval_s` and after a
-failure; with none found, it publishes over the HTTP addresses.
+Several nsqd, NSQ's own topology (one nsqd beside each producer): a publisher publishes to its **own**
+nsqd, which is `own` (a pod's `--nsqd`), else `nsqd_tcp_address`, else (empty, as on Kubernetes) one
+that nsqlookupd lists on this host (by its broadcast address; several on this host: one chosen by pid,
+so a host's pods spread over them), else any it lists. When its own nsqd fails, the publish goes to the
+next nsqd nsqlookupd lists (`/nodes`: every registered nsqd, whether or not it has the topic yet), and
+last to the HTTP addresses; a failed nsqd is tried last for `FAILED_BACKOFF_S`, then its own is tried
+first again. nsqlookupd is asked at most every `lookupd_poll_interval_s`, and again after a failure.
+
+`backlog` counts a topic's messages on every nsqd, the configured HTTP addresses and nsqlookupd's
+list together, each nsqd once (known by its broadcast address and TCP port, from nsqlookupd or its
+own `/info`): the TimeoutWatcher compares it with Redis to find messages an nsqd lost.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
+import psutil
 from nsq import protocol
 
 from taskherd.config.settings import NsqSettings
@@ -38,26 +47,45 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskherd.nsq")
 
 
-class Publisher:
-    """Publishes to nsqd over TCP, else to the first nsqd HTTP address that answers. Thread-safe."""
+FAILED_BACKOFF_S = 5.0
+"""How long an nsqd that failed a publish is tried last (its own nsqd included)."""
 
-    def __init__(self, settings: NsqSettings) -> None:
+
+class Nsqd(NamedTuple):
+    """One nsqd as nsqlookupd lists it."""
+
+    tcp: str
+    http: str
+    host: str
+    """Its broadcast address."""
+
+
+class Publisher:
+    """Publishes to its own nsqd over TCP, else another nsqd, else an HTTP address. Thread-safe."""
+
+    def __init__(self, settings: NsqSettings, own: str = "") -> None:
         self.settings = settings
+        self.own = own or settings.nsqd_tcp_address
+        """This publisher's own nsqd (TCP address); "" = found through nsqlookupd (see the module doc)."""
         self._addresses = list(settings.nsqd_http_addresses)
         self._http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=16))
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._found: tuple[float, list[str]] = (-1e9, [])
-        """(when nsqlookupd was last asked, the TCP addresses of the nsqds it knew)."""
+        self._found: tuple[float, list[Nsqd]] = (-1e9, [])
+        """(when nsqlookupd was last asked, the nsqds it listed)."""
+        self._failed: dict[str, float] = {}
+        """nsqd TCP address -> until when it is tried last."""
+        self._identities: dict[str, tuple[float, str]] = {}
+        """A configured HTTP address -> (until when known, the "host:tcp_port" its /info gave)."""
+        self._this_host: set[str] | None = None
 
     def publish(self, topic: str, bodies: list[bytes]) -> None:
         """Put every body on `topic`, or raise QueueError; chunks keep each MPUB under nsqd's limit."""
         for chunk in _chunks(bodies, 5000):
-            try:
-                self._tcp_publish(topic, chunk)
-            except (OSError, QueueError):
-                self._drop_tcp()
-                self._post(f"/mpub?topic={topic}" if len(chunk) > 1 else f"/pub?topic={topic}", b"\n".join(chunk))
+            errors = self._tcp_publish(topic, chunk)
+            if errors:
+                path = f"/mpub?topic={topic}" if len(chunk) > 1 else f"/pub?topic={topic}"
+                self._post(path, b"\n".join(chunk), errors)
 
     def publish_deferred(self, topic: str, body: bytes, delay_ms: int) -> None:
         """Put `body` on `topic` after `delay_ms`. nsqd keeps deferred messages in memory only: use it
@@ -81,45 +109,109 @@ class Publisher:
             log.error("dead-letter publish failed; the message is dropped: %s", exc)
         delivery.finish()
 
-    def _tcp_publish(self, topic: str, chunk: list[bytes]) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = _TcpProducer(self._tcp_address())
-        conn.publish(topic, chunk)
+    def _tcp_publish(self, topic: str, chunk: list[bytes]) -> list[str]:
+        """Publish over this thread's connection, else to each nsqd in turn (`_targets`); [] once one
+        holds the chunk, else what each said."""
+        errors: list[str] = []
+        conn: _TcpProducer | None = getattr(self._local, "conn", None)
+        if conn is not None and self.own and conn.address != self.own and not self._backing_off(self.own):
+            self._drop_tcp()  # on a fallback while our own nsqd's back-off is over: try our own again
+            conn = None
+        tried: set[str] = set()
+        if conn is not None:
+            tried.add(conn.address)
+            if self._try(conn, topic, chunk, errors):
+                return []
+        for address in self._targets():
+            if address in tried:
+                continue
+            tried.add(address)
+            try:
+                conn = self._local.conn = _TcpProducer(address)
+            except OSError as exc:
+                errors.append(f"{address}: {exc}")
+                self._fail(address)
+                continue
+            if self._try(conn, topic, chunk, errors):
+                if errors:
+                    log.warning("published to nsqd %s instead: %s", address, "; ".join(errors))
+                return []
+        return errors or ["no nsqd registered with nsqlookupd " + ", ".join(self.settings.lookupd_http_addresses)]
 
-    def _tcp_address(self) -> str:
-        """The configured nsqd, or the first nsqlookupd knows of; QueueError when there is none."""
-        if self.settings.nsqd_tcp_address:
-            return self.settings.nsqd_tcp_address
+    def _try(self, conn: _TcpProducer, topic: str, chunk: list[bytes], errors: list[str]) -> bool:
+        try:
+            conn.publish(topic, chunk)
+            return True
+        except (OSError, QueueError) as exc:
+            errors.append(f"{conn.address}: {exc}")
+            self._drop_tcp()
+            if not isinstance(exc, QueueError):  # a refusal (bad topic, too big) is not the nsqd's fault
+                self._fail(conn.address)
+            return False
+
+    def _targets(self) -> Iterator[str]:
+        """TCP addresses to publish to, in order: our own nsqd, then every other nsqd nsqlookupd lists;
+        one that failed within `FAILED_BACKOFF_S` last. nsqlookupd is asked only if our own fails."""
+        own = self.own
+        if own and not self._backing_off(own):
+            yield own
         found = self._discover()
-        if not found:
-            raise QueueError("no nsqd registered with nsqlookupd " + ", ".join(self.settings.lookupd_http_addresses))
-        return found[0]
+        mine = own or self._same_host(found)
+        rest = sorted((n.tcp for n in found if n.tcp != mine), key=self._backing_off)
+        yield from ([mine] if mine and not self._backing_off(mine) else []) + rest + ([mine] if mine else [])
 
-    def _discover(self) -> list[str]:
+    def _same_host(self, found: list[Nsqd]) -> str:
+        """An nsqd nsqlookupd lists on this host (one by our pid among several), else ""."""
+        here = [n.tcp for n in found if n.host in self._host_addresses()]
+        return here[os.getpid() % len(here)] if here else ""
+
+    def _host_addresses(self) -> set[str]:
+        """This host's names and addresses: its hostname, the advertised address, every interface's."""
+        if self._this_host is None:
+            names = {socket.gethostname(), os.environ.get("TASKHERD_ADVERTISE_HOST", "")} - {""}
+            try:
+                names |= {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+                          if a.family in (socket.AF_INET, socket.AF_INET6)}
+            except OSError as exc:
+                log.warning("cannot list this host's addresses: %s", exc)
+            self._this_host = names
+        return self._this_host
+
+    def _backing_off(self, address: str) -> bool:
+        return self._failed.get(address, 0.0) > time.monotonic()
+
+    def _fail(self, address: str) -> None:
+        with self._lock:
+            self._failed[address] = time.monotonic() + FAILED_BACKOFF_S
+            self._found = (-1e9, self._found[1])  # ask nsqlookupd again: it may have dropped that nsqd
+
+    def _discover(self) -> list[Nsqd]:
+        """Every nsqd registered with nsqlookupd (asked at most every `lookupd_poll_interval_s`)."""
         asked_at, found = self._found
         now = time.monotonic()
-        if found and now - asked_at < self.settings.lookupd_poll_interval_s:
+        if now - asked_at < self.settings.lookupd_poll_interval_s:
             return found
-        addresses: set[str] = set()
+        nodes: set[Nsqd] = set()
+        answered = False
         for lookupd in self.settings.lookupd_http_addresses:
             try:
-                nodes = self._http.get(f"http://{lookupd}/nodes", timeout=2.0).json().get("producers") or []
-                addresses |= {f"{n['broadcast_address']}:{n['tcp_port']}" for n in nodes}
+                producers = self._http.get(f"http://{lookupd}/nodes", timeout=2.0).json().get("producers") or []
+                nodes |= {Nsqd(_join(p["broadcast_address"], p["tcp_port"]), _join(p["broadcast_address"], p["http_port"]),
+                               p["broadcast_address"]) for p in producers}
+                answered = True
             except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.warning("nsqlookupd %s: cannot list nsqd: %s", lookupd, exc)
-        self._found = (now, sorted(addresses))
-        return self._found[1]
+        with self._lock:
+            self._found = (now, sorted(nodes) if answered or not found else found)
+            return self._found[1]
 
     def _drop_tcp(self) -> None:
         conn, self._local.conn = getattr(self._local, "conn", None), None
         if conn is not None:
             conn.close()
-            if not self.settings.nsqd_tcp_address:
-                self._found = (-1e9, [])  # that nsqd failed us: ask nsqlookupd again next time
 
-    def _post(self, path: str, content: bytes) -> None:
-        errors = []
+    def _post(self, path: str, content: bytes, errors: list[str] | None = None) -> None:
+        errors = list(errors or [])
         for addr in self._order():
             try:
                 r = self._http.post(f"http://{addr}{path}", content=content)
@@ -133,8 +225,13 @@ class Publisher:
         raise QueueError(f"nsqd publish {path.split('?')[0]} failed: " + "; ".join(errors))
 
     def _order(self) -> list[str]:
+        """HTTP addresses to post to: our own nsqd's first, then the configured ones, then every other
+        nsqd nsqlookupd lists (once our own, or the configured, failed: nsqlookupd is asked then)."""
+        found = self._found[1]
+        own = [n.http for n in found if n.tcp == self.own]
         with self._lock:
-            return list(self._addresses)
+            configured = list(self._addresses)
+        return list(dict.fromkeys(own + configured + [n.http for n in found]))
 
     def _demote(self, addr: str) -> None:
         """Try an nsqd that refused us last, so one dead nsqd costs one failure, not one per message."""
@@ -142,14 +239,16 @@ class Publisher:
             if addr in self._addresses and len(self._addresses) > 1:
                 self._addresses.remove(addr)
                 self._addresses.append(addr)
+            self._found = (-1e9, self._found[1])
 
     def backlog(self, topic: str) -> int | None:
-        """Messages held by nsqd for `topic` (topic depth plus, per channel, depth, in flight and deferred);
-        None when no nsqd answers. The TimeoutWatcher compares it with Redis to find lost messages."""
+        """Messages held for `topic` by every nsqd (topic depth plus, per channel, depth, in flight and
+        deferred), each nsqd counted once; None when no nsqd answers. The TimeoutWatcher compares it
+        with Redis to find lost messages."""
         total, answered = 0, False
-        for addr in self._order():
+        for addr in self._each_nsqd():
             try:
-                r = self._http.get(f"http://{addr}/stats", params={"format": "json", "topic": topic})
+                r = self._http.get(f"http://{addr}/stats", params={"format": "json", "topic": topic}, timeout=2.0)
                 stats: dict[str, Any] = r.json()
             except (httpx.HTTPError, ValueError):
                 continue
@@ -162,6 +261,43 @@ class Publisher:
                     total += int(ch.get("depth", 0)) + int(ch.get("in_flight_count", 0)) + int(ch.get("deferred_count", 0))
         return total if answered else None
 
+    def _each_nsqd(self) -> list[str]:
+        """An HTTP address of every nsqd, once each: the configured ones (that answer /info), then those
+        nsqlookupd lists that are none of them."""
+        seen: set[str] = set()
+        out: list[str] = []
+        for addr in self._order_configured():
+            ident = self._identity(addr)
+            if ident is not None and ident not in seen:
+                seen.add(ident)
+                out.append(addr)
+        for n in self._discover():
+            if n.tcp not in seen:
+                seen.add(n.tcp)
+                out.append(n.http)
+        return out
+
+    def _order_configured(self) -> list[str]:
+        with self._lock:
+            return list(self._addresses)
+
+    def _identity(self, addr: str) -> str | None:
+        """"broadcast address:TCP port" of the nsqd at HTTP `addr` (its /info, kept for
+        `lookupd_poll_interval_s`); None when it does not answer."""
+        until, ident = self._identities.get(addr, (0.0, ""))
+        now = time.monotonic()
+        if until > now:
+            return ident
+        try:
+            info = self._http.get(f"http://{addr}/info", timeout=2.0).json()
+            ident = _join(info["broadcast_address"], info["tcp_port"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.debug("nsqd %s: no /info: %s", addr, exc)
+            self._identities.pop(addr, None)
+            return None
+        self._identities[addr] = (now + self.settings.lookupd_poll_interval_s, ident)
+        return ident
+
     def close(self) -> None:
         self._http.close()
 
@@ -169,9 +305,11 @@ class Publisher:
 class _TcpProducer:
     """One blocking producer connection to nsqd: send PUB/MPUB, read frames until the response."""
 
-    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 10.0, connect_timeout_s: float = 2.0) -> None:
         host, port = address.rsplit(":", 1)
-        self._sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        self.address = address
+        self._sock = socket.create_connection((host.strip("[]"), int(port)), timeout=connect_timeout_s)
+        self._sock.settimeout(timeout_s)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.sendall(protocol.MAGIC_V2)
 
@@ -200,6 +338,10 @@ class _TcpProducer:
             self._sock.close()
         except OSError:
             pass
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _chunks(items: list[bytes], n: int) -> list[list[bytes]]:
