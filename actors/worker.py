@@ -59,6 +59,8 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.feed = Feed(ctx.settings.nsq, ctx.settings.nsq.tasks_topic, CHANNEL, self.name)
         self.paused = False
         self._unrecorded: tuple[Lease, Outcome | str, dict[str, Any] | None] | None = None
+        self._unstarted: Lease | None = None
+        """A task leased ahead that the slot now runs: its start rides in the slot's next round trip."""
         self._specs: dict[str | None, tuple[dict[str, Any] | None, Runnable]] = {}
 
     def on_start(self) -> None:
@@ -111,6 +113,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         if ahead is None:
             self._record()
             return
+        self._unstarted = ahead.lease if ahead.lease.ahead else None
         if self._unrecorded is not None and not self._starts_apart(ahead):
             # An exe or http executor runs inside _start: the outcome would wait for its whole run.
             self._record()
@@ -140,11 +143,12 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.execution.unrecorded = task.lease
 
     def _record_and_lease_ahead(self, done_fd: int | None) -> None:
-        """Record the previous outcome and lease the next task while the executor runs: in one round
-        trip if nsqd has already sent its message; else, as nsqd sends it a moment after our FIN,
-        once it comes, unless the executor is done first (`done_fd` turns readable) or AHEAD_WAIT_S
-        passes (a long task: what nsqd sends later is left for the LeaseKeeper to shed). The task
-        leased ahead waits behind this one at most one renewal tick: then the LeaseKeeper gives it back."""
+        """Record the previous outcome (and this task's start, if it was leased ahead) and lease the
+        next task while the executor runs: in one round trip if nsqd has already sent its message;
+        else, as nsqd sends it a moment after our FIN, once it comes, unless the executor is done
+        first (`done_fd` turns readable) or AHEAD_WAIT_S passes (a long task: what nsqd sends later
+        is left for the LeaseKeeper to shed). The task leased ahead waits behind this one at most one
+        renewal tick: then the LeaseKeeper gives it back."""
         delivery = None if self.paused else self.feed.next(0.0)
         ref = self._ref(delivery) if delivery is not None else None
         ahead = self._record(then_lease=(ref, delivery) if ref is not None and delivery is not None else None)
@@ -173,19 +177,34 @@ class Worker(Supervised, pykka.ThreadingActor):
             give_back(self.ctx, ahead)
 
     def _record(self, then_lease: tuple[TaskRef, FeedDelivery] | None = None) -> Ahead | None:
-        """Record the outcome the slot still holds, if any; with `then_lease`, lease that task too
-        (in the same round trip when there is an outcome to record)."""
+        """Record the outcome the slot still holds, if any, and the start of the task leased ahead
+        it now runs (`_unstarted`); with `then_lease`, lease that task too; all in one round trip. A
+        task is leased ahead only while the slot holds another lease, whose outcome is recorded as it
+        starts, so its start costs no round trip of its own (`_started` is a fallback)."""
+        started, self._unstarted = self._unstarted, None
         if self._unrecorded is None:
-            return self._lease(*then_lease) if then_lease else None
+            if then_lease:
+                return self._lease(*then_lease, started=started)
+            if started is not None and started.ahead:
+                self._started(started)
+            return None
         lease, outcome, spec = self._unrecorded
-        ahead = self._finish(lease, outcome, spec, then_lease=then_lease)
+        ahead = self._finish(lease, outcome, spec, then_lease=then_lease, started=started)
         self._unrecorded = None
         self.execution.unrecorded = None
         return ahead
 
-    def _lease(self, ref: TaskRef, delivery: FeedDelivery) -> Ahead | None:
+    def _started(self, lease: Lease) -> None:
         try:
-            lease, raw = self.ctx.store.lease(*self._lease_args(ref))
+            self.ctx.store.start(lease)
+        except StoreError as exc:  # it only counts as leased, not running, until its finish
+            log.warning("start of %s not recorded: %s", lease.task_id, exc,
+                        extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
+
+    def _lease(self, ref: TaskRef, delivery: FeedDelivery, started: Lease | None = None) -> Ahead | None:
+        try:
+            ahead = self._unrecorded is not None or self.execution.current() is not None
+            lease, raw = self.ctx.store.lease(*self._lease_args(ref, ahead), started=started)
         except StoreError as exc:
             log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc,
                         extra=task_fields(ref.job, ref.task_id, task_type=ref.type))
@@ -193,9 +212,11 @@ class Worker(Supervised, pykka.ThreadingActor):
             return None
         return self._leased(ref, delivery, lease, raw)
 
-    def _lease_args(self, ref: TaskRef) -> tuple[Any, ...]:
+    def _lease_args(self, ref: TaskRef, ahead: bool) -> tuple[str, str, str, str, int, str, bool]:
+        """The lease's arguments; `ahead` when the slot still holds another lease after it (its
+        executor runs, or its outcome is not recorded yet)."""
         ttl_ms = int(self.ctx.settings.worker.lease_ttl_s * 1000)
-        return ref.job, ref.task_id, uuid.uuid4().hex, self.name, ttl_ms, ref.type
+        return ref.job, ref.task_id, uuid.uuid4().hex, self.name, ttl_ms, ref.type, ahead
 
     @staticmethod
     def _leased(ref: TaskRef, delivery: FeedDelivery, lease: Lease | str, raw: str | None) -> Ahead | None:
@@ -227,10 +248,10 @@ class Worker(Supervised, pykka.ThreadingActor):
         return self._specs[raw]
 
     def _finish(self, lease: Lease, outcome: Outcome | str, spec: dict[str, Any] | None,
-                then_lease: tuple[TaskRef, FeedDelivery] | None = None) -> Ahead | None:
-        """Record an outcome; with `then_lease`, lease that next task in the same round trip (what
-        `_lease` would return). Should that round trip fail, the message goes back to nsqd and the
-        outcome is recorded alone, with retries."""
+                then_lease: tuple[TaskRef, FeedDelivery] | None = None, started: Lease | None = None) -> Ahead | None:
+        """Record an outcome (and the start of `started`); with `then_lease`, lease that next task in
+        the same round trip (what `_lease` would return). Should that round trip fail, the message
+        goes back to nsqd and the outcome is recorded alone, with retries."""
         if isinstance(outcome, str):
             outcome = Outcome("failed", None, outcome, False, 0.0)
         warn_unloadable(lease.type, outcome.error)
@@ -243,7 +264,9 @@ class Worker(Supervised, pykka.ThreadingActor):
         if then_lease is not None:
             ref, delivery = then_lease
             try:
-                state, next_lease, raw = self.ctx.store.finish_and_lease(finishing, *self._lease_args(ref))
+                # leased ahead only if an executor runs: the outcome recorded first was the slot's other lease
+                args = self._lease_args(ref, self.execution.current() is not None)
+                state, next_lease, raw = self.ctx.store.finish_and_lease(finishing, *args, started=started)
                 leased = self._leased(ref, delivery, next_lease, raw)
             except StoreError as exc:
                 log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc,
@@ -251,7 +274,7 @@ class Worker(Supervised, pykka.ThreadingActor):
                 delivery.requeue(1.0)
                 then_lease = None
         if then_lease is None:
-            state = _with_retries(lambda: self.ctx.store.finish(*finishing))
+            state = _with_retries(lambda: self.ctx.store.finish(*finishing, started=started))
         _count(lease.type, outcome, state)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("recorded %s: %s -> %s", lease.task_id, outcome.status, state,

@@ -10,7 +10,7 @@ from typing import Any
 
 from taskherd.states import FINAL_STATES, LIVE_STATES, TaskState
 from taskherd.store.archive import Archive
-from taskherd.store.state_store import StateStore
+from taskherd.store.state_store import LEASED, StateStore
 
 
 class Queries:
@@ -75,7 +75,7 @@ class Queries:
 
 def _archived_job(row: dict[str, Any]) -> dict[str, Any]:
     """A job's status from its summary in MySQL (its runtime state has left Redis)."""
-    counts = dict.fromkeys(LIVE_STATES, 0) | {s: row[s] for s in FINAL_STATES}
+    counts = dict.fromkeys((*LIVE_STATES, LEASED), 0) | {s: row[s] for s in FINAL_STATES}
     return {"job": row["job"], "counts": counts, "open": 0, "total": row["total"], "done": True,
             "created_ms": row["created_ms"], "finished_ms": row["finished_ms"], "fenced": 0,
             "summarized": True, "torn_down": True}
@@ -101,14 +101,22 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
 
     executions = t["executions"]
     if t["state"] == TaskState.RUNNING:  # the live execution, as its lease says
-        executions = [*executions, {"exec": t.get("exec"), "worker": t.get("worker"), "started": _ms(t.get("started")),
-                                    "deadline": _ms(t.get("deadline")), "status": "running",
-                                    "round": int(t.get("round") or 0)}]
+        executions = [*executions, _lease_view(t)]
     return {"id": t["id"], "job": t["job"], "type": t["type"], "state": t["state"],
             "attempts": int(t.get("attempts", 0)), "round": int(t.get("round") or 0), "parent": t.get("parent") or None,
             "payload": json.loads(t["payload"]), "result": maybe_json(t.get("result")),
             "error": t.get("error") or None, "record": None, "executions": executions,
             "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None}
+
+
+def _lease_view(t: dict[str, Any]) -> dict[str, Any]:
+    """A running task's live execution: `running`, or `leased` while a slot holds it leased ahead,
+    its executor not started yet (then `leased` is when, and `started` is None)."""
+    view = {"exec": t.get("exec"), "worker": t.get("worker"), "started": _ms(t.get("started")),
+            "deadline": _ms(t.get("deadline")), "status": "running", "round": int(t.get("round") or 0)}
+    if t.get("leased_ahead"):
+        view |= {"status": LEASED, "leased": view["started"], "started": None}
+    return view
 
 
 def _ms(v: str | None) -> int | None:

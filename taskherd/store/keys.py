@@ -41,6 +41,15 @@ def by_state(job: str, state: str) -> str:
     return f"{_tag(job)}:{state}"
 
 
+def leased(job: str) -> str:
+    """Set of the job's running tasks a slot leased ahead, while its executor ran another: still
+    leased (renewed, fenced, requeued on expiry like any running task), but not started. lease.lua
+    adds one (ahead); the slot's next round trip after it starts the executor takes it out
+    (start.lua, fenced by the execution id), as do finish, release and requeue. So the job's
+    `running` count is the running set less this one, and `leased` is this one's size."""
+    return f"{_tag(job)}:leased"
+
+
 def rung(job: str) -> str:
     """String set while a results doorbell of the job is on its way to the manager: finish.lua sets
     it (NX) and tells the worker to ring only then; the analyzer deletes it before it claims. A busy

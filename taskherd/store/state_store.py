@@ -26,6 +26,9 @@ from taskherd.store.errors import store_errors
 from taskherd.store.keyspace import Keyspace
 from taskherd.store.membership import Membership
 
+LEASED = "leased"
+"""The job count of running tasks leased ahead, not started yet (not a TaskState: they are running)."""
+
 
 class Recheck(TaskherdError):
     """`submit` refused a batch whose check of the archive is older than the tombstones that make it safe."""
@@ -79,6 +82,9 @@ class Lease:
     attempts: int
     max_attempts: int
     started_ms: int
+    """When it was leased (Redis clock): its deadline counts from here."""
+    ahead: bool = False
+    """Leased while the slot's executor ran another: counted `leased`, not running, until `start`."""
 
 
 def connect(settings: RedisSettings) -> redis.Redis:
@@ -107,7 +113,7 @@ class StateStore:
         self.members = Membership(self.redis)
         self.keyspace = Keyspace(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
-                         ("submit", "lease", "renew", "finish", "release", "requeue", "promote", "retire", "register",
+                         ("submit", "lease", "start", "renew", "finish", "release", "requeue", "promote", "retire", "register",
                           "cancel", "claim", "summarized", "settle", "expire", "forget")}
         self._local = threading.local()
 
@@ -223,24 +229,30 @@ class StateStore:
 
     # --- worker transitions -------------------------------------------------------------------------
     def lease(self, job: str, task_id: str, exec_id: str, worker: str, ttl_ms: int,
-              type_hint: str = "") -> tuple[Lease | str, str | None]:
+              type_hint: str = "", ahead: bool = False, started: Lease | None = None) -> tuple[Lease | str, str | None]:
         """(Lease, its executor spec as stored: JSON text, see `taskherd.specs.spec_from_text`), or (why not, None):
         'gone' (archived, torn down, unknown) or the
         state the task is already in. With the type hint from the message, the spec comes in the same
-        round trip; a replaced executor is thus used from the next task on, with no cache to invalidate."""
-        _, leased, raw = self.finish_and_lease(None, job, task_id, exec_id, worker, ttl_ms, type_hint)
+        round trip; a replaced executor is thus used from the next task on, with no cache to invalidate.
+        `ahead`: the slot's executor runs another task meanwhile; the job counts this one `leased`
+        until `start` (or the lease's end). With `started`, `start(started)` in the same round trip."""
+        _, leased, raw = self.finish_and_lease(None, job, task_id, exec_id, worker, ttl_ms, type_hint, ahead, started)
         return leased, raw
 
     def finish_and_lease(self, finishing: tuple[Any, ...] | None, job: str, task_id: str, exec_id: str, worker: str,
-                         ttl_ms: int, type_hint: str = "") -> tuple[str | None, Lease | str, str | None]:
-        """`finish(*finishing)` (when given) and `lease(...)` in one round trip: in a drain a slot's
-        outcome and its next lease fall due at the same moment. (finish's answer or None, lease's two)."""
-        ks = [keys.task(job, task_id), keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.RUNNING)]
-        calls = ([self._finish_call(*finishing)] if finishing else []) + [("lease", ks, [task_id, exec_id, worker, ttl_ms])]
+                         ttl_ms: int, type_hint: str = "", ahead: bool = False,
+                         started: Lease | None = None) -> tuple[str | None, Lease | str, str | None]:
+        """`finish(*finishing)` (when given), `start(started)` (when given) and `lease(...)` in one
+        round trip: in a drain a slot's outcome, the start of its next task and the lease of the one
+        after fall due at the same moment. (finish's answer or None, lease's two)."""
+        ks = [keys.task(job, task_id), keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.RUNNING),
+              keys.leased(job)]
+        calls = ([self._finish_call(*finishing)] if finishing else []) + _start_calls(started) + [
+            ("lease", ks, [task_id, exec_id, worker, ttl_ms, int(ahead)])]
         *finished, r, raw = self._pipelined(calls, ("GET", keys.executor(type_hint or "-")))
         if r[0] != "ok":
             return (finished or [None])[0], (r[1] if len(r) > 1 else r[0]), None
-        lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]))
+        lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]), ahead)
         if lease.type != type_hint:
             raw = self.redis.get(keys.executor(lease.type))
         return (finished or [None])[0], lease, raw
@@ -254,16 +266,25 @@ class StateStore:
         return [bool(x) for x in r]
 
     def finish(self, lease: Lease, outcome: str, result: dict[str, Any] | None, error: str, retry_delay_ms: int,
-               record: dict[str, Any]) -> str:
-        """'ring' (analyzing; ring the job's results doorbell) | 'analyzing' | 'retry' | 'fenced' | 'gone'."""
-        return str(self._run(*self._finish_call(lease, outcome, result, error, retry_delay_ms, record)))
+               record: dict[str, Any], started: Lease | None = None) -> str:
+        """'ring' (analyzing; ring the job's results doorbell) | 'analyzing' | 'retry' | 'fenced' | 'gone'.
+        With `started`, `start(started)` in the same round trip, after the finish."""
+        calls = [self._finish_call(lease, outcome, result, error, retry_delay_ms, record), *_start_calls(started)]
+        return str(self._pipelined(calls)[0])
+
+    def start(self, lease: Lease) -> bool:
+        """The slot started the executor of a task it leased ahead: the job counts it running, no
+        longer leased. False if the execution is no longer the live one (nothing changes then)."""
+        calls = _start_calls(lease)
+        return bool(calls) and bool(self._pipelined(calls)[0])
 
     @staticmethod
     def _finish_call(lease: Lease, outcome: str, result: dict[str, Any] | None, error: str, retry_delay_ms: int,
                      record: dict[str, Any]) -> tuple[str, list[str], list[Any]]:
         job, tid = lease.job, lease.task_id
         ks = [keys.task(job, tid), keys.executions(job, tid), keys.by_state(job, TaskState.RUNNING),
-              keys.by_state(job, TaskState.ANALYZING), keys.by_state(job, TaskState.RETRY), keys.job_meta(job), keys.rung(job)]
+              keys.by_state(job, TaskState.ANALYZING), keys.by_state(job, TaskState.RETRY), keys.job_meta(job), keys.rung(job),
+              keys.leased(job)]
         args = [tid, lease.exec_id, outcome, json.dumps(result) if result is not None else "", error or "",
                 retry_delay_ms, json.dumps(record)]
         return "finish", ks, args
@@ -271,13 +292,13 @@ class StateStore:
     def release(self, lease: Lease) -> bool:
         """Hand a running task back to pending (drain); False if the execution was already superseded."""
         ks = [keys.task(lease.job, lease.task_id), keys.by_state(lease.job, TaskState.RUNNING),
-              keys.by_state(lease.job, TaskState.PENDING)]
+              keys.by_state(lease.job, TaskState.PENDING), keys.leased(lease.job)]
         return bool(self._run("release", ks, [lease.task_id, lease.exec_id]))
 
     # --- watcher transitions ------------------------------------------------------------------------
     def requeue(self, job: str, task_id: str) -> str:
         ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.by_state(job, TaskState.RUNNING),
-              keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.ANALYZING)]
+              keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.ANALYZING), keys.leased(job)]
         return str(self._run("requeue", ks, [task_id]))
 
     def promote(self, job: str, task_id: str) -> bool:
@@ -325,14 +346,16 @@ class StateStore:
         return cast(str | None, self.redis.hget(keys.TASK_INDEX, task_id))
 
     def task(self, job: str, task_id: str) -> dict[str, Any] | None:
-        """The live task with its executions, or None once archived (or never submitted)."""
-        pipe = self.redis.pipeline(transaction=False)
+        """The live task with its executions, or None once archived (or never submitted); `leased_ahead`
+        says a running one is leased ahead, its executor not started yet."""
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hgetall(keys.task(job, task_id))
         pipe.lrange(keys.executions(job, task_id), 0, -1)
-        fields, execs = pipe.execute()
+        pipe.sismember(keys.leased(job), task_id)
+        fields, execs, ahead = pipe.execute()
         if not fields:
             return None
-        return _with_executions(fields, execs)
+        return {**_with_executions(fields, execs), "leased_ahead": bool(ahead)}
 
     def claim_results(self, job: str, limit: int, claim_ms: int, type_hints: Iterable[str] = ()
                       ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
@@ -358,15 +381,19 @@ class StateStore:
             self.redis.zadd(keys.by_state(job, TaskState.ANALYZING), dict.fromkeys(ids, at), xx=True)
 
     def job(self, job: str) -> dict[str, Any] | None:
-        """Counters by state, or None when Redis knows nothing of the job."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Counters by state, or None when Redis knows nothing of the job. `running` counts started
+        executions; `leased` the running tasks leased ahead, not started yet (`open` counts both)."""
+        pipe = self.redis.pipeline(transaction=True)  # one instant: leased ones are in the running set too
         pipe.hgetall(keys.job_meta(job))
         for s in LIVE_STATES:
             pipe.zcard(keys.by_state(job, s))
-        meta, *live = pipe.execute()
+        pipe.scard(keys.leased(job))
+        meta, *live, ahead = pipe.execute()
         if not meta:
             return None
-        counts = dict(zip(LIVE_STATES, live))
+        counts: dict[str, int] = dict(zip(LIVE_STATES, live))
+        counts[LEASED] = min(ahead, counts[TaskState.RUNNING])
+        counts[TaskState.RUNNING] -= counts[LEASED]
         for s in FINAL_STATES:
             counts[s] = int(meta.get(s, 0))
         return {"counts": counts, "open": sum(live), "total": int(meta.get("total", 0)),
@@ -498,8 +525,16 @@ class StateStore:
 
     @staticmethod
     def _job_keys(job: str, ids: list[str]) -> list[str]:
-        return [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES],
+        return [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES], keys.leased(job),
                 *[k for tid in ids for k in (keys.task(job, tid), keys.executions(job, tid))]]
+
+
+def _start_calls(started: Lease | None) -> list[tuple[str, list[str], list[Any]]]:
+    """start.lua's call for a lease whose executor the slot started, when it was leased ahead."""
+    if started is None or not started.ahead:
+        return []
+    return [("start", [keys.task(started.job, started.task_id), keys.leased(started.job)],
+             [started.task_id, started.exec_id])]
 
 
 def _open_keys(job: str) -> list[str]:

@@ -18,6 +18,7 @@ from taskherd.actors.result_analyzer import Verdict, _row
 from taskherd.intake import Intake, Submission
 from taskherd.nsq.publisher import Publisher
 from taskherd.states import TaskState
+from taskherd.store import keys
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import Lease, StateStore
 
@@ -61,13 +62,13 @@ def analyze(intake: Intake, job: str = JOB) -> None:
 def step(intake: Intake, model: Model, rnd: random.Random) -> str:
     store, tid = intake.store, rnd.choice(IDS)
     op = rnd.choice(["submit", "submit", "lease", "finish", "finish", "promote", "requeue", "cancel",
-                     "analyze", "analyze", "retry", "retry"])
+                     "analyze", "analyze", "retry", "retry", "start", "release"])
     if op == "submit":  # a resubmission with another payload is a conflict, with the same one exists
         got = intake.submit([Submission(type="t", job=JOB, payload={"v": rnd.choice([1, 2])}, id=tid)])
         if got[0].status == "created":
             model.created.add(tid)
     elif op == "lease":
-        lease, _ = store.lease(JOB, tid, uuid.uuid4().hex, "w/0", rnd.choice([0, 60_000]))
+        lease, _ = store.lease(JOB, tid, uuid.uuid4().hex, "w/0", rnd.choice([0, 60_000]), ahead=rnd.random() < 0.5)
         if isinstance(lease, Lease):
             model.leases[tid] = lease
     elif op == "finish" and tid in model.leases:
@@ -76,6 +77,10 @@ def step(intake: Intake, model: Model, rnd: random.Random) -> str:
         delay = -1 if outcome == "ok" or rnd.random() < 0.6 else 0
         store.finish(lease, outcome, {"r": 1} if outcome == "ok" else None, "" if outcome == "ok" else "boom",
                      delay, {"exec": lease.exec_id, "status": outcome})
+    elif op == "start" and tid in model.leases:  # leased ahead, now started (fenced: a no-op if superseded)
+        store.start(model.leases[tid])
+    elif op == "release" and tid in model.leases:
+        store.release(model.leases.pop(tid))
     elif op == "promote":
         store.promote(JOB, tid)
     elif op == "requeue":  # leases taken with a ttl of 0 have expired already
@@ -98,6 +103,14 @@ def check(intake: Intake, model: Model, history: list[str]) -> None:
     assert status["total"] == len(model.created), (status, history)
     assert sum(counts.values()) == status["total"], (status, history)
     assert all(n >= 0 for n in counts.values()), (status, history)
+    # What is counted leased is running, under the execution a lease taken ahead and not yet started holds
+    leased = intake.store.redis.smembers(keys.leased(JOB))
+    assert leased <= set(intake.store.ids_in_state(JOB, TaskState.RUNNING, 0, 100)), (leased, history)
+    assert counts["leased"] == len(leased), (status, history)
+    for tid in leased:
+        lease = model.leases.get(tid)
+        assert lease is not None and lease.ahead, (tid, history)
+        assert intake.store.redis.hget(keys.task(JOB, tid), "exec") == lease.exec_id, (tid, history)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -4,7 +4,7 @@
 -- way: the job's rung key was unset), else 'analyzing'. The key expires so a doorbell lost with nsqd
 -- cannot silence the job for longer than that (the TimeoutWatcher rings for stale results as well).
 -- KEYS[1] task, KEYS[2] executions list, KEYS[3] running, KEYS[4] analyzing, KEYS[5] retry, KEYS[6] meta,
--- KEYS[7] rung; ARGV[1] id, ARGV[2] execution id, ARGV[3] outcome (ok|failed), ARGV[4] result JSON,
+-- KEYS[7] rung, KEYS[8] leased; ARGV[1] id, ARGV[2] execution id, ARGV[3] outcome (ok|failed), ARGV[4] result JSON,
 -- ARGV[5] error, ARGV[6] retry delay ms (-1: final), ARGV[7] execution record JSON
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -21,6 +21,7 @@ if st[1] ~= 'running' or st[2] ~= ARGV[2] then
 end
 redis.call('RPUSH', KEYS[2], ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[8], ARGV[1])
 local delay = tonumber(ARGV[6])
 if st[3] then
   redis.call('HSET', KEYS[1], 'state', 'analyzing', 'outcome', 'cancelled', 'error', 'cancelled', 'finished', now)

@@ -1,6 +1,6 @@
 -- A running execution whose lease expired (its worker died, hung, or overran its deadline):
 -- back to pending, or to analyzing as failed when out of attempts.
--- KEYS[1] task, KEYS[2] executions list, KEYS[3] running, KEYS[4] pending, KEYS[5] analyzing
+-- KEYS[1] task, KEYS[2] executions list, KEYS[3] running, KEYS[4] pending, KEYS[5] analyzing, KEYS[6] leased
 -- ARGV[1] id
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -8,6 +8,7 @@ local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not score or tonumber(score) > now then return 'alive' end
 local st = redis.call('HMGET', KEYS[1], 'state', 'exec', 'attempts', 'max_attempts', 'worker', 'started', 'cancelled')
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[6], ARGV[1])
 if st[1] ~= 'running' then return 'stale' end
 local err = 'lease expired: worker ' .. (st[5] or '?') .. ' stopped renewing or overran the deadline'
 redis.call('RPUSH', KEYS[2], cjson.encode({exec = st[2], worker = st[5], started = tonumber(st[6]),
