@@ -43,7 +43,9 @@ from taskherd.supervisor import ChildSpec, Factory, OneForOne, RestForOne, Super
 log = logging.getLogger("taskherd.pod")
 
 
-def run(settings: Settings, role: str, config_path: str | None = None) -> int:
+def run(settings: Settings, role: str, config_path: str | None = None, nsqd: str = "") -> int:
+    """Run one pod until SIGTERM; `nsqd` is the nsqd it publishes to first (else [nsq]'s, see
+    taskherd.nsq.publisher), while its consumers keep reading as [nsq] says."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -55,7 +57,7 @@ def run(settings: Settings, role: str, config_path: str | None = None) -> int:
     configure_logging(settings.log, role, node.id)
     level, line = _security_line(settings, role)  # the first line: whether this pod's API is open
     log.log(level, "pod %s starting (role %s): %s", node.id, role, line)
-    ctx = _context(settings, role, node, stop)
+    ctx = _context(settings, role, node, stop, nsqd)
     if ctx is None:
         return 0
     escalated, asked = threading.Event(), threading.Event()
@@ -106,13 +108,14 @@ def _set_all(*events: threading.Event) -> None:
         event.set()
 
 
-def _context(settings: Settings, role: str, node: NodeInfo, stop: threading.Event) -> PodContext | None:
+def _context(settings: Settings, role: str, node: NodeInfo, stop: threading.Event,
+             nsqd: str = "") -> PodContext | None:
     archive = None
     if role in ("manager", "all"):
         archive = Archive(settings.mysql)
         if not _until_ready(archive.ensure_schema, "MySQL schema", stop):
             return None
-    return PodContext(settings, node.id, StateStore(settings.redis), Publisher(settings.nsq), archive)
+    return PodContext(settings, node.id, StateStore(settings.redis), Publisher(settings.nsq, own=nsqd), archive)
 
 
 def _until_ready(step: Callable[[], Any], what: str, stop: threading.Event) -> bool:

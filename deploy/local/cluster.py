@@ -1,8 +1,17 @@
 """`taskherd up`: a whole cluster on one machine, from real services down to pods.
 
-Services first (ServiceManager), then one manager pod and N worker pods as child processes, each
+Services first (ServiceManager), then the manager pods and the worker pods as child processes, each
 `taskherd run --role ...` with the same effective config (written into the data dir, so every pod
-agrees on ports). Pod logs stream to our stdout with a prefix per pod. A pod that exits on its own
+agrees on ports).
+
+Several managers and nsqd (`--managers N --nsqd M`, NSQ's own topology on loopback): M nsqd on
+consecutive port pairs from [nsq]'s, all registered with the one nsqlookupd; manager i (from 0) serves
+its API on `api.port + i` and publishes to nsqd i mod M (`run --api-port P --nsqd ADDR`); with M > 1
+the config says `nsqd_tcp_address = ""` (and lists every nsqd's HTTP address), so every pod consumes
+from all nsqd through nsqlookupd, and workers publish to one of them chosen by pid. The topics are
+created on every nsqd before the pods start, so nsqlookupd lists them all from the first lookup.
+
+Pod logs stream to our stdout with a prefix per pod. A pod that exits on its own
 (its supervisor escalated) is restarted, as Kubernetes would, but not one that exits 0: it was asked to
 stop (`taskherd teardown --all --stop`); once every pod has, `up` stops the services and exits 0.
 A service that dies is restarted, up to
@@ -35,7 +44,7 @@ import httpx
 
 from taskherd.config.settings import Settings
 from taskherd.config.toml_out import dumps
-from taskherd.deploy.local.services import SERVICES, ServiceManager
+from taskherd.deploy.local.services import ServiceManager, nsqd_addresses
 from taskherd.errors import ServiceError
 
 SERVICE_MAX_RESTARTS = 5
@@ -46,8 +55,11 @@ SERVICE_RESTART_WINDOW_S = 60.0
 class Pod:
     """One `taskherd run` child process, its output streamed with a prefix."""
 
-    def __init__(self, name: str, role: str, config: Path, out: IO[str], http_port: int | None = None) -> None:
+    def __init__(self, name: str, role: str, config: Path, out: IO[str], http_port: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.name, self.role, self.config, self.out, self.http_port = name, role, config, out, http_port
+        self.args = args
+        """More options of `taskherd run` (`--api-port`, `--nsqd`)."""
         self.proc: subprocess.Popen[str] | None = None
         self.restarts = 0
         self.stopped = False
@@ -55,7 +67,7 @@ class Pod:
 
     def start(self) -> None:
         argv = [sys.executable, "-P", "-m", "taskherd", "--config", str(self.config), "run", "--role",
-                self.role, *(["--http-port", str(self.http_port)] if self.http_port is not None else [])]
+                self.role, *(["--http-port", str(self.http_port)] if self.http_port is not None else []), *self.args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._stream, args=(self.proc,), daemon=True).start()
@@ -130,29 +142,39 @@ class Cluster:
     `tend()`, called from the thread that entered, restarts services that died (see the module doc)."""
 
     def __init__(self, settings: Settings, config_path: str | None = None, workers: int | None = None,
-                 data_dir: str | None = None, out: IO[str] | None = None) -> None:
+                 data_dir: str | None = None, out: IO[str] | None = None, managers: int = 1, nsqd: int = 1) -> None:
         self.settings = settings
         self.data_dir = Path(data_dir or settings.local.data_dir).resolve()
         self.workers = settings.local.workers if workers is None else workers
+        self.managers, self.nsqd = managers, nsqd
         self.out = out or sys.stdout
-        self.services = ServiceManager(settings, self.data_dir)
+        _check_ports(settings, managers, nsqd, self.workers)
+        self.services = ServiceManager(settings, self.data_dir, nsqd=nsqd)
         self.config = self.data_dir / "cluster.toml"
         self.pods: list[Pod] = []
         self._lock = DataDirLock(self.data_dir)
         self._service_restarts: dict[str, collections.deque[float]] = \
-            {name: collections.deque() for name in SERVICES}
+            {name: collections.deque() for name in self.services.names}
         self._stopping = threading.Event()
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.settings.api.host}:{self.settings.api.port}"
+        """The first manager's API."""
+        return self.api_urls[0]
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every manager's API, in order."""
+        return [f"http://{self.settings.api.host}:{self.settings.api.port + i}" for i in range(self.managers)]
 
     def __enter__(self) -> Cluster:
         self._lock.acquire()  # first: a second `up` on this data dir must change nothing in it
         try:
-            self.config.write_text(dumps(self.settings))
+            self.config.write_text(dumps(self._pod_settings()))
             self.services.start()
-            self.pods = [Pod("manager", "manager", self.config, self.out)]
+            if self.nsqd > 1:
+                self._create_topics()
+            self.pods = self._manager_pods()
             port = self.settings.worker.http_port  # each worker pod its own probe port (0: each a free one)
             self.pods += [Pod(f"worker-{i + 1}", "worker", self.config, self.out, port + i if port else 0)
                           for i in range(self.workers)]
@@ -164,6 +186,37 @@ class Cluster:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _pod_settings(self) -> Settings:
+        """What every pod reads: with several nsqd, none named for consumers (all through nsqlookupd)."""
+        if self.nsqd == 1:
+            return self.settings
+        https = tuple(http for _, http in self.services.nsqd)
+        nsq = self.settings.nsq.model_copy(update={"nsqd_tcp_address": "", "nsqd_http_addresses": https})
+        return self.settings.model_copy(update={"nsq": nsq})
+
+    def _manager_pods(self) -> list[Pod]:
+        """Manager i: API on api.port + i, publishing to nsqd i mod M (options only where they differ)."""
+        pods = []
+        for i in range(self.managers):
+            args: tuple[str, ...] = ("--api-port", str(self.settings.api.port + i)) if i else ()
+            if self.nsqd > 1:
+                args += ("--nsqd", self.services.nsqd[i % self.nsqd][0])
+            pods.append(Pod("manager" if self.managers == 1 else f"manager-{i + 1}", "manager", self.config,
+                            self.out, args=args))
+        return pods
+
+    def _create_topics(self) -> None:
+        """Create the tasks and results topics on every nsqd, so that each registers them with
+        nsqlookupd now and consumers find every nsqd at their first lookup."""
+        nsq = self.settings.nsq
+        for _, http in self.services.nsqd:
+            for topic in (nsq.tasks_topic, nsq.results_topic):
+                try:
+                    httpx.post(f"http://{http}/topic/create", params={"topic": topic}, timeout=5,
+                               trust_env=False).raise_for_status()
+                except httpx.HTTPError as exc:
+                    raise ServiceError(f"nsqd {http}: cannot create topic {topic}: {exc}") from exc
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
@@ -178,7 +231,7 @@ class Cluster:
         one has needed `SERVICE_MAX_RESTARTS` restarts within `SERVICE_RESTART_WINDOW_S` already.
 
         Call it from the thread that entered: a service dies with the thread that started it."""
-        for name in SERVICES:
+        for name in self.services.names:
             if self.services.pid(name) is None and not self._stopping.is_set():
                 self._restart_service(name)
 
@@ -207,14 +260,14 @@ class Cluster:
         self.out.flush()
 
     def _wait_ready(self, timeout_s: float) -> None:
-        """Until the API is ready and every pod has registered."""
+        """Until every manager's API is ready and every pod has registered."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             dead = [p.name for p in self.pods if p.exited()]
             if dead:
                 raise ServiceError(f"pod(s) exited during start-up: {', '.join(dead)} (see their log lines above)")
             try:
-                if httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200 and \
+                if all(httpx.get(f"{url}/readyz", timeout=2).status_code == 200 for url in self.api_urls) and \
                         len(httpx.get(f"{self.api_url}/nodes", timeout=2).json()) >= len(self.pods):
                     return
             except (httpx.HTTPError, ValueError):
@@ -238,6 +291,25 @@ class Cluster:
                     pod.start()
 
 
+def _check_ports(settings: Settings, managers: int, nsqd: int, workers: int) -> None:
+    """ServiceError naming two parts of the cluster that would listen on one port."""
+    nsq = settings.nsq
+    owners: dict[int, str] = {}
+    wanted = [(nsq.lookupd_tcp_address, "nsqlookupd TCP"), (nsq.lookupd_http_addresses[0], "nsqlookupd HTTP")]
+    for i, (tcp, http) in enumerate(nsqd_addresses(settings, nsqd)):
+        wanted += [(tcp, f"nsqd {i + 1} TCP"), (http, f"nsqd {i + 1} HTTP")]
+    ports = [(int(address.rsplit(":", 1)[1]), what) for address, what in wanted]
+    ports += [(settings.redis.port, "redis"), (settings.mysql.port, "mysql")]
+    ports += [(settings.api.port + i, f"manager {i + 1} API") for i in range(managers)]
+    if settings.worker.http_port:
+        ports += [(settings.worker.http_port + i, f"worker {i + 1} probes") for i in range(workers)]
+    for port, what in ports:
+        if port in owners:
+            raise ServiceError(f"{what} and {owners[port]} would both use port {port}: choose fewer "
+                               f"--nsqd/--managers, or other ports in the config")
+        owners[port] = what
+
+
 def _exit_text(code: int) -> str:
     """"code 1", or "code -9, SIGKILL" for a process a signal ended."""
     if code < 0:
@@ -246,14 +318,17 @@ def _exit_text(code: int) -> str:
     return f"code {code}"
 
 
-def up(settings: Settings, config_path: str | None, workers: int | None, data_dir: str | None) -> int:
+def up(settings: Settings, config_path: str | None, workers: int | None, data_dir: str | None,
+       managers: int = 1, nsqd: int = 1) -> int:
     """Run the local cluster until Ctrl-C or SIGTERM."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        with Cluster(settings, config_path, workers, data_dir) as cluster:
-            print(f"[up] cluster ready: API {cluster.api_url} (docs at {cluster.api_url}/docs), "
+        with Cluster(settings, config_path, workers, data_dir, managers=managers, nsqd=nsqd) as cluster:
+            apis = ", ".join(cluster.api_urls)
+            more = f"{managers} managers, {nsqd} nsqd, " if managers > 1 or nsqd > 1 else ""
+            print(f"[up] cluster ready: API {apis} (docs at {cluster.api_url}/docs), {more}"
                   f"{cluster.workers} worker pod(s), data in {cluster.data_dir}. Ctrl-C stops it.", flush=True)
             # Wake often: to restart a dead service, and to let a signal caught by another thread run
             # its handler.

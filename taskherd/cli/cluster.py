@@ -17,12 +17,35 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--role", choices=("manager", "worker", "all"), default="all")
     r.add_argument("--http-port", type=int, metavar="PORT",
                    help="a worker pod's probe and metrics port (default [worker].http_port; 0 picks a free one)")
+    r.add_argument("--api-port", type=int, metavar="PORT", help="a manager pod's API port (default [api].port)")
+    r.add_argument("--nsqd", metavar="HOST:PORT", default="",
+                   help="the nsqd (TCP) this pod publishes to first (default [nsq].nsqd_tcp_address, else the "
+                        "one nsqlookupd lists on this host); consumers still read as [nsq] says")
     u = command(sub, "up", cmd_up, "run a local cluster (services + pods) until Ctrl-C")
-    u.add_argument("--workers", type=int, metavar="N", help="worker pods (default [local].workers)")
+    _topology(u)
     u.add_argument("--data-dir", metavar="DIR", help="data directory (default [local].data_dir)")
     d = command(sub, "demo", cmd_demo, "crawl a generated site on a local cluster, end to end")
     d.add_argument("--pages", type=int, default=300, metavar="N")
-    d.add_argument("--workers", type=int, metavar="N", help="worker pods (default [local].workers)")
+    _topology(d)
+
+
+def _topology(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, metavar="N", help="worker pods (default [local].workers)")
+    p.add_argument("--managers", type=_at_least_one, default=1, metavar="N",
+                   help="manager pods, with API ports [api].port, +1, ... (default 1)")
+    p.add_argument("--nsqd", type=_at_least_one, default=1, metavar="M",
+                   help="nsqd on consecutive port pairs from [nsq]'s (default 1); manager i publishes to "
+                        "nsqd i mod M, every pod consumes from all through nsqlookupd")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return n
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -60,17 +83,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = settings(args)
     if args.http_port is not None:
         config = config.model_copy(update={"worker": config.worker.model_copy(update={"http_port": args.http_port})})
-    return run(config, args.role, args.config)
+    if args.api_port is not None:
+        config = config.model_copy(update={"api": config.api.model_copy(update={"port": args.api_port})})
+    return run(config, args.role, args.config, nsqd=args.nsqd)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from taskherd.deploy.local.cluster import up
 
-    return up(settings(args), args.config, args.workers, args.data_dir)
+    return up(settings(args), args.config, args.workers, args.data_dir, managers=args.managers, nsqd=args.nsqd)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from taskherd.demo import main as demo_main
 
     config = settings(args)
-    return demo_main(config, args.config, args.pages, args.workers or config.local.workers)
+    return demo_main(config, args.config, args.pages, args.workers or config.local.workers,
+                     managers=args.managers, nsqd=args.nsqd)

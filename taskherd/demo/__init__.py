@@ -45,7 +45,8 @@ class CrawlSummary:
     """Archived pages that a BFS from the root over the archived links does not reach (should be 0)."""
 
 
-def main(settings: Settings, config_path: str | Path | None, pages: int = 300, workers: int = 2) -> int:
+def main(settings: Settings, config_path: str | Path | None, pages: int = 300, workers: int = 2,
+         managers: int = 1, nsqd: int = 1) -> int:
     """Run the demo end to end; 0 when the crawl matches the site and teardown leaves nothing."""
     from taskherd.deploy.local.cluster import Cluster
 
@@ -54,10 +55,11 @@ def main(settings: Settings, config_path: str | Path | None, pages: int = 300, w
     with DemoSite(pages, run=job) as site, _pod_log(settings, job) as log:
         print(f"  site     {site.root}")
         print(f"  logs     {log.name}")
-        print("  cluster  starting nsqd, nsqlookupd, redis, mysql, 1 manager and "
-              f"{workers} worker pod(s)...", flush=True)
-        with Cluster(settings, str(config_path) if config_path else None, workers=workers, data_dir=None, out=log) as cluster:
-            print(f"  cluster  ready, API at {cluster.api_url}")
+        print(f"  cluster  starting {'nsqd' if nsqd == 1 else f'{nsqd} nsqd'}, nsqlookupd, redis, mysql, "
+              f"{'1 manager' if managers == 1 else f'{managers} managers'} and {workers} worker pod(s)...", flush=True)
+        with Cluster(settings, str(config_path) if config_path else None, workers=workers, data_dir=None, out=log,
+                     managers=managers, nsqd=nsqd) as cluster:
+            print(f"  cluster  ready, API at {', '.join(cluster.api_urls)}")
             client = _client(cluster.api_url)
             started = time.monotonic()
             _start_job(client, job, site)
