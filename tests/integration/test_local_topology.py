@@ -183,12 +183,13 @@ def test_up_with_two_managers_survives_the_active_watchers_pod_killed_mid_job(se
         victim = registration(settings, holder)
         done_at_kill = succeeded(urls[0], job)
         os.killpg(int(victim["pid"]), signal.SIGKILL)
-        killed_at = time.monotonic()
+        killed_at, killed_wall = time.monotonic(), time.time()
         # Then the other manager's watcher takes over within the lease TTL (3 x watcher_interval_s)
         # plus one sweep
         heir = wait_until(lambda: (h := watcher_holder(settings)) not in (None, holder) and h, timeout=15,
                           interval=0.02, message="another node holds the watcher lease")
         failover_s = time.monotonic() - killed_at
+        assert float(registration(settings, heir)["started"]) < killed_wall  # the other manager, not a restart
         ttl_s = 3 * settings.manager.watcher_interval_s
         assert failover_s <= ttl_s + settings.manager.watcher_interval_s + 0.5
         survivor = [url for url in urls if url != victim["api_url"]]
