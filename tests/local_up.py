@@ -89,6 +89,8 @@ class Up:
     workdir: Path
     workers: int = 1
     cwd: Path = REPO
+    extra_toml: str = ""
+    """Appended to the config file (sections `config_toml` does not write, e.g. `[auth]`)."""
     proc: subprocess.Popen[bytes] | None = None
     recorded: list[tuple[int, float, str]] = field(default_factory=list)
 
@@ -102,7 +104,7 @@ class Up:
 
     def start(self) -> None:
         config = self.workdir / "up.toml"
-        config.write_text(config_toml(self.settings))
+        config.write_text(config_toml(self.settings) + self.extra_toml)
         argv = [*self.command, "--config", str(config), "up", "--workers", str(self.workers),
                 "--data-dir", str(self.data_dir)]
         with self.log_path.open("ab") as out:

@@ -45,7 +45,8 @@ import httpx
 from taskherd.config.settings import Settings
 from taskherd.config.toml_out import dumps
 from taskherd.deploy.local.services import ServiceManager, nsqd_addresses
-from taskherd.errors import ServiceError
+from taskherd.errors import ServiceError, StoreError
+from taskherd.store.state_store import StateStore
 
 SERVICE_MAX_RESTARTS = 5
 SERVICE_RESTART_WINDOW_S = 60.0
@@ -260,19 +261,24 @@ class Cluster:
         self.out.flush()
 
     def _wait_ready(self, timeout_s: float) -> None:
-        """Until every manager's API is ready and every pod has registered."""
+        """Until every manager's API is ready and every pod has registered (read from Redis, not from
+        `GET /nodes`: with [auth] tokens that wants a token, which `up` does not hold)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            dead = [p.name for p in self.pods if p.exited()]
-            if dead:
-                raise ServiceError(f"pod(s) exited during start-up: {', '.join(dead)} (see their log lines above)")
-            try:
-                if all(httpx.get(f"{url}/readyz", timeout=2).status_code == 200 for url in self.api_urls) and \
-                        len(httpx.get(f"{self.api_url}/nodes", timeout=2).json()) >= len(self.pods):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            self._stopping.wait(0.2)
+        store = StateStore(self.settings.redis)
+        try:
+            while time.monotonic() < deadline:
+                dead = [p.name for p in self.pods if p.exited()]
+                if dead:
+                    raise ServiceError(f"pod(s) exited during start-up: {', '.join(dead)} (see their log lines above)")
+                try:
+                    if all(httpx.get(f"{url}/readyz", timeout=2).status_code == 200 for url in self.api_urls) and \
+                            len(store.members.nodes()) >= len(self.pods):
+                        return
+                except (httpx.HTTPError, StoreError):
+                    pass
+                self._stopping.wait(0.2)
+        finally:
+            store.close()
         raise ServiceError(f"the cluster was not ready within {timeout_s:.0f} s (API {self.api_url})")
 
     def all_stopped(self) -> bool:
