@@ -138,7 +138,7 @@ class Client:
                      check: bool = True) -> dict[str, Any]:
         """Register; returns `{task_type, status, spec}` (status created, unchanged or replaced).
         A different spec already registered raises ClientError 409 unless `replace`; a target that
-        cannot run on the manager's host (no such module or program) a 422 unless `check` is False."""
+        cannot run on the manager's host (no such module or program) a 409 unless `check` is False."""
         return self._put_spec("executors", task_type, spec, replace, check)
 
     def add_analyzer(self, task_type: str, spec: Mapping[str, Any], replace: bool = False,

@@ -53,6 +53,11 @@ class Accepted:
     in place of 'created'"""
 
 
+class UnknownType(InvalidTask):
+    """A task whose type has no executor registered: the server's state, not the task's shape (the API
+    answers 409: register an executor, then submit again)."""
+
+
 def child_id(parent_id: str, position: int) -> str:
     """Deterministic, so re-running an analyzer on the same result re-submits the same ids (no-ops)."""
     return "c-" + hashlib.sha256(f"{parent_id}\0{position}".encode()).hexdigest()[:32]
@@ -199,7 +204,7 @@ class Intake:
         _check_name(f"{where}.type", s.type)
         spec = specs.get(s.type)
         if spec is None:
-            raise InvalidTask(f"{where}.type", f"no executor registered for task type {s.type!r}")
+            raise UnknownType(f"{where}.type", f"no executor registered for task type {s.type!r}")
         task_id = s.id if s.id is not None else uuid.uuid4().hex
         if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_CHARS:
             raise InvalidTask(f"{where}.id", f"expected a non-empty string of at most {MAX_ID_CHARS} characters")

@@ -31,8 +31,24 @@ from taskherd.errors import ExecutorError, InvalidInput
 Kind = Literal["python", "exe", "http"]
 KINDS: tuple[str, ...] = ("python", "exe", "http")
 
-_IDENT = r"[A-Za-z_]\w*"
-_PYTHON_TARGET = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
+# The patterns below are the API's OpenAPI patterns too, so they are written for both Python's `re`
+# (matched with fullmatch) and ECMA-262 (JSON Schema): ASCII classes only, no \w, \s or \Z.
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+PYTHON_TARGET_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+"""A python target, "package.module:function" (ASCII identifiers)."""
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_H16 = "[0-9A-Fa-f]{1,4}"
+_IPV4 = r"((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV6 = "|".join((f"({_H16}:){{7}}{_H16}", f"({_H16}:){{1,7}}:", f"({_H16}:){{1,6}}:{_H16}",
+                  f"({_H16}:){{1,5}}(:{_H16}){{1,2}}", f"({_H16}:){{1,4}}(:{_H16}){{1,3}}",
+                  f"({_H16}:){{1,3}}(:{_H16}){{1,4}}", f"({_H16}:){{1,2}}(:{_H16}){{1,5}}",
+                  f"{_H16}:(:{_H16}){{1,6}}", f":((:{_H16}){{1,7}}|:)", f"({_H16}:){{6}}{_IPV4}",
+                  f"::(ffff(:0{{1,4}})?:)?{_IPV4}", f"({_H16}:){{1,4}}:{_IPV4}"))
+_SUB = "A-Za-z0-9._~%!$&'()*+,;="
+HTTP_URL_RE = re.compile(rf"^[Hh][Tt][Tt][Pp][Ss]?://([{_SUB}:-]*@)?([{_SUB}-]+|\[({_IPV6})\])(:{_PORT}?)?"
+                         r"([/?#][!-~]*)?$")
+"""An http target: http:// or https://, an optional user@, a host (a name or a bracketed IPv6 address),
+an optional port (≤ 65535) and the rest in printable ASCII (percent-encode anything else)."""
 _FIELDS = {"kind", "target", "env", "cwd", "headers"}
 RUNNER_FIELDS = frozenset(_FIELDS)
 """The fields of a stored spec that say how to call it (the rest are defaults and policy)."""
@@ -40,6 +56,7 @@ SPEC_FIELDS = {"executor": RUNNER_FIELDS | {"id", "timeout_s", "max_attempts", "
                "analyzer": RUNNER_FIELDS | {"id", "timeout_s", "description"}}
 SPEC_KINDS = tuple(SPEC_FIELDS)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+"""Task-type and job names (matched with fullmatch: a trailing newline is no part of a name)."""
 _FIELDS_BY_KIND = {"python": set(), "exe": {"env", "cwd"}, "http": {"headers"}}
 
 
@@ -51,6 +68,11 @@ class InvalidSpec(ExecutorError):
         super().__init__("\n".join(prefix + p for p in problems))
         self.problems = problems
         self.data = data
+
+
+class NotRunnable(InvalidSpec):
+    """A valid spec whose target cannot run on this host (`check_runnable`): the host's state, not the
+    spec's shape, so the API answers 409 (install it, or register with check=false)."""
 
 
 class NotAllowed(InvalidSpec):
@@ -134,7 +156,7 @@ def _kind_problems(kind: Any) -> list[str]:
 
 
 def _target_problems(kind: str, target: Any) -> list[str]:
-    if kind == "python" and not (isinstance(target, str) and _PYTHON_TARGET.fullmatch(target)):
+    if kind == "python" and not (isinstance(target, str) and PYTHON_TARGET_RE.fullmatch(target)):
         return [f'target: expected "module:function" (e.g. "mypkg.tasks:resize"), got {_show(target)}']
     if kind == "exe" and not _is_argv(target):
         example = '["./tool", "--json"]'
@@ -161,7 +183,7 @@ def _is_argv(target: Any) -> bool:
 
 
 def _is_http_url(target: Any) -> bool:
-    if not isinstance(target, str):
+    if not isinstance(target, str) or not HTTP_URL_RE.fullmatch(target):
         return False
     try:
         parts = urlsplit(target)
@@ -191,7 +213,7 @@ def _show(value: Any) -> str:
 
 def check_name(where: str, value: Any) -> str:
     """A task type or job name; raises InvalidInput naming `where`."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise InvalidInput(where, "expected 1-128 characters of letters, digits, '_', '.', ':' or '-', "
                                   f"starting with a letter or digit; got {value!r}")
     return value
@@ -229,7 +251,7 @@ def check_runnable(spec: Mapping[str, Any], import_path: Sequence[str] = ()) -> 
     elif runner.kind == "python" and isinstance(runner.target, str):
         problem = _module_problem(runner.target.partition(":")[0], import_path)
     if problem:
-        raise InvalidSpec([f"target: {problem} (if it exists only where the workers run, register with "
+        raise NotRunnable([f"target: {problem} (if it exists only where the workers run, register with "
                            f"{CHECK_ESCAPE})"], dict(spec))
 
 

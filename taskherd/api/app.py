@@ -7,7 +7,8 @@ its thread pool, where blocking on Redis or on an actor's answer is harmless.
 
 Routes live one module per resource in `routes/`; what they share (the pod, lookups that 404) in
 `deps.py`; the one error shape in `errors.py`; bodies in `models.py`; size limit and metrics in
-`middleware.py`; who may call what (bearer tokens, scopes) in `auth.py`. Every error answers
+`middleware.py`; who may call what (bearer tokens, scopes) in `auth.py`; what keeps the API exactly
+its OpenAPI (405 with Allow, the pod's limits in the schema) in `contract.py`. Every error answers
 `{"errors": [{"field", "message", "service"}]}`.
 """
 
@@ -21,7 +22,7 @@ from fastapi import FastAPI
 
 from taskherd import __version__
 from taskherd.actors.context import PodContext
-from taskherd.api import auth
+from taskherd.api import auth, contract
 from taskherd.api import models as m
 from taskherd.api.deps import Pod
 from taskherd.api.errors import install_error_handlers
@@ -47,6 +48,7 @@ def build_app(ctx: PodContext, intake: Intake, manager: Callable[[], pykka.Actor
     for routes in (specs, tasks, jobs, ops, system):
         app.include_router(routes.router)
     install_error_handlers(app)
+    contract.install(app, ctx.settings.api.max_batch)
     api = ctx.settings.api
     task_limit = api.max_batch * (api.max_payload_bytes + TASK_OVERHEAD_BYTES)
     app.add_middleware(BodyLimit, limit_for=lambda path: task_limit if path == "/tasks" else SPEC_BODY_LIMIT)

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 
 from taskherd.api.models import SHAPE_TAGS
 from taskherd.errors import HerdFull, InvalidInput, QueueError, StoreError
-from taskherd.specs import InvalidSpec, NotAllowed
+from taskherd.specs import InvalidSpec, NotAllowed, NotRunnable
 
 log = logging.getLogger("taskherd.api")
 
@@ -69,6 +69,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidInput, lambda _r, e: error_response(422, [error_item(
         task_field(e.field, True), e.problem)]))
     app.add_exception_handler(InvalidSpec, lambda _r, e: error_response(422, [_spec_item(p) for p in e.problems]))
+    app.add_exception_handler(NotRunnable, lambda _r, e: error_response(409, [_spec_item(p) for p in e.problems]))
     app.add_exception_handler(NotAllowed, lambda _r, e: error_response(403, [_spec_item(p) for p in e.problems]))
     app.add_exception_handler(StoreError, lambda _r, e: _unavailable(
         "mysql" if str(e).startswith("mysql") else "redis", e))

@@ -10,11 +10,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
+from taskherd.specs import HTTP_URL_RE, NAME_RE, PYTHON_TARGET_RE
 from taskherd.states import TaskState
 
 MAX_SECONDS = 7 * 24 * 3600
+MAX_ID_CHARS = 255
+NAME = NAME_RE.pattern
+"""The pattern of task-type and job names, declared wherever one is taken (the handlers check it too)."""
 State = TaskState
 
 
@@ -39,26 +43,41 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
 
 
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer: 3.0 is one (strict pydantic would refuse it); "3" and true are not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_whole)]
+Attempts = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_whole)]
+
+
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    """Strict: a JSON string is no number ("5" for `timeout_s` is a 422, as the schema says)."""
 
 
 class TaskIn(_In):
     """One task to submit; without an id the server makes one and returns it."""
 
-    id: str | None = Field(None, min_length=1, max_length=255, description="Idempotency key; the same id "
-                           "and payload again answers 'exists', a different payload 'conflict'.")
-    type: str = Field(description="Task type; an executor must be registered for it.")
-    job: str = Field(description="The job this task belongs to (1-128 letters, digits, '_', '.', ':', '-').")
-    payload: dict[str, Any] = Field(default_factory=dict, description="JSON object handed to the executor.")
+    id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS, description="Idempotency key; the same "
+                           "id and payload again answers 'exists', a different payload 'conflict'.")
+    type: str = Field(json_schema_extra={"pattern": NAME}, description="Task type; with no executor registered "
+                      "for it the submit is a 409 (register one, then submit again).")
+    job: str = Field(json_schema_extra={"pattern": NAME},
+                     description="The job this task belongs to (1-128 letters, digits, '_', '.', ':', '-').")
+    payload: dict[str, Any] = Field(default_factory=dict, description="JSON object handed to the executor; "
+                                    "at most [api].max_payload_bytes (256 KiB) as compact JSON, else a 422.")
     timeout_s: float | None = Field(None, gt=0, le=MAX_SECONDS, description="Overrides the executor's time-out.")
-    max_attempts: int | None = Field(None, ge=1, le=1000, description="Overrides the executor's attempts.")
+    max_attempts: Attempts | None = Field(None, description="Overrides the executor's attempts.")
 
 
 class TaskBatch(_In):
-    """Many tasks in one request, accepted all or nothing (any invalid task rejects the batch)."""
+    """Many tasks in one request, accepted all or nothing (any invalid task rejects the batch); an id
+    given twice is created once, its later copies answered as a resubmission is (exists or conflict)."""
 
-    tasks: list[TaskIn] = Field(min_length=1)
+    tasks: list[TaskIn] = Field(min_length=1, description="At most [api].max_batch tasks (the schema served "
+                                "by a pod says its own as maxItems).")
 
 
 def _shape(body: Any) -> str:
@@ -72,8 +91,36 @@ SHAPE_TAGS = ("one", "batch")
 """Tags pydantic puts in an error's location; they are not part of the field path a user sees."""
 
 
+_STRINGS: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+_NONE: dict[str, Any] = {"anyOf": [{"type": "object", "maxProperties": 0}, {"type": "null"}]}
+_RUNNERS: dict[str, dict[str, Any]] = {
+    "python": {"target": {"type": "string", "pattern": PYTHON_TARGET_RE.pattern, "description": '"module:function"'},
+               "env": _NONE, "cwd": {"type": "null"}, "headers": _NONE},
+    "exe": {"target": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                       "prefixItems": [{"type": "string", "minLength": 1}], "description": "argv"},
+            "env": {"anyOf": [_STRINGS, {"type": "null"}]},
+            "cwd": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"}]}, "headers": _NONE},
+    "http": {"target": {"type": "string", "pattern": HTTP_URL_RE.pattern, "description": "an http(s) URL"},
+             "env": _NONE, "cwd": {"type": "null"}, "headers": {"anyOf": [_STRINGS, {"type": "null"}]}},
+}
+"""What each kind takes, as `taskherd.specs.RunnerSpec` checks it (the handlers keep its messages)."""
+
+
+def _one_of_kinds(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The spec's JSON schema as one object schema per kind, so that the OpenAPI says which target
+    and options go with which kind (pydantic alone would declare them as any JSON)."""
+    common = {k: v for k, v in schema.pop("properties").items() if k not in _RUNNERS["exe"] and k != "kind"}
+    for key in ("required", "additionalProperties", "type"):
+        schema.pop(key, None)
+    schema["oneOf"] = [{"title": f"{model.__name__} ({kind})", "type": "object", "additionalProperties": False,
+                        "required": ["kind", "target"], "properties": {"kind": {"const": kind}, **runner, **common}}
+                       for kind, runner in _RUNNERS.items()]
+
+
 class SpecIn(_In):
-    id: str | None = Field(None, min_length=1, max_length=255, description="Defaults to the task type.")
+    model_config = ConfigDict(json_schema_extra=_one_of_kinds)
+
+    id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS, description="Defaults to the task type.")
     kind: Any = Field(description="python, exe or http.")
     target: Any = Field(description='"pkg.module:function" (python), an argv list (exe) or a URL (http).')
     env: Any = Field(None, description="exe only: extra environment variables (object of strings).")
@@ -86,8 +133,8 @@ class SpecIn(_In):
 class ExecutorIn(SpecIn):
     """How to run tasks of one type."""
 
-    max_attempts: int | None = Field(None, ge=1, le=1000, description="Default attempts per task.")
-    retry_on: list[str | int] | None = Field(None, description="Exception type names, exit codes or HTTP "
+    max_attempts: Attempts | None = Field(None, description="Default attempts per task.")
+    retry_on: list[str | Integer] | None = Field(None, description="Exception type names, exit codes or HTTP "
                                              "statuses that are retried; others fail at once.")
 
 
@@ -98,7 +145,8 @@ class AnalyzerIn(SpecIn):
 class Accepted(BaseModel):
     id: str
     status: Literal["created", "exists", "conflict", "cancelled"]
-    """'cancelled': the job was cancelled and accepts no new tasks."""
+    """In a batch, 'conflict': another payload has this id; 'cancelled': the job was cancelled and accepts
+    no new tasks (a single task answers either with a 409)."""
 
 
 class BatchAccepted(BaseModel):

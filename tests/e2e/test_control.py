@@ -60,7 +60,9 @@ def test_cancelling_a_job_cancels_waiting_tasks_and_refuses_new_ones(cluster, tm
     assert c.cancel_job("jj")["cancelled"] == 10
     status = done(cluster, "jj", timeout=30)
     assert status["counts"]["cancelled"] == 10 and status["total"] == 10
-    assert c.submit({"id": "late", "type": "slow", "job": "jj", "payload": {}})["status"] == "cancelled"
+    with pytest.raises(ClientError) as refused:
+        c.submit({"id": "late", "type": "slow", "job": "jj", "payload": {}})
+    assert refused.value.status == 409 and "was cancelled" in str(refused.value)
 
 
 def test_teardown_refuses_an_open_job_and_with_cancel_kills_archives_then_tears_it_down(cluster, tmp_path, capsys):

@@ -62,7 +62,7 @@ def test_submit_file_errors_name_the_file_and_line(typed: Stack, tmp_path: Path,
     lines.write_text('{"id": "a"}\n{"id": "b"}\n\n{"id": "c", "payload": {"n": 3}}\n{"id": "d", "type": "nope"}\n')
     assert main(["--api", typed.url, "submit", "--job", "j1", "--type", "echo", "--file", str(lines)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: 422 {lines}:5: type: no executor registered"), err
+    assert err.startswith(f"error: 409 {lines}:5: type: no executor registered"), err
     assert "tasks.3" not in err
 
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
 from taskherd.actors.manager import CancelJob, RetryTasks, Teardown
@@ -26,6 +26,8 @@ TEARDOWN_WAIT_S = 30.0
 
 router = APIRouter(tags=["jobs"])
 
+JobName = Annotated[str, Path(pattern=m.NAME, description="1-128 letters, digits, '_', '.', ':', '-'")]
+
 
 @router.get("/jobs", response_model=m.JobPage)
 def list_jobs(pod: PodDep, state: m.JobsState = m.JobsState.OPEN,
@@ -37,7 +39,7 @@ def list_jobs(pod: PodDep, state: m.JobsState = m.JobsState.OPEN,
 
 
 @router.get("/jobs/{job}")
-async def get_job(job: str, pod: PodDep,
+async def get_job(job: JobName, pod: PodDep,
                   wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0) -> dict[str, Any]:
     """Counts by state, open and total, done flag, created and finished times (ms). With `wait_s`,
     answers as soon as the job is done, or after `wait_s` seconds with its progress then (a
@@ -64,16 +66,20 @@ async def _wait_done(pod: PodDep, job: str, wait_s: float) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job}/tasks", response_model=m.TaskPage)
-def get_job_tasks(job: str, pod: PodDep, state: m.State,
+def get_job_tasks(job: JobName, pod: PodDep, state: m.State,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str = "") -> m.TaskPage:
-    """One page of the job's task ids in one state; pass `next_cursor` back for the next page."""
+    """One page of the job's task ids in one state; pass `next_cursor` back for the next page (a
+    cursor no page gave is a 404: it names no page)."""
     job_status(pod, job)
+    if state in LIVE_STATES and cursor and not (cursor.isascii() and cursor.isdigit()):
+        raise ApiError(404, "cursor", f"no page of {state} tasks of job {job!r} at cursor {cursor!r}: pass "
+                                      "next_cursor as a previous page gave it")
     ids, next_cursor = pod.queries.job_tasks(job, state, limit, cursor)
     return m.TaskPage(job=job, state=state, ids=ids, next_cursor=next_cursor)
 
 
 @router.post("/jobs/{job}/teardown", response_model=m.Teardown)
-async def post_teardown(job: str, pod: PodDep, cancel: bool = False,
+async def post_teardown(job: JobName, pod: PodDep, cancel: bool = False,
                         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = TEARDOWN_WAIT_S) -> m.Teardown:
     """Delete the job's runtime state, then prove Redis holds none of it (500 lists leftovers).
 
@@ -104,14 +110,14 @@ def _open(status: dict[str, Any]) -> str:
 
 
 @router.post("/jobs/{job}/cancel")
-def cancel_job(job: str, pod: PodDep) -> dict[str, Any]:
+def cancel_job(job: JobName, pod: PodDep) -> dict[str, Any]:
     """Cancel every live task of the job; the job accepts no new tasks afterwards."""
     job_status(pod, job)
     return {"job": job, "cancelled": pod.ask(CancelJob(job))}
 
 
 @router.post("/jobs/{job}/retry")
-def retry_job(job: str, pod: PodDep) -> dict[str, Any]:
+def retry_job(job: JobName, pod: PodDep) -> dict[str, Any]:
     """Requeue every failed task of the job."""
     job_status(pod, job)
     accepted = pod.ask(RetryTasks(job=job))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
 from taskherd.actors.manager import RegisterSpec
 from taskherd.api import models as m
@@ -14,17 +14,23 @@ from taskherd.specs import SPEC_KINDS, normalize_spec
 
 router = APIRouter(tags=["specs"])
 
+REGISTERED: dict[int | str, dict[str, Any]] = {
+    201: {"description": "Registered: no spec was registered for this type"},
+    200: {"model": m.Registered, "description": "The same spec again (unchanged), or another one with "
+          "replace=true (replaced)"}}
+TaskType = Annotated[str, Path(pattern=m.NAME, description="1-128 letters, digits, '_', '.', ':', '-'")]
 
-@router.put("/executors/{task_type}", response_model=m.Registered, status_code=201)
-def put_executor(task_type: str, spec: m.ExecutorIn, pod: PodDep, response: Response,
+
+@router.put("/executors/{task_type}", response_model=m.Registered, status_code=201, responses=REGISTERED)
+def put_executor(task_type: TaskType, spec: m.ExecutorIn, pod: PodDep, response: Response,
                  replace: bool = False, check: bool = True) -> m.Registered:
-    """Register how to run tasks of a type: 201 created, 200 unchanged or replaced, 409 conflict, 422
-    a bad spec or (unless `check=false`) a target that cannot run on this host."""
+    """Register how to run tasks of a type: 201 created, 200 unchanged or replaced, 409 a different
+    spec without `replace` or (unless `check=false`) a target that cannot run on this host, 422 a bad spec."""
     return _register(pod, response, "executor", task_type, spec, replace, check)
 
 
-@router.put("/analyzers/{task_type}", response_model=m.Registered, status_code=201)
-def put_analyzer(task_type: str, spec: m.AnalyzerIn, pod: PodDep, response: Response,
+@router.put("/analyzers/{task_type}", response_model=m.Registered, status_code=201, responses=REGISTERED)
+def put_analyzer(task_type: TaskType, spec: m.AnalyzerIn, pod: PodDep, response: Response,
                  replace: bool = False, check: bool = True) -> m.Registered:
     """Register how to analyze results of a type: same answers as executors."""
     return _register(pod, response, "analyzer", task_type, spec, replace, check)
@@ -47,7 +53,7 @@ def _spec_reads(kind: str) -> None:
         return {f"{kind}s": pod.ctx.store.specs(kind, pod.ctx.store.spec_types(kind))}
 
     @router.get(f"/{kind}s/{{task_type}}", summary=f"Show the {kind} of a task type")
-    def get_spec(task_type: str, pod: PodDep) -> dict[str, Any]:
+    def get_spec(task_type: TaskType, pod: PodDep) -> dict[str, Any]:
         spec = pod.ctx.store.spec(kind, task_type)
         if spec is None:
             raise ApiError(404, "task_type", f"no {kind} registered for task type {task_type!r}")

@@ -5,29 +5,38 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Path, Query, Response
 
 from taskherd.actors.manager import CancelTask, RetryTasks
 from taskherd.api import models as m
 from taskherd.api.deps import PodDep, task_view
 from taskherd.api.errors import ApiError, task_field
 from taskherd.errors import InvalidTask
-from taskherd.intake import Accepted, Submission
+from taskherd.intake import Accepted, Submission, UnknownType
 from taskherd.states import DEAD_STATES, WAITING_STATES, TaskState
 
 router = APIRouter(tags=["tasks"])
+
+TaskId = Annotated[str, Path(min_length=1, max_length=m.MAX_ID_CHARS)]
+JobName = Annotated[str | None, Query(pattern=m.NAME)]
 
 FULL: dict[int | str, dict[str, Any]] = {429: {"model": m.ErrorBody, "headers": {"Retry-After": {
     "description": "Seconds to wait before sending the same submission again", "schema": {"type": "integer"}}},
     "description": "The herd is full: the submission would pass [manager].max_open_tasks or "
                    "max_open_tasks_per_job. Nothing of it was created; send it again after Retry-After."}}
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    201: {"description": "At least one task was created"},
+    200: {"model": m.Accepted | m.BatchAccepted, "description": "None was created: each exists already "
+          "(same id and payload), or conflicts within a batch, or its job was cancelled"}}
 
 
-@router.post("/tasks", response_model=m.Accepted | m.BatchAccepted, status_code=201, responses=FULL)
+@router.post("/tasks", response_model=m.Accepted | m.BatchAccepted, status_code=201,
+             responses={**SUBMITTED, **FULL})
 def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Response) -> Any:
     """Submit one task or `{"tasks": [...]}`. 201 if any was created, else 200; one conflicting
-    task is a 409, while a batch reports conflicts per task. A batch is accepted all or nothing:
-    one that would pass a bound on open tasks is a 429 with Retry-After, creating nothing."""
+    task, or one for a cancelled job, is a 409, while a batch reports those per task. A batch is accepted all or nothing:
+    one that would pass a bound on open tasks is a 429 with Retry-After, creating nothing. A type with
+    no executor registered is a 409 (the body is well formed; the server lacks the executor)."""
     batch = isinstance(body, m.TaskBatch)
     tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
     _check_batch(tasks, pod.ctx.settings.api.max_batch)
@@ -35,24 +44,26 @@ def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Res
                        max_attempts=t.max_attempts) for t in tasks]
     try:
         accepted = pod.intake.submit(subs, bounded=True)
+    except UnknownType as exc:
+        raise ApiError(409, task_field(exc.field, batch), exc.problem) from None
     except InvalidTask as exc:
         raise ApiError(422, task_field(exc.field, batch), exc.problem) from None
     statuses = [a.status for a in accepted]
     response.status_code = 201 if "created" in statuses else 200
     if not batch:
-        return _single(accepted[0])
+        return _single(accepted[0], tasks[0].job)
     return m.BatchAccepted(tasks=[m.Accepted(id=a.id, status=a.status) for a in accepted],
                            **{s: statuses.count(s) for s in ("created", "exists", "conflict")})
 
 
 @router.get("/tasks/{task_id:path}")
-def get_task(task_id: str, pod: PodDep) -> dict[str, Any]:
+def get_task(task_id: TaskId, pod: PodDep) -> dict[str, Any]:
     """A task, live or archived: state, attempts, executions, result or error. Unknown → 404."""
     return task_view(pod, task_id)
 
 
 @router.post("/tasks/{task_id:path}/cancel")
-def cancel_task(task_id: str, pod: PodDep) -> dict[str, Any]:
+def cancel_task(task_id: TaskId, pod: PodDep) -> dict[str, Any]:
     """Cancel a task. Waiting: cancelled at once; running: its executor is killed within one lease
     renewal; already analyzed or finished: nothing to do (`was` says which)."""
     task_view(pod, task_id)
@@ -61,7 +72,7 @@ def cancel_task(task_id: str, pod: PodDep) -> dict[str, Any]:
 
 
 @router.post("/tasks/{task_id:path}/retry")
-def retry_task(task_id: str, pod: PodDep) -> dict[str, Any]:
+def retry_task(task_id: TaskId, pod: PodDep) -> dict[str, Any]:
     """Requeue a dead letter (an archived failed or cancelled task) with fresh attempts, in a new
     retry round (its earlier executions are kept): `retried`, or `exists` if it is live again already."""
     task = task_view(pod, task_id)
@@ -73,7 +84,7 @@ def retry_task(task_id: str, pod: PodDep) -> dict[str, Any]:
 
 @router.get("/tasks")
 def list_tasks(pod: PodDep, state: m.FinalState,
-               job: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+               job: JobName = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                cursor: str = "") -> dict[str, Any]:
     """Archived tasks in a final state, of one job or of all: `state=failed` lists the dead letters."""
     ids = pod.queries.archived_ids(job, state, cursor, limit)
@@ -81,17 +92,17 @@ def list_tasks(pod: PodDep, state: m.FinalState,
 
 
 def _check_batch(tasks: list[m.TaskIn], limit: int) -> None:
-    """At most `limit` tasks, and no id twice (one answer per id could not say which copy won)."""
+    """At most `limit` tasks (the OpenAPI's maxItems). An id given twice is no error: its later copies
+    answer as a resubmission would (exists, or conflict for another payload), like an analyzer's."""
     if len(tasks) > limit:
         raise ApiError(422, "tasks", f"at most {limit} tasks per request, got {len(tasks)}")
-    first: dict[str, int] = {}
-    for i, t in enumerate(tasks):
-        if t.id is not None and first.setdefault(t.id, i) != i:
-            raise ApiError(422, f"tasks.{i}.id", f"id {t.id!r} appears twice in the batch (first at tasks.{first[t.id]})")
 
 
-def _single(accepted: Accepted) -> m.Accepted:
+def _single(accepted: Accepted, job: str) -> m.Accepted:
+    """A single task's answer; what was not accepted is a 409 (a batch says it per task instead)."""
     if accepted.status == "conflict":
         raise ApiError(409, "id", f"task {accepted.id!r} already exists with a different payload or job",
                        id=accepted.id)
+    if accepted.status == "cancelled":  # nothing was created: a 2xx would name a task that does not exist
+        raise ApiError(409, "job", f"job {job!r} was cancelled and accepts no new tasks", job=job)
     return m.Accepted(id=accepted.id, status=accepted.status)
