@@ -38,6 +38,9 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         print(f"cancelled job {job}")
     print(f"torn down {len(done['jobs'])} job(s){': ' + ', '.join(done['jobs']) if done['jobs'] else ''}")
     print(f"deleted topic(s): {', '.join(done['topics_deleted']) or '(none was there)'}")
+    if done.get("topics_emptied"):
+        print(f"emptied topic(s) running pods are subscribed to (--stop deletes them too): "
+              f"{', '.join(done['topics_emptied'])}")
     print("Redis holds no task, job or lease key")
     if done["stopping"]:
         print(f"asked {len(done['stopping'])} pod(s) to exit: {', '.join(done['stopping'])}")

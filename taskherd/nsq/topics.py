@@ -4,8 +4,11 @@ HTTP addresses and every nsqd registered with nsqlookupd, from its `/nodes`), de
 registrations on each nsqlookupd, which would otherwise hand the topic's old channels back to an nsqd
 that creates the topic again. `left` reads nsqd's `/stats` to prove none is there.
 
-A consumer still connected subscribes again and so creates its topic again (empty): only a teardown
-that stops the pods (`--stop`) leaves nsqd with no taskherd topic at all.
+A topic with a consumer still connected is emptied, not deleted (`keep_subscribed`, a teardown
+that leaves the pods running): deleting it would close the consumer's connection, and a consumer
+subscribing again while nsqd still deletes the topic is left on a channel of the deleted topic,
+receiving nothing for ever (seen: the analyzer of a running manager never heard a doorbell again).
+Only a teardown that stops the pods (`--stop`) leaves nsqd with no taskherd topic at all.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ class Deleted:
     """What a deletion did: `deleted` lists `ADDRESS/TOPIC` where a topic was; `errors` what failed."""
 
     deleted: list[str] = field(default_factory=list)
+    emptied: list[str] = field(default_factory=list)
+    """`ADDRESS/TOPIC` kept, with its messages dropped, because a consumer is subscribed to it."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -50,18 +55,47 @@ def nsqd_addresses(settings: NsqSettings, errors: list[str] | None = None) -> li
     return list(found)
 
 
-def delete(settings: NsqSettings, topics: Iterable[str] | None = None) -> Deleted:
-    """Delete `topics` (taskherd's, by default) on every nsqd, then on every nsqlookupd."""
+def delete(settings: NsqSettings, topics: Iterable[str] | None = None, keep_subscribed: bool = False) -> Deleted:
+    """Delete `topics` (taskherd's, by default) on every nsqd, then on every nsqlookupd; with
+    `keep_subscribed`, a topic a consumer is connected to is emptied instead (and stays registered)."""
     topics = list(topics or names(settings))
     done = Deleted()
+    kept: set[str] = set()
     with httpx.Client(timeout=TIMEOUT_S) as http:
         for addr in nsqd_addresses(settings, done.errors):
             for topic in topics:
-                _delete(http, addr, topic, done, "nsqd")
+                channels = _subscribed(http, addr, topic) if keep_subscribed else []
+                if channels:
+                    _empty(http, addr, topic, channels, done)
+                    kept.add(topic)
+                else:
+                    _delete(http, addr, topic, done, "nsqd")
         for lookupd in settings.lookupd_http_addresses:
             for topic in topics:
-                _delete(http, lookupd, topic, done, "nsqlookupd")
+                if topic not in kept:
+                    _delete(http, lookupd, topic, done, "nsqlookupd")
     return done
+
+
+def _subscribed(http: httpx.Client, addr: str, topic: str) -> list[str]:
+    """The topic's channels on nsqd `addr` that have a consumer connected."""
+    try:
+        stats: dict[str, Any] = http.get(f"http://{addr}/stats", params={"format": "json", "topic": topic}).json()
+    except (httpx.HTTPError, ValueError):
+        return []
+    return [ch["channel_name"] for t in stats.get("topics") or [] if t.get("topic_name") == topic
+            for ch in t.get("channels") or [] if ch.get("client_count", len(ch.get("clients") or []))]
+
+
+def _empty(http: httpx.Client, addr: str, topic: str, channels: list[str], done: Deleted) -> None:
+    try:
+        http.post(f"http://{addr}/topic/empty", params={"topic": topic})
+        for channel in channels:
+            http.post(f"http://{addr}/channel/empty", params={"topic": topic, "channel": channel})
+    except httpx.HTTPError as exc:
+        _note(done.errors, f"nsqd {addr}: cannot empty topic {topic}: {exc}")
+        return
+    done.emptied.append(f"{addr}/{topic}")
 
 
 def _delete(http: httpx.Client, addr: str, topic: str, done: Deleted, what: str) -> None:

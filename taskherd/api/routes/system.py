@@ -37,6 +37,8 @@ class SystemTeardown(BaseModel):
     """The open jobs cancelled first (`cancel_open=true`)."""
     topics_deleted: list[str]
     """`NSQD-HTTP-ADDRESS/TOPIC` of each topic deleted."""
+    topics_emptied: list[str] = []
+    """Topics a running pod is subscribed to (no `stop`): emptied of messages, kept."""
     leftovers: list[str]
     """Task, job or lease keys still in Redis (always empty here: leftovers answer 500)."""
     stopping: list[str]
@@ -63,7 +65,8 @@ async def post_system_teardown(pod: PodDep, cancel_open: bool = False, stop: boo
     for job in jobs:
         left += await run_in_threadpool(pod.ask, Teardown(job))
     stopping, not_stopped = await _stop_others(pod, deadline) if stop else ([], [])
-    deleted = await run_in_threadpool(topics.delete, pod.ctx.settings.nsq)
+    # Pods left running keep their subscriptions: those topics are emptied, not deleted.
+    deleted = await run_in_threadpool(lambda: topics.delete(pod.ctx.settings.nsq, keep_subscribed=not stop))
     left += [key for key in await run_in_threadpool(pod.ctx.store.keyspace.leftovers) if key not in left]
     if left or deleted.errors:
         what = f"{len(left)} task, job or lease key(s) remain in Redis" if left else "NSQ topics not all deleted"
@@ -71,7 +74,8 @@ async def post_system_teardown(pod: PodDep, cancel_open: bool = False, stop: boo
                        "redis" if left else "nsqd", leftovers=left, nsq_errors=deleted.errors, jobs=jobs)
     if stop:
         stopping.append(await run_in_threadpool(_stop_self, pod))
-    return SystemTeardown(jobs=jobs, cancelled=cancelled, topics_deleted=deleted.deleted, leftovers=[],
+    return SystemTeardown(jobs=jobs, cancelled=cancelled, topics_deleted=deleted.deleted,
+                          topics_emptied=deleted.emptied, leftovers=[],
                           stopping=stopping, not_stopped=not_stopped)
 
 
