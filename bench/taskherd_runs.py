@@ -46,7 +46,7 @@ def bench_settings(slots: int, shift: int = PORT_SHIFT) -> Settings:
         "redis": {"port": 16379 + shift},
         "mysql": {"port": 13306 + shift, "database": "taskherd_bench"},
         "api": {"port": 18080 + shift},
-        "worker": {"slots": slots},
+        "worker": {"slots": slots, "http_port": 18090 + shift},
     }, source="<bench>")
 
 
@@ -295,7 +295,7 @@ class Taskherd:
     def _start_workers(self, pods: list[Pod]) -> None:
         assert self.cluster is not None
         for pod in pods:
-            fresh = Pod(pod.name, "worker", self.cluster.config, self.out)
+            fresh = Pod(pod.name, "worker", self.cluster.config, self.out, pod.http_port)  # its own probe port
             fresh.start()
             record_pid(fresh.pid, f"taskherd pod {fresh.name}")
             self.cluster.pods.append(fresh)
