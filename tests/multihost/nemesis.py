@@ -1,0 +1,315 @@
+"""What the manager-host cases and the soak share: a fault-aware client, the active watcher, Redis's
+view of every watcher action, the faults themselves, and putting a cluster back together.
+
+- `Managers`: clients of every manager; a call goes to the first that answers (a killed or cut-off
+  manager is skipped), as a load balancer in front of the manager Deployment would.
+- `WatcherLog`: every requeue or promotion Redis receives, with the caller's address (Redis MONITOR),
+  beside the takeovers the managers log ("now the active TimeoutWatcher"). `acting_out_of_turn()` is
+  each requeue or promotion made by a manager that was not the latest to take the lease: two
+  watchers acting at once. Redis's clock and the pods' are the one machine's.
+- `FAULTS`: kind -> inject, hold, heal; each returns a `Fault` with its window.
+- `restore()`: heal, resume, start every service and pod that is down, wait for every pod's registration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+
+from taskherd.client import Client, ClientError
+from tests.helpers import wait_until
+from tests.hosts import PORTS, Cluster, Host
+from tests.hosts.net import HostsError, Proc
+from tests.multihost.checker import log_events
+
+WATCHER_LEASE = "th:lease:timeout-watcher"
+WATCHER_SCRIPTS = ("requeue", "promote")
+"""The scripts only the active TimeoutWatcher calls: requeue an expired lease, promote a due retry."""
+ERRORS = (ClientError, OSError, http.client.HTTPException)
+
+EXE = r"""
+import fcntl, json, os, sys, time
+p = json.load(sys.stdin)
+lock = open(os.path.join(p["dir"], p["id"] + ".lock"), "a")
+try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB); overlap = False
+except OSError:
+    overlap = True
+def note(ev):
+    line = json.dumps({"ev": ev, "task": p["id"], "pid": os.getpid(), "t": time.time(), "overlap": overlap,
+                       "host": os.environ.get("TASKHERD_ADVERTISE_HOST", "?")})
+    with open(os.path.join(p["dir"], "calls.jsonl"), "a") as f:
+        f.write(line + "\n")
+note("begin")
+time.sleep(p["sleep_s"])
+failed = os.path.join(p["dir"], p["id"] + ".failed")
+if p.get("fail_once") and not os.path.exists(failed):
+    open(failed, "w").close(); note("end"); sys.exit(1)
+note("end")
+print(json.dumps({"id": p["id"], "host": os.environ.get("TASKHERD_ADVERTISE_HOST", "?")}))
+"""
+"""The checker's executor (flock + calls log, same lines), failing its first attempt when `fail_once`."""
+
+EXECUTOR = {"kind": "exe", "target": [sys.executable, "-c", EXE], "timeout_s": 60, "max_attempts": 8}
+ANALYZER = {"kind": "python", "target": "tests.multihost.soak_funcs:tree"}
+OVERRIDES = {"security": {"python_allow": ["taskherd.demo", "tests.multihost"]}}
+"""Over the ConfigMap: admit the soak's analyzer module (auth is on, so an empty list refuses python)."""
+
+
+class Managers:
+    """Every manager's API; each call goes to the first that answers."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.clients = [Client(cluster.api_url(h), timeout=10, token=cluster.token or "") for h in cluster.managers]
+        for c in self.clients:
+            c.submit_deadline = 30
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        last: BaseException | None = None
+        for client in self.clients:
+            try:
+                return getattr(client, method)(*args, **kwargs)
+            except ClientError as exc:
+                if exc.status is not None and exc.status < 500 and exc.status != 429:
+                    raise
+                last = exc
+            except ERRORS as exc:
+                last = exc
+        raise ClientError(None, f"no manager answered {method}: {last}")
+
+    def wait(self, job: str, timeout: float) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            status: dict[str, Any] = self.call("job", job, wait_s=1.0)
+            return status if status.get("done") else None
+        return wait_until(done, timeout=timeout, ignore=ERRORS, message=f"job {job} done")
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
+def register(managers: Managers) -> None:
+    """The soak's executor (type `soak`) and the tree analyzer."""
+    managers.call("add_executor", "soak", EXECUTOR, replace=True)
+    managers.call("add_analyzer", "soak", ANALYZER, replace=True)
+
+
+def redis_of(cluster: Cluster) -> redis.Redis:
+    return redis.Redis(cluster.infra.ip, PORTS["redis"], socket_timeout=5, decode_responses=True)
+
+
+def active_manager(cluster: Cluster, r: redis.Redis) -> Host | None:
+    """The host whose manager pod holds the watcher lease (node ids end with the pod's pid)."""
+    node = r.get(WATCHER_LEASE)
+    if not node:
+        return None
+    pid = int(str(node).rsplit("-", 1)[1])
+    return next((h for h in cluster.managers if cluster.pods[h.name].pid == pid and cluster.pods[h.name].alive()), None)
+
+
+def takeovers(cluster: Cluster) -> list[tuple[float, str]]:
+    """(when, host address) of every lease take the managers logged, in time order."""
+    out = [(e["ts"], h.ip) for h in cluster.managers
+           for e in log_events(cluster.pods[h.name].log, "now the active TimeoutWatcher")]
+    return sorted(out)
+
+
+class WatcherLog:
+    """Redis MONITOR, kept to the watcher scripts' calls: (Redis time, caller address, script)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        src = resources.files("taskherd.store")
+        self.shas = {hashlib.sha1(src.joinpath(f"lua/{n}.lua").read_text().encode()).hexdigest(): n
+                     for n in WATCHER_SCRIPTS}
+        self.calls: list[tuple[float, str, str]] = []
+        self._stop = threading.Event()
+        self._conn = redis.Redis(cluster.infra.ip, PORTS["redis"], decode_responses=True)
+        self._thread = threading.Thread(target=self._run, name="watcher-log", daemon=True)
+
+    def start(self) -> WatcherLog:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError, ValueError), self._conn.monitor() as m:
+            for c in m.listen():
+                if self._stop.is_set():
+                    return
+                parts = c["command"].split(" ", 2)
+                if parts[0] == "EVALSHA" and len(parts) > 1 and parts[1] in self.shas:
+                    self.calls.append((c["time"], c["client_address"], self.shas[parts[1]]))
+
+    def stop(self) -> None:
+        self._stop.set()  # the next command Redis receives (heartbeats: every second) ends the thread
+        self._thread.join(10)
+
+    def acting_out_of_turn(self) -> list[str]:
+        """Requeues and promotions by a manager other than the latest to take the lease."""
+        taken = takeovers(self.cluster)
+        out = []
+        for t, addr, name in list(self.calls):
+            holder = next((ip for ts, ip in reversed(taken) if ts <= t), None)
+            if holder != addr:
+                out.append(f"{name} from {addr} at {t:.3f} while {holder} held the lease")
+        return out
+
+    def by(self, addr: str, after: float) -> list[tuple[float, str, str]]:
+        return [c for c in self.calls if c[1] == addr and c[0] > after]
+
+
+# --- faults -----------------------------------------------------------------------------------------
+@dataclass
+class Fault:
+    kind: str
+    host: str
+    ip: str
+    start: float
+    end: float = 0.0
+    note: str = ""
+
+
+def _hold(stop: threading.Event, rng: random.Random, lo: float, hi: float) -> float:
+    """Keep a fault for U(lo, hi) s (or less if the run is stopping); the time kept."""
+    held = rng.uniform(lo, hi)
+    stop.wait(held)
+    return held
+
+
+def _restart_pod(cluster: Cluster, host: Host, role: str) -> None:
+    cluster.start_pod(host, role)
+
+
+def start_service(cluster: Cluster, host: Host, name: str) -> None:
+    svc = cluster.services[host.name]
+    svc.start_one(name)
+    host.procs[name] = Proc(name, svc._procs[name], svc.log_path(name))
+
+
+def worker_cut(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    h = rng.choice(c.workers)
+    f = Fault("worker_cut", h.name, h.ip, time.time())
+    h.cut()
+    _hold(stop, rng, 2, 9)
+    h.heal()
+    f.end = time.time()
+    return f
+
+
+def worker_pause(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    h = rng.choice(c.workers)
+    f = Fault("worker_pause", h.name, h.ip, time.time())
+    h.pause()
+    _hold(stop, rng, 2, 9)
+    h.resume()
+    f.end = time.time()
+    return f
+
+
+def worker_kill(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    """A worker machine lost (every process SIGKILLed) and replaced: Kubernetes starts the pod again."""
+    h = rng.choice(c.workers)
+    f = Fault("worker_kill", h.name, h.ip, time.time())
+    h.kill()
+    _hold(stop, rng, 1, 4)
+    _restart_pod(c, h, "worker")
+    f.end = time.time()
+    return f
+
+
+def manager_kill(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    """The active manager's pod SIGKILLed, restarted a few seconds later (its nsqd stays up)."""
+    h = active_manager(c, redis_of(c)) or rng.choice(c.managers)
+    f = Fault("manager_kill", h.name, h.ip, time.time())
+    c.pods[h.name].kill()
+    _hold(stop, rng, 1, 5)
+    _restart_pod(c, h, "manager")
+    f.end = time.time()
+    return f
+
+
+def manager_cut(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    """The active manager's host (pod and nsqd) cut off, past the watcher's lease, then healed."""
+    h = active_manager(c, redis_of(c)) or rng.choice(c.managers)
+    f = Fault("manager_cut", h.name, h.ip, time.time())
+    h.cut()
+    _hold(stop, rng, 4, 10)
+    h.heal()
+    f.end = time.time()
+    return f
+
+
+def nsqd_lost(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    """An nsqd SIGKILLed with what it held, down for a while, then a new one (empty) on that host."""
+    h = rng.choice(c.managers)
+    f = Fault("nsqd_lost", h.name, h.ip, time.time())
+    c.services[h.name].kill_one("nsqd")
+    _hold(stop, rng, 4, 12)
+    start_service(c, h, "nsqd")
+    f.end = time.time()
+    return f
+
+
+def nsqd_restart(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    """An nsqd stopped cleanly (it writes its queues to disk) and started again at once."""
+    h = rng.choice(c.managers)
+    f = Fault("nsqd_restart", h.name, h.ip, time.time())
+    c.services[h.name].stop_one("nsqd")
+    start_service(c, h, "nsqd")
+    f.end = time.time()
+    return f
+
+
+def mariadb_stop(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    f = Fault("mariadb_stop", "infra", c.infra.ip, time.time())
+    c.services["infra"].stop_one("mariadb")
+    _hold(stop, rng, 4, 15)
+    start_service(c, c.infra, "mariadb")
+    f.end = time.time()
+    return f
+
+
+FAULTS: dict[str, Callable[[Cluster, random.Random, threading.Event], Fault]] = {
+    f.__name__: f for f in (worker_cut, worker_pause, worker_kill, manager_kill, manager_cut, nsqd_lost,
+                            nsqd_restart, mariadb_stop)}
+
+
+def restore(cluster: Cluster, timeout: float = 90) -> None:
+    """Every host healed and resumed, every service and pod running, every pod registered."""
+    for host in cluster.net.hosts.values():
+        host.resume()
+        with contextlib.suppress(HostsError):
+            host.heal()
+    if cluster.services["infra"].pid("mariadb") is None:
+        start_service(cluster, cluster.infra, "mariadb")
+    for h in cluster.managers:
+        if cluster.services[h.name].pid("nsqd") is None:
+            start_service(cluster, h, "nsqd")
+    for h in [*cluster.managers, *cluster.workers]:
+        if not cluster.pods[h.name].alive():
+            _restart_pod(cluster, h, "manager" if h in cluster.managers else "worker")
+    r = redis_of(cluster)
+    pids = {cluster.pods[h.name].pid for h in [*cluster.managers, *cluster.workers]}
+
+    def registered() -> bool:
+        live = r.zrangebyscore("th:nodes", int(time.time() * 1000), "+inf")
+        return pids <= {int(n.rsplit("-", 1)[1]) for n in live}
+    wait_until(registered, timeout=timeout, ignore=(redis.RedisError,), message="every pod registered")
+    wait_until(lambda: active_manager(cluster, r), timeout=timeout, ignore=(redis.RedisError,),
+               message="a manager holding the watcher lease")
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, default=str)
