@@ -270,4 +270,5 @@ def _row(task: dict[str, Any], v: Verdict) -> ArchivedTask:
         result=task.get("result") or None, error=v.error or task.get("error") or None,
         executions=json.dumps(task["executions"]), created_ms=int(task["created"]),
         finished_ms=int(task.get("finished") or task["created"]),
-        record=json.dumps(v.record) if v.record is not None else None, retry_round=int(task.get("round") or 0))
+        record=json.dumps(v.record) if v.record is not None else None, retry_round=int(task.get("round") or 0),
+        run_at_ms=int(task["run_at"]) if task.get("run_at") else None)

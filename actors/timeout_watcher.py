@@ -2,7 +2,8 @@
 
 Where a task is timed out on the manager side: every `watcher_interval_s` it requeues running tasks
 whose lease expired (the worker died, was partitioned, or overran its deadline), promotes retries
-that are due (retry times live in Redis, never in NSQ's memory-only deferred messages), republishes
+and delayed (scheduled) tasks that are due (their due times live in Redis, never in NSQ's memory-only
+deferred messages; a delayed task is published for the first time then), republishes
 pending tasks that NSQ lost, rings for results left unclaimed (a lost doorbell, a lapsed claim), and
 writes the summary of a done job if its writer crashed.
 
@@ -29,6 +30,9 @@ from taskherd.store import keys
 from taskherd.supervisor import Supervised, Ticker
 
 log = logging.getLogger("taskherd.watcher")
+
+SCHEDULED_PER_SWEEP = 5000
+"""Delayed tasks one job may have promoted (and published) per sweep; more due at once wait a sweep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
             for task_id in store.due(job, TaskState.RETRY, now):
                 if store.promote(job, task_id):
                     tasks.append(TaskRef(job, task_id).encode())
+            tasks += [TaskRef(job, i).encode() for i in self._promote_scheduled(job, now)]
             stale[job] = store.due(job, TaskState.PENDING, stale_before)
             unheard = store.due(job, TaskState.ANALYZING, stale_before, limit=1)
             if unheard:
@@ -110,6 +115,17 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         if results_depth is not None:
             QUEUE_DEPTH.labels(s.nsq.results_topic).set(results_depth)
         self.sweeps += 1
+
+    def _promote_scheduled(self, job: str, now: int) -> list[str]:
+        """The job's delayed tasks due by `now` to pending, 500 per round trip, at most SCHEDULED_PER_SWEEP
+        (the rest on the next sweep); returns those to publish."""
+        moved: list[str] = []
+        while len(moved) < SCHEDULED_PER_SWEEP:
+            due = self.ctx.store.due(job, TaskState.SCHEDULED, now)
+            moved += self.ctx.store.promote_due(job, TaskState.SCHEDULED, due)
+            if len(due) < 500:
+                break
+        return moved
 
     def _settle(self, job: str) -> bool:
         """A job with nothing open: if done, its summary is written (the analyzer's, should it have

@@ -9,9 +9,12 @@ leaves nothing, and the caller's retry with the same id is safe.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
+import math
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -30,6 +33,11 @@ from taskherd.store.state_store import Full, NewTask, Recheck, StaleSpecs, State
 log = logging.getLogger("taskherd.intake")
 
 MAX_ID_CHARS = 255
+MAX_DELAY_S = 366 * 24 * 3600
+"""The longest `delay_s` (a year and a day)."""
+MAX_RUN_AT_S = 253402300799
+"""The latest `run_at` in epoch seconds: 9999-12-31T23:59:59Z, as far as RFC 3339 goes."""
+RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,10 @@ class Submission:
     timeout_s: float | None = None
     max_attempts: int | None = None
     parent: str = ""
+    delay_s: float | None = None
+    """Not leased before this many seconds from now (listed `scheduled` until then)."""
+    run_at: float | str | None = None
+    """Not leased before this moment: epoch seconds, or RFC 3339 text with an offset. Not with delay_s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +183,8 @@ class Intake:
                                                                          archive_checked_ms)))
             specs_version = None
         self.ring([TaskRef(t.job, t.id, t.type).encode() for t in first.values() if statuses[t.id] == "created"])
+        # created scheduled (a delay still ahead): the TimeoutWatcher publishes it once it is due
+        statuses = {i: "created" if s == "scheduled" else s for i, s in statuses.items()}
         return [Accepted(t.id, statuses[t.id] if t is first[t.id] else _again(first[t.id], t)) for t in tasks]
 
     def ring(self, bodies: list[bytes]) -> None:
@@ -219,7 +233,8 @@ class Intake:
         default_attempts = spec.get("max_attempts") or self.settings.retry.max_attempts
         attempts = _positive(f"{where}.max_attempts", s.max_attempts, default_attempts, int)
         digest = hashlib.sha256(f"{s.type}\0{payload}".encode()).hexdigest()
-        return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent)
+        return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent,
+                       due=_due(where, s.delay_s, s.run_at))
 
 
 def _next_round(row: dict[str, Any]) -> dict[str, Any]:
@@ -243,14 +258,50 @@ def _positive(where: str, given: Any, default: Any, kind: type) -> Any:
     return kind(value)
 
 
+def _due(where: str, delay_s: Any, run_at: Any) -> str:
+    """NewTask.due from a task's `delay_s` or `run_at`: "" (at once), "+MS" (from now, on Redis's clock,
+    so a host's clock never moves it) or Unix ms. Not in the digest: a resubmission with another delay
+    is the same task (exists)."""
+    if delay_s is not None and run_at is not None:
+        raise InvalidTask(f"{where}.run_at", "give delay_s or run_at, not both")
+    if delay_s is not None:
+        if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not 0 <= delay_s <= MAX_DELAY_S:
+            raise InvalidTask(f"{where}.delay_s", f"expected a number of seconds ≥ 0 and ≤ {MAX_DELAY_S}, got {delay_s!r}")
+        return f"+{round(delay_s * 1000)}"
+    if run_at is None:
+        return ""
+    return str(round(run_at_seconds(f"{where}.run_at", run_at) * 1000))
+
+
+def run_at_seconds(where: str, value: Any) -> float:
+    """`run_at` as epoch seconds: a number of them, or RFC 3339 text (`2026-12-24T18:00:00Z`,
+    `...+01:00`; an offset is required). A moment already past runs at once."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or not 0 <= value <= MAX_RUN_AT_S:
+            raise InvalidTask(where, f"expected epoch seconds ≥ 0 and ≤ {MAX_RUN_AT_S}, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise InvalidTask(where, f"expected epoch seconds or an RFC 3339 date-time, got {type(value).__name__}")
+    m = RFC3339.fullmatch(value)
+    try:
+        if not m:
+            raise ValueError("not in the form 2026-12-24T18:00:00Z (an offset, Z or ±hh:mm, is required)")
+        leap = m[6] == "60"  # a leap second: the moment after :59
+        text = f"{value[:17]}{'59' if leap else m[6]}{m[7] or ''}{'+00:00' if m[8] in 'Zz' else m[8]}"
+        return dt.datetime.fromisoformat(text[:10] + "T" + text[11:]).timestamp() + leap
+    except ValueError as exc:
+        raise InvalidTask(where, f"not an RFC 3339 date-time: {value!r}: {exc}") from None
+
+
 def from_child(obj: Any, parent: dict[str, Any], position: int) -> Submission:
     """A Submission from an analyzer's child entry; the child joins its parent's job."""
     where = f"children[{position}]"
     if not isinstance(obj, dict):
         raise InvalidTask(where, f"expected an object, got {type(obj).__name__}")
-    unknown = set(obj) - {"id", "type", "payload", "timeout_s", "max_attempts"}
+    unknown = set(obj) - {"id", "type", "payload", "timeout_s", "max_attempts", "delay_s", "run_at"}
     if unknown:
         raise InvalidTask(f"{where}.{sorted(unknown)[0]}", "unknown field")
     return Submission(type=obj.get("type", parent["type"]), job=parent["job"], payload=obj.get("payload", {}),
                       id=obj.get("id") or child_id(parent["id"], position), timeout_s=obj.get("timeout_s"),
-                      max_attempts=obj.get("max_attempts"), parent=parent["id"])
+                      max_attempts=obj.get("max_attempts"), parent=parent["id"], delay_s=obj.get("delay_s"),
+                      run_at=obj.get("run_at"))

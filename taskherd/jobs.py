@@ -30,7 +30,8 @@ class Queries:
                 "attempts": row["attempts"], "round": row["retry_round"], "parent": row["parent"] or None,
                 "payload": row["payload"],
                 "result": row["result"], "error": row["error"], "record": row.get("record"),
-                "executions": row["executions"], "created_ms": row["created_ms"], "finished_ms": row["finished_ms"]}
+                "executions": row["executions"], "created_ms": row["created_ms"], "finished_ms": row["finished_ms"],
+                "run_at_ms": row.get("run_at_ms")}
 
     def job(self, job: str) -> dict[str, Any] | None:
         """Counts by state and the done flag; after teardown, the summary kept in MySQL."""
@@ -106,7 +107,8 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
             "attempts": int(t.get("attempts", 0)), "round": int(t.get("round") or 0), "parent": t.get("parent") or None,
             "payload": json.loads(t["payload"]), "result": maybe_json(t.get("result")),
             "error": t.get("error") or None, "record": None, "executions": executions,
-            "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None}
+            "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None,
+            "run_at_ms": _ms(t.get("run_at"))}
 
 
 def _lease_view(t: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 the same values; tests/unit/test_states.py fails if a script uses a state this enum lacks).
 
     submit -> pending -lease-> running -> analyzing -analyze-> succeeded | failed | cancelled
-                 ^                 | timeout, node lost, retryable failure
-                 +---- retry <-----+  (attempts left; the due time lives in Redis)
+      |          ^  ^              | timeout, node lost, retryable failure
+      |          |  +--- retry <---+  (attempts left; the due time lives in Redis)
+      +-> scheduled  (delay_s / run_at: pending once due; the due time lives in Redis)
 
 A `StrEnum`, so a state compares equal to the text Redis and MySQL store.
 """
@@ -20,6 +21,8 @@ class TaskState(StrEnum):
     """Leased: one execution holds it under a lease that expires unless renewed."""
     RETRY = "retry"
     """Failed with attempts left; pending again when its backoff is due."""
+    SCHEDULED = "scheduled"
+    """Submitted with `delay_s` or `run_at`: never leased before that moment; pending once it is due."""
     ANALYZING = "analyzing"
     """Its outcome is recorded and waits for the analyzer (which archives it)."""
     SUCCEEDED = "succeeded"
@@ -31,11 +34,12 @@ class TaskState(StrEnum):
         return self in FINAL_STATES
 
 
-LIVE_STATES: tuple[TaskState, ...] = (TaskState.PENDING, TaskState.RUNNING, TaskState.RETRY, TaskState.ANALYZING)
+LIVE_STATES: tuple[TaskState, ...] = (TaskState.PENDING, TaskState.RUNNING, TaskState.RETRY, TaskState.ANALYZING,
+                                      TaskState.SCHEDULED)
 """States of a task still in Redis (each has a sorted set per job)."""
 FINAL_STATES: tuple[TaskState, ...] = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
 """States of an archived task (a row in MySQL; the job counts them)."""
-WAITING_STATES: tuple[TaskState, ...] = (TaskState.PENDING, TaskState.RETRY)
+WAITING_STATES: tuple[TaskState, ...] = (TaskState.PENDING, TaskState.RETRY, TaskState.SCHEDULED)
 """Live states in which no execution runs: a cancel ends them at once."""
 DEAD_STATES: tuple[TaskState, ...] = (TaskState.FAILED, TaskState.CANCELLED)
 """Final states a retry may revive (the dead letters)."""

@@ -59,10 +59,12 @@ _SCHEMA = (
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
     # Tables made before retry rounds were kept (0.1.1) gain the column; every row so far is round 0.
     "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS retry_round INT NOT NULL DEFAULT 0",
+    # Delayed tasks keep the time they were due: NULL for the others, and for every row made before.
+    "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS run_at_ms BIGINT NULL",
 )
 
 _TASK_COLUMNS = ("id", "job", "type", "state", "attempts", "digest", "parent", "payload", "result", "error",
-                 "executions", "created_ms", "finished_ms", "retry_round")
+                 "executions", "created_ms", "finished_ms", "retry_round", "run_at_ms")
 _UPSERT_TASKS = (f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES {{}} ON DUPLICATE KEY UPDATE "
                  + ", ".join(f"{c} = VALUES({c})" for c in _TASK_COLUMNS if c != "id"))
 _UPSERT_RECORDS = ("INSERT INTO records (task_id, job, type, record) VALUES {} "
@@ -93,6 +95,8 @@ class ArchivedTask:
     """The analyzer's record (JSON), when it gave one."""
     retry_round: int = 0
     """How often the task was retried as a dead letter; `executions` holds every round's, each with its `round`."""
+    run_at_ms: int | None = None
+    """A delayed task's due time (`delay_s`, `run_at`), Unix ms on Redis's clock."""
 
 
 class Archive:

@@ -36,7 +36,8 @@ def by_state(job: str, state: str) -> str:
     """Sorted set of the job's task ids in a live state.
 
     Scores: pending = when published; running = lease expiry; retry = due time; analyzing = when the
-    result was recorded, or when the analyzer's claim on it lapses. The TimeoutWatcher sweeps each by score.
+    result was recorded, or when the analyzer's claim on it lapses; scheduled = its run_at (a delayed
+    task: never published before). The TimeoutWatcher sweeps each by score.
     """
     return f"{_tag(job)}:{state}"
 
@@ -75,7 +76,7 @@ TASK_INDEX = f"{PREFIX}:task-index"
 Entries are removed at archive, so it too is bounded by live work."""
 
 OPEN_TASKS = f"{PREFIX}:open-tasks"
-"""Integer: live tasks (pending, running, retry, analyzing) in all jobs, for `[manager].max_open_tasks`.
+"""Integer: live tasks (pending, running, retry, analyzing, scheduled) in all jobs, for `[manager].max_open_tasks`.
 `submit.lua` adds what it creates, `retire.lua` takes out what it retires, `forget.lua` what a
 teardown deletes; moves between live states leave it alone."""
 

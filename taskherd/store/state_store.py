@@ -67,6 +67,9 @@ class NewTask:
     """The retry round: 0 when first submitted, one more each time a dead letter is retried."""
     history: str = ""
     """JSON list of the executions of earlier rounds (each with its `round`), kept with the task."""
+    due: str = ""
+    """When it may first run: "" at once, "+MS" MS after it is created (Redis's clock), or Unix ms. A
+    time still ahead creates it `scheduled` (not published; the TimeoutWatcher promotes it when due)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +178,8 @@ class StateStore:
         order; one round trip. With `specs_version`, raises StaleSpecs (creating nothing) if the
         executor specs have changed since that version was read (`executor_specs`). `bounds` (open
         tasks of the job, of all jobs; 0: none): raises Full, creating nothing, if the batch's new
-        tasks would pass one; the count and the create are one script. `archive_checked_ms` (Unix ms)
+        tasks would pass one; the count and the create are one script. A task created `scheduled` (a due
+        time still ahead) answers 'scheduled': created, but not to be published yet. `archive_checked_ms` (Unix ms)
         is when the caller asked MySQL which ids were archived: an id retired since is answered from
         its tombstone (retire.lua, 10 s), and a check over 5 s old raises Recheck, creating nothing."""
         if not tasks:
@@ -183,7 +187,7 @@ class StateStore:
         args: list[Any] = [job, specs_version or "", *bounds]
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives, t.round,
-                     t.history]
+                     t.history, t.due]
         args += [archive_checked_ms if archive_checked_ms is not None else "", keys.TOMBSTONE]
         out, _ = self._pipelined([("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX,
                                               keys.JOBS, keys.SPECS_VERSION, *_open_keys(job),
@@ -206,7 +210,7 @@ class StateStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(keys.OPEN_TASKS)
         for job, tasks in groups.items():
-            for k in (keys.by_state(job, TaskState.PENDING), *_open_keys(job)[:3]):
+            for k in (keys.by_state(job, TaskState.PENDING), *_open_keys(job)[:-1]):
                 pipe.zcard(k)
             pipe.hmget(keys.TASK_INDEX, [t.id for t in tasks])
             for t in tasks:
@@ -214,7 +218,7 @@ class StateStore:
         replies = iter(pipe.execute())
         total, asked_all = int(next(replies) or 0), 0
         for job, tasks in groups.items():
-            open_ = sum(next(replies) for _ in range(4))
+            open_ = sum(next(replies) for _ in range(len(_open_keys(job))))
             owners, exist = next(replies), [next(replies) for _ in tasks]
             asked = sum(1 for owner, there in zip(owners, exist) if owner in (None, job) and not there)
             if per_job and open_ + asked > per_job:
@@ -301,9 +305,17 @@ class StateStore:
               keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.ANALYZING), keys.leased(job)]
         return str(self._run("requeue", ks, [task_id]))
 
-    def promote(self, job: str, task_id: str) -> bool:
-        ks = [keys.task(job, task_id), keys.by_state(job, TaskState.RETRY), keys.by_state(job, TaskState.PENDING)]
-        return bool(self._run("promote", ks, [task_id]))
+    def promote(self, job: str, task_id: str, state: TaskState = TaskState.RETRY) -> bool:
+        """One task waiting in `state` (retry or scheduled) to pending if it is due; False if it was not."""
+        return bool(self.promote_due(job, state, [task_id]))
+
+    def promote_due(self, job: str, state: TaskState, ids: list[str]) -> list[str]:
+        """Tasks of one job waiting in `state` (retry or scheduled) whose due time has come, to pending in
+        one round trip; returns those moved (to be published)."""
+        if not ids:
+            return []
+        ks = [keys.by_state(job, state), keys.by_state(job, TaskState.PENDING)]
+        return [str(x) for x in self._run("promote", ks, [state, keys.task(job, ""), *ids])]
 
     def due(self, job: str, state: str, before_ms: int, limit: int = 500) -> list[str]:
         """Ids in a live state whose score (lease expiry, due time, publish time) is before `before_ms`."""
@@ -318,14 +330,15 @@ class StateStore:
     def cancel(self, job: str, task_id: str) -> str:
         """The state the task was in ('gone' if not live). Waiting tasks move to analyzing at once;
         a running one is flagged and its worker kills it at the next lease renewal."""
-        ks = [keys.task(job, task_id), *[keys.by_state(job, s) for s in (*WAITING_STATES, TaskState.ANALYZING)]]
+        ks = [keys.task(job, task_id), *[keys.by_state(job, s) for s in (TaskState.PENDING, TaskState.RETRY,
+                                                                         TaskState.ANALYZING, TaskState.SCHEDULED)]]
         return str(self._run("cancel", ks, [task_id]))
 
     def cancel_job(self, job: str) -> list[tuple[str, str]]:
         """Refuse new tasks in the job, then cancel each live one; returns (task id, prior state)."""
         self.redis.hset(keys.job_meta(job), "cancel_requested", 1)
         out = []
-        for state in (TaskState.PENDING, TaskState.RETRY, TaskState.RUNNING):
+        for state in (*WAITING_STATES, TaskState.RUNNING):
             for task_id in cast(list[str], self.redis.zrange(keys.by_state(job, state), 0, -1)):
                 out.append((task_id, self.cancel(job, task_id)))
         return out
@@ -538,10 +551,10 @@ def _start_calls(started: Lease | None) -> list[tuple[str, list[str], list[Any]]
 
 
 def _open_keys(job: str) -> list[str]:
-    """submit.lua's keys for counting open tasks: the job's running, retry and analyzing sets (its
-    pending set is passed anyway), and the count of all jobs'."""
+    """submit.lua's keys for counting open tasks: the job's running, retry, analyzing and scheduled sets
+    (its pending set is passed anyway), and the count of all jobs'."""
     return [keys.by_state(job, TaskState.RUNNING), keys.by_state(job, TaskState.RETRY),
-            keys.by_state(job, TaskState.ANALYZING), keys.OPEN_TASKS]
+            keys.by_state(job, TaskState.ANALYZING), keys.by_state(job, TaskState.SCHEDULED), keys.OPEN_TASKS]
 
 
 def _lua(name: str) -> str:

@@ -1,7 +1,7 @@
 """A job's counts through any sequence of submits, leases, outcomes, cancels, analyses and retries.
 
 Property style, on real Redis, MySQL and nsqd with no pod: seeded random sequences drive the Intake
-(submit, retry), the StateStore's transitions (lease, finish, promote, requeue, cancel) and the
+(submit, some delayed: scheduled; retry), the StateStore's transitions (lease, finish, promote, requeue, cancel) and the
 analyzer's archive-then-retire path directly. After every step the job's total must equal the number
 of distinct tasks ever created in it, and its counts by state must add up to that total.
 """
@@ -64,7 +64,8 @@ def step(intake: Intake, model: Model, rnd: random.Random) -> str:
     op = rnd.choice(["submit", "submit", "lease", "finish", "finish", "promote", "requeue", "cancel",
                      "analyze", "analyze", "retry", "retry", "start", "release"])
     if op == "submit":  # a resubmission with another payload is a conflict, with the same one exists
-        got = intake.submit([Submission(type="t", job=JOB, payload={"v": rnd.choice([1, 2])}, id=tid)])
+        delay = rnd.choice([None, None, 0.0, 0.02, 3600.0])  # some scheduled: due soon, or only ever cancelled
+        got = intake.submit([Submission(type="t", job=JOB, payload={"v": rnd.choice([1, 2])}, id=tid, delay_s=delay)])
         if got[0].status == "created":
             model.created.add(tid)
     elif op == "lease":
@@ -82,7 +83,7 @@ def step(intake: Intake, model: Model, rnd: random.Random) -> str:
     elif op == "release" and tid in model.leases:
         store.release(model.leases.pop(tid))
     elif op == "promote":
-        store.promote(JOB, tid)
+        store.promote(JOB, tid, rnd.choice([TaskState.RETRY, TaskState.SCHEDULED]))
     elif op == "requeue":  # leases taken with a ttl of 0 have expired already
         store.requeue(JOB, tid)
     elif op == "cancel":
@@ -126,6 +127,9 @@ def test_a_jobs_total_counts_each_distinct_task_once_through_retries_cancels_and
     for _ in range(10):
         for tid in IDS:
             intake.store.promote(JOB, tid)
+            if intake.store.promote(JOB, tid, TaskState.SCHEDULED) is False and \
+                    intake.store.redis.hget(keys.task(JOB, tid), "state") == TaskState.SCHEDULED:
+                intake.store.cancel(JOB, tid)  # not due for an hour: cancelled (a waiting state, like pending)
             intake.store.requeue(JOB, tid)
             lease, _ = intake.store.lease(JOB, tid, uuid.uuid4().hex, "w/0", 60_000)
             if isinstance(lease, Lease):

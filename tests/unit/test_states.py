@@ -33,7 +33,7 @@ def test_every_state_literal_in_the_lua_scripts_is_a_task_state() -> None:
     assert unknown == {}
     # The patterns must actually see the scripts' states, or the check above proves nothing.
     seen = set().union(*literals.values())
-    assert {"pending", "running", "retry", "analyzing"} <= seen
+    assert {"pending", "running", "retry", "analyzing", "scheduled"} <= seen
 
 
 def test_the_patterns_would_catch_a_misspelt_state() -> None:

@@ -1,11 +1,23 @@
--- retry -> pending once the retry's due time has come.
--- KEYS[1] task, KEYS[2] retry zset, KEYS[3] pending zset; ARGV[1] id
+-- retry -> pending, or scheduled -> pending, once the due time has come (a retry's backoff, a delayed
+-- task's run_at), for a batch of one job's tasks in one of those states.
+-- KEYS[1] the job's retry or scheduled zset (scored by due time), KEYS[2] pending zset
+-- ARGV[1] the state KEYS[1] holds ('retry' or 'scheduled'), ARGV[2] task key prefix (the task keys carry
+-- the job's hash tag, like KEYS), ARGV[3..] ids. Returns the ids moved to pending (to be published).
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not due or tonumber(due) > now then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('HGET', KEYS[1], 'state') ~= 'retry' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'pending')
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-return 1
+local state = ARGV[1]
+if state ~= 'retry' and state ~= 'scheduled' then return redis.error_reply('promote: not a due state: ' .. state) end
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local due = redis.call('ZSCORE', KEYS[1], id)
+  if due and tonumber(due) <= now then
+    redis.call('ZREM', KEYS[1], id)
+    if redis.call('HGET', ARGV[2] .. id, 'state') == state then
+      redis.call('HSET', ARGV[2] .. id, 'state', 'pending')
+      redis.call('ZADD', KEYS[2], now, id)
+      out[#out + 1] = id
+    end
+  end
+end
+return out

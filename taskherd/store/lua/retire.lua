@@ -1,8 +1,8 @@
 -- analyzing -> gone from Redis, for a batch of one job's tasks whose MySQL rows are already committed.
 -- Counts each out of its job (after any children were counted in) and marks the job done exactly once,
 -- when nothing is open.
--- KEYS[1] meta, KEYS[2] pending, KEYS[3] running, KEYS[4] retry, KEYS[5] analyzing, KEYS[6] open tasks of
--- all jobs (a counter: what is retired leaves it; never below 0, so a counter that started after
+-- KEYS[1] meta, KEYS[2] pending, KEYS[3] running, KEYS[4] retry, KEYS[5] analyzing, KEYS[6] scheduled,
+-- KEYS[7] open tasks of all jobs (a counter: what is retired leaves it; never below 0, so a counter that started after
 -- tasks were live under-counts until they drain, and never blocks submits for ever)
 -- ARGV[1] task key prefix, ARGV[2] executions key prefix, ARGV[3] tombstone key prefix, then (id,
 -- final state) pairs; the task and executions keys carry the job's hash tag, like KEYS.
@@ -29,11 +29,11 @@ for i = 4, #ARGV, 2 do
   end
 end
 if retired > 0 then
-  local left = tonumber(redis.call('GET', KEYS[6]) or '0') - retired
-  redis.call('SET', KEYS[6], math.max(0, left))
+  local left = tonumber(redis.call('GET', KEYS[7]) or '0') - retired
+  redis.call('SET', KEYS[7], math.max(0, left))
 end
-local open = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
-  + redis.call('ZCARD', KEYS[5])
+local open = 0
+for i = 2, 6 do open = open + redis.call('ZCARD', KEYS[i]) end
 if open == 0 and redis.call('HGET', KEYS[1], 'done') ~= '1' then
   redis.call('HSET', KEYS[1], 'done', 1, 'finished', now)
   out[#out + 1] = 'done'

@@ -2,23 +2,27 @@
 -- Task ids are global: the first job to claim an id in the task index owns it while the task is
 -- live, and any other job's task of that id is a conflict.
 -- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3] task index, KEYS[4] set of jobs,
--- KEYS[5] specs version, KEYS[6..8] running, retry, analyzing zsets, KEYS[9] open tasks of all jobs
--- (a counter), KEYS[10..] task hashes (one per task, in ARGV order)
+-- KEYS[5] specs version, KEYS[6..9] running, retry, analyzing, scheduled zsets, KEYS[10] open tasks of
+-- all jobs (a counter), KEYS[11..] task hashes (one per task, in ARGV order)
 -- ARGV[1] job, ARGV[2] the specs version the batch was prepared under ('' to skip the check: it
 -- answers {'stale'}, creating nothing, when a spec has changed since), ARGV[3] and ARGV[4] the bounds
 -- on open tasks of the job and of all jobs (0: none; a batch whose new tasks would pass one answers
--- {'full', 'job' or 'all', open, new tasks asked}, creating nothing); then 10 per task: id, type,
+-- {'full', 'job' or 'all', open, new tasks asked}, creating nothing); then 11 per task: id, type,
 -- payload, digest, max_attempts, timeout_s, parent, revives (the final state of an archived task
 -- being retried, counted out of that state as it returns, and not into the total again), round (the
--- retry round; '0', a first submission, is not stored), history (JSON list of the earlier rounds' executions)
+-- retry round; '0', a first submission, is not stored), history (JSON list of the earlier rounds' executions),
+-- due (when it may first run: '' now, '+MS' MS from now on Redis's clock, or Unix ms; a due time still
+-- ahead creates it scheduled, in the scheduled zset scored by that time, answering 'scheduled' for
+-- 'created': nothing is published for it until the TimeoutWatcher promotes it; one already past
+-- creates it pending; either way the task keeps it as `run_at`)
 if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'stale'} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local FIRST = 10
+local FIRST, N = 11, 11
 -- After the tasks' ARGV: when the caller asked MySQL which ids were archived (Unix ms, '' if it did
 -- not), and the prefix of retire.lua's tombstones. That check must be younger than the tombstones
 -- (10 s), with 5 s to spare for clocks: else {'recheck'}, creating nothing.
-local after = 4 + (#KEYS - FIRST + 1) * 10
+local after = 4 + (#KEYS - FIRST + 1) * N
 local checked, tombstones = tonumber(ARGV[after + 1] or ''), ARGV[after + 2]
 if checked and now - checked > 5000 then return {'recheck'} end
 local created, counted, out = 0, 0, {}
@@ -29,13 +33,13 @@ end
 local per_job, all = tonumber(ARGV[3]), tonumber(ARGV[4])
 if per_job > 0 or all > 0 then
   local asked = #KEYS - FIRST + 1
-  local open = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7])
-    + redis.call('ZCARD', KEYS[8])
-  local everywhere = tonumber(redis.call('GET', KEYS[9]) or '0')
+  local open = redis.call('ZCARD', KEYS[2])
+  for k = 6, 9 do open = open + redis.call('ZCARD', KEYS[k]) end
+  local everywhere = tonumber(redis.call('GET', KEYS[10]) or '0')
   if (per_job > 0 and open + asked > per_job) or (all > 0 and everywhere + asked > all) then
     asked = 0  -- count only what would be created: a resubmission fits where it was
     for i = FIRST, #KEYS do
-      local owner = redis.call('HGET', KEYS[3], ARGV[5 + (i - FIRST) * 10])
+      local owner = redis.call('HGET', KEYS[3], ARGV[5 + (i - FIRST) * N])
       if (not owner or owner == ARGV[1]) and redis.call('EXISTS', KEYS[i]) == 0 then asked = asked + 1 end
     end
     if per_job > 0 and open + asked > per_job then return {'full', 'job', open, asked} end
@@ -44,7 +48,7 @@ if per_job > 0 or all > 0 then
 end
 redis.call('SADD', KEYS[4], ARGV[1])
 for i = FIRST, #KEYS do
-  local a = 4 + (i - FIRST) * 10
+  local a = 4 + (i - FIRST) * N
   local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
   local owner = redis.call('HGET', KEYS[3], id)
   local old = redis.call('HGET', key, 'digest')
@@ -65,7 +69,19 @@ for i = FIRST, #KEYS do
       'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
       'state', 'pending', 'attempts', 0, 'created', now)
     if ARGV[a + 9] ~= '0' then redis.call('HSET', key, 'round', ARGV[a + 9], 'history', ARGV[a + 10]) end
-    redis.call('ZADD', KEYS[2], now, id)
+    local due = ARGV[a + 11]
+    if due ~= '' then
+      due = (string.sub(due, 1, 1) == '+') and now + tonumber(string.sub(due, 2)) or tonumber(due)
+      redis.call('HSET', key, 'run_at', string.format('%d', due))
+    else
+      due = nil
+    end
+    if due and due > now then
+      redis.call('HSET', key, 'state', 'scheduled')
+      redis.call('ZADD', KEYS[9], due, id)
+    else
+      redis.call('ZADD', KEYS[2], now, id)
+    end
     -- A revived task is already in the total: it moves from its final state back to live work. Only
     -- when the job no longer counts it (torn down since) is it counted in afresh.
     local revives = ARGV[a + 8]
@@ -75,12 +91,12 @@ for i = FIRST, #KEYS do
       counted = counted + 1
     end
     created = created + 1
-    out[#out + 1] = 'created'
+    out[#out + 1] = (due and due > now) and 'scheduled' or 'created'
   end
 end
 if created > 0 then
   redis.call('HINCRBY', KEYS[1], 'total', counted)
-  redis.call('INCRBY', KEYS[9], created)
+  redis.call('INCRBY', KEYS[10], created)
   redis.call('HSETNX', KEYS[1], 'created', now)
   if redis.call('HGET', KEYS[1], 'done') == '1' then
     redis.call('HSET', KEYS[1], 'done', 0)
