@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.taskherd-installed
 PYTHONS := python3.13 python3.12 python3.11 python3
 
-.PHONY: help setup check test demo bench clean
+.PHONY: help setup check test demo bench soak clean
 
 help:
 	@echo "make setup   venv, Python packages and service binaries (only what is missing)"
@@ -22,6 +22,7 @@ help:
 	@echo "make test    setup and check, then run the tests on real services"
 	@echo "make demo    setup, then run the main job on a local cluster"
 	@echo "make bench   setup, then run the benchmarks"
+	@echo "make soak    setup, then the nemesis soak on namespace hosts (root; SOAK_S=1800 s, SOAK_SEED to replay)"
 	@echo "make clean   remove the venv and build leftovers of this tree"
 
 setup: $(STAMP)
@@ -38,6 +39,11 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench
+
+SOAK_S ?= 1800
+SOAK_SEED ?=
+soak: setup
+	SOAK_S=$(SOAK_S) SOAK_SEED=$(SOAK_SEED) $(PY) -m tests.multihost.soak
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
