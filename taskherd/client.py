@@ -159,7 +159,9 @@ class Client:
     # --- tasks --------------------------------------------------------------------------------------
     def submit(self, tasks: Mapping[str, Any] | Iterable[Mapping[str, Any]],
                chunk: int = 1000) -> dict[str, Any] | list[dict[str, Any]]:
-        """One task (a mapping) → `{id, status}`, raising ClientError 409 on a conflict.
+        """One task (a mapping) → `{id, status}`, raising ClientError 409 on a conflict. A task may carry
+        `delay_s` or `run_at` (epoch seconds or RFC 3339): it is `scheduled` until then (`task()` shows
+        its `run_at_ms`).
         Many tasks → a list of `{id, status}` in order, conflicts included; sent `chunk` at a time,
         each chunk accepted all or nothing. A chunk refused because the herd is full (429) is sent
         again after Retry-After (plus up to half as much again, at random), for at most

@@ -10,8 +10,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
 
+from taskherd.intake import MAX_DELAY_S, MAX_RUN_AT_S
 from taskherd.specs import HTTP_URL_RE, NAME_RE, PYTHON_TARGET_RE
 from taskherd.states import TaskState
 
@@ -50,6 +51,10 @@ def _whole(value: Any) -> Any:
 
 Integer = Annotated[int, BeforeValidator(_whole)]
 Attempts = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_whole)]
+RunAt = Annotated[Any, WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_RUN_AT_S},
+                                                  {"type": "string", "format": "date-time"}, {"type": "null"}]})]
+"""Epoch seconds or RFC 3339 text, as the schema declares; checked by the Intake, whose one message names
+`run_at` (a union here would answer two, one per branch)."""
 
 
 class _In(BaseModel):
@@ -57,8 +62,16 @@ class _In(BaseModel):
     """Strict: a JSON string is no number ("5" for `timeout_s` is a 422, as the schema says)."""
 
 
+def _delay_or_run_at(schema: dict[str, Any]) -> None:
+    """The schema says what the Intake refuses: `delay_s` and `run_at` both given (not null)."""
+    schema["not"] = {"required": ["delay_s", "run_at"],
+                     "properties": {"delay_s": {"not": {"type": "null"}}, "run_at": {"not": {"type": "null"}}}}
+
+
 class TaskIn(_In):
     """One task to submit; without an id the server makes one and returns it."""
+
+    model_config = ConfigDict(json_schema_extra=_delay_or_run_at)
 
     id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS, description="Idempotency key; the same "
                            "id and payload again answers 'exists', a different payload 'conflict'.")
@@ -70,6 +83,11 @@ class TaskIn(_In):
                                     "at most [api].max_payload_bytes (256 KiB) as compact JSON, else a 422.")
     timeout_s: float | None = Field(None, gt=0, le=MAX_SECONDS, description="Overrides the executor's time-out.")
     max_attempts: Attempts | None = Field(None, description="Overrides the executor's attempts.")
+    delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S, description="Not leased before this many seconds "
+                                  "from now (Redis's clock); listed `scheduled` until then. Not with run_at.")
+    run_at: RunAt = Field(None, description="Not leased before this moment: epoch seconds, or an RFC 3339 "
+                                 "date-time with an offset (`2026-12-24T18:00:00Z`); a moment past runs at once. "
+                                 "Not with delay_s.")
 
 
 class TaskBatch(_In):

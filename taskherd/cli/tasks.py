@@ -25,6 +25,10 @@ def add_commands(sub: Any) -> None:
     payload.add_argument("--file", metavar="FILE", help="tasks as JSON lines, one task object per line")
     s.add_argument("--timeout-s", type=float)
     s.add_argument("--max-attempts", type=int)
+    when = s.add_mutually_exclusive_group()
+    when.add_argument("--delay-s", type=float, metavar="S", help="do not start it before S seconds from now")
+    when.add_argument("--run-at", type=_run_at, metavar="T",
+                      help="do not start it before T: RFC 3339 (2026-12-24T18:00:00Z) or epoch seconds")
     s.add_argument("--submit-deadline", type=float, default=300.0, metavar="S",
                    help="while the herd is full (429), send a request again for up to S seconds (default 300)")
 
@@ -111,14 +115,24 @@ def _one_task(args: argparse.Namespace) -> dict[str, Any]:
     elif args.payload_file:
         payload = parse_json(read_text(args.payload_file, "--payload-file"), f"--payload-file {args.payload_file}")
     task = {"type": args.type, "job": args.job, "payload": payload, "id": args.id,
-            "timeout_s": args.timeout_s, "max_attempts": args.max_attempts}
+            "timeout_s": args.timeout_s, "max_attempts": args.max_attempts, "delay_s": args.delay_s,
+            "run_at": args.run_at}
     return {k: v for k, v in task.items() if v is not None}
+
+
+def _run_at(text: str) -> float | str:
+    """--run-at: epoch seconds as a number, anything else as text for the server to parse (and name)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _chunks_of_file(args: argparse.Namespace, chunk: int) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:
     """The file's tasks `chunk` at a time, each with the lines they are on, read as they are asked for."""
     defaults = {k: v for k, v in (("job", args.job), ("type", args.type), ("timeout_s", args.timeout_s),
-                                  ("max_attempts", args.max_attempts)) if v is not None}
+                                  ("max_attempts", args.max_attempts), ("delay_s", args.delay_s),
+                                  ("run_at", args.run_at)) if v is not None}
     tasks: list[dict[str, Any]] = []
     lines: list[int] = []
     for n, line in enumerate(_lines(args.file), 1):
