@@ -10,10 +10,14 @@ an idle pod elsewhere could take.
 Leases (running and ahead) are renewed here in one round trip per job; a slot whose lease was
 superseded, or could not be renewed for nearly a whole TTL (a partition from Redis), has its executor
 killed before the lease can expire, so two attempts of a task never run at once.
+
+The renewal also carries each running executor's latest progress report, when it changed since the
+last one sent (`taskherd.progress`): at most one write per task per tick, in a round trip made anyway.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -73,6 +77,8 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
         self.slots: dict[int, tuple[pykka.ActorRef[Any], Feed]] = {}
         self.renewed_at: dict[str, float] = {}
         """exec id -> when its lease was last renewed (or taken)."""
+        self.progress_sent: dict[str, str] = {}
+        """exec id -> the progress report last written for it (JSON), so an unchanged one is not sent again."""
         self.paused = False
         self._ticker: Ticker | None = None
 
@@ -134,10 +140,15 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
 
     def _renew(self) -> None:
         by_job: dict[str, list[tuple[int, Lease]]] = {}
+        progress: dict[str, str] = {}
         for index, execution in self.executions.items():
             feed = self.slots[index][1]
             feed.keep_alive()
-            lease = execution.current()
+            lease, report = execution.current_progress()
+            if lease is not None and report is not None:
+                text = json.dumps({"exec": lease.exec_id, **report}, separators=(",", ":"))
+                if self.progress_sent.get(lease.exec_id) != text:
+                    progress[lease.exec_id] = text
             if lease is not None and time.monotonic() - execution.began_at > self.ctx.settings.worker.lease_renew_s:
                 # A long task: what waits behind it goes to an idle slot (the task leased ahead, and
                 # the message nsqd sent meanwhile).
@@ -150,10 +161,12 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
                     by_job.setdefault(one.job, []).append((index, one))
         live = {one.exec_id for held in by_job.values() for _, one in held}
         self.renewed_at = {e: t for e, t in self.renewed_at.items() if e in live}
+        self.progress_sent = {e: t for e, t in self.progress_sent.items() if e in live}
         ttl = self.ctx.settings.worker.lease_ttl_s
         for job, held in by_job.items():
             try:
-                ok = self.ctx.store.renew(job, [(lease.task_id, lease.exec_id) for _, lease in held], int(ttl * 1000))
+                ok = self.ctx.store.renew(job, [(lease.task_id, lease.exec_id) for _, lease in held], int(ttl * 1000),
+                                          progress)
             except StoreError as exc:
                 self._kill_unrenewed(held, ttl, exc)
                 continue
@@ -161,6 +174,8 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
             for (index, lease), renewed in zip(held, ok):
                 if renewed:
                     self.renewed_at[lease.exec_id] = now
+                    if lease.exec_id in progress:
+                        self.progress_sent[lease.exec_id] = progress[lease.exec_id]
                 else:
                     self._kill(index, lease, "the task was cancelled or its execution superseded")
 

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from taskherd.actors.context import PodContext
 from taskherd.errors import StoreError
@@ -70,6 +71,13 @@ class Execution:
     def current(self) -> Lease | None:
         with self._lock:
             return self._current
+
+    def current_progress(self) -> tuple[Lease | None, dict[str, Any] | None]:
+        """The lease the executor runs under and the latest progress its call reported, read together:
+        the slot begins its next lease only under this lock, and starts that call only after."""
+        with self._lock:
+            current = self._current
+            return current, (self._runner.progress() if current is not None else None)
 
     def kill(self, exec_id: str) -> bool:
         with self._lock:

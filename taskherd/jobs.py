@@ -108,7 +108,20 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
             "payload": json.loads(t["payload"]), "result": maybe_json(t.get("result")),
             "error": t.get("error") or None, "record": None, "executions": executions,
             "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None,
-            "run_at_ms": _ms(t.get("run_at"))}
+            "run_at_ms": _ms(t.get("run_at")), "progress": _progress_view(t)}
+
+
+def _progress_view(t: dict[str, Any]) -> dict[str, Any] | None:
+    """A running task's latest progress report `{fraction, message, updated_ms}`, as its live execution
+    sent it with a lease renewal; None for another state or a report of an earlier execution."""
+    try:
+        report = json.loads(t["progress"]) if t["state"] == TaskState.RUNNING and t.get("progress") else None
+    except ValueError:
+        return None
+    if not isinstance(report, dict) or report.get("exec") != t.get("exec"):
+        return None
+    return {"fraction": report.get("fraction"), "message": report.get("message", ""),
+            "updated_ms": _ms(t.get("progress_at"))}
 
 
 def _lease_view(t: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ the request itself. The child exits when its stdin reaches EOF. Only the standar
 `--max-result-bytes N`: a result whose compact JSON is longer is not sent; the reply is a "result"
 failure naming both sizes, so the worker never reads more than N bytes (plus the envelope) of it.
 An error message is cut to TAIL_CHARS, so no reply but a result's can be long.
+
+`--progress-fd N`: the write end of the worker's progress pipe; `taskherd.progress()` in user code
+writes there (coalesced, tagged with the request id: `taskherd/runners/progress.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from taskherd.runners import progress
 from taskherd.runners.outcome import oversize_error
 
 TAIL_CHARS = 4096
@@ -41,7 +45,9 @@ NO_BOUND = sys.maxsize
 
 
 def main(argv: list[str] | None = None) -> int:
-    max_result_bytes = _max_result_bytes(sys.argv[1:] if argv is None else argv)
+    max_result_bytes, progress_fd = _options(sys.argv[1:] if argv is None else argv)
+    if progress_fd is not None:
+        progress.install(progress_fd)
     _die_with_parent(os.getppid())
     requests, replies = _claim_protocol_fds()
     functions: dict[str, Callable[[dict[str, Any]], Any]] = {}
@@ -51,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _max_result_bytes(argv: list[str]) -> int:
-    if argv[:1] == ["--max-result-bytes"] and len(argv) == 2 and argv[1].isdigit():
-        return int(argv[1])
-    if argv:
-        raise SystemExit(f"usage: python -m taskherd.runners.child [--max-result-bytes N], got {argv}")
-    return NO_BOUND
+def _options(argv: list[str]) -> tuple[int, int | None]:
+    """(--max-result-bytes, --progress-fd), each optional."""
+    options = dict(zip(argv[::2], argv[1::2]))
+    if len(argv) % 2 or set(options) - {"--max-result-bytes", "--progress-fd"} or not all(
+            v.isdigit() for v in options.values()):
+        raise SystemExit(f"usage: python -m taskherd.runners.child [--max-result-bytes N] [--progress-fd N], got {argv}")
+    fd = options.get("--progress-fd")
+    return int(options.get("--max-result-bytes", NO_BOUND)), (int(fd) if fd is not None else None)
 
 
 def _die_with_parent(parent: int, interval_s: float = 0.2) -> None:
@@ -117,10 +125,13 @@ def _call(request_id: Any, target: str, payload: Any, functions: dict[str, Calla
     except Exception as exc:  # noqa: BLE001 - any import-time error is the user's, report it
         return _failure(request_id, "resolve", f'cannot load "{target}": {_describe(exc)}', exc)
     functions[target] = function
+    progress.begin(request_id)
     try:
         result = function(payload)
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in user code must not end the child
         return _failure(request_id, "call", f"{target} raised {_describe(exc)}", exc)
+    finally:
+        progress.end()
     if not isinstance(result, dict):
         kind = type(result).__name__
         return _failure(request_id, "result", f"{target} returned {kind}, expected a dict (a JSON object)", None)

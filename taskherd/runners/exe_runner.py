@@ -7,6 +7,9 @@ temporary file rather than a pipe: an executor may log megabytes, and only the t
 stdout is read in a bounded loop (one selector over stdin and stdout, as the payload is written):
 once more than `max_result_bytes` plus RESULT_SLACK has come, the tree is killed and the call fails
 naming both sizes, so an executor that writes gigabytes costs the worker no more than the bound.
+
+Progress: each call gets a pipe of its own, whose write end the executable finds named by the
+environment variable TASKHERD_PROGRESS_FD; it writes lines `FRACTION [MESSAGE]` there (`progress.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from taskherd.runners.outcome import (
     timed_out,
 )
 from taskherd.runners.process_tree import CallGuard, kill_tree
+from taskherd.runners.progress import PROGRESS_FD_ENV, ProgressPipe
 from taskherd.specs import RunnerSpec
 
 CHUNK = 1 << 16
@@ -48,6 +52,7 @@ class ExeRunner:
     def __init__(self, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self._guard = CallGuard()
         self._max_result_bytes = max_result_bytes
+        self._progress: ProgressPipe | None = None
 
     def run(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Outcome:
         """Run `spec.target` with `payload` on stdin; the deadline covers start to exit."""
@@ -59,15 +64,28 @@ class ExeRunner:
             return timed_out(timeout_s, 0.0)
         with tempfile.TemporaryFile() as stderr:
             self._guard.begin()
+            progress = ProgressPipe()
             try:
-                proc = _start(spec, stderr)
+                proc = _start(spec, stderr, progress.write_fd)
             except OSError as exc:
                 self._guard.end()
+                progress.close()
                 error = f"cannot start {spec.target[0]!r}: {exc.strerror or exc}"
                 return failed(error, since(started), retryable=False)
-            stdout, ending = self._communicate(proc, data, timeout_s)
+            progress.handed_over()
+            self._progress = progress
+            try:
+                stdout, ending = self._communicate(proc, data, timeout_s)
+            finally:
+                self._progress = None
+                progress.close()
             was_killed = self._guard.end()
             return self._conclude(proc, stdout, ending, stderr, was_killed, timeout_s, started)
+
+    def progress(self) -> dict[str, Any] | None:
+        """The latest `{fraction, message}` the call under way reported; any thread may ask."""
+        pipe = self._progress
+        return pipe.latest() if pipe is not None else None
 
     def kill(self) -> bool:
         """Abort the call in flight (its `run` returns status "killed"); False if none."""
@@ -105,11 +123,11 @@ class ExeRunner:
         return bounded(result, self._max_result_bytes, duration, exit_code=code, detail=detail)
 
 
-def _start(spec: RunnerSpec, stderr: Any) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **dict(spec.env)} if spec.env else None
+def _start(spec: RunnerSpec, stderr: Any, progress_fd: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **dict(spec.env), PROGRESS_FD_ENV: str(progress_fd)}
     return subprocess.Popen(
         list(spec.target), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-        cwd=spec.cwd, env=env, start_new_session=True, preexec_fn=_DIE_WITH_WORKER,
+        cwd=spec.cwd, env=env, start_new_session=True, preexec_fn=_DIE_WITH_WORKER, pass_fds=(progress_fd,),
     )
 
 

@@ -42,9 +42,12 @@ from taskherd.runners.outcome import (
     timed_out,
 )
 from taskherd.runners.process_tree import CallGuard, descendants, kill_all, kill_tree
+from taskherd.runners.progress import ProgressPipe
 
 CHILD_MODULE = "taskherd.runners.child"
 RETIRE_GRACE_S = 1.0
+PROGRESS_FD = "<progress-fd>"
+"""In the child's argv, replaced by the number of its progress pipe's write end."""
 
 
 class _ChildGone(Exception):
@@ -82,6 +85,8 @@ class PythonRunner:
         self._child: _Child | None = None
         self._guard = CallGuard()
         self._last_id = 0
+        self._in_flight: int | None = None
+        """The id of the call under way, whose progress reports count (set and cleared by the caller's thread)."""
 
     @property
     def pid(self) -> int | None:
@@ -92,6 +97,11 @@ class PythonRunner:
     def result_fd(self) -> int | None:
         """The pipe the child answers on (readable once a call's reply, or its EOF, is there)."""
         return self._child.result_fd if self._child else None
+
+    def progress(self) -> dict[str, Any] | None:
+        """The latest `{fraction, message}` the call under way reported; any thread may ask."""
+        child, call = self._child, self._in_flight
+        return child.progress.latest(call) if child is not None and call is not None else None
 
     def run(self, target: str, payload: dict[str, Any], timeout_s: float) -> Outcome:
         """Call `target(payload)` in the child; the deadline covers start-up, import and the call."""
@@ -115,6 +125,7 @@ class PythonRunner:
             return lambda: failed(why, since(started), retryable=True)
         if not self._guard.attach(child.handle):
             return lambda: self._conclude(child, _ChildGone(), self._guard.end(), timeout_s, started)
+        self._in_flight = self._last_id
         try:
             pending: memoryview | _ChildGone = child.send(request)
         except _ChildGone as gone:
@@ -144,9 +155,13 @@ class PythonRunner:
 
     def _ensure_child(self) -> _Child:
         if self._child is None:
-            argv = [sys.executable, "-m", CHILD_MODULE, "--max-result-bytes", str(self._max_result_bytes)]
-            self._child = _Child(argv, self._child_env(), self._max_result_bytes + RESULT_SLACK)
+            self._child = _Child(self._argv(), self._child_env(), self._max_result_bytes + RESULT_SLACK)
         return self._child
+
+    def _argv(self) -> list[str]:
+        """The child's command line; PROGRESS_FD becomes the write end of its progress pipe."""
+        return [sys.executable, "-m", CHILD_MODULE, "--max-result-bytes", str(self._max_result_bytes),
+                "--progress-fd", PROGRESS_FD]
 
     def _child_env(self) -> dict[str, str]:
         env = {**os.environ, **self._env}
@@ -163,6 +178,7 @@ class PythonRunner:
 
     def _conclude(self, child: _Child, line: bytes | None | _ChildGone | _ReplyTooLong, was_killed: bool,
                   timeout_s: float, started: float) -> Outcome:
+        self._in_flight = None
         if was_killed:
             self._discard(child)
             return killed(since(started))
@@ -231,10 +247,18 @@ class _Child:
     """One running child and its two pipes; knows the framing, not what the messages mean."""
 
     def __init__(self, argv: list[str], env: dict[str, str], max_line: int) -> None:
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
-            start_new_session=True,  # its own group: a terminal's Ctrl-C does not reach it; killpg reaches all of it
-        )
+        self.progress = ProgressPipe()
+        """Read by whoever asks the runner for progress; closed when the child is reaped."""
+        try:
+            self.proc = subprocess.Popen(
+                [str(self.progress.write_fd) if a == PROGRESS_FD else a for a in argv], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, env=env, bufsize=0, pass_fds=(self.progress.write_fd,),
+                start_new_session=True,  # its own group: a terminal's Ctrl-C does not reach it; killpg reaches all of it
+            )
+        except BaseException:
+            self.progress.close()
+            raise
+        self.progress.handed_over()
         self.pid = self.proc.pid
         self.handle = psutil.Process(self.pid)
         """Made once: the child stays unreaped while we hold it, so its pid cannot be reused under us."""
@@ -336,6 +360,7 @@ class _Child:
         self._selector.close()
         for pipe in (self._stdin, self._stdout):
             pipe.close()
+        self.progress.close()
         return code
 
 

@@ -101,6 +101,13 @@ class Runner:
         with self._lock:
             self._active = None
 
+    def progress(self) -> dict[str, Any] | None:
+        """The latest `{fraction, message}` the call in flight reported (python and exe), or None;
+        any thread may ask (the LeaseKeeper, at each renewal)."""
+        with self._lock:
+            active = self._active
+        return None if active is None or isinstance(active, HttpRunner) else active.progress()
+
     def kill(self) -> bool:
         """Abort the call in flight from any thread; its `run` returns status "killed". False if none."""
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -261,11 +261,13 @@ class StateStore:
             raw = self.redis.get(keys.executor(lease.type))
         return (finished or [None])[0], lease, raw
 
-    def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
-        """Renew leases (task id, exec id) of one job; False where the execution was superseded."""
+    def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int,
+              progress: Mapping[str, str] | None = None) -> list[bool]:
+        """Renew leases (task id, exec id) of one job; False where the execution was superseded.
+        `progress`: exec id -> its latest progress report (JSON), written to the task where renewed."""
         args: list[Any] = [ttl_ms]
         for task_id, exec_id in held:
-            args += [task_id, exec_id]
+            args += [task_id, exec_id, (progress or {}).get(exec_id, "")]
         r = self._run("renew", [keys.by_state(job, TaskState.RUNNING), *[keys.task(job, t) for t, _ in held]], args)
         return [bool(x) for x in r]
 
