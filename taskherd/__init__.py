@@ -2,6 +2,7 @@
 
 The public face, imported lazily (the runner child imports this package and must start fast):
 
+    taskherd.App         the decorator SDK (`taskherd/sdk.py`; also Task, TaskFailed)
     taskherd.progress    report a running executor's progress (`taskherd/runners/progress.py`)
 
 The root package sits outside the layers contract: it only re-exports, by name, what the layers hold.
@@ -15,6 +16,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "App": "taskherd.sdk",
+    "Task": "taskherd.sdk",
+    "TaskFailed": "taskherd.sdk",
     "progress": "taskherd.runners.progress",
 }
 
