@@ -222,11 +222,14 @@ class Feed:
         """RDY 0, read what nsqd already sent, and give every message held here back to nsqd."""
         for conn in list(self._conns.values()):
             conn.send(protocol.ready(0))
+            if conn.broken:
+                continue
             conn.sock.settimeout(0)  # read what has already arrived...
             try:
                 self._read(conn, keep=False)
             finally:
-                conn.sock.settimeout(SOCKET_TIMEOUT_S)  # ...and the rest of a frame that has begun to
+                if not conn.broken:  # _read drops and closes a connection nsqd has closed (nsqd died)
+                    conn.sock.settimeout(SOCKET_TIMEOUT_S)  # ...and the rest of a frame that has begun to
             while conn.partial() and not conn.broken:
                 self._read(conn, keep=False)
         with self._lock:

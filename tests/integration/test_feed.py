@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import threading
 import time
 import uuid
@@ -123,6 +124,25 @@ def test_a_feed_reconnects_after_nsqd_restarts(clean, feeds):
     clean.manager.start_one("nsqd")
     feeds.publish(b"after")
     assert next_message(feed, timeout_s=15).body == b"after"
+
+
+def test_a_busy_slot_sheds_without_failing_when_its_nsqd_has_died(clean, feeds):
+    """The lease keeper sheds a busy slot's feed every tick; when the nsqd it reads had just died, the
+    shed found the connection closed under it and raised (EBADF), which killed the lease keeper, so
+    no lease was renewed and no executor killed itself while it restarted: two executions at once
+    (found by the nemesis soak). Now the dead connection is dropped, and the feed reconnects."""
+    feed = feeds()
+    feeds.publish(b"running", b"waiting")
+    next_message(feed).finish()  # the slot's task runs; nsqd sends the next message behind it
+    wait_until(lambda: feeds.in_flight() == 1, message="the next message in flight to the busy slot")
+    clean.manager.stop_one("nsqd", signal.SIGKILL)
+    try:
+        feed.shed()  # must not raise
+    finally:
+        clean.manager.start_one("nsqd")
+    feeds.publish(b"after")
+    bodies = {next_message(feed, timeout_s=15).body for _ in range(2)}
+    assert b"after" in bodies
 
 
 def test_a_feed_with_room_for_a_batch_gets_every_message_at_once_and_requeues_come_back(clean, feeds):
