@@ -254,8 +254,10 @@ def herd(monkeypatch: pytest.MonkeyPatch) -> FakeHerd:
 
     class Cluster:
         api_url = "http://fake-api"
+        api_urls = ["http://fake-api"]
 
-        def __init__(self, settings: Any, config_path: Any, workers: int, data_dir: Any, out: Any) -> None:
+        def __init__(self, settings: Any, config_path: Any, workers: int, data_dir: Any, out: Any,
+                     **topology: Any) -> None:  # managers=, nsqd=
             print("pod log line", file=out)
 
         def __enter__(self) -> Cluster:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
+from typing import Any
 
 from taskherd.actors.lease_keeper import HeldCount, LeaseKeeper
 from taskherd.actors.worker import Ahead, Execution
@@ -20,7 +21,8 @@ class Store:
         self.renewed: list[list[tuple[str, str]]] = []
         self.released: list[str] = []
 
-    def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
+    def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int,
+              progress: dict[str, str] | None = None) -> list[bool]:
         self.renewed.append(held)
         return [True] * len(held)
 
@@ -62,6 +64,9 @@ class Message:
 class Runner:
     def kill(self) -> bool:
         return True
+
+    def progress(self) -> dict[str, Any] | None:
+        return None  # the executor reported none
 
 
 def lease(task_id: str) -> Lease:
