@@ -41,9 +41,14 @@ def note(ev):
         f.write(line + "\n")
 note("begin")
 time.sleep(p["sleep_s"])
+failed = os.path.join(p["dir"], p["id"] + ".failed")
+if p.get("fail_once") and not os.path.exists(failed):
+    open(failed, "w").close(); note("end"); sys.exit(1)
 note("end")
 print(json.dumps({"id": p["id"], "host": os.environ.get("TASKHERD_ADVERTISE_HOST", "?")}))
 """
+"""The executor of every multi-host case: flock per task (an overlap is two live executions), a line
+per begin and end in calls.jsonl; `fail_once` makes its first attempt exit 1 (the soak's retries)."""
 
 
 @dataclass

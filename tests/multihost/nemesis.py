@@ -29,38 +29,16 @@ from typing import Any
 import redis
 
 from taskherd.client import Client, ClientError
+from taskherd.store import keys
 from tests.helpers import wait_until
 from tests.hosts import PORTS, Cluster, Host
 from tests.hosts.net import HostsError, Proc
-from tests.multihost.checker import log_events
+from tests.multihost.checker import EXE, log_events
 
-WATCHER_LEASE = "th:lease:timeout-watcher"
+WATCHER_LEASE = keys.WATCHER_LEASE
 WATCHER_SCRIPTS = ("requeue", "promote")
 """The scripts only the active TimeoutWatcher calls: requeue an expired lease, promote a due retry."""
 ERRORS = (ClientError, OSError, http.client.HTTPException)
-
-EXE = r"""
-import fcntl, json, os, sys, time
-p = json.load(sys.stdin)
-lock = open(os.path.join(p["dir"], p["id"] + ".lock"), "a")
-try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB); overlap = False
-except OSError:
-    overlap = True
-def note(ev):
-    line = json.dumps({"ev": ev, "task": p["id"], "pid": os.getpid(), "t": time.time(), "overlap": overlap,
-                       "host": os.environ.get("TASKHERD_ADVERTISE_HOST", "?")})
-    with open(os.path.join(p["dir"], "calls.jsonl"), "a") as f:
-        f.write(line + "\n")
-note("begin")
-time.sleep(p["sleep_s"])
-failed = os.path.join(p["dir"], p["id"] + ".failed")
-if p.get("fail_once") and not os.path.exists(failed):
-    open(failed, "w").close(); note("end"); sys.exit(1)
-note("end")
-print(json.dumps({"id": p["id"], "host": os.environ.get("TASKHERD_ADVERTISE_HOST", "?")}))
-"""
-"""The checker's executor (flock + calls log, same lines), failing its first attempt when `fail_once`."""
 
 EXECUTOR = {"kind": "exe", "target": [sys.executable, "-c", EXE], "timeout_s": 60, "max_attempts": 8}
 ANALYZER = {"kind": "python", "target": "tests.multihost.soak_funcs:tree"}
