@@ -23,13 +23,17 @@ from taskherd.actors.context import PodContext
 from taskherd.errors import QueueError, StoreError
 from taskherd.jobs import write_summary
 from taskherd.logs import task_fields
-from taskherd.metrics import JOBS_OPEN, OLDEST_PENDING_AGE, OPEN_TASKS, QUEUE_DEPTH
+from taskherd.metrics import JOBS_OPEN, OLDEST_PENDING_AGE, OPEN_TASKS, QUEUE_DEPTH, SWEEP_FAILURES
 from taskherd.nsq.messages import TaskRef
 from taskherd.states import TaskState
 from taskherd.store import keys
 from taskherd.supervisor import Supervised, Ticker
 
 log = logging.getLogger("taskherd.watcher")
+
+MAX_FAILED_JOBS = 3
+"""Jobs failing one after another that end a sweep as an outage (Redis gone): one failing job alone
+is logged and skipped, and the sweep goes on with the others."""
 
 SCHEDULED_PER_SWEEP = 5000
 """Delayed tasks one job may have promoted (and published) per sweep; more due at once wait a sweep."""
@@ -83,27 +87,23 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         now = store.now_ms()
         stale_before = now - int(s.manager.republish_after_s * 1000)
         open_tasks, open_jobs, oldest = 0, 0, now
+        in_a_row = 0
         for job in store.jobs():
-            waiting, published = store.load(job)
-            if not waiting and self._settle(job):
-                continue
-            open_tasks, open_jobs = open_tasks + waiting, open_jobs + bool(waiting)
-            oldest = min(oldest, published if published is not None else now)
-            for task_id in store.due(job, TaskState.RUNNING, now):
-                moved = store.requeue(job, task_id)
-                log.info("lease of %s/%s expired -> %s", job, task_id, moved, extra=task_fields(job, task_id))
-                (tasks if moved == TaskState.PENDING else results if moved == TaskState.ANALYZING else []).append(
-                    TaskRef(job, task_id).encode())
-            for task_id in store.due(job, TaskState.RETRY, now):
-                if store.promote(job, task_id):
-                    tasks.append(TaskRef(job, task_id).encode())
-            tasks += [TaskRef(job, i).encode() for i in self._promote_scheduled(job, now)]
-            stale[job] = store.due(job, TaskState.PENDING, stale_before)
-            unheard = store.due(job, TaskState.ANALYZING, stale_before, limit=1)
-            if unheard:
-                log.warning("results of %s waited %.0f s unclaimed: ringing its doorbell again", job,
-                            s.manager.republish_after_s)
-                results.append(TaskRef(job, unheard[0]).encode())
+            try:
+                waiting, published = store.load(job)
+                if not waiting and self._settle(job):
+                    continue
+                open_tasks, open_jobs = open_tasks + waiting, open_jobs + bool(waiting)
+                oldest = min(oldest, published if published is not None else now)
+                self._sweep_job(job, now, stale_before, tasks, results, stale)
+                in_a_row = 0
+            except Exception as exc:  # one broken job must not stall every other job's timeouts
+                in_a_row += 1
+                if in_a_row >= MAX_FAILED_JOBS:
+                    raise StoreError(f"{in_a_row} jobs in a row failed the sweep, the last ({job}): {exc}") from exc
+                SWEEP_FAILURES.inc()
+                log.error("sweep of job %s failed; the other jobs are swept: %s", job, exc, extra=task_fields(job),
+                          exc_info=not isinstance(exc, (StoreError, QueueError)))
         self._expire(now - int(s.manager.retain_done_s * 1000))
         self._ring(s.nsq.tasks_topic, tasks)
         self._ring(s.nsq.results_topic, results)
@@ -115,6 +115,27 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         if results_depth is not None:
             QUEUE_DEPTH.labels(s.nsq.results_topic).set(results_depth)
         self.sweeps += 1
+
+    def _sweep_job(self, job: str, now: int, stale_before: int, tasks: list[bytes], results: list[bytes],
+                   stale: dict[str, list[str]]) -> None:
+        """One open job's part of the sweep: what is due is moved in Redis here, and what to publish is
+        added to `tasks`/`results`, published once for every job after the loop."""
+        store, s = self.ctx.store, self.ctx.settings
+        for task_id in store.due(job, TaskState.RUNNING, now):
+            moved = store.requeue(job, task_id)
+            log.info("lease of %s/%s expired -> %s", job, task_id, moved, extra=task_fields(job, task_id))
+            (tasks if moved == TaskState.PENDING else results if moved == TaskState.ANALYZING else []).append(
+                TaskRef(job, task_id).encode())
+        for task_id in store.due(job, TaskState.RETRY, now):
+            if store.promote(job, task_id):
+                tasks.append(TaskRef(job, task_id).encode())
+        tasks += [TaskRef(job, i).encode() for i in self._promote_scheduled(job, now)]
+        stale[job] = store.due(job, TaskState.PENDING, stale_before)
+        unheard = store.due(job, TaskState.ANALYZING, stale_before, limit=1)
+        if unheard:
+            log.warning("results of %s waited %.0f s unclaimed: ringing its doorbell again", job,
+                        s.manager.republish_after_s)
+            results.append(TaskRef(job, unheard[0]).encode())
 
     def _promote_scheduled(self, job: str, now: int) -> list[str]:
         """The job's delayed tasks due by `now` to pending, 500 per round trip, at most SCHEDULED_PER_SWEEP

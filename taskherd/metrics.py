@@ -32,6 +32,8 @@ ANALYZER_BATCH = Histogram(
 ARCHIVED = Counter("taskherd_tasks_archived_total", "Tasks archived, by final state", ["state"])
 OPEN_TASKS = Gauge("taskherd_open_tasks", "Tasks not yet archived, in every job (active watcher only)")
 JOBS_OPEN = Gauge("taskherd_jobs_open", "Jobs with tasks not yet archived (active watcher only)")
+SWEEP_FAILURES = Counter("taskherd_sweep_failures_total",
+                         "Jobs the TimeoutWatcher's sweep could not sweep (logged with the job; the others were swept)")
 QUEUE_DEPTH = Gauge("taskherd_queue_depth", "Messages nsqd holds per topic (active watcher only)", ["topic"])
 OLDEST_PENDING_AGE = Gauge("taskherd_oldest_pending_age_seconds",
                            "Age of the longest-waiting pending task: the stuck-queue signal (active watcher only)")
