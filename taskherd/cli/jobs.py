@@ -52,9 +52,14 @@ def cmd_job_list(args: argparse.Namespace) -> int:
 def cmd_job_wait(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=args.job, unit="task", dynamic_ncols=True)
+    # Drawn at the first answer, not before: an unknown job or an unreachable API prints its one-line
+    # error without an empty bar above it.
+    bars: list[tqdm[Any]] = []
 
     def show(status: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(tqdm(total=0, desc=args.job, unit="task", dynamic_ncols=True))
+        bar = bars[0]
         done, total = progress(status)
         bar.total, bar.n = total, done
         bar.set_postfix(failed=status["counts"].get(TaskState.FAILED, 0), open=status.get("open", 0), refresh=False)
@@ -64,11 +69,13 @@ def cmd_job_wait(args: argparse.Namespace) -> int:
         with client(args) as api:
             status = api.wait(args.job, timeout=args.timeout, on_progress=show)
     except WaitTimeout as exc:
-        bar.close()  # before the message, so the bar does not overwrite it
+        for bar in bars:
+            bar.close()  # before the message, so the bar does not overwrite it
         print(f"error: {exc}", file=sys.stderr)
         return 3
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     counts = status["counts"]
     ended = ", ".join(f"{counts.get(s, 0)} {s}" for s in FINAL_STATES)
     print(f"job {args.job} done: {ended}, {status.get('total', 0)} in all")

@@ -109,8 +109,9 @@ def test_an_api_url_that_does_not_speak_http_is_one_line_naming_it(argv: tuple[s
     if " ".join(argv[:2]) not in NO_API:
         assert done.returncode != 0, done.stderr
     if argv[0] not in ("nodes", "config") and done.returncode == 1:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]  # `job wait` draws a bar too
-        assert len(errors) == 1 and f"cannot reach the taskherd API at http://127.0.0.1:{port}" in errors[0], done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]  # `job wait`: no bar before it either
+        assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+        assert f"cannot reach the taskherd API at http://127.0.0.1:{port}" in lines[0], done.stderr
 
 
 @pytest.mark.parametrize("api", ["ftp://127.0.0.1:1", "http://", "http://127.0.0.1:port"])
