@@ -1,10 +1,11 @@
 """Running exe executors: one process per call, payload JSON on stdin, result JSON on stdout.
 
 Each call gets its own session (`start_new_session=True`) so a time-out or a kill can take the
-whole tree, shells' background jobs included, without touching the worker. stderr goes to a
-temporary file rather than a pipe: an executor may log megabytes, and only the tail is kept.
+whole tree, shells' background jobs included, without touching the worker. stderr is a pipe read
+in the same loop as stdout, of which only the last TAIL_BYTES are kept: an executor may log
+gigabytes, and they cost the worker neither memory nor disk.
 
-stdout is read in a bounded loop (one selector over stdin and stdout, as the payload is written):
+stdout is read in a bounded loop (one selector over stdin, stdout and stderr, as the payload is written):
 once more than `max_result_bytes` plus RESULT_SLACK has come, the tree is killed and the call fails
 naming both sizes, so an executor that writes gigabytes costs the worker no more than the bound.
 
@@ -20,7 +21,6 @@ import selectors
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -44,6 +44,8 @@ from taskherd.runners.progress import PROGRESS_FD_ENV, ProgressPipe
 from taskherd.specs import RunnerSpec
 
 CHUNK = 1 << 16
+EXIT_POLL_S = 0.01
+"""While stdout is closed but stderr open, how often to look whether the process has exited."""
 
 
 class ExeRunner:
@@ -62,25 +64,25 @@ class ExeRunner:
             return failed(problem, since(started), retryable=False)
         if timeout_s <= 0:
             return timed_out(timeout_s, 0.0)
-        with tempfile.TemporaryFile() as stderr:
-            self._guard.begin()
-            progress = ProgressPipe()
-            try:
-                proc = _start(spec, stderr, progress.write_fd)
-            except OSError as exc:
-                self._guard.end()
-                progress.close()
-                error = f"cannot start {spec.target[0]!r}: {exc.strerror or exc}"
-                return failed(error, since(started), retryable=False)
-            progress.handed_over()
-            self._progress = progress
-            try:
-                stdout, ending = self._communicate(proc, data, timeout_s)
-            finally:
-                self._progress = None
-                progress.close()
-            was_killed = self._guard.end()
-            return self._conclude(proc, stdout, ending, stderr, was_killed, timeout_s, started)
+        self._guard.begin()
+        progress = ProgressPipe()
+        try:
+            proc = _start(spec, progress.write_fd)
+        except OSError as exc:
+            self._guard.end()
+            progress.close()
+            error = f"cannot start {spec.target[0]!r}: {exc.strerror or exc}"
+            return failed(error, since(started), retryable=False)
+        progress.handed_over()
+        self._progress = progress
+        stderr = bytearray()
+        try:
+            stdout, ending = self._communicate(proc, data, timeout_s, stderr)
+        finally:
+            self._progress = None
+            progress.close()
+        was_killed = self._guard.end()
+        return self._conclude(proc, stdout, ending, tail(stderr), was_killed, timeout_s, started)
 
     def progress(self) -> dict[str, Any] | None:
         """The latest `{fraction, message}` the call under way reported; any thread may ask."""
@@ -91,21 +93,23 @@ class ExeRunner:
         """Abort the call in flight (its `run` returns status "killed"); False if none."""
         return self._guard.kill()
 
-    def _communicate(self, proc: subprocess.Popen[bytes], data: bytes, timeout_s: float) -> tuple[bytes, str]:
-        """stdout and how the call ended: "exit", "timeout" or "oversize" (stdout is then b"")."""
+    def _communicate(self, proc: subprocess.Popen[bytes], data: bytes, timeout_s: float,
+                     stderr: bytearray) -> tuple[bytes, str]:
+        """stdout and how the call ended: "exit", "timeout" or "oversize" (stdout is then b"");
+        the tail of stderr goes into `stderr`."""
         if not self._guard.attach(proc.pid):
             _reap(proc)
             return b"", "exit"
         limit = self._max_result_bytes + RESULT_SLACK
-        stdout, ending = _exchange(proc, data, time.monotonic() + timeout_s, limit)
+        stdout, ending = _exchange(proc, data, time.monotonic() + timeout_s, limit, stderr)
         if ending != "exit":
             kill_tree(proc.pid)  # not reaped yet, so the pid is still its own
             _reap(proc)
         return stdout, ending
 
-    def _conclude(self, proc: subprocess.Popen[bytes], stdout: bytes, ending: str, stderr: Any, was_killed: bool,
-                  timeout_s: float, started: float) -> Outcome:
-        duration, detail = since(started), _stderr_tail(stderr)
+    def _conclude(self, proc: subprocess.Popen[bytes], stdout: bytes, ending: str, detail: str | None,
+                  was_killed: bool, timeout_s: float, started: float) -> Outcome:
+        duration = since(started)
         if was_killed:
             return killed(duration, detail=detail)
         if ending == "timeout":
@@ -123,10 +127,10 @@ class ExeRunner:
         return bounded(result, self._max_result_bytes, duration, exit_code=code, detail=detail)
 
 
-def _start(spec: RunnerSpec, stderr: Any, progress_fd: int) -> subprocess.Popen[bytes]:
+def _start(spec: RunnerSpec, progress_fd: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, **dict(spec.env), PROGRESS_FD_ENV: str(progress_fd)}
     return subprocess.Popen(
-        list(spec.target), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+        list(spec.target), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         cwd=spec.cwd, env=env, start_new_session=True, preexec_fn=_DIE_WITH_WORKER, pass_fds=(progress_fd,),
     )
 
@@ -152,22 +156,29 @@ else:
     _DIE_WITH_WORKER = None
 
 
-def _exchange(proc: subprocess.Popen[bytes], data: bytes, deadline: float, limit: int) -> tuple[bytes, str]:
-    """Write `data` to stdin while reading stdout, until stdout's EOF and the exit, the deadline
-    ("timeout"), or more than `limit` bytes of stdout ("oversize"). Holds at most `limit` + CHUNK."""
-    assert proc.stdin is not None and proc.stdout is not None  # both are PIPEs
+def _exchange(proc: subprocess.Popen[bytes], data: bytes, deadline: float, limit: int,
+              stderr: bytearray) -> tuple[bytes, str]:
+    """Write `data` to stdin while reading stdout and stderr, until stdout's EOF and the exit, the
+    deadline ("timeout"), or more than `limit` bytes of stdout ("oversize"). Holds at most
+    `limit` + CHUNK of stdout and 2 x TAIL_BYTES + CHUNK of stderr."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all PIPEs
     pending, out, size = memoryview(data), bytearray(), 0
+    watched = (proc.stdin.fileno(), proc.stdout.fileno())  # by fd: a closed file has no fileno() to look up
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(proc.stderr, selectors.EVENT_READ)
         os.set_blocking(proc.stdin.fileno(), False)
         selector.register(proc.stdin, selectors.EVENT_WRITE)
-        while selector.get_map():
+        # stderr alone does not keep this loop going: a background job may hold it open for ever
+        while any(fd in selector.get_map() for fd in watched):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return b"", "timeout"
             for key, _ in selector.select(remaining):
                 if key.fileobj is proc.stdin:
                     pending = _write(proc, selector, pending)
+                elif key.fileobj is proc.stderr:
+                    _read_tail(proc, selector, stderr)
                 elif chunk := os.read(proc.stdout.fileno(), CHUNK):
                     out += chunk
                     size += len(chunk)
@@ -175,7 +186,18 @@ def _exchange(proc: subprocess.Popen[bytes], data: bytes, deadline: float, limit
                         return b"", "oversize"
                 else:
                     selector.unregister(proc.stdout)
-    return (bytes(out), "exit") if _wait(proc, deadline) else (b"", "timeout")
+        return (bytes(out), "exit") if _wait(proc, selector, deadline, stderr) else (b"", "timeout")
+
+
+def _read_tail(proc: subprocess.Popen[bytes], selector: selectors.BaseSelector, stderr: bytearray) -> None:
+    """Read what stderr has, keeping only its tail; at EOF stop watching it."""
+    assert proc.stderr is not None
+    if chunk := os.read(proc.stderr.fileno(), CHUNK):
+        stderr += chunk
+        if len(stderr) > 2 * TAIL_BYTES:
+            del stderr[:-TAIL_BYTES]
+    else:
+        selector.unregister(proc.stderr)
 
 
 def _write(proc: subprocess.Popen[bytes], selector: selectors.BaseSelector, pending: memoryview) -> memoryview:
@@ -193,8 +215,26 @@ def _write(proc: subprocess.Popen[bytes], selector: selectors.BaseSelector, pend
     return pending
 
 
-def _wait(proc: subprocess.Popen[bytes], deadline: float) -> bool:
-    """Reap the process once it exits by the deadline; False if it does not."""
+def _wait(proc: subprocess.Popen[bytes], selector: selectors.BaseSelector, deadline: float,
+          stderr: bytearray) -> bool:
+    """Reap the process once it exits by the deadline; False if it does not. Meanwhile stderr is
+    still read, so a process that logs on its way out never blocks on a full pipe; once it has
+    exited, what its stderr holds is read without waiting (a background job may keep it open)."""
+    assert proc.stderr is not None
+    err = proc.stderr.fileno()
+    while err in selector.get_map() and proc.poll() is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        for _ in selector.select(min(remaining, EXIT_POLL_S)):
+            _read_tail(proc, selector, stderr)
+    if err in selector.get_map():
+        os.set_blocking(err, False)
+        try:
+            while err in selector.get_map():
+                _read_tail(proc, selector, stderr)
+        except BlockingIOError:
+            pass
     try:
         proc.wait(max(0.0, deadline - time.monotonic()))
         return True
@@ -204,7 +244,7 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> bool:
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
     """Close our pipe ends (an escaped grandchild may hold the others for ever) and reap the killed process."""
-    for pipe in (proc.stdin, proc.stdout):
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe:
             pipe.close()
     proc.wait()
@@ -216,8 +256,4 @@ def _exit_error(code: int, detail: str | None) -> str:
     return f"{what}: {last.strip()[:200]}" if last else what
 
 
-def _stderr_tail(stderr: Any) -> str | None:
-    size = stderr.seek(0, os.SEEK_END)
-    stderr.seek(max(0, size - TAIL_BYTES))
-    return tail(stderr.read())
 

@@ -221,6 +221,31 @@ def test_exe_nonzero_exit_fails_and_keeps_the_stderr_tail(runner: Runner) -> Non
     assert outcome.detail.endswith("last words\n") and len(outcome.detail) <= 4096
 
 
+def test_exe_stderr_is_a_pipe_of_which_only_the_tail_is_kept(runner: Runner) -> None:
+    # An executor that logs 100 MB: the worker holds a bounded tail, in memory, never a file on disk
+    chatty = sh("[ -p /dev/fd/2 ] || exit 9; head -c 100000000 /dev/zero >&2; echo 'the end' >&2; echo '{}'")
+    outcome = runner.run(chatty, {}, timeout_s=30)
+    assert (outcome.status, outcome.exit_code) == ("ok", 0), outcome
+    assert outcome.detail.endswith("the end\n") and len(outcome.detail) <= 4096
+
+
+def test_exe_that_logs_after_closing_stdout_is_not_blocked(runner: Runner) -> None:
+    # More stderr than a pipe buffer after stdout's EOF: still read while the process exits
+    late = sh("echo '{\"a\": 1}'; exec 1>&-; head -c 1000000 /dev/zero >&2; echo bye >&2")
+    outcome = runner.run(late, {}, timeout_s=10)
+    assert (outcome.status, outcome.result) == ("ok", {"a": 1}), outcome
+    assert outcome.detail.endswith("bye\n") and outcome.duration_s < 5
+
+
+def test_exe_whose_background_job_keeps_stderr_open_returns_at_its_exit(runner: Runner, tmp_path: Path) -> None:
+    pidfile = tmp_path / "sleeper"
+    spec = sh('sleep 30 >/dev/null & echo $! > "$1"; echo started >&2; echo "{}"', str(pidfile))
+    outcome = runner.run(spec, {}, timeout_s=20)
+    assert (outcome.status, outcome.detail) == ("ok", "started\n"), outcome
+    assert outcome.duration_s < 5
+    psutil.Process(int(pidfile.read_text())).kill()
+
+
 @pytest.mark.parametrize(
     ("stdout", "words"),
     [
