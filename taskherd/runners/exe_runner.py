@@ -82,7 +82,7 @@ class ExeRunner:
             self._progress = None
             progress.close()
         was_killed = self._guard.end()
-        return self._conclude(proc, stdout, ending, tail(stderr), was_killed, timeout_s, started)
+        return self._conclude(proc, stdout, ending, tail(bytes(stderr)), was_killed, timeout_s, started)
 
     def progress(self) -> dict[str, Any] | None:
         """The latest `{fraction, message}` the call under way reported; any thread may ask."""
