@@ -8,8 +8,13 @@ for an idle slot; RDY 0 until the slot is free), so a pod never holds work behin
 an idle pod elsewhere could take.
 
 Leases (running and ahead) are renewed here in one round trip per job; a slot whose lease was
-superseded, or could not be renewed for nearly a whole TTL (a partition from Redis), has its executor
-killed before the lease can expire, so two attempts of a task never run at once.
+superseded has its executor killed. A lease that could not be renewed for nearly a whole TTL (a
+partition from Redis, a Redis that hangs) is the guard's: a thread of its own that looks every
+GUARD_TICK_S, so the kill comes before the lease can expire even while a renewal is stuck in a
+socket read for longer than the TTL. Its clock starts when the request that took or last renewed the
+lease was sent, never when the answer came: Redis counts the TTL from a moment between the two, and
+a slow answer must not move the kill past it. That is what makes "two attempts of a task never run
+at once" hold on a loaded or partitioned host.
 
 The renewal also carries each running executor's latest progress report, when it changed since the
 last one sent (`taskherd.progress`): at most one write per task per tick, in a round trip made anyway.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +42,9 @@ from taskherd.store.state_store import Lease
 from taskherd.supervisor import Supervised, Ticker
 
 log = logging.getLogger("taskherd.lease_keeper")
+
+GUARD_TICK_S = 0.1
+"""How often the guard looks for leases it can no longer count on; a kill comes at most this late."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +85,53 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
         self.executions: dict[int, Execution] = {}
         self.slots: dict[int, tuple[pykka.ActorRef[Any], Feed]] = {}
         self.renewed_at: dict[str, float] = {}
-        """exec id -> when its lease was last renewed (or taken)."""
+        """exec id -> when the request that last renewed (or took) its lease was sent (monotonic)."""
         self.progress_sent: dict[str, str] = {}
         """exec id -> the progress report last written for it (JSON), so an unchanged one is not sent again."""
         self.paused = False
         self._ticker: Ticker | None = None
+        self._guarding = threading.Event()
+        self._guard_killed: set[str] = set()
+        """Exec ids the guard has killed or dropped: once each, not again every tick until the slot ends it."""
 
     def on_start(self) -> None:
         self._ticker = Ticker(self.actor_ref, RenewLeases(), self.ctx.settings.worker.lease_renew_s).start()
+        threading.Thread(target=self._guard, name="lease-guard", daemon=True).start()
 
     def on_stop(self) -> None:
         if self._ticker:
             self._ticker.stop()
+        self._guarding.set()
         super().on_stop()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._guarding.set()  # the restarted keeper starts its own guard
+        super().on_failure(*exc_info)
+
+    def _guard(self) -> None:
+        while not self._guarding.wait(GUARD_TICK_S):
+            try:
+                self.kill_unrenewed()
+            except Exception:  # the guard must outlive any one bad look
+                log.exception("lease guard")
+
+    def kill_unrenewed(self) -> None:
+        """Kill every executor (drop every task leased ahead) whose lease was last renewed or taken
+        more than the TTL less 1.5 renewal intervals ago. From the guard's thread."""
+        worker = self.ctx.settings.worker
+        limit = worker.lease_ttl_s - 1.5 * worker.lease_renew_s
+        now, held = time.monotonic(), set()
+        for index, execution in list(self.executions.items()):
+            for lease in (execution.current(), execution.ahead()):
+                if lease is None:
+                    continue
+                held.add(lease.exec_id)
+                since = now - self.renewed_at.get(lease.exec_id, lease.asked_at or now)
+                if since > limit and lease.exec_id not in self._guard_killed:
+                    self._guard_killed.add(lease.exec_id)
+                    self._kill(index, lease, f"its lease was last renewed {since:.1f} s ago (TTL "
+                                             f"{worker.lease_ttl_s:g} s): it may expire before a renewal gets through")
+        self._guard_killed &= held
 
     def held(self) -> dict[int, Lease]:
         """Slot index -> the lease its executor runs under now."""
@@ -157,33 +200,28 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
                 feed.shed()
             for one in (lease, execution.ahead(), execution.unrecorded):
                 if one is not None:
-                    self.renewed_at.setdefault(one.exec_id, time.monotonic())
+                    self.renewed_at.setdefault(one.exec_id, one.asked_at or time.monotonic())
                     by_job.setdefault(one.job, []).append((index, one))
         live = {one.exec_id for held in by_job.values() for _, one in held}
         self.renewed_at = {e: t for e, t in self.renewed_at.items() if e in live}
         self.progress_sent = {e: t for e, t in self.progress_sent.items() if e in live}
         ttl = self.ctx.settings.worker.lease_ttl_s
         for job, held in by_job.items():
+            sent = time.monotonic()
             try:
                 ok = self.ctx.store.renew(job, [(lease.task_id, lease.exec_id) for _, lease in held], int(ttl * 1000),
                                           progress)
             except StoreError as exc:
-                self._kill_unrenewed(held, ttl, exc)
+                log.warning("could not renew %d lease(s) of %s (the guard kills what it cannot count on): %s",
+                            len(held), job, exc, extra=task_fields(job))
                 continue
-            now = time.monotonic()
             for (index, lease), renewed in zip(held, ok):
                 if renewed:
-                    self.renewed_at[lease.exec_id] = now
+                    self.renewed_at[lease.exec_id] = sent
                     if lease.exec_id in progress:
                         self.progress_sent[lease.exec_id] = progress[lease.exec_id]
                 else:
                     self._kill(index, lease, "the task was cancelled or its execution superseded")
-
-    def _kill_unrenewed(self, held: list[tuple[int, Lease]], ttl: float, exc: Exception) -> None:
-        margin = self.ctx.settings.worker.lease_renew_s * 1.5
-        for index, lease in held:
-            if time.monotonic() - self.renewed_at.get(lease.exec_id, 0) > ttl - margin:
-                self._kill(index, lease, f"its lease could not be renewed ({exc})")
 
     def _hand_back(self) -> None:
         """Running tasks go back to pending and are published again, for another pod (their messages

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,9 @@ class Lease:
     """When it was leased (Redis clock): its deadline counts from here."""
     ahead: bool = False
     """Leased while the slot's executor ran another: counted `leased`, not running, until `start`."""
+    asked_at: float = 0.0
+    """When this process sent the request that took it (time.monotonic()): the latest moment Redis can
+    have started its TTL from, which the worker's lease guard counts from (0: unknown)."""
 
 
 def connect(settings: RedisSettings) -> redis.Redis:
@@ -253,10 +257,12 @@ class StateStore:
               keys.leased(job)]
         calls = ([self._finish_call(*finishing)] if finishing else []) + _start_calls(started) + [
             ("lease", ks, [task_id, exec_id, worker, ttl_ms, int(ahead)])]
+        asked_at = time.monotonic()
         *finished, r, raw = self._pipelined(calls, ("GET", keys.executor(type_hint or "-")))
         if r[0] != "ok":
             return (finished or [None])[0], (r[1] if len(r) > 1 else r[0]), None
-        lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]), ahead)
+        lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]), ahead,
+                      asked_at)
         if lease.type != type_hint:
             raw = self.redis.get(keys.executor(lease.type))
         return (finished or [None])[0], lease, raw

@@ -11,6 +11,7 @@ from typing import Any
 from taskherd.actors.lease_keeper import HeldCount, LeaseKeeper
 from taskherd.actors.worker import Ahead, Execution
 from taskherd.config import from_dict
+from taskherd.errors import StoreError
 from taskherd.store.state_store import Lease
 
 
@@ -20,9 +21,14 @@ class Store:
     def __init__(self) -> None:
         self.renewed: list[list[tuple[str, str]]] = []
         self.released: list[str] = []
+        self.renew_entered: list[float] = []
+        self.down = False
 
     def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int,
               progress: dict[str, str] | None = None) -> list[bool]:
+        self.renew_entered.append(time.monotonic())
+        if self.down:
+            raise StoreError("redis renew: Connection refused")
         self.renewed.append(held)
         return [True] * len(held)
 
@@ -62,7 +68,11 @@ class Message:
 
 
 class Runner:
+    def __init__(self) -> None:
+        self.kills = 0
+
     def kill(self) -> bool:
+        self.kills += 1
         return True
 
     def progress(self) -> dict[str, Any] | None:
@@ -107,3 +117,40 @@ def test_a_drain_counts_the_task_leased_ahead_and_hands_both_back():
     d._hand_back()
     assert d.ctx.store.released == ["ahead", "running"] and message.answers == ["requeue 0"]
     assert len(d.ctx.publisher.published) == 1  # the running task's message was finished: published again
+
+
+def test_the_guard_kills_an_executor_whose_lease_went_unrenewed_for_ttl_less_a_margin_once():
+    # TTL 5 s, renewals every 1 s: a lease last renewed 3.4 s ago is kept, one renewed 3.6 s ago is
+    # not counted on any more (it may expire before a renewal gets through)
+    d, execution, message, _ = slot(running_for_s=0.0)
+    d.ctx.store.down = True
+    d._renew()  # fails: nothing renewed, nothing killed by the keeper itself
+    runner = execution._runner
+    d.renewed_at["exec-running"] = d.renewed_at["exec-ahead"] = time.monotonic() - 3.4
+    d.kill_unrenewed()
+    assert runner.kills == 0 and message.answers == []
+    d.renewed_at["exec-running"] = d.renewed_at["exec-ahead"] = time.monotonic() - 3.6
+    d.kill_unrenewed()
+    d.kill_unrenewed()
+    # Then the executor was killed once, and the task leased ahead dropped (it can no longer be started)
+    assert runner.kills == 1
+    assert execution.ahead() is None and message.answers == ["finish"]
+
+
+def test_a_lease_counts_from_when_its_renewal_was_sent_not_answered():
+    d, _, _, _ = slot(running_for_s=0.0)
+    before = time.monotonic()
+    d._renew()
+    assert before <= d.renewed_at["exec-running"] <= d.ctx.store.renew_entered[0]
+
+
+def test_a_new_lease_counts_from_when_it_was_asked_for():
+    # A lease first seen by the keeper a tick after it was taken counts from the request that took it
+    d, execution, _, _ = slot(running_for_s=0.0)
+    asked = time.monotonic() - 3.6
+    execution.begin(Lease("job", "late", "exec-late", "t", "{}", 60.0, 1, 3, 0, asked_at=asked))
+    d.ctx.store.down = True
+    d._renew()
+    assert d.renewed_at["exec-late"] == asked
+    d.kill_unrenewed()
+    assert execution._runner.kills == 1
