@@ -238,6 +238,25 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(job, timeout or 0.0, status)
 
+    # --- schedules ----------------------------------------------------------------------------------
+    def put_schedule(self, name: str, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        """Create or replace a schedule: `{"cron": "30 2 * * *"}` or `{"every_s": N}`, `timezone`
+        (IANA, default UTC), `catch_up_s`, `fire_time_key` and `task` (`{type, payload, job?, priority?}`).
+        Returns `{name, status, schedule}` (status created, replaced or unchanged). Each tick submits
+        one task, id `sched-NAME-20261206T143000Z`, exactly once."""
+        return self._request("PUT", f"/schedules/{_seg(name)}", json=dict(schedule))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule with `next_fire_at`, `last_fired_at` and `last_task_id`, by name."""
+        return self._request("GET", "/schedules")["schedules"]
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/schedules/{_seg(name)}")
+
+    def delete_schedule(self, name: str) -> dict[str, Any]:
+        """It fires no more (a tick being fired at that moment may still go out); 404 if none."""
+        return self._request("DELETE", f"/schedules/{_seg(name)}")
+
     # --- operations ---------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
         """Live pods: `{id, role, host, pid, slots, version, started}` (pid and slots integers,

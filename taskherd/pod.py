@@ -25,6 +25,7 @@ from taskherd.actors.lease_keeper import Drain, HeldCount, LeaseKeeper
 from taskherd.actors.manager import Manager
 from taskherd.actors.registry import NodeInfo, Registry
 from taskherd.actors.result_analyzer import ResultAnalyzer
+from taskherd.actors.scheduler import Scheduler
 from taskherd.actors.timeout_watcher import TimeoutWatcher
 from taskherd.actors.worker import Worker
 from taskherd.api import build_app
@@ -143,6 +144,7 @@ def children(ctx: PodContext, role: str, node: NodeInfo,
         specs += [ChildSpec("manager", lambda sup, slot: Manager.start(intake, supervisor=sup, slot=slot)),
                   ChildSpec("analyzer", lambda sup, slot: ResultAnalyzer.start(ctx, intake, supervisor=sup, slot=slot)),
                   ChildSpec("watcher", lambda sup, slot: TimeoutWatcher.start(ctx, supervisor=sup, slot=slot)),
+                  ChildSpec("scheduler", lambda sup, slot: Scheduler.start(ctx, intake, supervisor=sup, slot=slot)),
                   ChildSpec("api", lambda sup, slot: HttpServer.start(_api_app(ctx, intake), s.api.host, s.api.port,
                                                                       "API ([api] host/port)", supervisor=sup,
                                                                       slot=slot))]

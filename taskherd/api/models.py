@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
 
+from taskherd import schedules
 from taskherd.intake import MAX_DELAY_S, MAX_RUN_AT_S
 from taskherd.specs import HTTP_URL_RE, NAME_RE, PYTHON_TARGET_RE
 from taskherd.states import TaskState
@@ -217,3 +218,51 @@ class ErrorBody(BaseModel):
     """Every error answer, whatever its status."""
 
     errors: list[ErrorItem]
+
+
+# --- schedules --------------------------------------------------------------------------------------
+def _cron_or_every(schema: dict[str, Any]) -> None:
+    """The schema says what the handler refuses: exactly one of `cron` and `every_s` (not null)."""
+    schema["oneOf"] = [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                       for name in ("cron", "every_s")]
+
+
+_TIMEZONES: list[Any] = sorted(schedules.timezones())
+
+
+class ScheduleTaskIn(_In):
+    """The task each tick submits."""
+
+    type: str = Field(json_schema_extra={"pattern": NAME}, description="Task type; with no executor registered "
+                      "for it the PUT is a 409 (register one first).")
+    payload: dict[str, Any] = Field(default_factory=dict, description="JSON object handed to the executor, the same "
+                                    "every tick (at most [api].max_payload_bytes).")
+    job: str | None = Field(None, json_schema_extra={"pattern": NAME},
+                            description="The job its tasks go into; by default a job named after the schedule.")
+    priority: Integer | None = Field(None, ge=0, le=schedules.MAX_PRIORITY, description="0-9, higher first.")
+
+
+class ScheduleIn(_In):
+    """Submit a task on a cron expression or every N seconds, exactly once per tick."""
+
+    model_config = ConfigDict(json_schema_extra=_cron_or_every)
+
+    cron: str | None = Field(None, max_length=200, json_schema_extra={"pattern": schedules.CRON_PATTERN},
+                             description="5 fields, minute hour day-of-month month day-of-week, read in `timezone` "
+                                         "(`30 2 * * *`), or @hourly, @daily, @weekly, @monthly, @yearly. Not with every_s.")
+    every_s: Integer | None = Field(None, ge=1, le=schedules.MAX_EVERY_S,
+                                    description="Every N seconds, at the multiples of N since the Unix epoch. Not with cron.")
+    timezone: str = Field("UTC", json_schema_extra={"enum": _TIMEZONES},
+                          description="IANA time zone the cron fields are read in.")
+    catch_up_s: Integer = Field(schedules.DEFAULT_CATCH_UP_S, ge=0, le=schedules.MAX_CATCH_UP_S,
+                                description="A tick found overdue by at most this fires late; when the oldest "
+                                            "overdue tick is older (no manager was up), the missed ticks fire once.")
+    fire_time_key: str | None = Field(None, json_schema_extra={"pattern": NAME},
+                                      description="Each task's payload gets its tick's time (RFC 3339, UTC) under this key.")
+    task: ScheduleTaskIn
+
+
+class ScheduleSaved(BaseModel):
+    name: str
+    status: Literal["created", "replaced", "unchanged"]
+    schedule: dict[str, Any] = Field(description="As `GET /schedules/{name}` shows it.")

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from taskherd.cli import cluster, config, jobs, specs, system, tasks
+from taskherd.cli import cluster, config, jobs, schedules, specs, system, tasks
 from taskherd.cli.common import UsageError
 from taskherd.client import ClientError
 from taskherd.errors import ConfigError, TaskherdError
@@ -68,6 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "safer: a command line is visible to other users)")
     p.set_defaults(handler=None, group=None)
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
-    for commands in (config, cluster, specs, tasks, jobs, system):
+    for commands in (config, cluster, specs, tasks, jobs, schedules, system):
         commands.add_commands(sub)
     return p

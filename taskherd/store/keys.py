@@ -117,3 +117,18 @@ deletes its entry as it deregisters, and the hash expires on its own (`membershi
 
 WATCHER_LEASE = f"{PREFIX}:lease:timeout-watcher"
 """String holding the node id of the one active TimeoutWatcher, with a TTL (`lua/hold.lua`)."""
+
+
+_SCHEDULES = f"{PREFIX}:{{sched}}"
+"""Hash tag of the schedules' keys: the three below share one slot, so each transition of a schedule
+(`lua/schedule.lua`, `unschedule.lua`, `fired.lua`) is one script on one Redis Cluster node."""
+
+SCHEDULES = f"{_SCHEDULES}:defs"
+"""Hash schedule name -> its definition (canonical JSON: cron or every_s, timezone, catch_up_s, task)."""
+
+SCHEDULE_NEXT = f"{_SCHEDULES}:next"
+"""Sorted set schedule name -> its next fire time (Unix ms): what the managers' Schedulers poll."""
+
+SCHEDULE_FIRED = f"{_SCHEDULES}:fired"
+"""Hash schedule name -> JSON of its last firing: `{"at": tick ms, "task": task id, "status": ...}`
+(and `error` when the tick could not be submitted)."""

@@ -24,7 +24,9 @@ from taskherd.store import keys
 from taskherd.store.errors import store_errors
 
 KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.TOMBSTONE)
-KEPT = frozenset((keys.SPECS_VERSION, keys.NODES, keys.STOP, keys.WATCHER_LEASE))
+KEPT = frozenset((keys.SPECS_VERSION, keys.NODES, keys.STOP, keys.WATCHER_LEASE,
+                  keys.SCHEDULES, keys.SCHEDULE_NEXT, keys.SCHEDULE_FIRED))
+"""Kept too: the schedules (configuration, like the specs: a later start fires them on; DELETE them to stop)."""
 MAX_LISTED = 1000
 """Leftovers listed at most (a teardown that leaves more says how many more)."""
 _JOB_TAG = re.compile(re.escape(keys.PREFIX) + r":\{j:(.*?)\}:")
