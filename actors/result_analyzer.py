@@ -14,10 +14,18 @@ manager dies mid-batch, the TimeoutWatcher rings for the job again.
 Order per task: children are submitted (counted into the job) before the parent's row is committed
 and it is counted out, so a job never reads as done while work remains; a crash anywhere in between
 leaves the task claimed, then analyzed again, and every step repeats as a no-op.
+
+Fan-in: an analyzer may return a `join` with its children. The children are created in the join
+(their own children inherit it), then the join is registered with its task created held
+(`StateStore.register_join`), then the parent is archived; retiring the last of them fires the join
+(retire.lua), and the join task is promoted and published here (or by the TimeoutWatcher, should
+this pod die first). Each step is one Redis script, so a repeated analysis never doubles the join.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -28,7 +36,7 @@ import pykka
 
 from taskherd.actors.context import PodContext
 from taskherd.errors import InvalidTask, QueueError, StoreError, TaskherdError
-from taskherd.intake import Intake, Submission, from_child
+from taskherd.intake import MAX_ID_CHARS, Intake, Submission, from_child
 from taskherd.jobs import write_summary
 from taskherd.logs import task_fields
 from taskherd.metrics import ANALYZER_BATCH, ARCHIVED, TASKS
@@ -38,6 +46,7 @@ from taskherd.runners import Runner
 from taskherd.specs import check_admitted, runner_spec
 from taskherd.states import TaskState
 from taskherd.store.archive import ArchivedTask
+from taskherd.store.state_store import NewTask
 from taskherd.supervisor import Supervised
 
 log = logging.getLogger("taskherd.analyzer")
@@ -66,6 +75,8 @@ class Verdict:
     record: dict[str, Any] | None = None
     children: tuple[Submission, ...] = ()
     error: str | None = None
+    join: Submission | None = None
+    """The fan-in join task the analyzer declared, to submit once every child is final."""
 
 
 class ResultAnalyzer(Supervised, pykka.ThreadingActor):
@@ -207,28 +218,69 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         return _read_analysis(task, outcome.result or {})
 
     def _submit_children(self, verdicts: list[tuple[dict[str, Any], Verdict]]) -> list[tuple[dict[str, Any], Verdict]]:
-        """All children in one batch; if any is invalid, find whose and fail only that parent."""
-        children = [c for _, v in verdicts for c in v.children]
-        try:
-            self.intake.submit(children, where="children")
-            return verdicts
-        except InvalidTask:
-            pass
-        out = []
+        """All children in one batch; if any is invalid, find whose and fail only that parent. A
+        parent's join is checked before its children are created (an invalid one fails the parent,
+        creating nothing) and registered after."""
+        joins: dict[str, NewTask] = {}
+        checked = []
         for task, v in verdicts:
-            try:
-                self.intake.submit(list(v.children), where="children")
-                out.append((task, v))
-            except InvalidTask as exc:
-                out.append((task, Verdict(TaskState.FAILED, error=f"analyzer returned an invalid child: {exc}")))
+            if v.join is not None:
+                try:
+                    joins[task["id"]] = self.intake.prepare([v.join], "join")[0]
+                except InvalidTask as exc:
+                    where = exc.field.replace("join[0]", "join", 1)
+                    v = Verdict(TaskState.FAILED, error=f"analyzer returned an invalid join: {where}: {exc.problem}")
+            checked.append((task, v))
+        children = [c for _, v in checked for c in v.children]
+        try:
+            statuses = {a.id: a.status for a in self.intake.submit(children, where="children")}
+            out = checked
+        except InvalidTask:
+            statuses, out = {}, []
+            for task, v in checked:
+                try:
+                    statuses |= {a.id: a.status for a in self.intake.submit(list(v.children), where="children")}
+                    out.append((task, v))
+                except InvalidTask as exc:
+                    out.append((task, Verdict(TaskState.FAILED, error=f"analyzer returned an invalid child: {exc}")))
+        for task, v in out:
+            if v.join is not None and v.state == TaskState.SUCCEEDED:
+                self._register_join(task, v, joins[task["id"]], statuses)
         return out
+
+    def _register_join(self, task: dict[str, Any], v: Verdict, join: NewTask, statuses: dict[str, str]) -> None:
+        """Register the parent's join over its children just submitted. A child not created in the
+        join (archived before, or refused) enters it with the outcome it has: its archived row, or
+        the submit's answer as its state."""
+        assert self.ctx.archive is not None
+        listed = [str(c.id) for c in v.children]
+        outside = {}
+        for cid in dict.fromkeys(listed):
+            if statuses.get(cid, "created") == "created":
+                continue
+            row = self.ctx.archive.task(cid)
+            if row is not None and row["job"] == task["job"]:
+                outside[cid] = _outcome(cid, row["state"], row.get("record"), row.get("error"))
+            else:
+                outside[cid] = _outcome(cid, statuses[cid], None, None)
+        answer = self.ctx.store.register_join(task["job"], task["id"], join, listed, outside)
+        if answer == "conflict":
+            log.warning("join of %s not registered: its task id %s is taken", task["id"], join.id,
+                        extra=task_fields(task["job"], task["id"], task_type=task["type"]))
 
     def _archive(self, job: str, verdicts: list[tuple[dict[str, Any], Verdict]]) -> None:
         assert self.ctx.archive is not None
         if not verdicts:
             return
         self.ctx.archive.archive([_row(task, v) for task, v in verdicts])
-        outs, job_done = self.ctx.store.retire(job, [(task["id"], v.state) for task, v in verdicts])
+        fired: list[str] = []
+        outcomes = {task["id"]: _outcome(task["id"], v.state, v.record, v.error or task.get("error"))
+                    for task, v in verdicts if task.get("join")}
+        outs, job_done = self.ctx.store.retire(job, [(task["id"], v.state) for task, v in verdicts], outcomes, fired)
+        if fired:  # due now: to pending and published (the TimeoutWatcher does it if we die first)
+            moved = self.ctx.store.promote_due(job, TaskState.SCHEDULED, fired)
+            self.intake.ring([TaskRef(job, tid).encode() for tid in moved])
+            log.info("join task(s) %s submitted", ", ".join(moved), extra=task_fields(job))
         for (task, v), out in zip(verdicts, outs):
             if out == "ok":
                 ARCHIVED.labels(v.state).inc()
@@ -248,19 +300,58 @@ def _analyzer_input(task: dict[str, Any], result: Any) -> dict[str, Any]:
 
 
 def _read_analysis(task: dict[str, Any], out: dict[str, Any]) -> Verdict:
-    unknown = set(out) - {"children", "record"}
+    unknown = set(out) - {"children", "record", "join"}
     children, record = out.get("children") or [], out.get("record")
     problem = (f"unknown field {sorted(unknown)[0]!r}" if unknown
                else "children: expected a list" if not isinstance(children, list)
                else "record: expected an object or null" if record is not None and not isinstance(record, dict)
+               else _join_problem(out["join"]) if out.get("join") is not None
                else None)
     if problem:
         return Verdict(TaskState.FAILED, error=f"analyzer output unusable: {problem}")
+    join = _join_task(task, out["join"]) if out.get("join") is not None else None
+    # children enter the join their parent declares, else the one their parent is in
+    in_join = task["id"] if join is not None else task.get("join") or ""
     try:
-        subs = tuple(from_child(c, task, i) for i, c in enumerate(children))
+        subs = tuple(dataclasses.replace(from_child(c, task, i), join=in_join) for i, c in enumerate(children))
     except InvalidTask as exc:
         return Verdict(TaskState.FAILED, error=f"analyzer returned an invalid child: {exc}")
-    return Verdict(TaskState.SUCCEEDED, record=record, children=subs)
+    return Verdict(TaskState.SUCCEEDED, record=record, children=subs, join=join)
+
+
+JOIN_FIELDS = ("type", "payload", "timeout_s", "max_attempts")
+
+
+def _join_problem(join: Any) -> str | None:
+    """What is wrong with an analyzer's `join` (its type's executor and the numbers are checked at intake)."""
+    if not isinstance(join, dict):
+        return f"join: expected an object {{type, payload}}, got {type(join).__name__}"
+    unknown = sorted(set(join) - set(JOIN_FIELDS))
+    if unknown:
+        return f"join.{unknown[0]}: unknown field (a join has {', '.join(JOIN_FIELDS)})"
+    if not isinstance(join.get("type"), str) or not join["type"]:
+        return "join.type: expected the join task's type (a string)"
+    payload = join.get("payload", {})
+    if not isinstance(payload, dict):
+        return f"join.payload: expected an object, got {type(payload).__name__}"
+    if "children" in payload:
+        return "join.payload.children: reserved: the join task receives each child's outcome there"
+    return None
+
+
+def _join_task(task: dict[str, Any], join: dict[str, Any]) -> Submission:
+    """The join task, under an id made from its parent's: one per parent, however often it is analyzed."""
+    tid = f"join-{task['id']}"
+    if len(tid) > MAX_ID_CHARS:
+        tid = "join-" + hashlib.sha256(task["id"].encode()).hexdigest()[:32]
+    return Submission(type=join["type"], job=task["job"], payload=join.get("payload", {}), id=tid,
+                      timeout_s=join.get("timeout_s"), max_attempts=join.get("max_attempts"), parent=task["id"])
+
+
+def _outcome(task_id: str, state: str, record: Any, error: str | None) -> str:
+    """A join member's entry in the join task's `children`."""
+    return json.dumps({"id": task_id, "state": str(state), "record": record, "error": error or None},
+                      separators=(",", ":"))
 
 
 def _row(task: dict[str, Any], v: Verdict) -> ArchivedTask:

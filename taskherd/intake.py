@@ -55,6 +55,8 @@ class Submission:
     """Not leased before this many seconds from now (listed `scheduled` until then)."""
     run_at: float | str | None = None
     """Not leased before this moment: epoch seconds, or RFC 3339 text with an offset. Not with delay_s."""
+    join: str = ""
+    """The fan-in join it is created in (an analyzer's children; see `join.lua`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,11 @@ class Intake:
         return {t.id: ("exists" if archived[t.id] == (t.job, t.digest) else "conflict")
                 for t in tasks if t.id in archived}
 
+    def prepare(self, subs: list[Submission], where: str) -> list[NewTask]:
+        """Validate tasks and fill in their defaults, creating nothing (a fan-in join's task, which
+        `StateStore.register_join` creates); raises InvalidTask naming the field."""
+        return self._prepare(subs, where, fresh=False)[1]
+
     def _prepare(self, subs: list[Submission], where: str, fresh: bool) -> tuple[str | None, list[NewTask]]:
         """(the specs version to check at create, or None; the tasks with their defaults)."""
         types = {s.type for s in subs if isinstance(s.type, str)}
@@ -234,7 +241,7 @@ class Intake:
         attempts = _positive(f"{where}.max_attempts", s.max_attempts, default_attempts, int)
         digest = hashlib.sha256(f"{s.type}\0{payload}".encode()).hexdigest()
         return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent,
-                       due=_due(where, s.delay_s, s.run_at))
+                       due=_due(where, s.delay_s, s.run_at), join=s.join)
 
 
 def _next_round(row: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,22 @@ def rung(job: str) -> str:
     return f"{_tag(job)}:rung"
 
 
+def join(job: str, join_id: str) -> str:
+    """Hash of one fan-in join, named after the task whose analyzer declared it (`join.lua`): `open`,
+    the join's members still live (its parent, counted from registration until it retires, and every
+    task whose `join` field names it: the listed children and their descendants); `registered`, `task`
+    (the held join task's id), `type`, `payload` and `listed` (the children's ids, JSON) once the
+    parent registered it; `l:ID` per listed child and `r:ID` its outcome (id, state, record, error)
+    once final. Deleted when it fires (retire.lua), or, never registered, once its parent and members
+    are gone."""
+    return f"{_tag(job)}:join:{join_id}"
+
+
+def joins(job: str) -> str:
+    """Set of the ids of the job's join hashes, so a teardown finds them without a scan."""
+    return f"{_tag(job)}:joins"
+
+
 def job_pattern(job: str) -> str:
     """SCAN pattern matching every key of one job, for teardown and its verification."""
     escaped = "".join("\\" + c if c in "*?[]\\" else c for c in job)

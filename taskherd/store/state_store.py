@@ -72,6 +72,8 @@ class NewTask:
     due: str = ""
     """When it may first run: "" at once, "+MS" MS after it is created (Redis's clock), or Unix ms. A
     time still ahead creates it `scheduled` (not published; the TimeoutWatcher promotes it when due)."""
+    join: str = ""
+    """The fan-in join it belongs to (the id of the task that declared it), or "": counted open in it until retired."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,8 @@ class StateStore:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives, t.round,
                      t.history, t.due]
         args += [archive_checked_ms if archive_checked_ms is not None else "", keys.TOMBSTONE]
+        if any(t.join for t in tasks):
+            args += [keys.join(job, ""), keys.joins(job), *[t.join for t in tasks]]
         out, _ = self._pipelined([("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX,
                                               keys.JOBS, keys.SPECS_VERSION, *_open_keys(job),
                                               *[keys.task(job, t.id) for t in tasks]], args)],
@@ -354,15 +358,41 @@ class StateStore:
         return out
 
     # --- analysis, and retiring what MySQL has archived ----------------------------------------------
-    def retire(self, job: str, done: list[tuple[str, str]]) -> tuple[list[str], bool]:
+    def retire(self, job: str, done: list[tuple[str, str]], outcomes: Mapping[str, str] | None = None,
+               fired: list[str] | None = None) -> tuple[list[str], bool]:
         """Once their rows are in MySQL: for each (task id, final state) of one job, delete the task
         from Redis and count it into its final state: 'ok', or 'skip' (not awaiting analysis: a
-        duplicate); and whether the job just finished. One round trip for the batch."""
-        args = [keys.task(job, ""), keys.executions(job, ""), keys.TOMBSTONE, *[x for pair in done for x in pair]]
+        duplicate); and whether the job just finished. One round trip for the batch.
+
+        Fan-in: `outcomes` (task id -> JSON {id, state, record, error}) for tasks in a join, kept for
+        the join task's payload when they are listed children; a join whose last member this retires
+        fires: its held task gets its payload and comes due, and its id is appended to `fired` (the
+        caller promotes and publishes it; the TimeoutWatcher does, should the caller die first)."""
+        outcomes = outcomes or {}
+        args = [keys.task(job, ""), keys.executions(job, ""), keys.TOMBSTONE, keys.join(job, ""), keys.joins(job),
+                *[x for tid, state in done for x in (tid, state, outcomes.get(tid, ""))]]
         out, _ = self._pipelined([("retire", [keys.job_meta(job), *[keys.by_state(job, s) for s in LIVE_STATES],
                                              keys.OPEN_TASKS], args)],
                                  ("HDEL", keys.TASK_INDEX, *[task_id for task_id, _ in done]))
-        return out[:-1], out[-1] == "done"
+        if fired is not None:
+            fired += [str(x) for x in out[len(done) + 1:]]
+        return out[:len(done)], out[len(done)] == "done"
+
+    def register_join(self, job: str, parent: str, task: NewTask, listed: list[str],
+                      outside: Mapping[str, str]) -> str:
+        """The analyzer of `parent` declared a fan-in join over its children `listed` (submitted just
+        before): create the join task `task` held (scheduled, never due until the join fires) and
+        register the join, in one step. `outside`: the outcome (JSON {id, state, record, error}) to
+        give a listed child that is no member (archived before, or never created: cancelled,
+        conflict). 'registered' | 'exists' (registered before: an analysis run again) | 'gone' (the
+        parent is no longer awaiting analysis) | 'cancelled' (the job refuses new tasks) | 'conflict'
+        (the join task's id is taken)."""
+        ks = [keys.job_meta(job), keys.by_state(job, TaskState.SCHEDULED), keys.TASK_INDEX, keys.OPEN_TASKS,
+              keys.joins(job), keys.task(job, parent), keys.join(job, parent), keys.task(job, task.id)]
+        args = [job, parent, task.id, task.type, task.payload, task.digest, task.max_attempts, task.timeout_s,
+                keys.task(job, ""), keys.join(job, ""), json.dumps(listed),
+                *[x for cid in listed for x in (cid, outside.get(cid, ""))]]
+        return str(self._run("join", ks, args))
 
     # --- reads --------------------------------------------------------------------------------------
     def job_of(self, task_id: str) -> str | None:
@@ -509,8 +539,9 @@ class StateStore:
         of it is per task), never by scanning the keyspace: a small job's teardown costs the same
         beside a million unrelated keys."""
         ids = self._live_ids(job)
+        joins = cast(set[str], self.redis.smembers(keys.joins(job)))
         self._run("forget", [keys.OPEN_TASKS, *[keys.by_state(job, s) for s in LIVE_STATES]], [])
-        for batch in _chunks(iter(self._job_keys(job, ids)), 500):
+        for batch in _chunks(iter([*self._job_keys(job, ids), *[keys.join(job, j) for j in joins]]), 500):
             self.redis.delete(*batch)
         for batch in _chunks(iter(ids), 500):
             self.redis.hdel(keys.TASK_INDEX, *batch)
@@ -549,7 +580,7 @@ class StateStore:
     @staticmethod
     def _job_keys(job: str, ids: list[str]) -> list[str]:
         return [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES], keys.leased(job),
-                *[k for tid in ids for k in (keys.task(job, tid), keys.executions(job, tid))]]
+                keys.joins(job), *[k for tid in ids for k in (keys.task(job, tid), keys.executions(job, tid))]]
 
 
 def _start_calls(started: Lease | None) -> list[tuple[str, list[str], list[Any]]]:

@@ -24,6 +24,10 @@ local FIRST, N = 11, 11
 -- (10 s), with 5 s to spare for clocks: else {'recheck'}, creating nothing.
 local after = 4 + (#KEYS - FIRST + 1) * N
 local checked, tombstones = tonumber(ARGV[after + 1] or ''), ARGV[after + 2]
+-- Then, when any task of the batch belongs to a fan-in join: the join hashes' key prefix, the job's set
+-- of joins, and each task's join id ('' for none) in order; a task created in a join is counted open
+-- in it (retire.lua counts it out), so the join cannot fire while it is live.
+local join_prefix, join_set = ARGV[after + 3], ARGV[after + 4]
 if checked and now - checked > 5000 then return {'recheck'} end
 local created, counted, out = 0, 0, {}
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
@@ -69,6 +73,12 @@ for i = FIRST, #KEYS do
       'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
       'state', 'pending', 'attempts', 0, 'created', now)
     if ARGV[a + 9] ~= '0' then redis.call('HSET', key, 'round', ARGV[a + 9], 'history', ARGV[a + 10]) end
+    local join = join_prefix and ARGV[after + 4 + i - FIRST + 1] or ''
+    if join ~= '' then
+      redis.call('HSET', key, 'join', join)
+      redis.call('HINCRBY', join_prefix .. join, 'open', 1)
+      redis.call('SADD', join_set, join)
+    end
     local due = ARGV[a + 11]
     if due ~= '' then
       due = (string.sub(due, 1, 1) == '+') and now + tonumber(string.sub(due, 2)) or tonumber(due)
