@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from actors.result_analyzer import _read_analysis
+from taskherd.actors.result_analyzer import _read_analysis
 from taskherd.client import Client, ClientError
 from taskherd.config import from_dict
 from taskherd.config.settings import Settings
+from taskherd.demo import wordcount
 from taskherd.deploy.local.cluster import Pod, stop_pods
 from taskherd.states import TaskState
 from taskherd.store import keys
@@ -296,3 +298,13 @@ def test_a_manager_killed_mid_join_still_gives_one_join(herd):
     join = herd.client.task(f"join-{job}-root")
     assert len(log.read_text().splitlines()) == 1 and join["state"] == "succeeded", join
     assert len(join["payload"]["children"]) == 6 and status["counts"]["succeeded"] == 1 + 6 + 6 + 1, status
+
+
+def test_the_word_count_example_reduces_every_chunk_to_the_right_counts(herd):
+    text = "\n".join(f"the quick brown fox {i} jumps over the lazy dog's back\nThe end of line {i}" for i in range(9))
+    record = wordcount.run(herd.client, text, "wc", lines=4, top=3)
+    expected = Counter(wordcount.words(text))
+    assert record["chunks"] == 5 and record["failed"] == [], record
+    assert record["words"] == sum(expected.values()) and record["distinct"] == len(expected), record
+    assert record["top"][0] == ["the", 27] and all(expected[w] == n == 9 for w, n in record["top"][1:]), record
+    assert herd.client.job("wc")["counts"]["succeeded"] == 1 + 5 + 1
