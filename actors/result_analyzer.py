@@ -253,9 +253,9 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
         join (archived before, or refused) enters it with the outcome it has: its archived row, or
         the submit's answer as its state."""
         assert self.ctx.archive is not None
-        listed = [str(c.id) for c in v.children]
+        listed = list(dict.fromkeys(str(c.id) for c in v.children))  # a child named twice is listed once
         outside = {}
-        for cid in dict.fromkeys(listed):
+        for cid in listed:
             if statuses.get(cid, "created") == "created":
                 continue
             row = self.ctx.archive.task(cid)

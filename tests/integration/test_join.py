@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from taskherd.store.state_store import NewTask, StateStore
 from tests.helpers import Services, start_pods, wait_until, write_config
 
 FUNCS = "tests.integration.join_funcs"
+EXE_ANALYZER = [sys.executable, "-c", "import json; print(json.dumps({'children': [{'type': 'mid', 'payload': {'i': 7}}], "
+                "'join': {'type': 'gather', 'payload': {'tag': 'exe'}}}))"]
+"""An exe analyzer's join: the same output, read from its stdout."""
 
 
 # --- the transitions, step by step on real Redis ----------------------------------------------------
@@ -92,6 +96,7 @@ def test_children_final_before_the_join_is_registered_still_fire_it_once_after_t
     assert json.loads(payload) == {"tag": "x", "children": [
         {"id": "a", "state": "succeeded", "record": {"n": "a"}, "error": None},
         {"id": "b", "state": "succeeded", "record": {"n": "b"}, "error": None}]}
+    assert store.due(JOB, TaskState.SCHEDULED, store.now_ms()) == ["join-p"]  # the watcher's, should we die here
     assert store.promote_due(JOB, TaskState.SCHEDULED, fired) == ["join-p"]
     assert store.redis.exists(keys.join(JOB, "p")) == 0
     # And the job is done only once the join task itself is final
@@ -117,6 +122,30 @@ def test_a_grandchild_holds_the_join_open_and_a_second_analysis_adds_nothing(sto
     fired, _ = retire(store, "a1", record={"deep": True})
     assert fired == ["join-p"]
     assert [c["id"] for c in json.loads(store.task(JOB, "join-p")["payload"])["children"]] == ["a"]
+
+
+def test_a_join_inside_a_join_holds_the_outer_one_until_its_own_task_is_final(store):
+    # Given r's join over p, and p (a member) declaring its own join over c
+    store.submit(JOB, [new("r")])
+    to_analyzing(store, "r")
+    store.submit(JOB, [new("p", "r", "r")])
+    assert register(store, "r", ["p"]) == "registered"
+    assert retire(store, "r") == ([], False)
+    to_analyzing(store, "p")
+    store.submit(JOB, [new("c", "p", "p")])
+    assert register(store, "p", ["c"]) == "registered"
+    assert store.task(JOB, "join-p")["join"] == "r"
+    # When p and then c are final: p's join fires, r's does not
+    assert retire(store, "p", record={"p": 1}) == ([], False)
+    to_analyzing(store, "c")
+    assert retire(store, "c")[0] == ["join-p"]
+    # Then r's join fires only once p's join task is final, with p's outcome
+    store.promote_due(JOB, TaskState.SCHEDULED, ["join-p"])
+    to_analyzing(store, "join-p")
+    fired, done = retire(store, "join-p")
+    assert fired == ["join-r"] and not done
+    assert json.loads(store.task(JOB, "join-r")["payload"])["children"] == [
+        {"id": "p", "state": "succeeded", "record": {"p": 1}, "error": None}]
 
 
 def test_a_child_archived_before_or_never_created_enters_with_the_outcome_given(store):
@@ -308,3 +337,13 @@ def test_the_word_count_example_reduces_every_chunk_to_the_right_counts(herd):
     assert record["words"] == sum(expected.values()) and record["distinct"] == len(expected), record
     assert record["top"][0] == ["the", 27] and all(expected[w] == n == 9 for w, n in record["top"][1:]), record
     assert herd.client.job("wc")["counts"]["succeeded"] == 1 + 5 + 1
+
+
+def test_an_exe_analyzer_declares_a_join_as_a_python_one_does(herd):
+    herd.client.add_executor("exe-root", {"kind": "python", "target": f"{FUNCS}:work"})
+    herd.client.add_analyzer("exe-root", {"kind": "exe", "target": EXE_ANALYZER})
+    herd.client.submit({"id": "e1", "type": "exe-root", "job": "exe", "payload": {}})
+    herd.client.wait("exe", timeout=60)
+    join = herd.client.task("join-e1")
+    assert join["state"] == "succeeded" and join["payload"]["tag"] == "exe", join
+    assert [c["record"]["mid"] for c in join["payload"]["children"]] == [7]
