@@ -18,16 +18,19 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from taskherd.actors.result_analyzer import _read_analysis
+from taskherd.actors.result_analyzer import ResultAnalyzer, Verdict, _read_analysis, _row
 from taskherd.client import Client, ClientError
 from taskherd.config import from_dict
 from taskherd.config.settings import Settings
 from taskherd.demo import wordcount
 from taskherd.deploy.local.cluster import Pod, stop_pods
+from taskherd.intake import Intake, Submission
+from taskherd.nsq.publisher import Publisher
 from taskherd.states import TaskState
 from taskherd.store import keys
 from taskherd.store.archive import Archive
@@ -182,6 +185,61 @@ def test_a_teardown_mid_join_deletes_its_keys(store):
     assert register(store, "p", ["a"]) == "registered"
     assert store.teardown(JOB) == []
     assert store.redis.exists(keys.join(JOB, "p"), keys.joins(JOB)) == 0
+
+
+def analyze_done(intake: Intake, job: str) -> list[str]:
+    """The analyzer's archive-then-retire path for every result of the job awaiting analysis (no analyzer
+    spec: the result is the record); the join tasks it fired."""
+    tasks, _ = intake.store.claim_results(job, 256, 60_000)
+    assert tasks, "nothing awaits analysis"
+    verdicts = [(t, Verdict(TaskState.SUCCEEDED, record={"n": t["id"]})) for t in tasks]
+    intake.archive.archive([_row(t, v) for t, v in verdicts])
+    fired: list[str] = []
+    outcomes = {t["id"]: json.dumps({"id": t["id"], "state": "succeeded", "record": v.record, "error": None})
+                for t, v in verdicts if t.get("join")}
+    intake.store.retire(job, [(t["id"], v.state) for t, v in verdicts], outcomes, fired)
+    return fired
+
+
+def test_the_parents_analysis_repeated_around_its_children_registers_one_join(clean):
+    """The analyzer's own steps (`_submit_children`, `_register_join`) run as a crash and a retry would
+    run them: the children submitted, one of them final, then the whole analysis again, twice."""
+    s = clean.settings
+    store, archive = StateStore(s.redis), Archive(s.mysql)
+    archive.ensure_schema()
+    for t in ("t", "g"):
+        store.register("executor", t, {"id": t, "kind": "python", "target": "m:f", "max_attempts": 3}, replace=False)
+    intake = Intake(s, store, archive, Publisher(s.nsq))
+    fake = SimpleNamespace(intake=intake, ctx=SimpleNamespace(store=store, archive=archive))
+    fake._register_join = lambda *a: ResultAnalyzer._register_join(fake, *a)
+    try:
+        intake.submit([Submission(type="t", job=JOB, payload={}, id="p")])
+        to_analyzing(store, "p")
+        (parent,), _ = store.claim_results(JOB, 10, 60_000)
+        verdict = _read_analysis(parent, {"children": [{"id": "c0"}, {"id": "c1"}],
+                                          "join": {"type": "g", "payload": {"k": 1}}, "record": {}})
+        # Given a first analysis that created the children and died before registering the join
+        assert [a.status for a in intake.submit(list(verdict.children))] == ["created", "created"]
+        # and the first child final and archived meanwhile
+        to_analyzing(store, "c0")
+        assert analyze_done(intake, JOB) == []
+        # When the analysis runs again, twice (the second as after a failure before the parent's archive)
+        for _ in range(2):
+            assert ResultAnalyzer._submit_children(fake, [(parent, verdict)]) == [(parent, verdict)]
+        assert store.task(JOB, "join-p")["state"] == "scheduled"
+        assert store.job(JOB)["total"] == 4
+        # Then the join fires once, after the parent and the last child, with both children's outcomes
+        store.unclaim(JOB, ["p"], 0)
+        assert analyze_done(intake, JOB) == []  # the parent
+        to_analyzing(store, "c1")
+        assert analyze_done(intake, JOB) == ["join-p"]
+        children = json.loads(store.task(JOB, "join-p")["payload"])["children"]
+        assert [(c["id"], c["state"], c["record"]) for c in children] == [
+            ("c0", "succeeded", {"n": "c0"}), ("c1", "succeeded", {"n": "c1"})]
+        assert store.job(JOB)["total"] == 4
+    finally:
+        store.close()
+        archive.close()
 
 
 @pytest.mark.parametrize(("join", "words"), [
