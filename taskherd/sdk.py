@@ -147,6 +147,17 @@ class TaskType:
         assert isinstance(answer, dict)  # one task in, one answer out
         return Task(self.app, answer["id"], job, answer["status"])
 
+    def schedule(self, name: str, payload: dict[str, Any] | None = None, *, cron: str | None = None,
+                 every_s: int | None = None, timezone: str | None = None, job: str | None = None,
+                 catch_up_s: int | None = None, fire_time_key: str | None = None) -> dict[str, Any]:
+        """Submit a task of this type on `cron` (5 fields, read in `timezone`) or `every_s`, exactly once
+        per tick, into `job` (default: a job named `name`): `PUT /schedules/{name}`, created or replaced.
+        Returns the schedule with its `next_fire_at`; `app.client.delete_schedule(name)` stops it."""
+        task = {"type": self.name, "payload": payload or {}, **({"job": job} if job else {})}
+        body = {"cron": cron, "every_s": every_s, "timezone": timezone, "catch_up_s": catch_up_s,
+                "fire_time_key": fire_time_key, "task": task}
+        return self.app.client.put_schedule(name, {k: v for k, v in body.items() if v is not None})["schedule"]
+
     def __repr__(self) -> str:
         return f"<taskherd executor {self.name!r}: {self.spec['target']}>"
 

@@ -8,6 +8,9 @@ What the run is told, and why (each only for the operations named):
 - `wait_s=1` on the long-polls (`GET /jobs/{job}`, `POST /jobs/{job}/teardown`, `POST /system/teardown`):
   they answer after up to `wait_s` seconds (≤ 60) by design, so a fuzzed `wait_s` would spend the time
   budget waiting and trip the response-time check, which a long-poll cannot meet.
+- `PUT /schedules/{name}` may also answer 422 to a schema-valid body: its `cron` pattern says the
+  syntax and each field's range, but not that a range runs forwards (`APR-MAR`) nor that a day exists
+  in the months listed (`0 0 30 2 *`), which only the cron parser knows; the handler names `cron`.
 No check is excluded.
 """
 
@@ -36,6 +39,11 @@ parameters = { "stop" = false, "wait_s" = 1 }
 [[operations]]
 include-path-regex = "^/jobs/\\\\{job\\\\}(/teardown)?$"
 parameters = { "wait_s" = 1 }
+
+[[operations]]
+include-path = "/schedules/{name}"
+include-method = "PUT"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """
 
 

@@ -82,3 +82,10 @@ def die(payload: dict[str, Any]) -> dict[str, Any]:
     """Poison: kills the python child that runs it (no end line, like a segfault)."""
     CallLog(payload, "python").__enter__()
     os._exit(3)
+
+
+def scheduled(payload: dict[str, Any]) -> dict[str, Any]:
+    """A schedule's tick (`fire_time_key` "fired_at"): a healthy task whose log and lock go by the tick's
+    task id, `sched-NAME-20261206T143000Z`, rebuilt from the schedule's name and the tick's time."""
+    stamp = payload["fired_at"].replace("-", "").replace(":", "")
+    return work({**payload, "id": f"sched-{payload['schedule']}-{stamp}"})

@@ -133,6 +133,7 @@ def routes(app: FastAPI) -> list[tuple[str, str, str]]:
     out = []
     for method, path, _, _ in api_routes(app):
         url = re.sub(r"\{task_id(:path)?\}", "t-1", path).replace("{job}", "j1").replace("{task_type}", "echo")
+        url = url.replace("{name}", "s1")
         assert "{" not in url, f"a path parameter this test does not fill: {path}"
         out.append((method, path, url))
     return out

@@ -144,3 +144,24 @@ def test_the_cron_pattern_admits_the_usual_forms_and_refuses_what_cron_has_not()
         assert not CRON_RE.fullmatch(bad), bad
     assert re.compile(CRON_RE.pattern)  # ECMA-262 as well: no inline flags, no lookbehind
     assert "(?i" not in CRON_RE.pattern and "(?<" not in CRON_RE.pattern
+
+
+def test_the_sdk_schedules_a_declared_executor_with_one_put() -> None:
+    import json as _json
+
+    from taskherd.client import Client
+    from taskherd.sdk import App
+    from tests.unit import test_schedules as here
+
+    sent = []
+
+    def api(method: str, target: str, body: bytes | None) -> tuple[int, bytes]:
+        sent.append((method, target, _json.loads(body or b"null")))
+        return 201, _json.dumps({"name": "n", "status": "created", "schedule": {"next_fire_at": "x"}}).encode()
+
+    app = App("http://127.0.0.1:1")
+    app._client = Client("http://127.0.0.1:1", transport=api)
+    report = app.executor("report")(here.berlin)
+    assert report.schedule("nightly", {"a": 1}, cron="30 2 * * *", timezone="Europe/Berlin") == {"next_fire_at": "x"}
+    assert sent == [("PUT", "/schedules/nightly", {"cron": "30 2 * * *", "timezone": "Europe/Berlin",
+                                                   "task": {"type": "report", "payload": {"a": 1}}})]
