@@ -125,7 +125,7 @@ class StateStore:
         self.schedules = ScheduleStore(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "start", "renew", "finish", "release", "requeue", "promote", "retire", "register",
-                          "cancel", "claim", "summarized", "settle", "expire", "forget")}
+                          "cancel", "claim", "summarized", "settle", "expire", "forget", "join")}
         self._local = threading.local()
 
     def ping(self) -> bool:
