@@ -13,7 +13,7 @@ def add_commands(sub: Any) -> None:
     commands = group(sub, "schedule", "submit a task on a cron expression or every N seconds")
     p = command(commands, "add", _add, "create or replace a schedule (the same one again changes nothing)")
     p.add_argument("name", metavar="NAME")
-    when = p.add_mutually_exclusive_group(required=True)
+    when = p.add_mutually_exclusive_group()  # one of them is required: said in one line by _add
     when.add_argument("--cron", metavar="EXPR", help="5 fields, e.g. '30 2 * * *', or @hourly, @daily...")
     when.add_argument("--every-s", type=int, metavar="N", help="every N seconds (at the multiples of N since the epoch)")
     p.add_argument("--timezone", metavar="TZ", help="IANA time zone the cron fields are read in (default UTC)")
@@ -32,6 +32,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _add(args: argparse.Namespace) -> int:
+    if args.cron is None and args.every_s is None:
+        raise UsageError("schedule add: give --cron EXPR or --every-s N")
     payload = parse_json(args.payload, "--payload")
     if not isinstance(payload, dict):
         raise UsageError("--payload: expected a JSON object")
