@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
+from prometheus_client import REGISTRY
 
 from taskherd import __version__
 from taskherd.config.settings import RegistrySettings
@@ -27,6 +28,9 @@ from taskherd.store.membership import Membership
 from taskherd.supervisor import Supervised, Ticker
 
 log = logging.getLogger("taskherd.registry")
+
+SLOTS_METRIC = "taskherd_worker_slots"
+"""The busy-slot gauge (`taskherd.metrics.SLOTS`) as Prometheus names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +121,8 @@ class Registry(Supervised, pykka.ThreadingActor):
                 log.warning("registry: unknown message %r", message)
 
     def _beat(self) -> None:
-        live = self.members.beat(self.info.id, _fields(self.info), int(self.settings.node_ttl_s * 1000))
+        live = self.members.beat(self.info.id, {**_fields(self.info), **_now_fields()},
+                                 int(self.settings.node_ttl_s * 1000))
         for joined in sorted(live - self.peers - {self.info.id}):
             log.info("peer joined: %s", joined)
         for left in sorted(self.peers - live):
@@ -130,3 +135,10 @@ class Registry(Supervised, pykka.ThreadingActor):
 
 def _fields(info: NodeInfo) -> dict[str, str]:
     return {f: str(getattr(info, f)) for f in NodeInfo.__dataclass_fields__}
+
+
+def _now_fields() -> dict[str, str]:
+    """What changes between heartbeats, for the dashboard: when this one was sent (Unix ms) and the
+    worker slots running an executor now (this process's `taskherd_worker_slots{state="busy"}`)."""
+    busy = REGISTRY.get_sample_value(SLOTS_METRIC, {"state": "busy"})
+    return {"beat_ms": str(int(time.time() * 1000)), "busy": str(int(busy or 0))}

@@ -46,6 +46,7 @@ from taskherd.runners import Runner
 from taskherd.specs import check_admitted, runner_spec
 from taskherd.states import TaskState
 from taskherd.store.archive import ArchivedTask
+from taskherd.store.series import Execution
 from taskherd.store.state_store import NewTask
 from taskherd.supervisor import Supervised
 
@@ -281,16 +282,34 @@ class ResultAnalyzer(Supervised, pykka.ThreadingActor):
             moved = self.ctx.store.promote_due(job, TaskState.SCHEDULED, fired)
             self.intake.ring([TaskRef(job, tid).encode() for tid in moved])
             log.info("join task(s) %s submitted", ", ".join(moved), extra=task_fields(job))
-        for (task, v), out in zip(verdicts, outs):
-            if out == "ok":
-                ARCHIVED.labels(v.state).inc()
-                if v.state == TaskState.FAILED:
-                    TASKS.labels(task["type"], "dead_lettered").inc()
+        retired = [(task, v) for (task, v), out in zip(verdicts, outs) if out == "ok"]
+        for task, v in retired:
+            ARCHIVED.labels(v.state).inc()
+            if v.state == TaskState.FAILED:
+                TASKS.labels(task["type"], "dead_lettered").inc()
+        self._chart(retired)
         if job_done:
             log.info("job %s is done", job, extra=task_fields(job))
             # None if another writer (the watcher's sweep) summarized it first: the waiters then read.
             self.ctx.job_events.notify(job, write_summary(self.ctx.store, self.ctx.archive, job))
             self.ctx.store.settle(job)  # out of the watcher's sweep; its state leaves Redis retain_done_s later
+
+
+    def _chart(self, retired: list[tuple[dict[str, Any], Verdict]]) -> None:
+        """Count the batch into the dashboard's series (one round trip); a chart's gap is no reason
+        to fail an archive that has happened."""
+        try:
+            self.ctx.store.series.record([e for task, _ in retired for e in _round_executions(task)],
+                                         [v.state for _, v in retired], int(time.time() * 1000))
+        except StoreError as exc:
+            log.debug("dashboard series not updated: %s", exc)
+
+
+def _round_executions(task: dict[str, Any]) -> list[Execution]:
+    """The executions of the task's last retry round (earlier rounds were counted when they ended)."""
+    current = int(task.get("round") or 0)
+    return [Execution(int(e["started"]), float(e.get("duration_s") or 0.0)) for e in task.get("executions", ())
+            if int(e.get("round") or 0) == current and e.get("started")]
 
 
 def _analyzer_input(task: dict[str, Any], result: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ Idempotent and fast when nothing is missing, so `make test` and `make demo` can 
 - redis-server and mariadb-server are installed with apt-get unless their binaries are found. The
   packages' own system services are never started: while apt runs, a `policy-rc.d` that denies
   service starts is put in place if none exists. The local cluster runs private instances only.
+- chromium and chromedriver (Debian's `chromium`, `chromium-driver`) likewise, for the dashboard's
+  browser tests only; without root they are named and skipped, not an error.
 
 Every outcome is one line on stdout; a failure exits 1 with the reason, never a traceback.
 """
@@ -30,6 +32,8 @@ NSQ_VERSION = "v1.3.0"
 _NSQ_PACKAGES = ("github.com/nsqio/nsq/apps/nsqd", "github.com/nsqio/nsq/apps/nsqlookupd")
 _APT_PACKAGES = {"redis-server": "redis-server", "mariadbd": "mariadb-server",
                  "mariadb-install-db": "mariadb-server"}
+_BROWSER = {"chromium": "chromium", "chromedriver": "chromium-driver"}
+"""Binaries of the dashboard's browser tests, and the Debian packages holding them."""
 _POLICY_RC = Path("/usr/sbin/policy-rc.d")
 _GO_FALLBACKS = ("/usr/local/go/bin/go", "/usr/lib/go/bin/go")
 
@@ -46,6 +50,7 @@ def main() -> int:
     try:
         ensure_nsq()
         ensure_apt_services()
+        ensure_browser()
     except TaskherdError as exc:
         say(f"error: {exc}")
         return 1
@@ -145,6 +150,32 @@ def ensure_apt_services() -> None:
     still = [name for name in missing if name in absent]
     if still:
         raise SetupError(f"{' '.join(packages)} installed but {', '.join(still)} still not found")
+    say(f"{' and '.join(packages)}: installed")
+
+
+# --- a browser for the dashboard's tests -----------------------------------------------------------
+
+def ensure_browser() -> None:
+    """Debian's chromium and its chromedriver, for tests/e2e/test_ui.py (Selenium drives them
+    headless). Not needed to run taskherd: without root or apt-get this says so and goes on, and the
+    dashboard's tests skip locally (they fail under CI)."""
+    missing = [name for name in _BROWSER if shutil.which(name) is None]
+    if not missing:
+        say("chromium, chromedriver: found")
+        return
+    packages = sorted({_BROWSER[name] for name in missing})
+    command = f"apt-get install -y {' '.join(packages)}"
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        say(f"{', '.join(missing)} missing (only the dashboard's browser tests need them); as root run: {command}")
+        return
+    say(f"{', '.join(missing)} missing: running {command} (a minute or two)")
+    with _services_not_started():
+        result = _apt_install(packages)
+        if result.returncode != 0:
+            _apt(["update"])
+            result = _apt_install(packages)
+    if result.returncode != 0:
+        raise SetupError(f"{command} failed (exit {result.returncode}): {_tail(result.stdout)}")
     say(f"{' and '.join(packages)}: installed")
 
 

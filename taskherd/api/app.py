@@ -28,6 +28,7 @@ from taskherd.api.deps import Pod
 from taskherd.api.errors import install_error_handlers
 from taskherd.api.middleware import BodyLimit, Metrics
 from taskherd.api.routes import jobs, ops, schedules, specs, system, tasks
+from taskherd.api.ui import routes as ui
 from taskherd.config.loader import tokens
 from taskherd.intake import Intake
 
@@ -45,7 +46,7 @@ def build_app(ctx: PodContext, intake: Intake, manager: Callable[[], pykka.Actor
     app = FastAPI(title="taskherd", version=__version__, responses=errors,
                   description="Register executors and analyzers, submit tasks, follow jobs.")
     app.state.pod = Pod(ctx, intake, manager)
-    for routes in (specs, tasks, jobs, ops, system, schedules):
+    for routes in (specs, tasks, jobs, ops, system, schedules, ui):
         app.include_router(routes.router)
     install_error_handlers(app)
     contract.install(app, ctx.settings.api.max_batch)

@@ -9,8 +9,9 @@ middleware, before the body is read or any route runs, so neither changes anythi
 Scopes by route (`required_scope`): every GET is `read`; submitting, cancelling and retrying tasks and
 jobs (`SUBMIT_ROUTES`) is `submit`; every other write is `admin` (registering executors and analyzers,
 teardown, and any route added later until it is listed here: secure by default). Open to all: the
-probes (`/healthz`, `/readyz`, `/metrics`) and the API's description (`/docs`, `/redoc`,
-`/openapi.json`), which holds no data and which a browser must load without a header.
+probes (`/healthz`, `/readyz`, `/metrics`), the API's description (`/docs`, `/redoc`,
+`/openapi.json`) and the dashboard's page and assets (`/ui`, `/ui/static/...`), which hold no data and
+which a browser must load without a header.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from taskherd.config.settings import TokenSettings
 log = logging.getLogger("taskherd.api.auth")
 
 PROBES = ("/healthz", "/readyz", "/metrics")
-OPEN_PATHS = frozenset((*PROBES, "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"))
-"""Paths served to anyone: the probes (kubelet and Prometheus carry no token) and the API's description."""
+OPEN_PATHS = frozenset((*PROBES, "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/ui"))
+"""Paths served to anyone: the probes (kubelet and Prometheus carry no token), the API's description
+and the dashboard's page (no data: its script asks for a token and sends it with every read)."""
+OPEN_PREFIXES = ("/ui/static/",)
+"""Path prefixes served to anyone: the dashboard's script and style sheet (no data either)."""
 READ_METHODS = frozenset(("GET", "HEAD"))
 SUBMIT_ROUTES = frozenset((("POST", "/tasks"), ("POST", "/tasks/{task_id:path}/cancel"),
                            ("POST", "/tasks/{task_id:path}/retry"), ("POST", "/jobs/{job}/cancel"),
@@ -88,7 +92,7 @@ class Auth:
         self.app, self.tokens, self.scope_for = app, tokens, scope_for
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         refusal = self._refusal(scope)
         if refusal is not None:
@@ -112,6 +116,7 @@ class Auth:
                                                              f"(it has: {', '.join(sorted(token.scopes))})")])
             response.headers["WWW-Authenticate"] = f'Bearer realm="taskherd", error="insufficient_scope", scope="{need}"'
             return response
+        scope.setdefault("state", {})["token"] = token  # what the dashboard asks of /ui/whoami
         return None
 
 

@@ -148,3 +148,14 @@ SCHEDULE_NEXT = f"{_SCHEDULES}:next"
 SCHEDULE_FIRED = f"{_SCHEDULES}:fired"
 """Hash schedule name -> JSON of its last firing: `{"at": tick ms, "task": task id, "status": ...}`
 (and `error` when the tick could not be submitted)."""
+
+
+SERIES = f"{PREFIX}:series:"
+"""Prefix of the dashboard's per-second counters (`series`): statistics, not task or job state."""
+
+
+def series(second: int) -> str:
+    """Hash of the dashboard's counters for one Unix second (`taskherd.store.series`): executions
+    started and finished, tasks archived by final state, run times by bucket. Expires
+    `series.RETENTION_S` after its second, so the series holds at most that many."""
+    return f"{SERIES}{second}"

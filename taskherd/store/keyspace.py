@@ -9,8 +9,9 @@ analyzer specs and the specs version (configuration: a later start runs the same
 live pods' registrations and a teardown's request to stop them (each expires with its pod), the
 active TimeoutWatcher's singleton lease (the manager's, not a task's; it expires within seconds of
 the manager's exit), and the tombstones of tasks archived in the last 10 s (`th:gone:*`: a task id
-and a digest that expire on their own; waiting them out would add 10 s to every teardown). The count
-of open tasks is kept at 0 and is a leftover only when it is not.
+and a digest that expire on their own; waiting them out would add 10 s to every teardown), the
+dashboard's per-second counters (`th:series:*`, statistics that expire on their own after
+`series.RETENTION_S`). The count of open tasks is kept at 0 and is a leftover only when it is not.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import redis
 from taskherd.store import keys
 from taskherd.store.errors import store_errors
 
-KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.TOMBSTONE)
+KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.TOMBSTONE, keys.SERIES)
 KEPT = frozenset((keys.SPECS_VERSION, keys.NODES, keys.STOP, keys.WATCHER_LEASE,
                   keys.SCHEDULES, keys.SCHEDULE_NEXT, keys.SCHEDULE_FIRED))
 """Kept too: the schedules (configuration, like the specs: a later start fires them on; DELETE them to stop)."""

@@ -26,6 +26,7 @@ from taskherd.store import keys
 from taskherd.store.errors import store_errors
 from taskherd.store.keyspace import Keyspace
 from taskherd.store.membership import Membership
+from taskherd.store.series import Series
 from taskherd.store.schedules import ScheduleStore
 
 LEASED = "leased"
@@ -122,6 +123,7 @@ class StateStore:
         """The client itself, for tests and the bench; taskherd's own code goes through the methods."""
         self.members = Membership(self.redis)
         self.keyspace = Keyspace(self.redis)
+        self.series = Series(self.redis)
         self.schedules = ScheduleStore(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "start", "renew", "finish", "release", "requeue", "promote", "retire", "register",

@@ -86,3 +86,11 @@ def test_a_pip_installed_taskherd_up_started_in_the_checkout_runs_a_task_and_sto
     assert up.stop(signal.SIGTERM) == 0, up.log()
     assert up.still_running() == []
     assert "No module named 'taskherd.config'" not in up.log()
+
+
+def test_a_pip_installed_taskherd_carries_the_dashboard_assets(installed: Path) -> None:
+    # the dashboard's page, script and style sheet are package data: a wheel without them serves a 500 at /ui
+    script = ("from importlib import resources; s = resources.files('taskherd.api.ui') / 'static'; "
+              "print(*(len((s / n).read_bytes()) for n in ('index.html', 'app.js', 'app.css')))")
+    sizes = _run([str(installed / "python"), "-c", script], cwd=installed)
+    assert all(int(n) > 500 for n in sizes.split()), sizes

@@ -38,7 +38,8 @@ SECRETS = {"read": "tok-read-5f1c2a", "submit": "tok-submit-9b7e41", "admin": "t
            "all": "tok-all-7aa310"}
 UNKNOWN = "tok-nobody-e8e8e8"
 ECHO = {"kind": "python", "target": "tests.unit.fixtures.runner_funcs:echo"}
-OPEN = {"/healthz", "/readyz", "/metrics"}
+OPEN = {"/healthz", "/readyz", "/metrics", "/ui", "/ui/static/{name}"}
+"""Routes open to all: the probes, and the dashboard's page and assets (no data in them)."""
 SUBMIT = {("POST", "/tasks"), ("POST", "/tasks/{task_id:path}/cancel"), ("POST", "/tasks/{task_id:path}/retry"),
           ("POST", "/jobs/{job}/cancel"), ("POST", "/jobs/{job}/retry")}
 """The writes the issue gives the submit scope (written out here again, apart from taskherd.api.auth)."""
