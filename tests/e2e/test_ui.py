@@ -148,19 +148,26 @@ def test_a_running_job_advances_to_done_on_the_jobs_page(ui: Ui) -> None:
                                for i in range(40)]})
     # When the jobs page is open, then its progress is seen part-way, then done, without a reload
     seen: set[int] = set()
+    shot: list[Path] = []
 
     def progress() -> bool:
         row = ui.text('#open-jobs tr[data-job="watched"]') or ui.text('#done-jobs tr[data-job="watched"]')
         n = _finished(row)
         if n is not None:
             seen.add(n)
-        if n is not None and 0 < n < 40 and not (ARTIFACTS / "ui-jobs-running.png").exists():
-            ui.shot("ui-jobs-running")
+        if n is not None and 0 < n < 40 and not shot:
+            shot.append(ui.shot("ui-jobs-running"))
         return "40 / 40 done" in ui.text('#done-jobs tr[data-job="watched"]')
 
     ui.wait(progress, "the job shown done on the jobs page", timeout=120)
     assert any(0 < n < 40 for n in seen), f"no progress seen part-way: {sorted(seen)}"
     assert ADMIN not in ui.b.current_url
+    # live, yet light: the page's own requests since it loaded stay at a few per second
+    calls, seconds = ui.b.execute_script(
+        "return [performance.getEntriesByType('resource').filter(e => e.initiatorType === 'fetch').length,"
+        " performance.now() / 1000]")
+    print(f"\njobs page: {calls} requests in {seconds:.1f} s")
+    assert calls / seconds <= 3, (calls, seconds)
     ui.shot("ui-jobs-done")
 
 
@@ -180,6 +187,13 @@ def test_the_job_page_of_a_running_job_and_its_charts(ui: Ui) -> None:
     ui.go("#/pods")
     assert "watcher" in ui.text("#pods") and "worker" in ui.text("#pods")
     ui.shot("ui-pods")
+    # a schedule shows with its next fire time
+    put = httpx.put(f"{ui.base}/schedules/hourly-crawl", headers={"Authorization": f"Bearer {ADMIN}"},
+                    json={"cron": "@hourly", "task": {"type": "steady", "job": "crawl-7", "payload": {}}})
+    assert put.status_code == 201, put.text
+    ui.go("#/schedules")
+    ui.wait(lambda: "hourly-crawl" in ui.text("#schedules") and " in " in ui.text("#schedules"), "the schedule's next fire")
+    ui.shot("ui-schedules")
 
 
 def test_a_failed_task_is_retried_from_its_page_and_succeeds(ui: Ui, tmp_path: Path) -> None:
