@@ -26,8 +26,8 @@ from taskherd.store import keys
 from taskherd.store.errors import store_errors
 from taskherd.store.keyspace import Keyspace
 from taskherd.store.membership import Membership
-from taskherd.store.series import Series
 from taskherd.store.schedules import ScheduleStore
+from taskherd.store.series import Series
 
 LEASED = "leased"
 """The job count of running tasks leased ahead, not started yet (not a TaskState: they are running)."""

@@ -165,3 +165,14 @@ def test_the_sdk_schedules_a_declared_executor_with_one_put() -> None:
     assert report.schedule("nightly", {"a": 1}, cron="30 2 * * *", timezone="Europe/Berlin") == {"next_fire_at": "x"}
     assert sent == [("PUT", "/schedules/nightly", {"cron": "30 2 * * *", "timezone": "Europe/Berlin",
                                                    "task": {"type": "report", "payload": {"a": 1}}})]
+
+
+def test_a_scheduled_task_carries_its_priority_where_the_intake_takes_one() -> None:
+    import dataclasses
+
+    from taskherd.intake import Submission
+
+    if "priority" not in {f.name for f in dataclasses.fields(Submission)}:
+        pytest.skip("the Intake takes no priority yet")
+    s = Schedule.from_input("p", {"every_s": 5, "task": {**TASK, "priority": 8}})
+    assert s.submission(5000).priority == 8  # type: ignore[attr-defined]
