@@ -221,7 +221,11 @@ def task_id(name: str, tick_ms: int) -> str:
 
 
 def rfc3339(ms: int, timezone: str = "UTC") -> str:
-    when = _utc(ms).astimezone(zoneinfo.ZoneInfo(timezone))
+    """`ms` in RFC 3339, in `timezone` (in UTC should this host's tzdata not know it)."""
+    try:
+        when = _utc(ms).astimezone(zoneinfo.ZoneInfo(timezone))
+    except (ValueError, KeyError):
+        timezone, when = "UTC", _utc(ms)
     return when.isoformat().replace("+00:00", "Z") if timezone == "UTC" else when.isoformat()
 
 
@@ -271,8 +275,12 @@ class Schedules:
             text = self.store.schedules.definition(name)
             if text is None:
                 break
-            schedule = Schedule.from_definition(name, text)
-            tick, following = schedule.plan(next_ms, now)
+            try:
+                schedule = Schedule.from_definition(name, text)
+                tick, following = schedule.plan(next_ms, now)
+            except (ValueError, KeyError, CronSimError) as exc:  # this host's tzdata or cronsim differs
+                log.error("schedule %s cannot be fired by this manager: %s: %s", name, type(exc).__name__, exc)
+                break
             record = self._submit(schedule, tick)
             if record is None:  # the herd is full: the tick waits (and coalesces past catch_up_s)
                 break

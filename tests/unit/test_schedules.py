@@ -176,3 +176,22 @@ def test_a_scheduled_task_carries_its_priority_where_the_intake_takes_one() -> N
         pytest.skip("the Intake takes no priority yet")
     s = Schedule.from_input("p", {"every_s": 5, "task": {**TASK, "priority": 8}})
     assert s.submission(5000).priority == 8  # type: ignore[attr-defined]
+
+
+def test_a_stored_schedule_this_host_cannot_read_is_skipped_not_a_crash() -> None:
+    from taskherd.schedules import Schedules
+
+    class Store:
+        """A store holding one schedule in a time zone this host does not know."""
+
+        class schedules:  # named as the real StateStore's attribute
+            @staticmethod
+            def definition(name: str) -> str:
+                return '{"catch_up_s":60,"cron":"0 * * * *","task":{"payload":{},"type":"t"},"timezone":"Mars/Olympus"}'
+
+            @staticmethod
+            def advance(*args: object) -> bool:
+                raise AssertionError("nothing may be advanced")
+
+    assert Schedules(Store(), intake=object())._fire("x", 0, 10_000) == []  # type: ignore[arg-type]
+    assert rfc3339(0, "Mars/Olympus") == "1970-01-01T00:00:00Z"
