@@ -181,6 +181,18 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
         SLOTS.labels("idle").set(len(self.executions) - busy)
         LEASES_HELD.set(self._held_count())
 
+    def _hold_seats(self, ttl_ms: int) -> None:
+        """Renew the concurrency seats this pod holds (limited types only), like their leases: a pod
+        that stops renewing them (SIGKILL) loses them within a TTL."""
+        seats: dict[str, str] = {}
+        for execution in self.executions.values():
+            seats.update(execution.seats())
+        if seats:
+            try:
+                self.ctx.store.limits.hold(seats, ttl_ms)
+            except StoreError as exc:
+                log.warning("could not renew %d concurrency seat(s): %s", len(seats), exc)
+
     def _renew(self) -> None:
         by_job: dict[str, list[tuple[int, Lease]]] = {}
         progress: dict[str, str] = {}
@@ -196,7 +208,7 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
                 # A long task: what waits behind it goes to an idle slot (the task leased ahead, and
                 # the message nsqd sent meanwhile).
                 if (ahead := execution.take_ahead()) is not None:
-                    give_back(self.ctx, ahead)
+                    give_back(self.ctx, ahead, execution)
                 feed.shed()
             for one in (lease, execution.ahead(), execution.unrecorded):
                 if one is not None:
@@ -206,6 +218,7 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
         self.renewed_at = {e: t for e, t in self.renewed_at.items() if e in live}
         self.progress_sent = {e: t for e, t in self.progress_sent.items() if e in live}
         ttl = self.ctx.settings.worker.lease_ttl_s
+        self._hold_seats(int(ttl * 1000))
         for job, held in by_job.items():
             sent = time.monotonic()
             try:
@@ -229,20 +242,20 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
         refs = []
         for index, execution in self.executions.items():
             if (ahead := execution.take_ahead()) is not None:
-                give_back(self.ctx, ahead)
+                give_back(self.ctx, ahead, execution)
             lease = execution.current()
             if lease is None:
                 continue
             try:
                 if self.ctx.store.release(lease):
-                    refs.append(TaskRef(lease.job, lease.task_id, lease.type).encode())
+                    refs.append(TaskRef(lease.job, lease.task_id, lease.type, lease.priority))
             except StoreError as exc:
                 log.warning("could not hand back %s; its lease will expire instead: %s", lease.task_id, exc,
                             extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
             self._kill(index, lease, "the pod is shutting down")
         if refs:
             try:
-                self.ctx.publisher.publish(self.topic, refs)
+                self.ctx.publisher.publish_tasks(refs)
             except QueueError as exc:
                 log.warning("handed-back tasks not published; the TimeoutWatcher will: %s", exc)
 

@@ -42,6 +42,22 @@ class Execution:
         self._ahead: Ahead | None = None
         self.began_at = 0.0
         self.unrecorded: Lease | None = None
+        self._seats: dict[str, str] = {}
+        """exec id -> task type: the seats of limited types (max_concurrency) this slot holds, renewed
+        by the LeaseKeeper with the leases, given back when the executor ends or the task is given back."""
+
+    def seat(self, exec_id: str, task_type: str) -> None:
+        with self._lock:
+            self._seats[exec_id] = task_type
+
+    def unseat(self, exec_id: str) -> str | None:
+        """The type whose seat `exec_id` held, now no longer held here (None: it held none)."""
+        with self._lock:
+            return self._seats.pop(exec_id, None)
+
+    def seats(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._seats)
 
     def hold_ahead(self, ahead: Ahead) -> None:
         with self._lock:
@@ -94,9 +110,12 @@ class Ahead:
     raw: str | None
 
 
-def give_back(ctx: PodContext, ahead: Ahead) -> None:
+def give_back(ctx: PodContext, ahead: Ahead, execution: Execution | None = None) -> None:
     """A task leased ahead goes back to pending (not counted as an attempt) and its message to nsqd,
-    for an idle slot; if it is no longer ours (cancelled, superseded), its message is finished."""
+    for an idle slot; if it is no longer ours (cancelled, superseded), its message is finished. Its
+    seat, if its type is limited, is given back too."""
+    if execution is not None:
+        give_seat(ctx, execution, ahead.lease.exec_id)
     try:
         released = ctx.store.release(ahead.lease)
     except StoreError as exc:
@@ -108,6 +127,18 @@ def give_back(ctx: PodContext, ahead: Ahead) -> None:
         ahead.delivery.requeue(0)
     else:
         ahead.delivery.finish()
+
+
+def give_seat(ctx: PodContext, execution: Execution, exec_id: str) -> None:
+    """The seat of `exec_id` back to its type (if it held one); should Redis fail, it lapses with the
+    lease TTL, since nobody renews it any more."""
+    task_type = execution.unseat(exec_id)
+    if task_type is None:
+        return
+    try:
+        ctx.store.limits.give(task_type, exec_id)
+    except StoreError as exc:
+        log.warning("seat of %s (type %s) not given back; it lapses in a lease TTL: %s", exec_id, task_type, exc)
 
 
 @dataclass(frozen=True, slots=True)

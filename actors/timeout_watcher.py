@@ -25,6 +25,7 @@ from taskherd.jobs import write_summary
 from taskherd.logs import task_fields
 from taskherd.metrics import JOBS_OPEN, OLDEST_PENDING_AGE, OPEN_TASKS, QUEUE_DEPTH, SWEEP_FAILURES
 from taskherd.nsq.messages import TaskRef
+from taskherd.nsq.topics import task_topics
 from taskherd.states import TaskState
 from taskherd.store import keys
 from taskherd.supervisor import Supervised, Ticker
@@ -81,7 +82,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
 
     def sweep(self) -> None:
         store, s = self.ctx.store, self.ctx.settings
-        tasks: list[bytes] = []
+        tasks: list[TaskRef] = []
         results: list[bytes] = []
         stale: dict[str, list[str]] = {}
         now = store.now_ms()
@@ -105,7 +106,8 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
                 log.error("sweep of job %s failed; the other jobs are swept: %s", job, exc, extra=task_fields(job),
                           exc_info=not isinstance(exc, (StoreError, QueueError)))
         self._expire(now - int(s.manager.retain_done_s * 1000))
-        self._ring(s.nsq.tasks_topic, tasks)
+        if tasks:
+            self.ctx.publisher.publish_tasks(tasks)
         self._ring(s.nsq.results_topic, results)
         self._republish_lost(stale, stale_before)
         OPEN_TASKS.set(open_tasks)
@@ -116,26 +118,34 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
             QUEUE_DEPTH.labels(s.nsq.results_topic).set(results_depth)
         self.sweeps += 1
 
-    def _sweep_job(self, job: str, now: int, stale_before: int, tasks: list[bytes], results: list[bytes],
+    def _sweep_job(self, job: str, now: int, stale_before: int, tasks: list[TaskRef], results: list[bytes],
                    stale: dict[str, list[str]]) -> None:
         """One open job's part of the sweep: what is due is moved in Redis here, and what to publish is
         added to `tasks`/`results`, published once for every job after the loop."""
         store, s = self.ctx.store, self.ctx.settings
+        pending: list[str] = []
         for task_id in store.due(job, TaskState.RUNNING, now):
             moved = store.requeue(job, task_id)
             log.info("lease of %s/%s expired -> %s", job, task_id, moved, extra=task_fields(job, task_id))
-            (tasks if moved == TaskState.PENDING else results if moved == TaskState.ANALYZING else []).append(
-                TaskRef(job, task_id).encode())
+            if moved == TaskState.PENDING:
+                pending.append(task_id)
+            elif moved == TaskState.ANALYZING:
+                results.append(TaskRef(job, task_id).encode())
         for task_id in store.due(job, TaskState.RETRY, now):
             if store.promote(job, task_id):
-                tasks.append(TaskRef(job, task_id).encode())
-        tasks += [TaskRef(job, i).encode() for i in self._promote_scheduled(job, now)]
+                pending.append(task_id)
+        tasks += self._task_refs(job, pending + self._promote_scheduled(job, now))
         stale[job] = store.due(job, TaskState.PENDING, stale_before)
         unheard = store.due(job, TaskState.ANALYZING, stale_before, limit=1)
         if unheard:
             log.warning("results of %s waited %.0f s unclaimed: ringing its doorbell again", job,
                         s.manager.republish_after_s)
             results.append(TaskRef(job, unheard[0]).encode())
+
+    def _task_refs(self, job: str, ids: list[str]) -> list[TaskRef]:
+        """Refs to publish, each with its task's priority (kept in Redis), so a requeue, a retry and a
+        delayed task go on their priority's topic, as when first submitted."""
+        return [TaskRef(job, i, priority=p) for i, p in zip(ids, self.ctx.store.priorities(job, ids))]
 
     def _promote_scheduled(self, job: str, now: int) -> list[str]:
         """The job's delayed tasks due by `now` to pending, 500 per round trip, at most SCHEDULED_PER_SWEEP
@@ -177,7 +187,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
         # Only tasks waiting longer than republish_after_s count: a task just written to Redis whose
         # message is still on its way would otherwise look lost.
         waiting = sum(self.ctx.store.count(j, TaskState.PENDING, stale_before) for j in stale)
-        backlog = self.ctx.publisher.backlog(topic)
+        backlog = self.ctx.publisher.backlog(task_topics(self.ctx.settings.nsq))  # every priority's
         if backlog is not None:
             QUEUE_DEPTH.labels(topic).set(backlog)
         shortfall = 0 if backlog is None else max(0, waiting - backlog)
@@ -189,7 +199,7 @@ class TimeoutWatcher(Supervised, pykka.ThreadingActor):
                 continue
             budget -= len(ids)
             log.warning("republishing %d pending task(s) of %s that NSQ no longer holds", len(ids), job)
-            self._ring(topic, [TaskRef(job, i).encode() for i in ids])
+            self.ctx.publisher.publish_tasks(self._task_refs(job, ids))
             self.ctx.store.touch_state(job, TaskState.PENDING, ids)
 
     def _ring(self, topic: str, bodies: list[bytes]) -> None:

@@ -12,25 +12,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.lease_keeper import LeaseKeeper, SlotStarted
-from taskherd.actors.leases import Ahead, Execution, Pause, give_back
+from taskherd.actors.leases import Ahead, Execution, Pause, give_back, give_seat
 from taskherd.errors import QueueError, StoreError
 from taskherd.logs import task_fields
 from taskherd.metrics import EXECUTION_SECONDS, TASKS
 from taskherd.nsq.feed import Feed, FeedDelivery
 from taskherd.nsq.messages import TaskRef, decode
+from taskherd.nsq.topics import task_topics
 from taskherd.retries import retry_delay_ms
 from taskherd.runners import Outcome, Runner, Started
-from taskherd.specs import InvalidSpec, NotAllowed, Runnable, RunnerSpec, runnable, spec_from_text
+from taskherd.specs import InvalidSpec, NotAllowed, Runnable, RunnerSpec, TypeLimits, limits_of, runnable, spec_from_text
 from taskherd.store.state_store import Lease
 from taskherd.supervisor import Supervised
 
@@ -56,12 +58,15 @@ class Worker(Supervised, pykka.ThreadingActor):
         self.runner = Runner(recycle_after=ctx.settings.worker.recycle_after,
                              max_result_bytes=ctx.settings.worker.max_result_bytes)
         self.execution = Execution(self.runner)
-        self.feed = Feed(ctx.settings.nsq, ctx.settings.nsq.tasks_topic, CHANNEL, self.name)
+        self.feed = Feed(ctx.settings.nsq, task_topics(ctx.settings.nsq), CHANNEL, self.name)
         self.paused = False
         self._unrecorded: tuple[Lease, Outcome | str, dict[str, Any] | None] | None = None
         self._unstarted: Lease | None = None
         """A task leased ahead that the slot now runs: its start rides in the slot's next round trip."""
         self._specs: dict[str | None, tuple[dict[str, Any] | None, Runnable]] = {}
+        self._limits: dict[str, TypeLimits | None] = {}
+        """Task type -> its limits, from the executor spec its last lease brought (a replaced spec is
+        seen with the next lease of the type); a type not seen yet is checked right after its lease."""
 
     def on_start(self) -> None:
         find(LeaseKeeper).tell(SlotStarted(self.index, self.actor_ref, self.execution, self.feed))
@@ -104,10 +109,16 @@ class Worker(Supervised, pykka.ThreadingActor):
         run alone: while the executor runs, the slot finishes the task's message (so nsqd sends the
         next one), records the previous task's outcome and leases the next task."""
         ahead = self.execution.take_ahead()
+        delivery = None
+        if ahead is not None and (delivery := self.feed.better(ahead.delivery.rank)) is not None:
+            # A higher priority came while it waited: it goes back, so it never runs first.
+            give_back(self.ctx, ahead, self.execution)
+            ahead = None
         if ahead is None:
             # With an outcome to record, only a message nsqd has already sent is worth waiting for;
             # if one has, the outcome is recorded and its task leased in one round trip.
-            delivery = self.feed.next(0.0 if self._unrecorded else POLL_S)
+            if delivery is None:
+                delivery = self.feed.next(0.0 if self._unrecorded else POLL_S)
             ref = self._ref(delivery) if delivery is not None else None
             ahead = self._record(then_lease=(ref, delivery)) if ref is not None and delivery is not None else None
         if ahead is None:
@@ -139,6 +150,7 @@ class Worker(Supervised, pykka.ThreadingActor):
             outcome = wait()
         finally:
             self.execution.end()
+            give_seat(self.ctx, self.execution, task.lease.exec_id)
         self._unrecorded = (task.lease, outcome, spec)
         self.execution.unrecorded = task.lease
 
@@ -174,13 +186,16 @@ class Worker(Supervised, pykka.ThreadingActor):
         self._record()
         ahead = self.execution.take_ahead()
         if ahead is not None:
-            give_back(self.ctx, ahead)
+            give_back(self.ctx, ahead, self.execution)
 
     def _record(self, then_lease: tuple[TaskRef, FeedDelivery] | None = None) -> Ahead | None:
         """Record the outcome the slot still holds, if any, and the start of the task leased ahead
         it now runs (`_unstarted`); with `then_lease`, lease that task too; all in one round trip. A
         task is leased ahead only while the slot holds another lease, whose outcome is recorded as it
         starts, so its start costs no round trip of its own (`_started` is a fallback)."""
+        if then_lease is not None and self._limits.get(then_lease[0].type) is not None:
+            self._record()  # a limited type takes its seat before its lease: no shared round trip
+            return self._lease(*then_lease)
         started, self._unstarted = self._unstarted, None
         if self._unrecorded is None:
             if then_lease:
@@ -202,15 +217,71 @@ class Worker(Supervised, pykka.ThreadingActor):
                         extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
 
     def _lease(self, ref: TaskRef, delivery: FeedDelivery, started: Lease | None = None) -> Ahead | None:
+        ahead = self._unrecorded is not None or self.execution.current() is not None
+        args = self._lease_args(ref, ahead)
+        limits = self._limits.get(ref.type)
+        if limits is not None and not self._take(ref.type, limits, args[2], delivery, started):
+            return None
         try:
-            ahead = self._unrecorded is not None or self.execution.current() is not None
-            lease, raw = self.ctx.store.lease(*self._lease_args(ref, ahead), started=started)
+            lease, raw = self.ctx.store.lease(*args, started=started)
         except StoreError as exc:
             log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc,
                         extra=task_fields(ref.job, ref.task_id, task_type=ref.type))
+            give_seat(self.ctx, self.execution, args[2])
             delivery.requeue(1.0)
             return None
+        if isinstance(lease, str):
+            give_seat(self.ctx, self.execution, args[2])
+        elif not self._within_limits(lease, raw, limits, delivery):
+            return None
         return self._leased(ref, delivery, lease, raw)
+
+    def _take(self, task_type: str, limits: TypeLimits, exec_id: str, delivery: FeedDelivery,
+              started: Lease | None = None) -> bool:
+        """A seat and a token for the start of a limited type, before its lease (apart from the job's
+        keys: see taskherd.store.limits). Over a limit the message goes back to nsqd, deferred until a
+        token is due (or a seat may be free), and the slot takes other work meanwhile: the task stays
+        pending, no attempt counted."""
+        try:
+            wait = self.ctx.store.limits.take(task_type, limits, exec_id,
+                                              int(self.ctx.settings.worker.lease_ttl_s * 1000))
+        except StoreError as exc:
+            log.warning("limits of %s not checked, message requeued: %s", task_type, exc)
+            wait = None
+            delivery.requeue(1.0)
+            if started is not None:
+                self._started(started)
+            return False
+        if wait is not None:
+            if started is not None:  # its start was to ride on this lease's round trip
+                self._started(started)
+            delivery.requeue(min(wait.ms, 5000) / 1000 + random.uniform(0, 0.05))
+            return False
+        if limits.max_concurrency is not None:
+            self.execution.seat(exec_id, task_type)
+        return True
+
+    def _within_limits(self, lease: Lease, raw: str | None, taken: TypeLimits | None, delivery: FeedDelivery) -> bool:
+        """Learn the type's limits from the spec its lease brought; a type limited since the slot last
+        saw it (or seen for the first time) takes its seat now, and gives its lease back if over."""
+        limits = limits_of(self._spec(raw)[0])
+        self._limits[lease.type] = limits
+        if limits is None:
+            give_seat(self.ctx, self.execution, lease.exec_id)  # the limit is gone: nothing to hold
+            return True
+        if taken is not None:
+            return True
+        try:
+            wait = self.ctx.store.limits.take(lease.type, limits, lease.exec_id,
+                                              int(self.ctx.settings.worker.lease_ttl_s * 1000))
+        except StoreError:
+            wait = None  # the lease stands; a limit Redis cannot check is not a reason to fail a task
+        if wait is None:
+            if limits.max_concurrency is not None:
+                self.execution.seat(lease.exec_id, lease.type)
+            return True
+        give_back(self.ctx, Ahead(lease, cast(FeedDelivery, _Deferred(delivery, wait.ms)), raw))
+        return False
 
     def _lease_args(self, ref: TaskRef, ahead: bool) -> tuple[str, str, str, str, int, str, bool]:
         """The lease's arguments; `ahead` when the slot still holds another lease after it (its
@@ -267,7 +338,8 @@ class Worker(Supervised, pykka.ThreadingActor):
                 # leased ahead only if an executor runs: the outcome recorded first was the slot's other lease
                 args = self._lease_args(ref, self.execution.current() is not None)
                 state, next_lease, raw = self.ctx.store.finish_and_lease(finishing, *args, started=started)
-                leased = self._leased(ref, delivery, next_lease, raw)
+                if isinstance(next_lease, str) or self._within_limits(next_lease, raw, None, delivery):
+                    leased = self._leased(ref, delivery, next_lease, raw)
             except StoreError as exc:
                 log.warning("lease of %s failed, message requeued: %s", ref.task_id, exc,
                         extra=task_fields(ref.job, ref.task_id, task_type=ref.type))
@@ -293,6 +365,19 @@ class Worker(Supervised, pykka.ThreadingActor):
         elif state == "fenced":
             log.warning("result of %s discarded: execution %s was superseded", lease.task_id, lease.exec_id,
                         extra=task_fields(lease.job, lease.task_id, lease.exec_id, lease.type))
+
+
+class _Deferred:
+    """A delivery whose requeue is deferred until a limit's token is due (what `give_back` calls)."""
+
+    def __init__(self, delivery: FeedDelivery, wait_ms: int) -> None:
+        self._delivery, self._wait_s = delivery, min(wait_ms, 5000) / 1000
+
+    def requeue(self, delay_s: float = 0.0) -> None:
+        self._delivery.requeue(max(delay_s, self._wait_s + random.uniform(0, 0.05)))
+
+    def finish(self) -> None:
+        self._delivery.finish()
 
 
 def _with_retries(fn: Any, attempts: int = 5) -> Any:

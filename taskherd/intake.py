@@ -26,7 +26,7 @@ from taskherd.config.settings import Settings
 from taskherd.errors import HerdFull, InvalidInput, InvalidTask, QueueError
 from taskherd.nsq.messages import TaskRef
 from taskherd.nsq.publisher import Publisher
-from taskherd.specs import check_name
+from taskherd.specs import DEFAULT_PRIORITY, PRIORITIES, check_name
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import Full, NewTask, Recheck, StaleSpecs, StateStore
 
@@ -57,6 +57,8 @@ class Submission:
     """Not leased before this moment: epoch seconds, or RFC 3339 text with an offset. Not with delay_s."""
     join: str = ""
     """The fan-in join it is created in (an analyzer's children; see `join.lua`)."""
+    priority: int | None = None
+    """0-9, higher first; None: the executor spec's `priority`, else 5 (`taskherd.specs.DEFAULT_PRIORITY`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +186,7 @@ class Intake:
             statuses.update(zip([t.id for t in group], self.store.submit(job, group, specs_version, bounds,
                                                                          archive_checked_ms)))
             specs_version = None
-        self.ring([TaskRef(t.job, t.id, t.type).encode() for t in first.values() if statuses[t.id] == "created"])
+        self.ring_tasks([TaskRef(t.job, t.id, t.type, t.priority) for t in first.values() if statuses[t.id] == "created"])
         # created scheduled (a delay still ahead): the TimeoutWatcher publishes it once it is due
         statuses = {i: "created" if s == "scheduled" else s for i, s in statuses.items()}
         return [Accepted(t.id, statuses[t.id] if t is first[t.id] else _again(first[t.id], t)) for t in tasks]
@@ -197,6 +199,15 @@ class Intake:
             self.publisher.publish(self.settings.nsq.tasks_topic, bodies)
         except QueueError as exc:
             log.warning("publish of %d task(s) failed; the TimeoutWatcher will republish them: %s", len(bodies), exc)
+
+    def ring_tasks(self, refs: list[TaskRef]) -> None:
+        """Publish task refs, each on its priority's topic; on failure the watcher republishes them."""
+        if not refs:
+            return
+        try:
+            self.publisher.publish_tasks(refs)
+        except QueueError as exc:
+            log.warning("publish of %d task(s) failed; the TimeoutWatcher will republish them: %s", len(refs), exc)
 
     def _known(self, tasks: list[NewTask]) -> dict[str, str]:
         """Statuses of ids that are already archived: the same payload exists, anything else conflicts."""
@@ -240,8 +251,11 @@ class Intake:
         default_attempts = spec.get("max_attempts") or self.settings.retry.max_attempts
         attempts = _positive(f"{where}.max_attempts", s.max_attempts, default_attempts, int)
         digest = hashlib.sha256(f"{s.type}\0{payload}".encode()).hexdigest()
+        priority = s.priority if s.priority is not None else spec.get("priority", DEFAULT_PRIORITY)
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
+            raise InvalidTask(f"{where}.priority", f"expected an integer from 0 to 9 (higher first), got {priority!r}")
         return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent,
-                       due=_due(where, s.delay_s, s.run_at), join=s.join)
+                       due=_due(where, s.delay_s, s.run_at), join=s.join, priority=priority)
 
 
 def _next_round(row: dict[str, Any]) -> dict[str, Any]:
@@ -305,10 +319,10 @@ def from_child(obj: Any, parent: dict[str, Any], position: int) -> Submission:
     where = f"children[{position}]"
     if not isinstance(obj, dict):
         raise InvalidTask(where, f"expected an object, got {type(obj).__name__}")
-    unknown = set(obj) - {"id", "type", "payload", "timeout_s", "max_attempts", "delay_s", "run_at"}
+    unknown = set(obj) - {"id", "type", "payload", "timeout_s", "max_attempts", "delay_s", "run_at", "priority"}
     if unknown:
         raise InvalidTask(f"{where}.{sorted(unknown)[0]}", "unknown field")
     return Submission(type=obj.get("type", parent["type"]), job=parent["job"], payload=obj.get("payload", {}),
                       id=obj.get("id") or child_id(parent["id"], position), timeout_s=obj.get("timeout_s"),
                       max_attempts=obj.get("max_attempts"), parent=parent["id"], delay_s=obj.get("delay_s"),
-                      run_at=obj.get("run_at"))
+                      run_at=obj.get("run_at"), priority=obj.get("priority"))

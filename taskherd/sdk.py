@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,11 +45,10 @@ from taskherd.client import Client, ClientError
 from taskherd.errors import TaskherdError
 from taskherd.states import FINAL_STATES, TaskState
 
-SENT_OPTIONS = ("timeout_s", "max_attempts", "retry_on", "description")
-"""Executor options the server's spec takes today; they go into the registered spec."""
-NOT_YET_SENT = ("rate_limit_per_s", "max_concurrency", "priority")
-"""Accepted by `@app.executor` (issue 16 names them) but not sent: the server's spec has no such
-field yet. `register()` warns once naming them, so nobody believes a limit holds that does not."""
+SENT_OPTIONS = ("timeout_s", "max_attempts", "retry_on", "description", "rate_limit_per_s", "rate_burst",
+                "max_concurrency", "priority")
+"""Executor options that go into the registered spec (the limits hold across the herd; `priority` is
+the default of the type's tasks)."""
 HOW_CODE_REACHES_PODS = ("the pods import your code from their working directory and PYTHONPATH: start "
                          "`taskherd up` in the directory that holds your package, or run pods from an image "
                          "built FROM taskherd's with it installed (README: how your code reaches the pods)")
@@ -129,20 +127,21 @@ class TaskType:
     """What `@app.executor(name)` makes of a function: still callable as the function, plus `submit`."""
 
     def __init__(self, app: App, name: str, function: Callable[[dict[str, Any]], dict[str, Any]],
-                 spec: dict[str, Any], not_sent: dict[str, Any]) -> None:
+                 spec: dict[str, Any]) -> None:
         functools.update_wrapper(self, function)
-        self.app, self.name, self.function, self.spec, self.not_sent = app, name, function, spec, not_sent
+        self.app, self.name, self.function, self.spec = app, name, function, spec
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self.function(payload)
 
     def submit(self, payload: dict[str, Any], *, job: str, id: str | None = None, delay_s: float | None = None,
                run_at: float | str | None = None, timeout_s: float | None = None,
-               max_attempts: int | None = None) -> Task:
+               max_attempts: int | None = None, priority: int | None = None) -> Task:
         """Submit one task of this type into `job`; idempotent by `id` (the same id and payload again
-        answers `exists`). `delay_s` or `run_at` (epoch seconds or RFC 3339) hold it until then."""
+        answers `exists`). `delay_s` or `run_at` (epoch seconds or RFC 3339) hold it until then;
+        `priority` 0-9, higher first (default: the executor's, else 5)."""
         task = {"type": self.name, "job": job, "payload": payload, "id": id, "delay_s": delay_s, "run_at": run_at,
-                "timeout_s": timeout_s, "max_attempts": max_attempts}
+                "timeout_s": timeout_s, "max_attempts": max_attempts, "priority": priority}
         answer = self.app.client.submit({k: v for k, v in task.items() if v is not None})
         assert isinstance(answer, dict)  # one task in, one answer out
         return Task(self.app, answer["id"], job, answer["status"])
@@ -181,17 +180,21 @@ class App:
 
     def executor(self, task_type: str, *, timeout_s: float | None = None, max_attempts: int | None = None,
                  retry_on: Sequence[str | int] | None = None, description: str | None = None,
-                 rate_limit_per_s: float | None = None, max_concurrency: int | None = None,
-                 priority: int | None = None) -> Callable[[Callable[..., Any]], TaskType]:
-        """Declare `function(payload) -> dict` the executor of `task_type` (registered by `register()`)."""
+                 rate_limit_per_s: float | None = None, rate_burst: int | None = None,
+                 max_concurrency: int | None = None, priority: int | None = None
+                 ) -> Callable[[Callable[..., Any]], TaskType]:
+        """Declare `function(payload) -> dict` the executor of `task_type` (registered by `register()`).
+        `rate_limit_per_s` (with `rate_burst`, default max(1, rate)) and `max_concurrency` hold across
+        every pod; `priority` (0-9) is the default of its tasks."""
         options = {"timeout_s": timeout_s, "max_attempts": max_attempts,
-                   "retry_on": list(retry_on) if retry_on is not None else None, "description": description}
-        later = {"rate_limit_per_s": rate_limit_per_s, "max_concurrency": max_concurrency, "priority": priority}
+                   "retry_on": list(retry_on) if retry_on is not None else None, "description": description,
+                   "rate_limit_per_s": rate_limit_per_s, "rate_burst": rate_burst,
+                   "max_concurrency": max_concurrency, "priority": priority}
 
         def declare(function: Callable[..., Any]) -> TaskType:
             spec = {"kind": "python", "target": target_of(function, f"@app.executor({task_type!r})"),
                     **{k: v for k, v in options.items() if v is not None}}
-            made = TaskType(self, task_type, function, spec, {k: v for k, v in later.items() if v is not None})
+            made = TaskType(self, task_type, function, spec)
             self.executors[task_type] = made
             return made
         return declare
@@ -212,7 +215,6 @@ class App:
         "created" | "unchanged" | "replaced", ...}`. The manager checks each module exists where the
         pods look for it; a refusal raises AppError saying how code reaches the pods. A different spec
         already registered is refused unless `replace`."""
-        self._warn_not_sent()
         done = {}
         for name, made in self.executors.items():
             done[f"executor {name}"] = self._put("executor", name, made.spec, replace)
@@ -245,12 +247,6 @@ class App:
             if exc.status == 409:
                 raise AppError(f"{kind} {name!r}: {exc.message} (register(replace=True) replaces it)") from None
             raise
-
-    def _warn_not_sent(self) -> None:
-        unsent = sorted({k for made in self.executors.values() for k in made.not_sent})
-        if unsent:
-            warnings.warn(f"taskherd.App: {', '.join(unsent)} not sent: this server's executor specs do not "
-                          f"take them yet, so no such limit or priority holds", stacklevel=3)
 
 
 def target_of(function: Any, where: str) -> str:

@@ -52,7 +52,10 @@ an optional port (≤ 65535) and the rest in printable ASCII (percent-encode any
 _FIELDS = {"kind", "target", "env", "cwd", "headers"}
 RUNNER_FIELDS = frozenset(_FIELDS)
 """The fields of a stored spec that say how to call it (the rest are defaults and policy)."""
-SPEC_FIELDS = {"executor": RUNNER_FIELDS | {"id", "timeout_s", "max_attempts", "retry_on", "description"},
+LIMIT_FIELDS = frozenset({"rate_limit_per_s", "rate_burst", "max_concurrency"})
+"""An executor spec's limits on its type, global across the herd (see `TypeLimits`)."""
+SPEC_FIELDS = {"executor": RUNNER_FIELDS | LIMIT_FIELDS | {"id", "timeout_s", "max_attempts", "retry_on",
+                                                           "description", "priority"},
                "analyzer": RUNNER_FIELDS | {"id", "timeout_s", "description"}}
 SPEC_KINDS = tuple(SPEC_FIELDS)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
@@ -227,7 +230,56 @@ def normalize_spec(kind: str, task_type: str, spec: Mapping[str, Any]) -> dict[s
     if unknown:
         raise InvalidSpec([f"{name}: unknown field" for name in unknown], dict(spec))
     runner_spec(spec)
+    if kind == "executor":
+        _check_policy(spec)
     return {"id": task_type, **{k: v for k, v in spec.items() if v is not None}}
+
+
+PRIORITIES = range(10)
+DEFAULT_PRIORITY = 5
+"""A task's priority: 0-9, higher first; a type's executor spec may set its default (`priority`)."""
+
+
+def _check_policy(spec: Mapping[str, Any]) -> None:
+    problems = []
+    rate = spec.get("rate_limit_per_s")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1e6):
+        problems.append(f"rate_limit_per_s: expected a number of starts per second > 0 and ≤ 1000000, got {rate!r}")
+    for name in ("rate_burst", "max_concurrency"):
+        value = spec.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000):
+            problems.append(f"{name}: expected an integer ≥ 1 and ≤ 1000000, got {value!r}")
+    if spec.get("rate_burst") is not None and rate is None:
+        problems.append("rate_burst: only with rate_limit_per_s")
+    priority = spec.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES):
+        problems.append(f"priority: expected an integer from 0 to 9 (higher runs first), got {priority!r}")
+    if problems:
+        raise InvalidSpec(problems, dict(spec))
+
+
+@dataclass(frozen=True, slots=True)
+class TypeLimits:
+    """A task type's limits, from its executor spec: enforced by the worker before a lease
+    (`taskherd.store.limits`), so a task over a limit stays pending, not an attempt."""
+
+    rate_per_s: float | None
+    """Starts per second over the herd (a token bucket, refilled continuously); None: no rate limit."""
+    burst: int
+    """Starts allowed at once after a quiet spell (the bucket's size): `rate_burst`, default max(1, rate)."""
+    max_concurrency: int | None
+    """Executions of the type running at once in the herd; None: no such limit."""
+
+
+def limits_of(spec: Mapping[str, Any] | None) -> TypeLimits | None:
+    """The limits an executor spec sets, or None (the common case: no limit, no extra round trip)."""
+    if not spec:
+        return None
+    rate, most = spec.get("rate_limit_per_s"), spec.get("max_concurrency")
+    if rate is None and most is None:
+        return None
+    burst = spec.get("rate_burst") or max(1, int(rate or 1))
+    return TypeLimits(float(rate) if rate is not None else None, int(burst), int(most) if most is not None else None)
 
 
 def runner_spec(spec: Mapping[str, Any]) -> RunnerSpec:

@@ -89,6 +89,9 @@ class TaskIn(_In):
     run_at: RunAt = Field(None, description="Not leased before this moment: epoch seconds, or an RFC 3339 "
                                  "date-time with an offset (`2026-12-24T18:00:00Z`); a moment past runs at once. "
                                  "Not with delay_s.")
+    priority: Integer | None = Field(None, ge=0, le=9, description="0-9, higher first: with a slot free, a waiting "
+                                     "task of a higher priority is leased before any lower one. Default: the "
+                                     "executor spec's `priority`, else 5.")
 
 
 class TaskBatch(_In):
@@ -155,6 +158,15 @@ class ExecutorIn(SpecIn):
     max_attempts: Attempts | None = Field(None, description="Default attempts per task.")
     retry_on: list[str | Integer] | None = Field(None, description="Exception type names, exit codes or HTTP "
                                              "statuses that are retried; others fail at once.")
+    rate_limit_per_s: float | None = Field(None, gt=0, le=1_000_000, description="Tasks of this type started "
+                                           "per second over the whole herd (a token bucket); over it a task waits "
+                                           "pending, not counted as an attempt.")
+    rate_burst: Integer | None = Field(None, ge=1, le=1_000_000, description="Starts allowed at once after a quiet "
+                                       "spell (the bucket's size); default max(1, rate_limit_per_s).")
+    max_concurrency: Integer | None = Field(None, ge=1, le=1_000_000, description="Executions of this type running "
+                                            "at once over the whole herd; over it a task waits pending.")
+    priority: Integer | None = Field(None, ge=0, le=9, description="Default priority of this type's tasks (0-9, "
+                                     "higher first; 5 when not set).")
 
 
 class AnalyzerIn(SpecIn):

@@ -29,6 +29,10 @@ def _spec_args(p: argparse.ArgumentParser, kind: str) -> None:
         p.add_argument("--max-attempts", type=int)
         p.add_argument("--retry-on", action="append", metavar="NAME|CODE",
                        help="retry only on this exception type, exit code or HTTP status (repeatable)")
+        p.add_argument("--rate-limit-per-s", type=float, metavar="R", help="tasks of this type started per second, herd-wide")
+        p.add_argument("--rate-burst", type=int, metavar="B", help="starts at once after a quiet spell (default max(1, R))")
+        p.add_argument("--max-concurrency", type=int, metavar="N", help="executions of this type at once, herd-wide")
+        p.add_argument("--priority", type=int, metavar="P", help="default priority of its tasks, 0-9 (default 5)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="exe: environment variable (repeatable)")
     p.add_argument("--cwd", help="exe: working directory")
     p.add_argument("--header", action="append", metavar="NAME=VALUE", help="http: request header (repeatable)")
@@ -46,7 +50,8 @@ def _add_command(kind: str) -> Command:
         spec = {"id": args.id, "kind": args.kind, "target": target, "timeout_s": args.timeout_s,
                 "max_attempts": getattr(args, "max_attempts", None), "retry_on": retry_on or None,
                 "env": _pairs(args.env, "--env"), "cwd": args.cwd, "headers": _pairs(args.header, "--header"),
-                "description": args.description}
+                "description": args.description, **{name: getattr(args, name, None) for name in
+                                                    ("rate_limit_per_s", "rate_burst", "max_concurrency", "priority")}}
         spec = {k: v for k, v in spec.items() if v is not None}
         with client(args) as api:
             register = api.add_executor if kind == "executor" else api.add_analyzer

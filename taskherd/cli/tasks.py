@@ -25,6 +25,7 @@ def add_commands(sub: Any) -> None:
     payload.add_argument("--file", metavar="FILE", help="tasks as JSON lines, one task object per line")
     s.add_argument("--timeout-s", type=float)
     s.add_argument("--max-attempts", type=int)
+    s.add_argument("--priority", type=int, metavar="P", help="0-9, higher first (default: the executor's, else 5)")
     when = s.add_mutually_exclusive_group()
     when.add_argument("--delay-s", type=float, metavar="S", help="do not start it before S seconds from now")
     when.add_argument("--run-at", type=_run_at, metavar="T",
@@ -116,7 +117,7 @@ def _one_task(args: argparse.Namespace) -> dict[str, Any]:
         payload = parse_json(read_text(args.payload_file, "--payload-file"), f"--payload-file {args.payload_file}")
     task = {"type": args.type, "job": args.job, "payload": payload, "id": args.id,
             "timeout_s": args.timeout_s, "max_attempts": args.max_attempts, "delay_s": args.delay_s,
-            "run_at": args.run_at}
+            "run_at": args.run_at, "priority": args.priority}
     return {k: v for k, v in task.items() if v is not None}
 
 
@@ -132,7 +133,7 @@ def _chunks_of_file(args: argparse.Namespace, chunk: int) -> Iterator[tuple[list
     """The file's tasks `chunk` at a time, each with the lines they are on, read as they are asked for."""
     defaults = {k: v for k, v in (("job", args.job), ("type", args.type), ("timeout_s", args.timeout_s),
                                   ("max_attempts", args.max_attempts), ("delay_s", args.delay_s),
-                                  ("run_at", args.run_at)) if v is not None}
+                                  ("run_at", args.run_at), ("priority", args.priority)) if v is not None}
     tasks: list[dict[str, Any]] = []
     lines: list[int] = []
     for n, line in enumerate(_lines(args.file), 1):

@@ -16,6 +16,17 @@ again), so a pod never holds work behind a long task for more than a tick.
 With a static `nsqd_tcp_address` the feed connects there; otherwise it asks nsqlookupd which nsqds
 hold the topic (every `lookupd_poll_interval_s`) and keeps RDY on each (a slot may so be sent one
 message per nsqd at once: the extra ones wait in `_ready`, and are shed the same way).
+
+Priorities (a slot's feed of the tasks topics): NSQ has none, so each priority has its own topic
+(`taskherd.nsq.topics.task_topic`) and a slot subscribes to all of them, RDY 1 on each, highest first.
+Of the messages it holds, `next` hands out the highest priority's first, and before it hands out a
+lower one it waits a moment (`GRACE_S`) on each higher topic's connection that may still be sending
+one (`_Conn.expecting`: RDY was sent, or a message was answered, since the last one came): nsqd sends
+the next message of a topic ~0.5 ms after the previous one's FIN, so without the wait a slot that has
+just finished a high-priority task would take a low one that happened to be read first. A connection
+that sends nothing within the wait has nothing; it expects again only after its next RDY or answer,
+so a feed whose higher topics are empty pays the wait once, not per message. `better` lets the slot
+swap a task leased ahead for a higher one that came meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import httpx
 from nsq import protocol
@@ -38,6 +50,8 @@ log = logging.getLogger("taskherd.feed")
 
 SOCKET_TIMEOUT_S = 5.0
 """For sends, and for the rest of a frame that has begun to arrive; waiting for messages is select's."""
+GRACE_S = 0.02
+"""How long a lower priority's message waits for a higher topic's connection that may be sending one."""
 HEARTBEAT_MS = 30_000
 """nsqd closes a connection that sends nothing for two heartbeat intervals: an idle owner answers each
 heartbeat, and a busy one sends a NOP (`keep_alive`; the LeaseKeeper does it for a slot)."""
@@ -47,11 +61,13 @@ class FeedDelivery:
     """One message, acknowledged from any thread (the owner, or the LeaseKeeper handing back). Only the
     first finish or requeue goes to nsqd."""
 
-    __slots__ = ("_conn", "body", "attempts", "id", "answered")
+    __slots__ = ("_conn", "body", "attempts", "id", "answered", "rank")
 
     def __init__(self, conn: _Conn, msg_id: bytes, attempts: int, body: bytes) -> None:
         self._conn, self.id, self.attempts, self.body = conn, msg_id, attempts, body
         self.answered = False
+        self.rank = conn.rank
+        """The position of its topic in the feed's topics: 0 is the most urgent (the highest priority)."""
 
     def finish(self) -> None:
         self._answer(protocol.finish(self.id))
@@ -63,6 +79,7 @@ class FeedDelivery:
         with self._conn.lock:
             if not self.answered:
                 self.answered = True
+                self._conn.expecting = True  # with RDY 1, nsqd may now send this topic's next message
                 self._conn.send_locked(command)
 
 
@@ -70,9 +87,13 @@ class _Conn:
     """A subscribed connection to one nsqd. Reads happen in the owner's thread only; sends from any
     thread, under `lock`. A failed send marks it broken: nsqd requeues what it had in flight on it."""
 
-    def __init__(self, address: str, topic: str, channel: str, settings: NsqSettings, name: str, ready: int) -> None:
+    def __init__(self, address: str, topic: str, channel: str, settings: NsqSettings, name: str, ready: int,
+                 rank: int = 0) -> None:
         host, port = address.rsplit(":", 1)
-        self.address = address
+        self.address, self.topic, self.rank = address, topic, rank
+        self.key = (address, topic)
+        self.expecting = True
+        """RDY was sent or a message answered since the last message came: nsqd may be sending one."""
         self.lock = threading.Lock()
         self.broken = False
         self.last_sent = time.monotonic()
@@ -149,9 +170,12 @@ class _Conn:
 
 
 class Feed:
-    def __init__(self, settings: NsqSettings, topic: str, channel: str, name: str, ready: int = 1) -> None:
-        self.settings, self.topic, self.channel, self.name, self.ready = settings, topic, channel, name, ready
-        self._conns: dict[str, _Conn] = {}
+    def __init__(self, settings: NsqSettings, topic: str | Sequence[str], channel: str, name: str,
+                 ready: int = 1) -> None:
+        """`topic`: one topic, or several, most urgent first (a slot's tasks topics, one per priority)."""
+        self.topics = [topic] if isinstance(topic, str) else list(topic)
+        self.settings, self.topic, self.channel, self.name, self.ready = settings, self.topics[0], channel, name, ready
+        self._conns: dict[tuple[str, str], _Conn] = {}
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._reading = threading.Lock()
@@ -160,7 +184,7 @@ class Feed:
         """Messages read but not yet handed to the owner (a slot: with several nsqds, one from each)."""
         self._paused = False
         self._shed = False
-        self._addresses: list[str] = []
+        self._addresses: list[tuple[str, str]] = []
         self._looked_up_at = -1e9
         self._retry_at = 0.0
         self._failures = 0
@@ -183,11 +207,24 @@ class Feed:
         if self._shed:  # the LeaseKeeper paused us while we ran a long task: ready again
             self._shed = False
             for conn in list(self._conns.values()):
+                conn.expecting = True
                 conn.send(protocol.ready(self.ready))
+        grace_until: float | None = None
         while True:
             with self._lock:
-                if self._ready:
-                    return self._ready.popleft()
+                best = _best(self._ready)
+            if best is not None:
+                higher = [c for c in self._conns.values() if c.rank < best.rank and c.expecting and not c.broken]
+                now = time.monotonic()
+                if higher and grace_until is None:
+                    grace_until = now + GRACE_S
+                if not higher or (grace_until is not None and now >= grace_until):
+                    for conn in higher:
+                        conn.expecting = False  # it had nothing to send: no wait for it again until it may
+                    with self._lock:
+                        self._ready.remove(best)
+                    return best
+                deadline = max(deadline, grace_until or now)
             if self._paused:
                 return None
             self._connect()
@@ -197,15 +234,36 @@ class Feed:
                     return None
                 time.sleep(min(left, max(0.01, self._retry_at - time.monotonic())))
                 continue
+            if grace_until is not None:
+                left = min(left, max(0.0, grace_until - time.monotonic()))
             events = self._selector.select(max(0.0, left))
             for key, _ in events:
                 if key.data is not None:
                     self._read(key.data)
             if any(key.data is None for key, _ in events):  # woken: what arrived meanwhile, or nothing
                 with self._lock:
-                    return self._ready.popleft() if self._ready else None
-            if not events and left <= 0:
+                    best = _best(self._ready)
+                    if best is not None:
+                        self._ready.remove(best)
+                    return best
+            if not events and left <= 0 and grace_until is None:
                 return None
+
+    def better(self, rank: int) -> FeedDelivery | None:
+        """A message more urgent than `rank` that nsqd has already sent, if any, now the owner's (the
+        slot swaps the task it leased ahead for it)."""
+        if rank == 0:
+            return None
+        with self._reading:
+            for key, _ in self._selector.select(0):
+                if key.data is not None:
+                    self._read(key.data)
+            with self._lock:
+                best = _best(self._ready)
+                if best is None or best.rank >= rank:
+                    return None
+                self._ready.remove(best)
+                return best
 
     def pause(self) -> None:
         """RDY 0 everywhere; what was already sent to us goes back to nsqd (drain, shutdown)."""
@@ -249,6 +307,7 @@ class Feed:
             return
         for kind, data in frames:
             if kind == protocol.FRAME_TYPE_MESSAGE:
+                conn.expecting = False
                 attempts, msg_id, body = _decode(data)
                 delivery = FeedDelivery(conn, msg_id, attempts, body)
                 if not keep:
@@ -270,11 +329,12 @@ class Feed:
         now = time.monotonic()
         if now < self._retry_at:
             return
-        for address in self._discover(now):
-            if address in self._conns:
+        for address, topic in self._discover(now):
+            if (address, topic) in self._conns:
                 continue
             try:
-                conn = _Conn(address, self.topic, self.channel, self.settings, self.name, self.ready)
+                conn = _Conn(address, topic, self.channel, self.settings, self.name, self.ready,
+                             self.topics.index(topic))
             except (OSError, ConnectionError) as exc:
                 SERVICE_ERRORS.labels("nsqd").inc()
                 self._failures += 1
@@ -283,30 +343,34 @@ class Feed:
                 continue
             self._failures = 0
             conn.sock.settimeout(SOCKET_TIMEOUT_S)
-            self._conns[address] = conn
+            self._conns[conn.key] = conn
             self._selector.register(conn.sock, selectors.EVENT_READ, conn)
 
-    def _discover(self, now: float) -> list[str]:
+    def _discover(self, now: float) -> list[tuple[str, str]]:
+        """(nsqd address, topic) pairs to subscribe to: with a static nsqd, every topic there; else each
+        topic on the nsqds nsqlookupd lists it on (a priority's topic exists once something used it)."""
         s = self.settings
         if s.nsqd_tcp_address:
-            return [s.nsqd_tcp_address]
+            return [(s.nsqd_tcp_address, topic) for topic in self.topics]
         if now - self._looked_up_at >= s.lookupd_poll_interval_s:
             self._looked_up_at = now
-            found: list[str] = []
+            found: list[tuple[str, str]] = []
             for lookupd in s.lookupd_http_addresses:
-                try:
-                    r = httpx.get(f"http://{lookupd}/lookup", params={"topic": self.topic}, timeout=2.0)
-                    if r.status_code == 200:
-                        found += [f"{p['broadcast_address']}:{p['tcp_port']}" for p in r.json().get("producers", [])]
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
-                    log.warning("nsqlookupd %s: %s", lookupd, exc)
+                for topic in self.topics:
+                    try:
+                        r = httpx.get(f"http://{lookupd}/lookup", params={"topic": topic}, timeout=2.0)
+                        if r.status_code == 200:
+                            found += [(f"{p['broadcast_address']}:{p['tcp_port']}", topic)
+                                      for p in r.json().get("producers", [])]
+                    except (httpx.HTTPError, ValueError, KeyError) as exc:
+                        log.warning("nsqlookupd %s: %s", lookupd, exc)
             if found or not self._addresses:
                 self._addresses = sorted(set(found))
         return self._addresses
 
     def _drop(self, conn: _Conn) -> None:
-        if self._conns.get(conn.address) is conn:
-            del self._conns[conn.address]
+        if self._conns.get(conn.key) is conn:
+            del self._conns[conn.key]
             try:
                 self._selector.unregister(conn.sock)
             except (KeyError, ValueError):
@@ -333,6 +397,17 @@ class Feed:
         for conn in list(self._conns.values()):
             if time.monotonic() - conn.last_sent > HEARTBEAT_MS / 1000 * 2 / 3:
                 conn.send(protocol.nop())
+
+
+def _best(ready: deque[FeedDelivery]) -> FeedDelivery | None:
+    """The most urgent message held (the first of its rank: nsqd's order within a topic)."""
+    best = None
+    for delivery in ready:
+        if best is None or delivery.rank < best.rank:
+            best = delivery
+            if best.rank == 0:
+                break
+    return best
 
 
 def _decode(data: bytes) -> tuple[int, bytes, bytes]:

@@ -22,6 +22,8 @@ class TaskRef:
     task_id: str
     type: str = ""
     """A hint so the reader fetches the executor (tasks) or analyzer (results) spec in the same round trip."""
+    priority: int = 5
+    """Which tasks topic it goes on (`topics.task_topic`); not in the body: the topic says it."""
 
     def encode(self) -> bytes:
         body = {"j": self.job, "t": self.task_id, **({"y": self.type} if self.type else {})}

@@ -30,7 +30,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
@@ -40,6 +40,8 @@ from nsq import protocol
 from taskherd.config.settings import NsqSettings
 from taskherd.errors import QueueError
 from taskherd.metrics import SERVICE_ERRORS
+from taskherd.nsq.messages import TaskRef
+from taskherd.nsq.topics import task_topic
 
 if TYPE_CHECKING:
     from taskherd.nsq.feed import FeedDelivery
@@ -86,6 +88,14 @@ class Publisher:
             if errors:
                 path = f"/mpub?topic={topic}" if len(chunk) > 1 else f"/pub?topic={topic}"
                 self._post(path, b"\n".join(chunk), errors)
+
+    def publish_tasks(self, refs: list[TaskRef]) -> None:
+        """Task refs, each on its priority's tasks topic (`topics.task_topic`); raises QueueError."""
+        by_topic: dict[str, list[bytes]] = {}
+        for ref in refs:
+            by_topic.setdefault(task_topic(self.settings, ref.priority), []).append(ref.encode())
+        for topic, bodies in by_topic.items():
+            self.publish(topic, bodies)
 
     def publish_deferred(self, topic: str, body: bytes, delay_ms: int) -> None:
         """Put `body` on `topic` after `delay_ms`. nsqd keeps deferred messages in memory only: use it
@@ -241,20 +251,22 @@ class Publisher:
                 self._addresses.append(addr)
             self._found = (-1e9, self._found[1])
 
-    def backlog(self, topic: str) -> int | None:
-        """Messages held for `topic` by every nsqd (topic depth plus, per channel, depth, in flight and
-        deferred), each nsqd counted once; None when no nsqd answers. The TimeoutWatcher compares it
-        with Redis to find lost messages."""
+    def backlog(self, topic: str | Sequence[str]) -> int | None:
+        """Messages held for `topic` (or several topics: the tasks topics of every priority) by every
+        nsqd (topic depth plus, per channel, depth, in flight and deferred), each nsqd counted once;
+        None when no nsqd answers. The TimeoutWatcher compares it with Redis to find lost messages."""
         total, answered = 0, False
+        wanted = {topic} if isinstance(topic, str) else set(topic)
+        params = {"format": "json", **({"topic": topic} if isinstance(topic, str) else {})}
         for addr in self._each_nsqd():
             try:
-                r = self._http.get(f"http://{addr}/stats", params={"format": "json", "topic": topic}, timeout=2.0)
+                r = self._http.get(f"http://{addr}/stats", params=params, timeout=2.0)
                 stats: dict[str, Any] = r.json()
             except (httpx.HTTPError, ValueError):
                 continue
             answered = True
             for t in stats.get("topics") or []:
-                if t.get("topic_name") != topic:
+                if t.get("topic_name") not in wanted:
                     continue
                 total += int(t.get("depth", 0))
                 for ch in t.get("channels") or []:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from taskherd.config.settings import NsqSettings
+from taskherd.specs import DEFAULT_PRIORITY, PRIORITIES
 
 log = logging.getLogger("taskherd.nsq")
 
@@ -38,8 +39,20 @@ class Deleted:
 
 
 def names(settings: NsqSettings) -> tuple[str, ...]:
-    """taskherd's topics: tasks, results, dead letters."""
-    return settings.tasks_topic, settings.results_topic, settings.deadletter_topic
+    """taskherd's topics: tasks (one per priority), results, dead letters."""
+    return *task_topics(settings), settings.results_topic, settings.deadletter_topic
+
+
+def task_topic(settings: NsqSettings, priority: int) -> str:
+    """The tasks topic of one priority. NSQ has no priorities, so each has its own topic, which every
+    slot reads highest first (`taskherd.nsq.feed`). The default priority keeps the plain tasks topic, so
+    a herd that never sets one uses one topic, as before, and KEDA's scaler watches the topic it knew."""
+    return settings.tasks_topic if priority == DEFAULT_PRIORITY else f"{settings.tasks_topic}.p{priority}"
+
+
+def task_topics(settings: NsqSettings) -> list[str]:
+    """Every priority's tasks topic, the most urgent (9) first."""
+    return [task_topic(settings, p) for p in reversed(PRIORITIES)]
 
 
 def nsqd_addresses(settings: NsqSettings, errors: list[str] | None = None) -> list[str]:

@@ -159,3 +159,27 @@ def series(second: int) -> str:
     started and finished, tasks archived by final state, run times by bucket. Expires
     `series.RETENTION_S` after its second, so the series holds at most that many."""
     return f"{SERIES}{second}"
+
+
+LIMITS = f"{PREFIX}:{{t:"
+"""Prefix of every task type's limit keys (below): they expire on their own (a bucket once it would be
+full again, seats a minute after their last renewal), so a system teardown keeps them."""
+
+
+def _type_tag(task_type: str) -> str:
+    """A task type's limit keys share this hash tag, apart from every job's: a limit is taken and given
+    back in scripts of its own (`lua/take.lua`, `give.lua`, `seats.lua`), never inside a job's."""
+    return f"{PREFIX}:{{t:{task_type}}}"
+
+
+def rate_bucket(task_type: str) -> str:
+    """Hash `tokens`, `at` (ms): the type's token bucket for `rate_limit_per_s` (refilled lazily by
+    take.lua from the time passed; expires once it would be full again)."""
+    return f"{_type_tag(task_type)}:rate"
+
+
+def seats(task_type: str) -> str:
+    """Sorted set exec id -> when its seat lapses (ms): the type's executions counted against
+    `max_concurrency`. Renewed with their leases, removed as they end; a seat whose worker died
+    lapses with its lease and is purged by the next take."""
+    return f"{_type_tag(task_type)}:seats"

@@ -24,7 +24,7 @@ import redis
 from taskherd.store import keys
 from taskherd.store.errors import store_errors
 
-KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.TOMBSTONE, keys.SERIES)
+KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.TOMBSTONE, keys.SERIES, keys.LIMITS)
 KEPT = frozenset((keys.SPECS_VERSION, keys.NODES, keys.STOP, keys.WATCHER_LEASE,
                   keys.SCHEDULES, keys.SCHEDULE_NEXT, keys.SCHEDULE_FIRED))
 """Kept too: the schedules (configuration, like the specs: a later start fires them on; DELETE them to stop)."""

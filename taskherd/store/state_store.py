@@ -25,6 +25,7 @@ from taskherd.states import FINAL_STATES, LIVE_STATES, WAITING_STATES, TaskState
 from taskherd.store import keys
 from taskherd.store.errors import store_errors
 from taskherd.store.keyspace import Keyspace
+from taskherd.store.limits import LimitStore
 from taskherd.store.membership import Membership
 from taskherd.store.schedules import ScheduleStore
 from taskherd.store.series import Series
@@ -75,6 +76,9 @@ class NewTask:
     time still ahead creates it `scheduled` (not published; the TimeoutWatcher promotes it when due)."""
     join: str = ""
     """The fan-in join it belongs to (the id of the task that declared it), or "": counted open in it until retired."""
+    priority: int = 5
+    """0-9, higher first: kept in the task's hash, so a retry, a requeue and a promotion publish it on its
+    priority's topic again (`taskherd.nsq.topics.task_topic`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,8 @@ class Lease:
     asked_at: float = 0.0
     """When this process sent the request that took it (time.monotonic()): the latest moment Redis can
     have started its TTL from, which the worker's lease guard counts from (0: unknown)."""
+    priority: int = 5
+    """The task's priority (0-9), so a task handed back is published on its priority's topic again."""
 
 
 def connect(settings: RedisSettings) -> redis.Redis:
@@ -123,8 +129,9 @@ class StateStore:
         """The client itself, for tests and the bench; taskherd's own code goes through the methods."""
         self.members = Membership(self.redis)
         self.keyspace = Keyspace(self.redis)
-        self.series = Series(self.redis)
+        self.limits = LimitStore(self.redis)
         self.schedules = ScheduleStore(self.redis)
+        self.series = Series(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "start", "renew", "finish", "release", "requeue", "promote", "retire", "register",
                           "cancel", "claim", "summarized", "settle", "expire", "forget", "join")}
@@ -197,7 +204,7 @@ class StateStore:
         args: list[Any] = [job, specs_version or "", *bounds]
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives, t.round,
-                     t.history, t.due]
+                     t.history, t.due, t.priority]
         args += [archive_checked_ms if archive_checked_ms is not None else "", keys.TOMBSTONE]
         if any(t.join for t in tasks):
             args += [keys.join(job, ""), keys.joins(job), *[t.join for t in tasks]]
@@ -270,7 +277,7 @@ class StateStore:
         if r[0] != "ok":
             return (finished or [None])[0], (r[1] if len(r) > 1 else r[0]), None
         lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]), ahead,
-                      asked_at)
+                      asked_at, int(r[7]) if len(r) > 7 else 5)
         if lease.type != type_hint:
             raw = self.redis.get(keys.executor(lease.type))
         return (finished or [None])[0], lease, raw
@@ -397,6 +404,16 @@ class StateStore:
         return str(self._run("join", ks, args))
 
     # --- reads --------------------------------------------------------------------------------------
+    def priorities(self, job: str, ids: list[str]) -> list[int]:
+        """The priority of each of one job's tasks (5 for one gone or created without one), in one round
+        trip: what is published again (a requeue, a retry, a delayed task due) goes on its topic."""
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hget(keys.task(job, task_id), "priority")
+        return [int(p) if p else 5 for p in pipe.execute()]
+
     def job_of(self, task_id: str) -> str | None:
         return cast(str | None, self.redis.hget(keys.TASK_INDEX, task_id))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from taskherd.client import Client, ClientError
 from taskherd.deploy.local.cluster import stop_pods
+from taskherd.nsq.topics import task_topics
 from tests.helpers import Services, start_pods, wait_until, write_config
 
 ECHO = [sys.executable, "-c", "import json,sys; print(json.dumps(json.load(sys.stdin)))"]
@@ -25,7 +26,8 @@ def test_pods_left_running_by_a_system_teardown_take_new_work(clean: Services, t
             assert client.wait("before", timeout=60)["counts"]["succeeded"] == 5
             done = client.teardown_all()
             emptied = {t.rsplit("/", 1)[1] for t in done["topics_emptied"]}
-            assert emptied == {settings.nsq.tasks_topic, settings.nsq.results_topic}, done
+            # every priority's tasks topic: the slots read them all
+            assert emptied == {*task_topics(settings.nsq), settings.nsq.results_topic}, done
             client.submit([{"id": f"b-{i}", "type": "echo", "job": "after", "payload": {"i": i}} for i in range(5)])
             assert client.wait("after", timeout=30)["counts"]["succeeded"] == 5
     finally:

@@ -20,6 +20,7 @@ class Conn:
         self.lock = threading.Lock()
         self.sent: list[bytes] = []
         self.last_sent = time.monotonic() - quiet_s
+        self.rank, self.expecting = 0, False
 
     def send(self, command: bytes) -> None:
         with self.lock:

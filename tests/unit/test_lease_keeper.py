@@ -44,6 +44,9 @@ class Queue:
     def publish(self, topic: str, bodies: list[bytes]) -> None:
         self.published += bodies
 
+    def publish_tasks(self, refs: list[Any]) -> None:
+        self.published += [ref.encode() for ref in refs]
+
 
 class Feed:
     def __init__(self) -> None:

@@ -21,8 +21,8 @@ def double(payload: dict) -> dict:
 
 
 def test_a_top_level_function_becomes_a_python_spec_and_stays_callable() -> None:
-    assert double.spec == {"kind": "python", "target": f"{__name__}:double", "timeout_s": 5, "max_attempts": 2}
-    assert double.not_sent == {"rate_limit_per_s": 3}
+    assert double.spec == {"kind": "python", "target": f"{__name__}:double", "timeout_s": 5, "max_attempts": 2,
+                           "rate_limit_per_s": 3}
     assert double({"n": 4}) == {"n": 8}
     assert double.__name__ == "double"
 
@@ -51,7 +51,7 @@ def test_a_function_of_the_script_being_run_is_refused() -> None:
         app.executor("s")(script_function)
 
 
-def test_register_sends_the_supported_options_and_warns_about_the_others() -> None:
+def test_register_sends_every_option_limits_and_priority_included() -> None:
     sent: list[tuple[str, str, Any]] = []
 
     def transport(method: str, target: str, body: bytes | None) -> tuple[int, bytes]:
@@ -60,8 +60,19 @@ def test_register_sends_the_supported_options_and_warns_about_the_others() -> No
 
     mine = taskherd.App("http://api")
     mine._client = Client("http://api", transport=transport)
-    mine.executor("double", timeout_s=5, priority=9)(double.function)
-    with pytest.warns(UserWarning, match="priority not sent"):
-        assert mine.register() == {"executor double": "created"}
+    mine.executor("double", timeout_s=5, priority=9, rate_limit_per_s=2.5, rate_burst=4, max_concurrency=3)(
+        double.function)
+    assert mine.register() == {"executor double": "created"}
     assert sent == [("PUT", "/executors/double?replace=false&check=true",
-                     {"kind": "python", "target": f"{__name__}:double", "timeout_s": 5})]
+                     {"kind": "python", "target": f"{__name__}:double", "timeout_s": 5, "priority": 9,
+                      "rate_limit_per_s": 2.5, "rate_burst": 4, "max_concurrency": 3})]
+    # And a task's own priority goes with it
+    sent.clear()
+    with_priority = mine.executors["double"]
+
+    def answer(method: str, target: str, body: bytes | None) -> tuple[int, bytes]:
+        sent.append((method, target, json.loads(body) if body else None))
+        return 201, b'{"id": "t1", "status": "created"}'
+    mine._client = Client("http://api", transport=answer)
+    with_priority.submit({"n": 1}, job="j", id="t1", priority=8)
+    assert sent[0][2]["priority"] == 8

@@ -41,7 +41,8 @@ def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Res
     tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
     _check_batch(tasks, pod.ctx.settings.api.max_batch)
     subs = [Submission(type=t.type, job=t.job, payload=t.payload, id=t.id, timeout_s=t.timeout_s,
-                       max_attempts=t.max_attempts, delay_s=t.delay_s, run_at=t.run_at) for t in tasks]
+                       max_attempts=t.max_attempts, delay_s=t.delay_s, run_at=t.run_at, priority=t.priority)
+            for t in tasks]
     try:
         accepted = pod.intake.submit(subs, bounded=True)
     except UnknownType as exc:

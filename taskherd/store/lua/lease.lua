@@ -5,7 +5,7 @@
 -- ARGV[1] task id, ARGV[2] execution id, ARGV[3] worker (node/slot), ARGV[4] lease ttl ms, ARGV[5] ahead (1|0)
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local st = redis.call('HMGET', KEYS[1], 'state', 'timeout_s', 'attempts', 'max_attempts', 'type', 'payload')
+local st = redis.call('HMGET', KEYS[1], 'state', 'timeout_s', 'attempts', 'max_attempts', 'type', 'payload', 'priority')
 if not st[1] then return {'gone'} end
 if st[1] ~= 'pending' then return {'dup', st[1]} end
 local attempts = tonumber(st[3]) + 1
@@ -15,4 +15,4 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'exec', ARGV[2], 'worker', ARGV[
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], math.min(now + tonumber(ARGV[4]), deadline + tonumber(ARGV[4])), ARGV[1])
 if ARGV[5] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
-return {'ok', st[5], st[6], st[2], tostring(attempts), st[4], tostring(now)}
+return {'ok', st[5], st[6], st[2], tostring(attempts), st[4], tostring(now), st[7] or '5'}

@@ -7,18 +7,18 @@
 -- ARGV[1] job, ARGV[2] the specs version the batch was prepared under ('' to skip the check: it
 -- answers {'stale'}, creating nothing, when a spec has changed since), ARGV[3] and ARGV[4] the bounds
 -- on open tasks of the job and of all jobs (0: none; a batch whose new tasks would pass one answers
--- {'full', 'job' or 'all', open, new tasks asked}, creating nothing); then 11 per task: id, type,
+-- {'full', 'job' or 'all', open, new tasks asked}, creating nothing); then 12 per task: id, type,
 -- payload, digest, max_attempts, timeout_s, parent, revives (the final state of an archived task
 -- being retried, counted out of that state as it returns, and not into the total again), round (the
 -- retry round; '0', a first submission, is not stored), history (JSON list of the earlier rounds' executions),
 -- due (when it may first run: '' now, '+MS' MS from now on Redis's clock, or Unix ms; a due time still
 -- ahead creates it scheduled, in the scheduled zset scored by that time, answering 'scheduled' for
 -- 'created': nothing is published for it until the TimeoutWatcher promotes it; one already past
--- creates it pending; either way the task keeps it as `run_at`)
+-- creates it pending; either way the task keeps it as `run_at`), priority (0-9, kept in the hash)
 if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'stale'} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local FIRST, N = 11, 11
+local FIRST, N = 11, 12
 -- After the tasks' ARGV: when the caller asked MySQL which ids were archived (Unix ms, '' if it did
 -- not), and the prefix of retire.lua's tombstones. That check must be younger than the tombstones
 -- (10 s), with 5 s to spare for clocks: else {'recheck'}, creating nothing.
@@ -71,7 +71,7 @@ for i = FIRST, #KEYS do
     if not owner then redis.call('HSET', KEYS[3], id, ARGV[1]) end
     redis.call('HSET', key, 'id', id, 'job', ARGV[1], 'type', ARGV[a + 2], 'payload', ARGV[a + 3],
       'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
-      'state', 'pending', 'attempts', 0, 'created', now)
+      'state', 'pending', 'attempts', 0, 'created', now, 'priority', ARGV[a + 12])
     if ARGV[a + 9] ~= '0' then redis.call('HSET', key, 'round', ARGV[a + 9], 'history', ARGV[a + 10]) end
     local join = join_prefix and ARGV[after + 4 + i - FIRST + 1] or ''
     if join ~= '' then

@@ -10,9 +10,9 @@ with warnings.catch_warnings(record=True) as warned:
     warnings.simplefilter("always")
     assert app.register() == {"executor resize": "created", "executor explode": "created",
                               "analyzer resize": "created"}
-assert [str(w.message) for w in warned] == ["taskherd.App: priority not sent: this server's executor specs do not "
-                                            "take them yet, so no such limit or priority holds"], warned
+assert not warned, [str(w.message) for w in warned]  # every option is sent, priority included
 assert app.client.executors()["resize"]["target"] == "shop.images:resize"
+assert app.client.executors()["resize"]["priority"] == 7
 assert app.register() == {"executor resize": "unchanged", "executor explode": "unchanged",
                           "analyzer resize": "unchanged"}
 
