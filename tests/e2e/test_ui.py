@@ -110,7 +110,7 @@ class Ui:
 
 
 @pytest.fixture
-def ui(clean: Services, tmp_path: Path, browser: Any) -> Iterator[Ui]:
+def ui(browser: Any, clean: Services, tmp_path: Path) -> Iterator[Ui]:  # the browser first: no services started to skip
     data = fast(clean.settings).model_dump()
     data["auth"] = {"tokens": [
         {"name": "ops", "sha256": hashlib.sha256(ADMIN.encode()).hexdigest(), "scopes": ["read", "submit", "admin"]},
