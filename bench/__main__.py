@@ -41,6 +41,10 @@ from bench.common import (
 )
 
 WORKLOADS = ("noop", "latency", "sleep10", "fanout", "scale", "recovery")
+PRIO_LIMITS = ("noop_prio", "noop_limits")
+"""taskherd only, with `--prio-limits` (or named in --only): the no-op drain again with the tasks at
+mixed priorities (0-9 in turn: every priority's topic in use), and of a type whose rate and concurrency
+limits are so high they never bind (the limit script runs for every start): their cost against noop."""
 PEERS = ("celery", "dramatiq", "rq")
 PEER_PORTS = {"celery": 19380, "dramatiq": 19381, "rq": 19382}
 
@@ -68,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-n", type=int, default=None,
                     help="tasks of taskherd's scale-of-state job (default 200,000; 2,000 with --quick)")
     ap.add_argument("--keep", action="store_true", help="keep the services' data dir after the run")
+    ap.add_argument("--prio-limits", action="store_true",
+                    help=f"taskherd: also {' and '.join(PRIO_LIMITS)}, the no-op drain at mixed priorities and "
+                         "with limits that never bind, to set against noop")
     args = ap.parse_args(argv)
 
     cfg = dict(QUICK if args.quick else FULL)
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg["scale"] = args.scale_n
     reps = args.reps or (1 if args.quick else 3)
     workloads = [w for w in (args.only.split(",") if args.only else WORKLOADS) if w]
-    unknown = set(workloads) - set(WORKLOADS)
+    workloads += [w for w in PRIO_LIMITS if args.prio_limits and w not in workloads]
+    unknown = set(workloads) - set(WORKLOADS) - set(PRIO_LIMITS)
     systems = [s for s in args.systems.split(",") if s]
     if unknown or set(systems) - {"taskherd", *PEERS}:
         ap.error(f"unknown workload(s) {sorted(unknown)} or system(s) in {systems}")
@@ -214,6 +222,8 @@ def run_taskherd(workloads: list[str], cfg: dict[str, Any], reps: int, args: arg
                 report["errors"][f"taskherd.{name}"] = str(exc)
 
         attempt("noop", lambda _: th.throughput("noop", cfg["noop"], reps))
+        attempt("noop_prio", lambda _: th.throughput("noop", cfg["noop"], reps, priorities=True))
+        attempt("noop_limits", lambda _: th.throughput("noop_limited", cfg["noop"], reps))
         attempt("latency", lambda _: th.latency(cfg["latency"], reps))
         attempt("sleep10", lambda _: _sleep10(th, cfg, reps, args.workers * args.slots))
         attempt("fanout", lambda _: th.fanout(cfg["fan"], cfg["depth"], reps))

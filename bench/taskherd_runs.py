@@ -91,6 +91,10 @@ class Taskherd:
         self.store = StateStore(self.settings.redis)
         self.client.add_executor("noop", {"kind": "python", "target": "bench.funcs:noop"}, replace=True)
         self.client.add_executor("sleep", {"kind": "python", "target": "bench.funcs:sleep"}, replace=True)
+        # limits that never bind: the take script runs before every lease, the seat is renewed and given back
+        self.client.add_executor("noop_limited", {"kind": "python", "target": "bench.funcs:noop",
+                                                  "rate_limit_per_s": 1_000_000, "rate_burst": 1_000_000,
+                                                  "max_concurrency": 1_000_000}, replace=True)
         self.client.add_executor("mark", {"kind": "python", "target": "bench.funcs:mark_sleep", "timeout_s": 60},
                                  replace=True)
         self.client.add_executor("tree", {"kind": "python", "target": "bench.funcs:noop"}, replace=True)
@@ -176,13 +180,15 @@ class Taskherd:
         self.wait_done(job, 120)
         self.teardown(job)
 
-    def throughput(self, kind: str, n: int, reps: int) -> dict[str, Any]:
-        """`noop`: returns at once; `sleep`: 10 ms each."""
+    def throughput(self, kind: str, n: int, reps: int, priorities: bool = False) -> dict[str, Any]:
+        """`noop`: returns at once; `sleep`: 10 ms each; `noop_limited`: a no-op whose type has limits that
+        never bind. `priorities`: task i has priority i mod 10 (every priority's topic in use)."""
         submit, drain, retained, after_teardown, checks = [], [], [], [], []
         payload = {"ms": 10} if kind == "sleep" else {}
         for rep in range(reps):
-            job = f"{kind}-{rep}-{self.tag}"
-            tasks = [{"id": f"{job}-{i}", "type": kind, "job": job, "payload": payload} for i in range(n)]
+            job = f"{kind}{'-prio' if priorities else ''}-{rep}-{self.tag}"
+            tasks = [{"id": f"{job}-{i}", "type": kind, "job": job, "payload": payload,
+                      **({"priority": i % 10} if priorities else {})} for i in range(n)]
             mem0 = self.used_memory()
             pods = self._stop_workers()  # the queue fills first: the drain is not bounded by the submission
             t0 = time.time()

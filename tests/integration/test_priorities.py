@@ -83,3 +83,28 @@ def test_priority_is_checked_and_defaults_to_the_executor_spec(pods: Callable[..
         with pytest.raises(ClientError) as refused:
             group.client.add_executor("pd2", {"kind": "python", "target": SPAN, field: bad})
         assert refused.value.status == 422 and field in str(refused.value), (field, refused.value)
+
+
+def test_a_delayed_task_keeps_its_priority_when_it_comes_due(pods: Callable[..., Pods], tmp_path: Path) -> None:
+    # Given one slot busy for 4 s, 10 tasks of priority 6 waiting, and a task of priority 9 delayed by 1 s
+    group = pods(worker={"slots": 1})
+    _herd(group)
+    group.client.add_executor("pr", {"kind": "python", "target": SPAN, "max_attempts": 1})
+    log = tmp_path / "pr.log"
+    group.client.submit({"id": "busy", "type": "pr", "job": "later", "payload": {"log": str(log), "sleep_s": 4,
+                                                                                   "tag": "busy"}})
+    wait_until(lambda: group.client.task("busy")["state"] == "running", timeout=60, message="the slot is busy")
+    # (6: above the default, so a due task published without its priority would come after them)
+    group.client.submit([{"id": f"low-{i}", "type": "pr", "job": "later", "priority": 6,
+                          "payload": {"log": str(log), "sleep_s": 0.05, "tag": "low"}} for i in range(10)])
+    group.client.submit({"id": "high", "type": "pr", "job": "later", "priority": 9, "delay_s": 1,
+                         "payload": {"log": str(log), "tag": "high"}})
+    assert group.client.task("high")["priority"] == 9
+    # When it comes due (the watcher publishes it) while the slot is still busy
+    wait_until(lambda: group.client.task("high")["state"] == "pending", timeout=30, message="the delayed task due")
+    assert group.client.task("busy")["state"] == "running", "the slot freed before the delayed task was due"
+    assert group.client.wait("later", timeout=120)["done"]
+    # Then it runs first once the slot is free: it went out on its priority's topic
+    order = [tag for _, _, tag in spans(str(log))]
+    print("start order:", " ".join(order))
+    assert order[:2] == ["busy", "high"], order
