@@ -507,6 +507,11 @@ class StateStore:
         """Done jobs that finished before `before_ms`, oldest first."""
         return cast(list[str], self.redis.zrangebyscore(keys.JOBS_DONE, "-inf", before_ms, start=0, num=limit))
 
+    def recently_done(self, limit: int) -> list[str]:
+        """Done jobs still in Redis (within `retain_done_s` of finishing), the latest first: the
+        dashboard's "recently done"."""
+        return cast(list[str], self.redis.zrevrange(keys.JOBS_DONE, 0, limit - 1))
+
     def expire(self, job: str) -> bool:
         """Delete a done job's runtime state (its summary must be in MySQL first); False if it is open again."""
         ks = [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES], keys.JOBS,

@@ -169,6 +169,9 @@ def test_a_running_job_advances_to_done_on_the_jobs_page(ui: Ui) -> None:
     print(f"\njobs page: {calls} requests in {seconds:.1f} s")
     assert calls / seconds <= 3, (calls, seconds)
     ui.shot("ui-jobs-done")
+    # and every done job, by name, from MySQL
+    ui.go("#/done")
+    ui.wait(lambda: "watched" in ui.text("#archived-jobs") and "40" in ui.text("#archived-jobs"), "the job among all done jobs")
 
 
 def test_the_job_page_of_a_running_job_and_its_charts(ui: Ui) -> None:

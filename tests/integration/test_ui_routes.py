@@ -34,3 +34,4 @@ def test_with_auth_off_the_page_may_press_every_button_and_reads_what_it_charts(
     assert stack.http.get("/ui/series", params={"window_s": 3600}).status_code == 422  # past the retention
     assert stack.http.get("/ui/dead", params={"state": "succeeded"}).status_code == 422
     assert stack.http.get("/ui/dead").json() == {"state": "failed", "tasks": [], "next_cursor": None}
+    assert stack.http.get("/ui/recent").json() == {"jobs": []}

@@ -85,6 +85,13 @@ def series(pod: PodDep, window_s: Annotated[int, Query(ge=60, le=RETENTION_S)] =
             "points": steps(seconds, step_s)}
 
 
+@router.get("/ui/recent")
+def recent(pod: PodDep, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+    """The latest done jobs still in Redis (`[manager].retain_done_s`), newest first, with their status."""
+    statuses = [pod.queries.job(name) for name in pod.ctx.store.recently_done(limit)]
+    return {"jobs": [s for s in statuses if s is not None]}
+
+
 @router.get("/ui/dead")
 def dead(pod: PodDep, state: m.FinalState = m.FinalState.FAILED, job: Annotated[str | None, Query(pattern=m.NAME)] = None,
          limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str = "") -> dict[str, Any]:

@@ -81,7 +81,7 @@ function pace(job) {
 // --- views ---------------------------------------------------------------------------------------
 const views = {
   async jobs() {
-    const [open, done] = await Promise.all([api("GET", "/jobs?state=open&limit=200"), api("GET", "/jobs?state=done&limit=50")]);
+    const [open, done] = await Promise.all([api("GET", "/jobs?state=open&limit=200"), api("GET", "/ui/recent?limit=20")]);
     const rows = (jobs) => jobs.map((j) => {
       const c = j.counts, p = pace(j);
       return `<tr data-job="${esc(j.job)}"><td><a href="#/job/${enc(j.job)}">${esc(j.job)}</a></td>
@@ -95,7 +95,21 @@ const views = {
     const head = `<tr><th>job</th><th>progress (done / known)</th><th class="num">failed</th><th class="num">running</th><th class="num">waiting</th>
       <th class="num">scheduled</th><th class="num">rate</th><th>ETA</th><th>started</th><th>finished</th><th></th></tr>`;
     return `<h1>Jobs</h1><h2>Open (${open.jobs.length})</h2><table id="open-jobs">${head}${rows(open.jobs) || '<tr><td colspan="11" class="muted">no open job</td></tr>'}</table>
-      <h2>Done <span class="muted">(archived summaries, by name)</span></h2><table id="done-jobs">${head}${rows(done.jobs) || '<tr><td colspan="11" class="muted">none</td></tr>'}</table>`;
+      <h2>Recently done <span class="muted">(newest first; <a href="#/done">every done job, by name</a>)</span></h2>
+      <table id="done-jobs">${head}${rows(done.jobs) || '<tr><td colspan="11" class="muted">none</td></tr>'}</table>`;
+  },
+
+  async done(_, params) {
+    const cursor = params.get("cursor") || "";
+    const page = await api("GET", `/jobs?state=done&limit=${PAGE}&cursor=${enc(cursor)}`);
+    return `<h1>Done jobs <span class="muted">(their summaries in MySQL, by name)</span></h1>
+      <table id="archived-jobs"><tr><th>job</th><th class="num">total</th><th class="num">succeeded</th><th class="num">failed</th>
+        <th class="num">cancelled</th><th>started</th><th>finished</th></tr>
+      ${page.jobs.map((j) => `<tr><td><a href="#/job/${enc(j.job)}">${esc(j.job)}</a></td><td class="num">${num(j.total)}</td>
+        <td class="num">${num(j.counts.succeeded)}</td><td class="num">${num(j.counts.failed)}</td><td class="num">${num(j.counts.cancelled)}</td>
+        <td>${time(j.created_ms)}</td><td>${time(j.finished_ms)}</td></tr>`).join("") || '<tr><td colspan="7" class="muted">none</td></tr>'}</table>
+      <div class="row">${cursor ? '<a href="#/done">← first page</a>' : ""}
+        ${page.next_cursor ? `<a href="#/done?cursor=${enc(page.next_cursor)}">next page →</a>` : ""}</div>`;
   },
 
   async job(name, params) {
@@ -262,7 +276,7 @@ function route() {
 async function refresh() {
   clearTimeout(state.timer);
   const r = route(), key = location.hash;
-  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("on", a.dataset.nav === r.name));
+  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("on", a.dataset.nav === (r.name === "done" ? "jobs" : r.name)));
   try {
     if (state.scopes === null) await whoami();
     const html = await views[r.name](r.arg, r.params);
