@@ -109,8 +109,8 @@ def fired_past(herd: Herd, name: str, n: int, timeout: float = 30) -> dict[str, 
 
 
 def test_every_second_fires_each_tick_exactly_once_and_delete_stops_it(herd: Herd) -> None:
-    # Given a schedule every second
-    put = herd.client.put_schedule("ticks", {"every_s": 1, "task": {"type": "ok", "payload": {"n": 1}}})
+    # Given a schedule every second (its tasks at priority 7: they go through the priority bands)
+    put = herd.client.put_schedule("ticks", {"every_s": 1, "task": {"type": "ok", "payload": {"n": 1}, "priority": 7}})
     assert put["status"] == "created" and put["schedule"]["next_fire_ms"] % 1000 == 0
     first = put["schedule"]["next_fire_ms"] // 1000
     # When it runs for 6 ticks and is deleted
