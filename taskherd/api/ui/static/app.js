@@ -72,7 +72,7 @@ function pace(job) {
   seen.push({ now, done, total: job.total });
   while (seen.length > 2 && now - seen[0].now > 60000) seen.shift();
   const first = seen[0];
-  const rate = now > first.now ? ((done - first.done) * 1000) / (now - first.now) : 0;
+  const rate = seen.length > 1 && now > first.now ? ((done - first.done) * 1000) / (now - first.now) : null;
   const steady = seen.length >= 3 && seen.slice(-3).every((p) => p.total === job.total);
   const eta = job.done ? 0 : steady && rate > 0 ? (job.total - done) / rate : null;
   return { rate, eta };
@@ -87,7 +87,7 @@ const views = {
       return `<tr data-job="${esc(j.job)}"><td><a href="#/job/${enc(j.job)}">${esc(j.job)}</a></td>
         <td>${bar(c, j.total)}<span class="muted">${num(finished(c))} / ${num(j.total)}${j.done ? " done" : " known so far"}</span></td>
         <td class="num">${num(c.failed)}</td><td class="num">${num(c.running)}</td><td class="num">${num((c.pending || 0) + (c.retry || 0) + (c.analyzing || 0))}</td>
-        <td class="num">${num(c.scheduled)}</td><td class="num">${j.done ? "—" : p.rate.toFixed(1) + "/s"}</td><td>${j.done ? "done" : p.eta == null ? "—" : duration(p.eta)}</td>
+        <td class="num">${num(c.scheduled)}</td><td class="num">${j.done ? "—" : (p.rate == null ? "—" : p.rate.toFixed(1) + "/s")}</td><td>${j.done ? "done" : p.eta == null ? "—" : duration(p.eta)}</td>
         <td>${time(j.created_ms)}</td><td>${time(j.finished_ms)}</td>
         <td>${button("Cancel", "cancel-job", "submit", j.done ? "disabled" : "")} ${button("Retry failed", "retry-job", "submit", c.failed ? "" : "disabled")}
             ${button("Teardown", "teardown-job", "admin", 'class="danger"')}</td></tr>`;
@@ -123,7 +123,7 @@ const views = {
     const p = pace(st);
     return `<h1>Job ${esc(name)}</h1>
       <div class="row">${bar(c, st.total)}<b>${num(finished(c))} / ${num(st.total)}</b><span class="muted">${st.done ? "done" : "open"} ·
-        rate ${st.done ? "—" : p.rate.toFixed(1) + "/s"} · ETA ${st.done ? "done" : p.eta == null ? "—" : duration(p.eta)} ·
+        rate ${st.done ? "—" : (p.rate == null ? "—" : p.rate.toFixed(1) + "/s")} · ETA ${st.done ? "done" : p.eta == null ? "—" : duration(p.eta)} ·
         started ${time(st.created_ms)} · finished ${time(st.finished_ms)}</span></div>
       <div class="row" data-job="${esc(name)}">${button("Cancel job", "cancel-job", "submit", st.done ? "disabled" : "")}
         ${button("Retry failed", "retry-job", "submit", c.failed ? "" : "disabled")} ${button("Teardown", "teardown-job", "admin", 'class="danger"')}
