@@ -381,4 +381,10 @@ def _row(task: dict[str, Any], v: Verdict) -> ArchivedTask:
         executions=json.dumps(task["executions"]), created_ms=int(task["created"]),
         finished_ms=int(task.get("finished") or task["created"]),
         record=json.dumps(v.record) if v.record is not None else None, retry_round=int(task.get("round") or 0),
-        run_at_ms=int(task["run_at"]) if task.get("run_at") else None)
+        run_at_ms=int(task["run_at"]) if task.get("run_at") else None, children=_children(v))
+
+
+def _children(v: Verdict) -> str | None:
+    """The ids the analysis submitted, in order (a child listed twice once), its join task last."""
+    ids = [str(c.id) for c in v.children if c.id] + ([str(v.join.id)] if v.join is not None and v.join.id else [])
+    return json.dumps(list(dict.fromkeys(ids))) if ids else None

@@ -31,7 +31,7 @@ class Queries:
                 "payload": row["payload"],
                 "result": row["result"], "error": row["error"], "record": row.get("record"),
                 "executions": row["executions"], "created_ms": row["created_ms"], "finished_ms": row["finished_ms"],
-                "run_at_ms": row.get("run_at_ms"), "priority": row.get("priority")}
+                "run_at_ms": row.get("run_at_ms"), "priority": row.get("priority"), "children": row.get("children")}
 
     def job(self, job: str) -> dict[str, Any] | None:
         """Counts by state and the done flag; after teardown, the summary kept in MySQL."""
@@ -108,7 +108,8 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
             "payload": json.loads(t["payload"]), "result": maybe_json(t.get("result")),
             "error": t.get("error") or None, "record": None, "executions": executions,
             "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None,
-            "run_at_ms": _ms(t.get("run_at")), "progress": _progress_view(t), "priority": int(t.get("priority") or 5)}
+            "run_at_ms": _ms(t.get("run_at")), "progress": _progress_view(t), "priority": int(t.get("priority") or 5),
+            "children": None}
 
 
 def _progress_view(t: dict[str, Any]) -> dict[str, Any] | None:

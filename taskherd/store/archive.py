@@ -61,10 +61,13 @@ _SCHEMA = (
     "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS retry_round INT NOT NULL DEFAULT 0",
     # Delayed tasks keep the time they were due: NULL for the others, and for every row made before.
     "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS run_at_ms BIGINT NULL",
+    # The ids a task's analysis submitted (its children, its join task): NULL for a leaf, and for every
+    # row made before; the parent -> children link, where a child's row only says its parent.
+    "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS children MEDIUMTEXT NULL",
 )
 
 _TASK_COLUMNS = ("id", "job", "type", "state", "attempts", "digest", "parent", "payload", "result", "error",
-                 "executions", "created_ms", "finished_ms", "retry_round", "run_at_ms")
+                 "executions", "created_ms", "finished_ms", "retry_round", "run_at_ms", "children")
 _UPSERT_TASKS = (f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES {{}} ON DUPLICATE KEY UPDATE "
                  + ", ".join(f"{c} = VALUES({c})" for c in _TASK_COLUMNS if c != "id"))
 _UPSERT_RECORDS = ("INSERT INTO records (task_id, job, type, record) VALUES {} "
@@ -97,6 +100,8 @@ class ArchivedTask:
     """How often the task was retried as a dead letter; `executions` holds every round's, each with its `round`."""
     run_at_ms: int | None = None
     """A delayed task's due time (`delay_s`, `run_at`), Unix ms on Redis's clock."""
+    children: str | None = None
+    """JSON list of the ids its analysis submitted (children, then a join task), or None for none."""
 
 
 class Archive:
@@ -200,7 +205,7 @@ class Archive:
         row = self._execute(read)
         if row is None:
             return None
-        for field in ("payload", "result", "executions", "record"):
+        for field in ("payload", "result", "executions", "record", "children"):
             if row.get(field):
                 row[field] = json.loads(row[field])
         return row

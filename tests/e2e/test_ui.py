@@ -221,6 +221,20 @@ def test_a_failed_task_is_retried_from_its_page_and_succeeds(ui: Ui, tmp_path: P
     ui.shot("ui-task")
 
 
+def test_a_task_page_links_its_parent_and_children(ui: Ui) -> None:
+    ui.admin.add_executor("fam", {"kind": "python", "target": "tests.e2e.ui_funcs:steady"})
+    ui.admin.add_analyzer("fam", {"kind": "python", "target": "tests.e2e.ui_funcs:two_kids"})
+    ui.admin.submit({"id": "root", "type": "fam", "job": "family", "payload": {"sleep_s": 0}})
+    ui.admin.wait("family", timeout=60)
+    ui.sign_in(ADMIN, "#/task/root")
+    ui.wait(lambda: ui.text("#children") == "root-1, root-2", "the root's children listed")
+    ui.b.find_element("link text", "root-2").click()
+    ui.wait(lambda: ui.text("#task-state") == "succeeded" and "root-2" in ui.text("h1"), "the child's page")
+    assert ui.text("#children") == "none"
+    ui.b.find_element("link text", "root").click()
+    ui.wait(lambda: ui.text("h1") == "Task root", "back at the parent's page")
+
+
 def test_a_read_token_sees_everything_with_the_buttons_disabled_and_its_posts_are_refused(ui: Ui, tmp_path: Path) -> None:
     ui.admin.add_executor("picky", {"kind": "python", "target": "tests.e2e.ui_funcs:fails_until", "max_attempts": 1})
     ui.admin.submit({"id": "ro-1", "type": "picky", "job": "ro", "payload": {"go": str(tmp_path / "never")}})

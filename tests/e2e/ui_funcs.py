@@ -17,3 +17,11 @@ def fails_until(payload: dict) -> dict:
     if not Path(payload["go"]).exists():
         raise RuntimeError(f"{payload['go']} is not there yet")
     return {"went": True}
+
+
+def two_kids(given: dict) -> dict:
+    """Analyzer: a root gets two children (leaves: none)."""
+    if given["task"]["payload"].get("leaf"):
+        return {"children": [], "record": {"leaf": True}}
+    return {"children": [{"id": f"{given['task']['id']}-{n}", "payload": {"leaf": True}} for n in (1, 2)],
+            "record": {"leaf": False}}

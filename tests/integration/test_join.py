@@ -318,6 +318,14 @@ def test_a_join_over_children_with_grandchildren_fires_once_after_all_are_final(
     assert len(finished) == 1 + 3 + 6 and max(finished) <= started
     status = herd.client.job("tree")
     assert status["done"] and status["total"] == 11 and status["counts"]["succeeded"] == 11, status
+    # And each archived task names the ids its analysis submitted: the root its children then its join
+    # task, a mid its two leaves, a leaf none (the parent -> children link the dashboard shows)
+    root = herd.client.task("tree-root")
+    assert root["children"] == [c["id"] for c in children] + [join["id"]], root["children"]
+    for c in children:
+        kids = herd.client.task(c["id"])["children"]
+        assert len(kids) == 2 and all(herd.client.task(k)["parent"] == c["id"] and
+                                      herd.client.task(k)["children"] is None for k in kids), kids
 
 
 def test_the_parents_analyzer_failing_once_and_run_again_still_gives_one_join(herd):

@@ -140,6 +140,11 @@ const views = {
     const live = LIVE.includes(t.state), dead = ["failed", "cancelled"].includes(t.state);
     const prog = t.progress ? `<div class="row"><div class="bar"><span class="progress" style="width:${100 * (t.progress.fraction || 0)}%"></span></div>
       ${Math.round(100 * (t.progress.fraction || 0))}% ${esc(t.progress.message)}</div>` : "—";
+    // The ids its analysis submitted (archived with it): the first CHILDREN_SHOWN, then how many more
+    const ids = t.children || [], CHILDREN_SHOWN = 50;
+    const kids = ids.length ? ids.slice(0, CHILDREN_SHOWN).map((c) => `<a href="#/task/${enc(c)}">${esc(c)}</a>`).join(", ")
+      + (ids.length > CHILDREN_SHOWN ? ` and ${ids.length - CHILDREN_SHOWN} more` : "")
+      : (LIVE.includes(t.state) ? "— (an analysis submits them)" : "none");
     const execs = (t.executions || []).map((e) => `<tr><td class="num">${e.round ?? ""}</td><td><code>${esc(e.exec)}</code></td><td>${esc(e.worker)}</td>
       <td>${time(e.started)}</td><td class="num">${e.duration_s != null ? duration(e.duration_s) : e.deadline ? "deadline " + time(e.deadline) : "—"}</td>
       <td><span class="state ${e.status === "ok" ? "succeeded" : esc(e.status)}">${esc(e.status)}</span></td><td class="error">${esc(e.error)}</td></tr>`).join("");
@@ -149,6 +154,7 @@ const views = {
       <dl><dt>job</dt><dd><a href="#/job/${enc(t.job)}">${esc(t.job)}</a></dd><dt>type</dt><dd>${esc(t.type)}</dd>
         <dt>attempts</dt><dd>${t.attempts} (retry round ${t.round ?? 0})</dd>
         <dt>parent</dt><dd>${t.parent ? `<a href="#/task/${enc(t.parent)}">${esc(t.parent)}</a>` : "—"}</dd>
+        <dt>children</dt><dd id="children">${kids}</dd>
         <dt>created</dt><dd>${time(t.created_ms)}</dd><dt>run at</dt><dd>${time(t.run_at_ms)}</dd><dt>finished</dt><dd>${time(t.finished_ms)}</dd>
         <dt>progress</dt><dd>${prog}</dd><dt>error</dt><dd class="error">${esc(t.error) || "—"}</dd></dl>
       <h2>Executions (${(t.executions || []).length})</h2>
