@@ -46,7 +46,13 @@ def names(settings: NsqSettings) -> tuple[str, ...]:
 def task_topic(settings: NsqSettings, priority: int) -> str:
     """The tasks topic of one priority. NSQ has no priorities, so each has its own topic, which every
     slot reads highest first (`taskherd.nsq.feed`). The default priority keeps the plain tasks topic, so
-    a herd that never sets one uses one topic, as before, and KEDA's scaler watches the topic it knew."""
+    a herd that never sets one uses one topic, as before, and KEDA's scaler watches the topic it knew.
+
+    Why topics rather than an order kept in Redis: a herd-wide order would be one key every lease
+    touches (one Redis Cluster slot for all jobs, and a round trip to pick the next task), while a
+    topic per priority leaves the lease path as it was. The order is strict: a lower priority waits
+    while a higher one is ready, with no ageing (as RabbitMQ's and asynq's strict priorities); a class
+    of work that must not wait behind another gets a priority of its own, or a rate limit on the other."""
     return settings.tasks_topic if priority == DEFAULT_PRIORITY else f"{settings.tasks_topic}.p{priority}"
 
 
