@@ -23,6 +23,8 @@ from taskherd.actors.worker import CHANNEL
 from taskherd.cli import build_parser
 from taskherd.config import Settings, from_dict, load
 from taskherd.config.settings import DEADLETTER_HEADROOM
+from taskherd.nsq.topics import task_topic
+from taskherd.specs import PRIORITIES
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 CRD_FILES = {"worker-scaledobject.yaml"}
@@ -164,16 +166,22 @@ def test_worker_grace_period_covers_the_drain_and_its_probes_are_on_its_http_por
     assert settings.worker.http_host == "0.0.0.0"
 
 
-def test_the_scaled_object_scales_the_workers_on_the_tasks_topic_channel(settings: Settings) -> None:
+def test_the_scaled_object_scales_the_workers_on_the_backlog_of_every_priority(settings: Settings) -> None:
     scaled = text("worker-scaledobject.yaml")
-    trigger = block(scaled, r"\s*- type: nsq")
     assert scalar(scaled, "kind") == "ScaledObject" and scalar(scaled, "apiVersion") == "keda.sh/v1alpha1"
     assert block(scaled, r"\s*scaleTargetRef:").strip() == f"name: {scalar(text('worker.yaml'), 'name')}"
-    assert scalar(trigger, "topic") == settings.nsq.tasks_topic
-    assert scalar(trigger, "channel") == CHANNEL
-    host, port = scalar(trigger, "nsqLookupdHTTPAddresses").split(":")
-    assert host.split(".")[0] == "nsqlookupd" and int(port) == 4161
-    assert int(scalar(trigger, "depthThreshold")) > 0 and int(scalar(trigger, "activationDepthThreshold")) >= 0
+    triggers = [{k: v.strip('"') for k, v in re.findall(r'(\w+): ("[^"]*"|[^,{}\s]+)', line)}
+                for line in block(scaled, r"\s*triggers:").splitlines()]
+    # one trigger per priority's topic, as the publishers name them, on the workers' channel
+    assert {t["topic"]: t["name"] for t in triggers} == {task_topic(settings.nsq, p): f"p{p}" for p in PRIORITIES}
+    for t in triggers:
+        assert t["type"] == "nsq" and t["channel"] == CHANNEL
+        host, port = t["nsqLookupdHTTPAddresses"].split(":")
+        assert host.split(".")[0] == "nsqlookupd" and int(port) == 4161
+        assert int(t["depthThreshold"]) > 0 and int(t["activationDepthThreshold"]) >= 0
+    # and the scaling modifier sums them all (the HPA alone would take the largest)
+    formula = scalar(block(scaled, r"\s*scalingModifiers:"), "formula")
+    assert sorted(term.strip() for term in formula.split("+")) == sorted(t["name"] for t in triggers)
 
 
 def test_the_kustomization_lists_every_manifest_but_the_crd_ones() -> None:
