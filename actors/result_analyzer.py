@@ -381,7 +381,8 @@ def _row(task: dict[str, Any], v: Verdict) -> ArchivedTask:
         executions=json.dumps(task["executions"]), created_ms=int(task["created"]),
         finished_ms=int(task.get("finished") or task["created"]),
         record=json.dumps(v.record) if v.record is not None else None, retry_round=int(task.get("round") or 0),
-        run_at_ms=int(task["run_at"]) if task.get("run_at") else None, children=_children(v))
+        run_at_ms=int(task["run_at"]) if task.get("run_at") else None, children=_children(v),
+        priority=int(task["priority"]) if task.get("priority") else None)
 
 
 def _children(v: Verdict) -> str | None:

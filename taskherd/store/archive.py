@@ -64,10 +64,13 @@ _SCHEMA = (
     # The ids a task's analysis submitted (its children, its join task): NULL for a leaf, and for every
     # row made before; the parent -> children link, where a child's row only says its parent.
     "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS children MEDIUMTEXT NULL",
+    # The priority it ran at (0-9): NULL for rows made before priorities.
+    "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS priority TINYINT NULL",
 )
 
 _TASK_COLUMNS = ("id", "job", "type", "state", "attempts", "digest", "parent", "payload", "result", "error",
-                 "executions", "created_ms", "finished_ms", "retry_round", "run_at_ms", "children")
+                 "executions", "created_ms", "finished_ms", "retry_round", "run_at_ms", "children",
+                 "priority")
 _UPSERT_TASKS = (f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES {{}} ON DUPLICATE KEY UPDATE "
                  + ", ".join(f"{c} = VALUES({c})" for c in _TASK_COLUMNS if c != "id"))
 _UPSERT_RECORDS = ("INSERT INTO records (task_id, job, type, record) VALUES {} "
@@ -102,6 +105,8 @@ class ArchivedTask:
     """A delayed task's due time (`delay_s`, `run_at`), Unix ms on Redis's clock."""
     children: str | None = None
     """JSON list of the ids its analysis submitted (children, then a join task), or None for none."""
+    priority: int | None = None
+    """The priority it ran at (0-9)."""
 
 
 class Archive:

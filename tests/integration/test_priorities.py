@@ -59,6 +59,8 @@ def test_with_one_slot_every_high_priority_task_starts_before_any_waiting_low_on
     last_high = max(s for s, _, tag in calls if tag == "high")
     first_low = min(s for s, _, tag in calls if tag == "low")
     assert last_high < first_low, order
+    # And once archived, each still shows the priority it ran at
+    assert [group.client.task(t)["priority"] for t in ("busy", "low-0", "high-0")] == [5, 1, 9]
 
 
 def test_priority_is_checked_and_defaults_to_the_executor_spec(pods: Callable[..., Pods], tmp_path: Path) -> None:
