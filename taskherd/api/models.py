@@ -52,6 +52,9 @@ def _whole(value: Any) -> Any:
 
 Integer = Annotated[int, BeforeValidator(_whole)]
 Attempts = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_whole)]
+Priority = Annotated[int, Field(ge=0, le=9), BeforeValidator(_whole)]
+"""Bounds on the int itself, as Attempts: given on the optional field they reached the OpenAPI as `ge`/`le`,
+which JSON Schema ignores, so it allowed any integer (schemathesis found 653 refused with 422)."""
 RunAt = Annotated[Any, WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_RUN_AT_S},
                                                   {"type": "string", "format": "date-time"}, {"type": "null"}]})]
 """Epoch seconds or RFC 3339 text, as the schema declares; checked by the Intake, whose one message names
@@ -89,7 +92,7 @@ class TaskIn(_In):
     run_at: RunAt = Field(None, description="Not leased before this moment: epoch seconds, or an RFC 3339 "
                                  "date-time with an offset (`2026-12-24T18:00:00Z`); a moment past runs at once. "
                                  "Not with delay_s.")
-    priority: Integer | None = Field(None, ge=0, le=9, description="0-9, higher first: with a slot free, a waiting "
+    priority: Priority | None = Field(None, description="0-9, higher first: with a slot free, a waiting "
                                      "task of a higher priority is leased before any lower one. Default: the "
                                      "executor spec's `priority`, else 5.")
 
@@ -165,7 +168,7 @@ class ExecutorIn(SpecIn):
                                        "spell (the bucket's size); default max(1, rate_limit_per_s).")
     max_concurrency: Integer | None = Field(None, ge=1, le=1_000_000, description="Executions of this type running "
                                             "at once over the whole herd; over it a task waits pending.")
-    priority: Integer | None = Field(None, ge=0, le=9, description="Default priority of this type's tasks (0-9, "
+    priority: Priority | None = Field(None, description="Default priority of this type's tasks (0-9, "
                                      "higher first; 5 when not set).")
 
 
@@ -251,7 +254,7 @@ class ScheduleTaskIn(_In):
                                     "every tick (at most [api].max_payload_bytes).")
     job: str | None = Field(None, json_schema_extra={"pattern": NAME},
                             description="The job its tasks go into; by default a job named after the schedule.")
-    priority: Integer | None = Field(None, ge=0, le=schedules.MAX_PRIORITY, description="0-9, higher first.")
+    priority: Priority | None = Field(None, description="0-9, higher first.")
 
 
 class ScheduleIn(_In):
