@@ -23,6 +23,8 @@ ROWS: list[tuple[str, str, str, str | None, str]] = [
     ("latency p99 submit->result (ms)", "latency", "result_p99", "result_p99", "ms"),
     ("latency p50 submit->archived (ms)", "latency", "archived_p50", None, "ms"),
     ("latency p99 submit->archived (ms)", "latency", "archived_p99", None, "ms"),
+    ("latency p50 submit->client holds result (ms)", "latency", "held_p50", "result_p50", "ms"),
+    ("latency p99 submit->client holds result (ms)", "latency", "held_p99", "result_p99", "ms"),
     ("latency p50 submit->client sees done (ms)", "latency", "seen_p50", "result_p50", "ms"),
     ("latency p99 submit->client sees done (ms)", "latency", "seen_p99", "result_p99", "ms"),
     ("10 ms tasks: rate (tasks/s)", "sleep10", "drain_rate", "drain_rate", "int"),
@@ -115,8 +117,8 @@ def notes(report: dict[str, Any]) -> list[str]:
             "archive (taskherd) / last result seen by the driver (peers).")
     if "latency" in th:
         n.append("latency: taskherd's submit->result is the server's result timestamp; the peers' is the client "
-                 "holding the result (their blocking get); taskherd's client-observed figure is its long-poll on the job "
-                 "answering done.")
+                 "holding the result (their blocking get), as taskherd's 'client holds result' (Client.result, the per-task "
+                 "long-poll); 'client sees done' is the long-poll on the job answering done, after the archive.")
     if "fanout" in th or any("fanout" in res.get(p, {}) for p in PEERS):
         sizes = [f"{s} {res[s]['fanout'].get('tasks')} tasks" for s in ("taskherd", *PEERS)
                  if s in res and "fanout" in res[s]]

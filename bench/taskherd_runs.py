@@ -6,8 +6,9 @@ Figures and how each is taken (timestamps are Redis's clock, in ms, on this same
 - drain rate: N queued with the worker pods stopped, then they start; N / (first lease: the earliest
   execution `started` in the archive -> the job's `finished_ms`, set by the archive step of its last task);
 - latency: one task at a time: submit -> result recorded (the task's `finished_ms`), submit -> archived
-  (the job's `finished_ms`, the job being done again after each task), and submit -> the client sees
-  the job done (its long-poll answers);
+  (the job's `finished_ms`, the job being done again after each task), submit -> the client holds the
+  result (`Client.result`: the per-task long-poll GET /tasks/{id}?wait_s=, what a peer's blocking get
+  measures), and submit -> the client sees the job done (its long-poll answers);
 - fan-out: submit of the root -> the job's `finished_ms`;
 - scale of state: Redis `used_memory` over the baseline, per live task (all queued while the worker
   pods are stopped, then sampled while they run it), after the job is archived and after teardown;
@@ -216,19 +217,21 @@ class Taskherd:
 
     def latency(self, n: int, reps: int) -> dict[str, Any]:
         figures: dict[str, list[float]] = {k: [] for k in ("result_p50", "result_p99", "archived_p50",
-                                                           "archived_p99", "seen_p50", "seen_p99")}
+                                                           "archived_p99", "held_p50", "held_p99", "seen_p50", "seen_p99")}
         checks = []
         for rep in range(reps):
             job = f"lat-{rep}-{self.tag}"
             for i in range(5):  # untimed: the first submit of a job creates its keys
                 self.client.submit({"id": f"{job}-w{i}", "type": "noop", "job": job})
                 self.wait_done(job, 30)
-            archived, seen = [], []
+            archived, held, seen = [], [], []
             starts: dict[str, float] = {}
             for i in range(n):
                 tid = f"{job}-{i}"
                 t0 = time.time()
                 self.client.submit({"id": tid, "type": "noop", "job": job})
+                self.client.result(tid, timeout=30)  # the per-task long-poll: answers when the result is recorded
+                held.append((time.time() - t0) * 1000)
                 status = self.client.job(job, wait_s=30)  # a long-poll: answers the moment the job is done
                 if not status["done"]:
                     raise BenchError(f"taskherd latency: task {tid} not archived within 30 s")
@@ -237,7 +240,7 @@ class Taskherd:
                 starts[tid] = t0
             rows = self.sql("SELECT id, finished_ms FROM tasks WHERE job = %s", (job,))
             result = [r["finished_ms"] - starts[r["id"]] * 1000 for r in rows if r["id"] in starts]
-            for name, values in (("result", result), ("archived", archived), ("seen", seen)):
+            for name, values in (("result", result), ("archived", archived), ("held", held), ("seen", seen)):
                 figures[f"{name}_p50"].append(percentile(values, 50))
                 figures[f"{name}_p99"].append(percentile(values, 99))
             status = self.client.job(job)
@@ -252,6 +255,7 @@ class Taskherd:
                 f"{figures['archived_p99'][-1]:.1f} ms")
         notes = {"result": "submit -> result recorded in Redis (the task's finished_ms; 1 ms resolution)",
                  "archived": "submit -> archived in MySQL and counted out of the job (the job's finished_ms)",
+                 "held": "submit -> the client holds the result (Client.result: GET /tasks/ID?wait_s= answers)",
                  "seen": "submit -> the client sees the job done (its long-poll GET /jobs/J?wait_s= answers)"}
         out = {k: summary(v, "ms", "lower", notes[k.split("_")[0]]) for k, v in figures.items()}
         out["checks"] = {"ok": all(c["archived"] == c["expected"] and not c["leftovers"] for c in checks),

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from taskherd.errors import TaskherdError
-from taskherd.states import FINAL_STATES
+from taskherd.states import FINAL_STATES, RESULT_STATES, TaskState
 
 
 class ClientError(TaskherdError):
@@ -84,6 +84,23 @@ class SubmitTimeout(ClientError):
     def describe(self) -> str:
         return (f"{super().describe()}\ngave up after {self.deadline:g} s of retries "
                 f"(Client(submit_deadline=...), taskherd submit --submit-deadline)")
+
+
+class TaskFailed(TaskherdError):
+    """`result()` of a task whose executor failed, or that ended failed or cancelled; `task` is its
+    GET /tasks/{id} view."""
+
+    def __init__(self, task: Mapping[str, Any]) -> None:
+        self.task = dict(task)
+        super().__init__(f"task {task.get('id')!r} {task.get('state')}: {task.get('error') or 'no error recorded'}")
+
+
+class TaskTimeout(TaskherdError):
+    """A wait for one task passed its timeout before the task's result was recorded."""
+
+
+TASK_WAIT_S = 55.0
+"""Longest long-poll of one request on a task: under the client's 60 s socket timeout."""
 
 
 class WaitTimeout(TaskherdError):
@@ -186,8 +203,32 @@ class Client:
                     raise SubmitTimeout(exc.detail, self.submit_deadline) from None
                 time.sleep(min(left, _retry_after(exc.detail) * random.uniform(1.0, 1.5)))
 
-    def task(self, task_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/tasks/{_seg(task_id)}")
+    def task(self, task_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """GET /tasks/{id}; with `wait_s` (at most 60), as soon as its result is recorded or it is final."""
+        params = {"wait_s": f"{min(wait_s, 60.0):g}"} if wait_s > 0 else None
+        return self._request("GET", f"/tasks/{_seg(task_id)}", params=params)
+
+    def wait_task(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The task's view the moment its result is recorded (state `analyzing`: the executor's outcome
+        is in, the analysis follows) or it is final; TaskTimeout past `timeout`. Long-polls, so it
+        answers within milliseconds of the result, not after the archive."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = TASK_WAIT_S if deadline is None else min(TASK_WAIT_S, max(0.0, deadline - time.monotonic()))
+            task = self.task(task_id, wait_s=step)
+            if task["state"] in RESULT_STATES:
+                return task
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TaskTimeout(f"task {task_id!r} still {task['state']} after {timeout:g} s")
+
+    def result(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The executor's result, the moment it is recorded; TaskFailed if the executor failed or the task
+        ended failed or cancelled, TaskTimeout past `timeout`. The analysis runs after: a task whose
+        analyzer then fails it still gave this result (`wait_task` and the job show the final state)."""
+        task = self.wait_task(task_id, timeout)
+        if task["state"] == TaskState.SUCCEEDED or (task["state"] == TaskState.ANALYZING and task.get("outcome") == "ok"):
+            return dict(task.get("result") or {})
+        raise TaskFailed(task)
 
     # --- jobs ---------------------------------------------------------------------------------------
     def job(self, job: str, wait_s: float = 0.0) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def _live_view(t: dict[str, Any]) -> dict[str, Any]:
             "error": t.get("error") or None, "record": None, "executions": executions,
             "created_ms": int(t["created"]), "finished_ms": int(t["finished"]) if t.get("finished") else None,
             "run_at_ms": _ms(t.get("run_at")), "progress": _progress_view(t), "priority": int(t.get("priority") or 5),
-            "children": None}
+            "children": None, "outcome": t.get("outcome") or None}
 
 
 def _progress_view(t: dict[str, Any]) -> dict[str, Any] | None:

@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskherd.client import Client, ClientError
+from taskherd.client import Client, ClientError, TaskFailed, TaskTimeout
+
+__all__ = ["App", "AppError", "Job", "Task", "TaskFailed", "TaskTimeout", "TaskType"]
 from taskherd.errors import TaskherdError
-from taskherd.states import FINAL_STATES, TaskState
 
 SENT_OPTIONS = ("timeout_s", "max_attempts", "retry_on", "description", "rate_limit_per_s", "rate_burst",
                 "max_concurrency", "priority")
@@ -56,18 +56,6 @@ HOW_CODE_REACHES_PODS = ("the pods import your code from their working directory
 
 class AppError(TaskherdError):
     """A function that cannot be an executor or analyzer, or a registration the server refused."""
-
-
-class TaskFailed(TaskherdError):
-    """`Task.result()` of a task that ended failed or cancelled; `task` is its GET /tasks/{id} view."""
-
-    def __init__(self, task: Mapping[str, Any]) -> None:
-        self.task = dict(task)
-        super().__init__(f"task {task.get('id')!r} {task.get('state')}: {task.get('error') or 'no error recorded'}")
-
-
-class TaskTimeout(TaskherdError):
-    """`Task.result(timeout)` passed its timeout before the task was final."""
 
 
 @dataclass(frozen=True)
@@ -83,22 +71,11 @@ class Task:
         """GET /tasks/{id}: state, attempts, executions, result or error, `progress` while it runs."""
         return self.app.client.task(self.id)
 
-    def result(self, timeout: float | None = None, interval: float = 0.5) -> dict[str, Any]:
-        """Wait until the task is final and return its result; TaskFailed if it failed or was cancelled,
-        TaskTimeout past `timeout`. Polls GET /tasks/{id}, every 50 ms at first, then every `interval`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.05
-        while True:
-            task = self.info()
-            if task["state"] == TaskState.SUCCEEDED:
-                return dict(task["result"] or {})
-            if task["state"] in FINAL_STATES:
-                raise TaskFailed(task)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TaskTimeout(f"task {self.id!r} still {task['state']} after {timeout} s")
-            left = interval if deadline is None else max(0.0, deadline - time.monotonic())
-            time.sleep(min(pause, left))
-            pause = min(interval, pause * 2)
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The executor's result the moment it is recorded (a long-poll on GET /tasks/{id}?wait_s=, not
+        after the archive); TaskFailed if the executor failed or the task ended failed or cancelled,
+        TaskTimeout past `timeout`."""
+        return self.app.client.result(self.id, timeout)
 
 
 @dataclass(frozen=True)

@@ -43,3 +43,5 @@ WAITING_STATES: tuple[TaskState, ...] = (TaskState.PENDING, TaskState.RETRY, Tas
 """Live states in which no execution runs: a cancel ends them at once."""
 DEAD_STATES: tuple[TaskState, ...] = (TaskState.FAILED, TaskState.CANCELLED)
 """Final states a retry may revive (the dead letters)."""
+RESULT_STATES: tuple[TaskState, ...] = (TaskState.ANALYZING, *FINAL_STATES)
+"""States of a task whose result is recorded: the analyzer's turn, or final (a per-task wait ends there)."""

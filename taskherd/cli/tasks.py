@@ -1,4 +1,4 @@
-"""`taskherd submit` and `taskherd task show|list|retry|cancel`: put work in, look at it, act on it."""
+"""`taskherd submit` and `taskherd task show|list|retry|cancel|wait`: put work in, look at it, act on it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, cast
 
-from taskherd.cli.common import UsageError, client, command, group, parse_json, printing, read_text, settings
-from taskherd.client import ApiUnreachable, Client, ClientError
+from taskherd.cli.common import UsageError, client, command, group, parse_json, print_json, printing, read_text, settings
+from taskherd.client import ApiUnreachable, Client, ClientError, TaskFailed, TaskTimeout
 from taskherd.states import FINAL_STATES
 
 
@@ -44,6 +44,24 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--job")
     command(tasks, "cancel", printing(lambda api, args: api.cancel(args.id)),
             "cancel a task; a running one is killed").add_argument("id")
+    w = command(tasks, "wait", cmd_task_wait, "wait for a task's result and print it: exit 0 ok, 1 failed or "
+                "cancelled, 3 on timeout")
+    w.add_argument("id")
+    w.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (default: wait on)")
+
+
+def cmd_task_wait(args: argparse.Namespace) -> int:
+    """The executor's result as JSON the moment it is recorded (before the analysis and the archive)."""
+    with client(args) as api:
+        try:
+            print_json(api.result(args.id, timeout=args.timeout))
+        except TaskFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except TaskTimeout as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

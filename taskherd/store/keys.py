@@ -74,6 +74,12 @@ def joins(job: str) -> str:
     return f"{_tag(job)}:joins"
 
 
+def finished(task_id: str) -> str:
+    """Pub/sub channel (not a key) on which finish.lua says the task's result is recorded, for the
+    API's per-task wait (`taskherd.store.finishes`)."""
+    return f"{PREFIX}:finished:{task_id}"
+
+
 def job_pattern(job: str) -> str:
     """SCAN pattern matching every key of one job, for teardown and its verification."""
     escaped = "".join("\\" + c if c in "*?[]\\" else c for c in job)

@@ -8,6 +8,7 @@ script after a Redis restart empties the script cache.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -24,6 +25,7 @@ from taskherd.errors import StoreError, TaskherdError
 from taskherd.states import FINAL_STATES, LIVE_STATES, WAITING_STATES, TaskState
 from taskherd.store import keys
 from taskherd.store.errors import store_errors
+from taskherd.store.finishes import Finishes
 from taskherd.store.keyspace import Keyspace
 from taskherd.store.limits import LimitStore
 from taskherd.store.membership import Membership
@@ -136,6 +138,11 @@ class StateStore:
                          ("submit", "lease", "start", "renew", "finish", "release", "requeue", "promote", "retire", "register",
                           "cancel", "claim", "summarized", "settle", "expire", "forget", "join")}
         self._local = threading.local()
+
+    @functools.cached_property
+    def finishes(self) -> Finishes:
+        """Wake-ups when a task's result is recorded; made when first used (its own connection and thread)."""
+        return Finishes(self.redis)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -313,7 +320,7 @@ class StateStore:
               keys.by_state(job, TaskState.ANALYZING), keys.by_state(job, TaskState.RETRY), keys.job_meta(job), keys.rung(job),
               keys.leased(job)]
         args = [tid, lease.exec_id, outcome, json.dumps(result) if result is not None else "", error or "",
-                retry_delay_ms, json.dumps(record)]
+                retry_delay_ms, json.dumps(record), keys.finished(tid)]
         return "finish", ks, args
 
     def release(self, lease: Lease) -> bool:

@@ -3,17 +3,22 @@ letter, and list archived tasks by final state (`state=failed`: the dead letters
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from taskherd.actors.manager import CancelTask, RetryTasks
 from taskherd.api import models as m
 from taskherd.api.deps import PodDep, task_view
 from taskherd.api.errors import ApiError, task_field
-from taskherd.errors import InvalidTask
+from taskherd.api.routes.jobs import MAX_WAIT_S, RECHECK_S
+from taskherd.errors import InvalidTask, StoreError
 from taskherd.intake import Accepted, Submission, UnknownType
-from taskherd.states import DEAD_STATES, WAITING_STATES, TaskState
+from taskherd.states import DEAD_STATES, RESULT_STATES, WAITING_STATES, TaskState
 
 router = APIRouter(tags=["tasks"])
 
@@ -58,9 +63,45 @@ def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Res
 
 
 @router.get("/tasks/{task_id:path}")
-def get_task(task_id: TaskId, pod: PodDep) -> dict[str, Any]:
-    """A task, live or archived: state, attempts, executions, result or error. Unknown → 404."""
-    return task_view(pod, task_id)
+async def get_task(task_id: TaskId, pod: PodDep,
+                   wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0) -> dict[str, Any]:
+    """A task, live or archived: state, attempts, executions, result or error (and, while the analysis
+    is to come, `outcome`: ok, failed or cancelled). Unknown → 404. With `wait_s`, a long-poll: answers
+    the moment the task's result is recorded (state `analyzing`, before the analysis and the archive)
+    or it is final, or after `wait_s` seconds with the task as it is then."""
+    if wait_s <= 0:
+        return await run_in_threadpool(task_view, pod, task_id)
+    return await _wait_result(pod, task_id, wait_s)
+
+
+async def _wait_result(pod: PodDep, task_id: str, wait_s: float) -> dict[str, Any]:
+    """Woken by finish.lua's publish on the task's channel (`Finishes`); re-reads every RECHECK_S
+    besides, for the ways to a result that publish nothing (a cancel, a time-out the watcher ends).
+    A read that fails while time is left (Redis restarting) is tried again at the next wake-up."""
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(woken.set)
+
+    unwatch = pod.ctx.store.finishes.watch(task_id, wake)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            woken.clear()
+            try:
+                task = await run_in_threadpool(task_view, pod, task_id)
+            except StoreError:
+                if time.monotonic() >= deadline:
+                    raise
+                task = None
+            remaining = deadline - time.monotonic()
+            if task is not None and (task["state"] in RESULT_STATES or remaining <= 0):
+                return task
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), max(0.0, min(remaining, RECHECK_S)))
+    finally:
+        unwatch()
 
 
 @router.post("/tasks/{task_id:path}/cancel")

@@ -5,11 +5,14 @@
 -- cannot silence the job for longer than that (the TimeoutWatcher rings for stale results as well).
 -- KEYS[1] task, KEYS[2] executions list, KEYS[3] running, KEYS[4] analyzing, KEYS[5] retry, KEYS[6] meta,
 -- KEYS[7] rung, KEYS[8] leased; ARGV[1] id, ARGV[2] execution id, ARGV[3] outcome (ok|failed), ARGV[4] result JSON,
--- ARGV[5] error, ARGV[6] retry delay ms (-1: final), ARGV[7] execution record JSON
+-- ARGV[5] error, ARGV[6] retry delay ms (-1: final), ARGV[7] execution record JSON, ARGV[8] the task's
+-- finished channel: a final outcome is published there for whoever waits for this task's result (a
+-- channel nobody listens to costs a lookup).
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local function analyzing()
   redis.call('ZADD', KEYS[4], now, ARGV[1])
+  if ARGV[8] then redis.call('PUBLISH', ARGV[8], 'analyzing') end
   if redis.call('SET', KEYS[7], 1, 'NX', 'PX', 10000) then return 'ring' end
   return 'analyzing'
 end

@@ -1,0 +1,133 @@
+"""Finishes: the moment a task's result is recorded, told to whoever waits for that one task.
+
+finish.lua publishes on the task's own channel (`keys.finished(id)`) when it records an outcome the
+analyzer will see; a process that waits for a task (the API's `GET /tasks/{id}?wait_s=`) subscribes to
+that channel on its one pub/sub connection. A channel nobody listens to costs Redis a dictionary
+lookup per finish, so the hot path pays nothing for the feature when nobody waits.
+
+One thread per process owns the connection and does every read and write on it (redis-py's PubSub
+is not thread-safe); a waiter hands its (un)subscribe over through a queue and a self-pipe that wakes
+the thread at once, so subscribing costs microseconds, not a polling interval. A message can arrive
+before the waiter has subscribed: waiters read the task's state after `watch` returns, so a finish
+in between is seen either way. On a lost connection the thread reconnects and subscribes again;
+meanwhile waiters re-read on their own schedule (the API every RECHECK_S).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from taskherd.store import keys
+
+log = logging.getLogger("taskherd.finishes")
+
+RECONNECT_S = 0.5
+
+
+class Finishes:
+    """Callbacks run (in this object's thread) when a watched task's result is recorded."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._lock = threading.Lock()
+        self._watchers: dict[str, set[Callable[[], None]]] = {}
+        self._changes: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, task_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` when `task_id`'s result is recorded (at most once per finish); returns the
+        call that stops watching. The subscription is on its way when this returns: read the task's
+        state after it, not before, to miss nothing."""
+        channel = keys.finished(task_id)
+        with self._lock:
+            first = channel not in self._watchers
+            self._watchers.setdefault(channel, set()).add(callback)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="finishes", daemon=True)
+                self._thread.start()
+        if first:
+            self._change("SUBSCRIBE", channel)
+
+        def unwatch() -> None:
+            with self._lock:
+                callbacks = self._watchers.get(channel)
+                if callbacks is None:
+                    return
+                callbacks.discard(callback)
+                last = not callbacks
+                if last:
+                    del self._watchers[channel]
+            if last:
+                self._change("UNSUBSCRIBE", channel)
+
+        return unwatch
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wake()
+
+    def _change(self, command: str, channel: str) -> None:
+        self._changes.put((command, channel))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            # Its own connection, without health checks: a PING on a subscribed connection answers in
+            # pub/sub form, which redis-py's check would take for a broken connection.
+            conn = self._pool.connection_class(**{**self._pool.connection_kwargs, "health_check_interval": 0})
+            try:
+                conn.connect()
+                with self._lock:
+                    channels = list(self._watchers)
+                if channels:
+                    conn.send_command("SUBSCRIBE", *channels)
+                self._serve(conn)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("waiting for task results: %s; reconnecting", exc)
+                self._closed.wait(RECONNECT_S)
+            finally:
+                conn.disconnect()
+
+    def _serve(self, conn: Any) -> None:
+        """Read messages and send (un)subscribes on `conn` until it fails or this object closes."""
+        while not self._closed.is_set():
+            while conn.can_read(timeout=0):  # what the parser holds already, before select
+                self._dispatch(conn.read_response(push_request=True))  # pub/sub messages are pushes
+            readable, _, _ = select.select([conn._sock, self._wake_r], [], [], 5.0)
+            if self._wake_r in readable:
+                os.read(self._wake_r, 4096)
+                while True:
+                    try:
+                        command, channel = self._changes.get_nowait()
+                    except queue.Empty:
+                        break
+                    conn.send_command(command, channel)
+
+    def _dispatch(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 3 or reply[0] not in ("message", b"message"):
+            return  # (un)subscribe confirmations
+        channel = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+        with self._lock:
+            callbacks = list(self._watchers.get(channel, ()))
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a waiter's failure must not stop the others' wake-ups
+                log.exception("a task-result waiter failed")
