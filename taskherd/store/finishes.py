@@ -7,10 +7,11 @@ lookup per finish, so the hot path pays nothing for the feature when nobody wait
 
 One thread per process owns the connection and does every read and write on it (redis-py's PubSub
 is not thread-safe); a waiter hands its (un)subscribe over through a queue and a self-pipe that wakes
-the thread at once, so subscribing costs microseconds, not a polling interval. A message can arrive
-before the waiter has subscribed: waiters read the task's state after `watch` returns, so a finish
-in between is seen either way. On a lost connection the thread reconnects and subscribes again;
-meanwhile waiters re-read on their own schedule (the API every RECHECK_S).
+the thread at once, and `watch` returns once Redis has confirmed the subscription (well under a
+millisecond): a finish published before that would be lost to the waiter, so waiters read the task's
+state after `watch` returns, and a finish on either side of that read is seen. On a lost
+connection the thread reconnects and subscribes again; meanwhile waiters re-read on their own
+schedule (the API every RECHECK_S).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from taskherd.store import keys
 log = logging.getLogger("taskherd.finishes")
 
 RECONNECT_S = 0.5
+CONFIRM_S = 0.25
+"""Longest `watch` waits for Redis to confirm a subscription before it lets the caller read on."""
 
 
 class Finishes:
@@ -39,25 +42,30 @@ class Finishes:
         self._pool = client.connection_pool
         self._lock = threading.Lock()
         self._watchers: dict[str, set[Callable[[], None]]] = {}
+        self._subscribed: dict[str, threading.Event] = {}
+        """Channel -> set once Redis confirmed the subscription (cleared with the connection)."""
         self._changes: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, task_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+    def watch(self, task_id: str, callback: Callable[[], None], confirm_s: float = CONFIRM_S) -> Callable[[], None]:
         """Run `callback` when `task_id`'s result is recorded (at most once per finish); returns the
-        call that stops watching. The subscription is on its way when this returns: read the task's
-        state after it, not before, to miss nothing."""
+        call that stops watching. Blocks until Redis has confirmed the subscription (at most
+        `confirm_s`: with Redis away, the caller's own re-reads carry on): read the task's state after
+        it, not before, to miss nothing."""
         channel = keys.finished(task_id)
         with self._lock:
             first = channel not in self._watchers
             self._watchers.setdefault(channel, set()).add(callback)
+            confirmed = self._subscribed.setdefault(channel, threading.Event())
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="finishes", daemon=True)
                 self._thread.start()
         if first:
             self._change("SUBSCRIBE", channel)
+        confirmed.wait(confirm_s)
 
         def unwatch() -> None:
             with self._lock:
@@ -68,6 +76,7 @@ class Finishes:
                 last = not callbacks
                 if last:
                     del self._watchers[channel]
+                    self._subscribed.pop(channel, None)
             if last:
                 self._change("UNSUBSCRIBE", channel)
 
@@ -96,6 +105,8 @@ class Finishes:
                 conn.connect()
                 with self._lock:
                     channels = list(self._watchers)
+                    for event in self._subscribed.values():
+                        event.clear()  # until this connection's confirmations come
                 if channels:
                     conn.send_command("SUBSCRIBE", *channels)
                 self._serve(conn)
@@ -121,9 +132,17 @@ class Finishes:
                     conn.send_command(command, channel)
 
     def _dispatch(self, reply: Any) -> None:
-        if not isinstance(reply, list) or len(reply) < 3 or reply[0] not in ("message", b"message"):
-            return  # (un)subscribe confirmations
-        channel = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+        if not isinstance(reply, list) or len(reply) < 3:
+            return
+        kind, channel = (x.decode() if isinstance(x, bytes) else x for x in reply[:2])
+        if kind == "subscribe":
+            with self._lock:
+                confirmed = self._subscribed.get(channel)
+            if confirmed is not None:
+                confirmed.set()
+            return
+        if kind != "message":
+            return  # unsubscribe confirmations
         with self._lock:
             callbacks = list(self._watchers.get(channel, ()))
         for callback in callbacks:

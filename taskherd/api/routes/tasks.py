@@ -84,8 +84,8 @@ async def _wait_result(pod: PodDep, task_id: str, wait_s: float) -> dict[str, An
     def wake() -> None:
         loop.call_soon_threadsafe(woken.set)
 
-    unwatch = pod.ctx.store.finishes.watch(task_id, wake)
     deadline = time.monotonic() + wait_s
+    unwatch = await run_in_threadpool(pod.ctx.store.finishes.watch, task_id, wake)  # blocks until subscribed
     try:
         while True:
             woken.clear()
