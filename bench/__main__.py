@@ -42,6 +42,11 @@ from bench.common import (
 
 WORKLOADS = ("noop", "latency", "sleep10", "fanout", "scale", "recovery")
 PRIO_LIMITS = ("noop_prio", "noop_limits")
+# Each peer runs in taskherd's layout ("equal") and in its own recommended one for this machine's cores
+# ("best", one worker: Celery prefork -c cores; Dramatiq --processes cores with its default 8 threads; RQ one
+# worker per core), both on AOF everysec; then its best layout without persistence, as its users usually run it.
+LAYOUTS = (("", "equal", True), (" best", "best", True), (" best no-AOF", "best", False))
+NO_AOF_WORKLOADS = ("noop", "latency")
 """taskherd only, with `--prio-limits` (or named in --only): the no-op drain again with the tasks at
 mixed priorities (0-9 in turn: every priority's topic in use), and of a type whose rate and concurrency
 limits are so high they never bind (the limit script runs for every start): their cost against noop."""
@@ -155,13 +160,22 @@ def main(argv: list[str] | None = None) -> int:
 
         rest = [w for w in workloads if w != "recovery"]
         for p in peers:
-            if not rest:
-                break
-            out = run_dir / f"{p}.json"
-            log(f"bench: {p}: {', '.join(rest)}")
-            proc = driver(peer_python, p, rest, cfg, reps, total_slots, args.workers, out, logs, "workloads")
-            budget = 600 + reps * len(rest) * (cfg["max_rep_s"] * 2 + 60)
-            report["results"].setdefault(p, {}).update(collect(p, proc, out, budget, report, "workloads"))
+            for key, layout, aof in LAYOUTS:
+                todo = (rest if not key else [w for w in rest if w != "scale"]) if aof \
+                    else [w for w in rest if w in NO_AOF_WORKLOADS]
+                if not todo:
+                    continue
+                name = p + key
+                if not aof and redises[p].appendonly:  # what the peers' users usually run: no persistence
+                    redises[p].stop()
+                    redises[p] = RedisServer(PEER_PORTS[p], run_dir / f"redis-{p}-noaof", appendonly=False).start()
+                out = run_dir / f"{p}{key.replace(' ', '-')}.json"
+                log(f"bench: {name}: {', '.join(todo)}")
+                label = "workloads" + key.replace(" ", "-")
+                proc = driver(peer_python, p, todo, cfg, reps, total_slots, args.workers, out, logs, label, layout)
+                budget = 600 + reps * len(todo) * (cfg["max_rep_s"] * 2 + 60)
+                report["results"].setdefault(name, {}).update(collect(p, proc, out, budget, report, label))
+                report["configuration"].setdefault("peer_layouts", {})[name] = _layout_text(out)
     except KeyboardInterrupt as exc:
         report["errors"]["interrupted"] = str(exc) or "Ctrl-C"
         log("bench: interrupted; stopping everything")
@@ -245,12 +259,20 @@ def _sleep10(th: Any, cfg: dict[str, Any], reps: int, slots: int) -> dict[str, A
     return res
 
 
+def _layout_text(out: Path) -> str:
+    try:
+        return str(json.loads(out.read_text()).get("layout_text", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def driver(python: Path | None, system: str, workloads: list[str], cfg: dict[str, Any], reps: int, slots: int,
-           pods: int, out: Path, logs: Path, label: str) -> subprocess.Popen[bytes]:
+           pods: int, out: Path, logs: Path, label: str, layout: str = "equal") -> subprocess.Popen[bytes]:
     if python is None:
         raise BenchError("the peers' venv is missing")
     argv = [str(python), "-m", "bench.peers.driver", "--system", system, "--redis-port", str(PEER_PORTS[system]),
-            "--slots", str(slots), "--pods", str(pods), "--workloads", ",".join(workloads), "--reps", str(reps),
+            "--slots", str(slots), "--pods", str(pods), "--layout", layout, "--workloads", ",".join(workloads),
+            "--reps", str(reps),
             "--n-noop", str(cfg["noop"]), "--n-latency", str(cfg["latency"]), "--n-sleep", str(cfg["sleep"]),
             "--fan", str(cfg["fan"]), "--depth", str(cfg["depth"]), "--n-scale", str(cfg["peer_scale"]),
             "--recovery-cap", str(cfg["cap"]), "--task-s", str(cfg["task_s"]), "--max-rep-s", str(cfg["max_rep_s"]),
@@ -345,7 +367,9 @@ def configuration(cfg: dict[str, Any], reps: int, workers: int, slots: int, peer
         "dramatiq": f"{workers} workers x --processes {slots} --threads 1, RedisBroker + Results(RedisBackend), "
                     "defaults otherwise (heartbeat timeout 60 s)",
         "rq": f"{total} `rq worker` processes (a forked work horse per job, RQ's default Worker), results in Redis",
-        "peer_redis": "one redis-server 7 per peer, its own port, --appendonly yes --appendfsync everysec --save ''",
+        "peer_redis": "one redis-server 7 per peer, its own port, --appendonly yes --appendfsync everysec --save ''; "
+                      "for the '<peer> best no-AOF' runs --appendonly no",
+        "taskherd_layout": f"{workers} worker pods x {slots} slot(s) (its best measured on 2 cores: 4 x 1 beat 2 x 2)",
         "total_slots": total, "peers": peers, "reps": reps, "sizes": cfg,
     }
 

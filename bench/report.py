@@ -81,7 +81,8 @@ def ratio(th: dict[str, Any] | None, peer: dict[str, Any] | None, cap: float | N
 def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
     res = report.get("results", {})
     th = res.get("taskherd", {})
-    peers = [p for p in PEERS if p in res]
+    # every layout a peer ran in ("dramatiq", "dramatiq best", "dramatiq best no-AOF"), in PEERS order
+    peers = [k for p in PEERS for k in res if k == p or k.startswith(p + " ")]
     header = ["figure", "taskherd"] + peers + [f"th/{p}" for p in peers]
     out: list[list[str]] = []
     for label, w, key, peer_key, how in ROWS:
@@ -133,11 +134,35 @@ def notes(report: dict[str, Any]) -> list[str]:
     if "recovery" in th or any("recovery" in res.get(p, {}) for p in PEERS):
         n.append("recovery: the whole worker (pod / worker process with its children) holding the task is "
                  "SIGKILLed and restarted at once; the peers run with their default settings.")
+    n += headline(report)
     load = report.get("load", {})
     if load:
         n.append(f"load average at start {tuple(round(x, 2) for x in load.get('start', ()))}, "
                  f"at end {tuple(round(x, 2) for x in load.get('end', ()))}.")
     return n
+
+
+def headline(report: dict[str, Any]) -> list[str]:
+    """taskherd's no-op drain against each peer at whichever of its layouts drained fastest in this run."""
+    res = report.get("results", {})
+    t = res.get("taskherd", {}).get("noop", {}).get("drain_rate")
+    layouts = report.get("configuration", {}).get("peer_layouts", {})
+    out = []
+    if layouts:
+        out.append("layouts: taskherd " + str(report.get("configuration", {}).get("taskherd_layout", "")) + "; "
+                   + "; ".join(f"{k}: {v}" for k, v in layouts.items() if v) + ".")
+    if not t or "median" not in t:
+        return out
+    best = []
+    for p in PEERS:
+        runs = [(k, res[k]["noop"]["drain_rate"]) for k in res if (k == p or k.startswith(p + " "))
+                and "median" in res[k].get("noop", {}).get("drain_rate", {})]
+        if runs:
+            k, fig = max(runs, key=lambda kv: kv[1]["median"])
+            best.append(f"{ratio(t, fig, None)}x {p} (its best here: {k}, {fig['median']:.0f}/s)")
+    if best:
+        out.append("headline, no-op drain against each peer's best layout: " + ", ".join(best) + ".")
+    return out
 
 
 def text_table(report: dict[str, Any]) -> str:

@@ -57,8 +57,9 @@ class Peer:
 
     name = ""
 
-    def __init__(self, url: str, slots: int, pods: int, logdir: Path) -> None:
+    def __init__(self, url: str, slots: int, pods: int, logdir: Path, threads: int = 1) -> None:
         self.url, self.slots, self.pods, self.logdir = url, slots, pods, logdir
+        self.threads = threads  # Dramatiq's threads per process (1 in the equal layout)
         self.r = redis.Redis.from_url(url)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.probe: float | None = None
@@ -196,7 +197,7 @@ class DramatiqPeer(Peer):
 
     def worker_argv(self, index: int) -> list[str]:
         return [str(VENV_BIN / "dramatiq"), "bench.peers.dramatiq_actors", "--processes", str(self.processes_per_pod()),
-                "--threads", "1"]
+                "--threads", str(self.threads)]
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         def ready() -> bool:
@@ -481,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis-port", type=int, required=True)
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--pods", type=int, default=2)
+    ap.add_argument("--layout", choices=("equal", "best"), default="equal",
+                    help="equal: taskherd's SLOTS processes x 1 in PODS workers; best: the peer's own recommended "
+                         "layout for this machine's cores (one worker; Celery prefork -c cores, Dramatiq "
+                         "--processes cores --threads THREADS, RQ one worker per core)")
+    ap.add_argument("--threads", type=int, default=8, help="Dramatiq's threads per process in the best layout "
+                                                          "(8: its default)")
     ap.add_argument("--workloads", default="scale,noop,latency,sleep10,fanout")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--n-noop", type=int, default=20_000)
@@ -503,8 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     logdir = Path(args.logdir)
     logdir.mkdir(parents=True, exist_ok=True)
-    peer = PEERS[args.system](f"redis://127.0.0.1:{args.redis_port}/0", args.slots, args.pods, logdir)
-    results: dict[str, Any] = {"system": args.system, "workloads": {}, "errors": {}}
+    cores = os.cpu_count() or 1
+    best_threads = args.threads if args.system == "dramatiq" else 1  # only Dramatiq runs threads
+    slots, pods, threads = (args.slots, args.pods, 1) if args.layout == "equal" else (cores, 1, best_threads)
+    peer = PEERS[args.system](f"redis://127.0.0.1:{args.redis_port}/0", slots, pods, logdir, threads)
+    layout = (f"{slots} worker processes x {threads} thread(s)" if args.system == "dramatiq"
+              else f"{slots} worker processes x 1")
+    results: dict[str, Any] = {"system": args.system, "layout": args.layout, "layout_text": layout,
+                               "workloads": {}, "errors": {}}
     workloads = [w for w in args.workloads.split(",") if w]
     try:
         if "scale" in workloads:
@@ -519,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["workloads"][w] = throughput(peer, args.n_noop, args.reps, None, args.max_rep_s)
                 elif w == "sleep10":
                     res = throughput(peer, args.n_sleep, args.reps, 10.0, args.max_rep_s)
-                    ideal = args.slots * 100.0
+                    ideal = slots * threads * 100.0
                     res["ideal_rate"] = ideal
                     res["of_ideal"] = summary([r / ideal for r in res["drain_rate"]["values"]], "fraction", "higher")
                     results["workloads"][w] = res
