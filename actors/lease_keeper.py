@@ -39,7 +39,7 @@ from taskherd.metrics import LEASES_HELD, SLOTS
 from taskherd.nsq.feed import Feed
 from taskherd.nsq.messages import TaskRef
 from taskherd.store.state_store import Lease
-from taskherd.supervisor import Supervised, Ticker
+from taskherd.supervisor import Supervised, Ticking
 
 log = logging.getLogger("taskherd.lease_keeper")
 
@@ -77,7 +77,7 @@ class HeldCount:
     """Ask -> how many leases this pod still holds."""
 
 
-class LeaseKeeper(Supervised, pykka.ThreadingActor):
+class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
     def __init__(self, ctx: PodContext, **supervised: Any) -> None:
         super().__init__(**supervised)
         self.ctx = ctx
@@ -89,18 +89,15 @@ class LeaseKeeper(Supervised, pykka.ThreadingActor):
         self.progress_sent: dict[str, str] = {}
         """exec id -> the progress report last written for it (JSON), so an unchanged one is not sent again."""
         self.paused = False
-        self._ticker: Ticker | None = None
         self._guarding = threading.Event()
         self._guard_killed: set[str] = set()
         """Exec ids the guard has killed or dropped: once each, not again every tick until the slot ends it."""
 
     def on_start(self) -> None:
-        self._ticker = Ticker(self.actor_ref, RenewLeases(), self.ctx.settings.worker.lease_renew_s).start()
+        self.tick_every(RenewLeases(), self.ctx.settings.worker.lease_renew_s)
         threading.Thread(target=self._guard, name="lease-guard", daemon=True).start()
 
     def on_stop(self) -> None:
-        if self._ticker:
-            self._ticker.stop()
         self._guarding.set()
         super().on_stop()
 

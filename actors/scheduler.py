@@ -18,7 +18,7 @@ from taskherd.actors.context import PodContext
 from taskherd.errors import QueueError, StoreError
 from taskherd.intake import Intake
 from taskherd.schedules import Schedules
-from taskherd.supervisor import Supervised, Ticker
+from taskherd.supervisor import Supervised, Ticking
 
 log = logging.getLogger("taskherd.scheduler")
 
@@ -28,21 +28,15 @@ class FireDue:
     """From the ticker: fire what is due."""
 
 
-class Scheduler(Supervised, pykka.ThreadingActor):
+class Scheduler(Ticking, Supervised, pykka.ThreadingActor):
     def __init__(self, ctx: PodContext, intake: Intake, **supervised: Any) -> None:
         super().__init__(**supervised)
         self.schedules = Schedules(ctx.store, intake)
         self.interval_s = ctx.settings.manager.watcher_interval_s
-        self._ticker: Ticker | None = None
         self.fired = 0
 
     def on_start(self) -> None:
-        self._ticker = Ticker(self.actor_ref, FireDue(), self.interval_s).start()
-
-    def on_stop(self) -> None:
-        if self._ticker:
-            self._ticker.stop()
-        super().on_stop()
+        self.tick_every(FireDue(), self.interval_s)
 
     def on_receive(self, message: Any) -> Any:
         match message:

@@ -28,7 +28,7 @@ from taskherd.nsq.messages import TaskRef
 from taskherd.nsq.topics import task_topics
 from taskherd.states import TaskState
 from taskherd.store import keys
-from taskherd.supervisor import Supervised, Ticker
+from taskherd.supervisor import Supervised, Ticking
 
 log = logging.getLogger("taskherd.watcher")
 
@@ -45,21 +45,15 @@ class SweepJobs:
     """From the ticker."""
 
 
-class TimeoutWatcher(Supervised, pykka.ThreadingActor):
+class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
     def __init__(self, ctx: PodContext, **supervised: Any) -> None:
         super().__init__(**supervised)
         self.ctx = ctx
-        self._ticker: Ticker | None = None
         self.sweeps = 0
         self._shortfall = 0
 
     def on_start(self) -> None:
-        self._ticker = Ticker(self.actor_ref, SweepJobs(), self.ctx.settings.manager.watcher_interval_s).start()
-
-    def on_stop(self) -> None:
-        if self._ticker:
-            self._ticker.stop()
-        super().on_stop()
+        self.tick_every(SweepJobs(), self.ctx.settings.manager.watcher_interval_s)
 
     def on_receive(self, message: Any) -> Any:
         match message:

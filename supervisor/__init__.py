@@ -8,7 +8,7 @@ from taskherd.supervisor.spec import ChildSpec, Factory
 from taskherd.supervisor.strategies import OneForAll, OneForOne, RestForOne, Strategy
 from taskherd.supervisor.supervised import Supervised
 from taskherd.supervisor.supervisor import ChildInfo, EscalationHandler, Supervisor
-from taskherd.supervisor.ticker import Ticker
+from taskherd.supervisor.ticker import Ticker, Ticking
 
 __all__ = [
     "ChildExited",
@@ -26,5 +26,6 @@ __all__ = [
     "Supervisor",
     "Sweep",
     "Ticker",
+    "Ticking",
     "WhichChildren",
 ]

@@ -32,3 +32,18 @@ class Ticker:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class Ticking:
+    """Mixin for an actor with one periodic message: `tick_every` in `on_start`, and `on_stop` ends the
+    ticker. Put it first in the bases (its `on_stop` calls the next one's)."""
+
+    _ticker: Ticker | None = None
+
+    def tick_every(self, message: object, interval_s: float) -> None:
+        self._ticker = Ticker(self.actor_ref, message, interval_s).start()  # type: ignore[attr-defined]
+
+    def on_stop(self) -> None:
+        if self._ticker:
+            self._ticker.stop()
+        super().on_stop()  # type: ignore[misc]
