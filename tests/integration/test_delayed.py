@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -52,9 +52,17 @@ class Herd:
     out: Any
 
 
+H = TypeVar("H", bound=Herd)
+
+
 @pytest.fixture
 def herd(clean: Services, tmp_path: Path) -> Iterator[Herd]:
     """A manager pod and a worker pod of 2 slots, the watcher sweeping every INTERVAL_S."""
+    yield from running_herd(clean, tmp_path, Herd)
+
+
+def running_herd(clean: Services, tmp_path: Path, kind: type[H]) -> Iterator[H]:
+    """The pods of `herd`, as `kind` (a Herd, or a test module's Herd with more to it), stopped after."""
     data = clean.settings.model_dump()
     data["manager"].update(watcher_interval_s=INTERVAL_S)
     data["worker"].update(slots=2, http_port=0)
@@ -66,7 +74,7 @@ def herd(clean: Services, tmp_path: Path) -> Iterator[Herd]:
     try:
         wait_until(lambda: len(client.nodes()) == 2, timeout=60, ignore=(ClientError,), message="both pods registered")
         client.add_executor("ok", {"kind": "exe", "target": OK})
-        yield Herd(settings, client, store, pods, config, out)
+        yield kind(settings, client, store, pods, config, out)
     finally:
         client.close()
         store.close()

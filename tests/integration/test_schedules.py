@@ -22,28 +22,21 @@ import pytest
 
 from taskherd.cli import main
 from taskherd.client import Client, ClientError
-from taskherd.config import from_dict
-from taskherd.config.settings import Settings
-from taskherd.deploy.local.cluster import Pod, stop_pods
-from taskherd.store.state_store import StateStore
-from tests.helpers import Services, free_port, mysql_connect, start_pods, wait_until, write_config
+from taskherd.deploy.local.cluster import Pod
+from tests.helpers import Services, free_port, mysql_connect, wait_until
 from tests.integration import test_api
+from tests.integration import test_delayed as delayed
 from tests.integration.test_api import Stack, error
 
 stack, typed = test_api.stack, test_api.typed  # the API's fixtures: Manager and HttpServer, no worker
 
 OK = [sys.executable, "-c", "import json,sys; print(json.dumps({'echo': json.load(sys.stdin)}))"]
-INTERVAL_S = 0.5
+INTERVAL_S = delayed.INTERVAL_S
 
 
 @dataclass
-class Herd:
-    settings: Settings
-    client: Client
-    store: StateStore
-    pods: list[Pod]
-    config: Path
-    out: Any
+class Herd(delayed.Herd):
+    """test_delayed's herd (the same pods, the watcher and the scheduler every INTERVAL_S), and more."""
 
     def manager(self, name: str) -> Pod:
         """Another manager pod, its API on a port of its own."""
@@ -71,22 +64,7 @@ class Herd:
 @pytest.fixture
 def herd(clean: Services, tmp_path: Path) -> Iterator[Herd]:
     """A manager pod and a worker pod of 2 slots, every sweep and scheduler round each INTERVAL_S."""
-    data = clean.settings.model_dump()
-    data["manager"].update(watcher_interval_s=INTERVAL_S)
-    data["worker"].update(slots=2, http_port=0)
-    settings = from_dict(data)
-    config = write_config(settings, tmp_path)
-    pods, out = start_pods(config)
-    store = StateStore(settings.redis)
-    client = Client(f"http://{settings.api.host}:{settings.api.port}", timeout=10)
-    try:
-        wait_until(lambda: len(client.nodes()) == 2, timeout=60, ignore=(ClientError,), message="both pods registered")
-        client.add_executor("ok", {"kind": "exe", "target": OK})
-        yield Herd(settings, client, store, pods, config, out)
-    finally:
-        client.close()
-        store.close()
-        stop_pods(pods, 10)
+    yield from delayed.running_herd(clean, tmp_path, Herd)
 
 
 def tick_of(task_id: str) -> int:
