@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ from tests.integration.test_api import Stack, error
 
 stack, typed = test_api.stack, test_api.typed  # the API's fixtures: Manager and HttpServer, no worker
 
-OK = [sys.executable, "-c", "import json,sys; print(json.dumps({'echo': json.load(sys.stdin)}))"]
 INTERVAL_S = delayed.INTERVAL_S
 
 
