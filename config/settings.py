@@ -65,6 +65,24 @@ class RedisSettings(_Section):
     db: int = Field(0, ge=0)
     password: str | None = None
     socket_timeout_s: float = Field(5.0, gt=0)
+    cluster_nodes: tuple[str, ...] = ()
+    """`host:port` of some nodes of a Redis Cluster (any few: the client learns the rest from them).
+    Set, taskherd speaks Redis Cluster and `host`, `port` and `db` are not used."""
+    wait_replicas: int = Field(0, ge=0)
+    """Replicas that must hold a submit's tasks before it is answered (Redis `WAIT`): replication is
+    asynchronous, and a master that dies before its replica copied an acknowledged submit loses it.
+    0 answers when the master has it (its AOF keeps it across a restart, not across its loss)."""
+    wait_timeout_s: float = Field(1.0, gt=0)
+    """How long a submit waits for `wait_replicas`; past it the submit fails (503) as not yet safe."""
+
+    @field_validator("cluster_nodes")
+    @classmethod
+    def _host_ports(cls, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        for node in nodes:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{node!r} is not host:port")
+        return nodes
 
 
 class MysqlSettings(_Section):
