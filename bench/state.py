@@ -92,14 +92,14 @@ def _small_job(store: StateStore) -> bool:
 
 
 def _scan_teardown(store: StateStore, job: str) -> None:
-    """The teardown taskherd had before: SCAN the keyspace for the job's tag, HSCAN the task index."""
+    """The teardown taskherd had before: SCAN the keyspace for the job's tag and the task index."""
     r = store.redis
     found = list(r.scan_iter(match=keys.job_pattern(job), count=1000))
     if found:
         r.delete(*found)
-    stale = [tid for tid, owner in r.hscan_iter(keys.TASK_INDEX, count=1000) if owner == job]
+    stale = [name for name in r.scan_iter(match=keys.index("*"), count=1000) if r.get(name) == job]
     if stale:
-        r.hdel(keys.TASK_INDEX, *stale)
+        r.delete(*stale)
     r.srem(keys.JOBS, job)
     list(r.scan_iter(match=keys.job_pattern(job), count=1000))  # and its check for leftovers
 

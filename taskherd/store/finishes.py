@@ -25,8 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from taskherd.store import keys
+from taskherd.store.connection import Client
 
 log = logging.getLogger("taskherd.finishes")
 
@@ -38,8 +40,8 @@ CONFIRM_S = 0.25
 class Finishes:
     """Callbacks run (in this object's thread) when a watched task's result is recorded."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._pool = client.connection_pool
+    def __init__(self, client: Client) -> None:
+        self._client = client
         self._lock = threading.Lock()
         self._watchers: dict[str, set[Callable[[], None]]] = {}
         self._subscribed: dict[str, threading.Event] = {}
@@ -82,6 +84,13 @@ class Finishes:
 
         return unwatch
 
+    def _pool(self) -> Any:
+        """A pool of the one server, or of a cluster node (any: a cluster's PUBLISH reaches every node),
+        chosen anew at each reconnect, as the node may be the one that died."""
+        if isinstance(self._client, RedisCluster):
+            return self._client.get_redis_connection(self._client.get_random_node()).connection_pool  # type: ignore[no-untyped-call]
+        return self._client.connection_pool
+
     def close(self) -> None:
         self._closed.set()
         self._wake()
@@ -100,7 +109,8 @@ class Finishes:
         while not self._closed.is_set():
             # Its own connection, without health checks: a PING on a subscribed connection answers in
             # pub/sub form, which redis-py's check would take for a broken connection.
-            conn = self._pool.connection_class(**{**self._pool.connection_kwargs, "health_check_interval": 0})
+            pool = self._pool()
+            conn = pool.connection_class(**{**pool.connection_kwargs, "health_check_interval": 0})
             try:
                 conn.connect()
                 with self._lock:

@@ -1,8 +1,9 @@
 """Every Redis key taskherd uses, built in one place.
 
 Keys of one job carry the job's hash tag (`{j:NAME}`) so each Lua transition touches one slot and the
-layout also fits Redis Cluster. Global keys (specs, nodes, the job set, the task-id index) are never
-touched by the same script as a job's keys.
+layout fits Redis Cluster. What is global (the job sets, the count of open tasks, nodes) is never
+touched by the same script as a job's keys; the task-id index is one key per id (`index`), so it
+spreads over the cluster like the jobs; specs share a tag of their own (`{specs}`).
 
 Per job, Redis holds only live work: a task's hash and execution list are deleted when it is archived
 to MySQL, so Redis memory follows the number of unfinished tasks, not the size of the job.
@@ -93,34 +94,53 @@ JOBS_DONE = f"{PREFIX}:jobs-done"
 """Sorted set of done jobs still in Redis, scored by when they finished (ms): settled out of JOBS by
 `settle.lua`, and expired (`expire.lua`) `[manager].retain_done_s` later."""
 
-TASK_INDEX = f"{PREFIX}:task-index"
-"""Hash task id -> job for live tasks, so `GET /tasks/{id}` finds a task without its job.
-Entries are removed at archive, so it too is bounded by live work."""
+def index(task_id: str) -> str:
+    """String: the job that owns a task id, so `GET /tasks/{id}` finds a task without its job and no
+    two live jobs hold one id. A submit claims it before it creates the task (`SET NX`, with a TTL
+    while unconfirmed) and confirms it (`own.lua`, no TTL) once created, or gives it up
+    (`disown.lua`); an archived task's entry stays `TOMBSTONE_MS` more, so a resubmit from another job
+    racing the archive is a conflict. One key per id: each hashes to its own slot."""
+    return f"{PREFIX}:{{i:{task_id}}}"
+
+
+TOMBSTONES = f"{PREFIX}:gone:"
+"""Prefix of the tombstones (`tombstone`), outside every job's key pattern: they expire on their own,
+and a teardown need not find them."""
+
+
+def tombstone(job: str, task_id: str) -> str:
+    """String, the digest of a task retired a moment ago (retire.lua, 10 s): submit.lua reads it, so a
+    resubmit racing the archive of its own task is not run again. In the job's slot (its hash tag)."""
+    return f"{TOMBSTONES}{{j:{job}}}:{task_id}"
+
 
 OPEN_TASKS = f"{PREFIX}:open-tasks"
 """Integer: live tasks (pending, running, retry, analyzing, scheduled) in all jobs, for `[manager].max_open_tasks`.
-`submit.lua` adds what it creates, `retire.lua` takes out what it retires, `forget.lua` what a
-teardown deletes; moves between live states leave it alone."""
+A bounded submit reserves its new tasks first (`reserve.lua`) and gives back what it did not create;
+a submit adds what it created, a retire takes out what it retired, a teardown what it deleted
+(`count.lua`, never below 0); moves between live states leave it alone. Global, so it changes in a
+step of its own beside the job's script: a process killed between the two leaves it off by that
+batch (it is backpressure, not task state: nothing is lost or run twice by it)."""
+
+
+_SPECS = f"{PREFIX}:{{specs}}"
+"""Hash tag of the specs and their version: register.lua changes both in one step on one node, and a
+submit reads the version and its types' specs in one MGET."""
 
 
 def executor(task_type: str) -> str:
-    return f"{PREFIX}:executor:{task_type}"
+    return f"{_SPECS}:executor:{task_type}"
 
 
 def analyzer(task_type: str) -> str:
-    return f"{PREFIX}:analyzer:{task_type}"
+    return f"{_SPECS}:analyzer:{task_type}"
 
 
 SPEC_TYPES = {"executor": executor, "analyzer": analyzer}
 
-SPECS_VERSION = f"{PREFIX}:specs-version"
+SPECS_VERSION = f"{_SPECS}:version"
 """A fresh token on every spec change: an Intake keeps the specs it read under it, and `submit.lua`
 refuses a batch prepared under another token (the Intake then reads the specs again)."""
-
-TOMBSTONE = f"{PREFIX}:gone:"
-"""Prefix of a retired task's tombstone (`th:gone:ID` -> "META-KEY DIGEST", 10 s): retire.lua leaves it,
-submit.lua reads it, so a resubmit racing the archive of its own task is not run again. Global like
-the task index, and outside any job's keys: it expires on its own, a teardown need not find it."""
 
 NODES = f"{PREFIX}:nodes"
 """Sorted set node id -> expiry (ms); a node is live while its score is in the future."""

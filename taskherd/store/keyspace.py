@@ -8,8 +8,10 @@ What a system teardown keeps (`KEPT`), as none of it is task, job or lease state
 analyzer specs and the specs version (configuration: a later start runs the same task types), the
 live pods' registrations and a teardown's request to stop them (each expires with its pod), the
 active TimeoutWatcher's singleton lease (the manager's, not a task's; it expires within seconds of
-the manager's exit), and the tombstones of tasks archived in the last 10 s (`th:gone:*`: a task id
-and a digest that expire on their own; waiting them out would add 10 s to every teardown), the
+the manager's exit), the task-id index entries that are tombstones of tasks archived in the last 10 s or claims
+never confirmed (`th:{i:*}`, each with a TTL), and the tombstones of a job's tasks archived in the
+last 10 s (`th:gone:*`): task ids and digests that expire on their own; waiting them out
+would add 10 s to every teardown, the
 dashboard's per-second counters (`th:series:*`, statistics that expire on their own after
 `series.RETENTION_S`). The count of open tasks is kept at 0 and is a leftover only when it is not.
 """
@@ -19,12 +21,12 @@ from __future__ import annotations
 import re
 from typing import cast
 
-import redis
-
 from taskherd.store import keys
+from taskherd.store.connection import Client
 from taskherd.store.errors import store_errors
 
-KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.TOMBSTONE, keys.SERIES, keys.LIMITS)
+KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.index("")[:-1], keys.TOMBSTONES,
+                 keys.SERIES, keys.LIMITS)
 KEPT = frozenset((keys.SPECS_VERSION, keys.NODES, keys.STOP, keys.WATCHER_LEASE,
                   keys.SCHEDULES, keys.SCHEDULE_NEXT, keys.SCHEDULE_FIRED))
 """Kept too: the schedules (configuration, like the specs: a later start fires them on; DELETE them to stop)."""
@@ -37,7 +39,7 @@ _JOB_TAG = re.compile(re.escape(keys.PREFIX) + r":\{j:(.*?)\}:")
 class Keyspace:
     """Thread-safe (redis-py's pool). Every method raises StoreError when Redis fails."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._redis = client
 
     def jobs(self) -> list[str]:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis
-
 from taskherd.specs import TypeLimits
 from taskherd.store import keys
+from taskherd.store.connection import Client
 from taskherd.store.errors import store_errors
 
 
@@ -34,7 +33,7 @@ class Wait:
 class LimitStore:
     """Thread-safe (redis-py's pool). Every method raises StoreError when Redis fails."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._redis = client
         self._scripts = {name: client.register_script(
             resources.files("taskherd.store").joinpath(f"lua/{name}.lua").read_text())

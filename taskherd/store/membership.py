@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any, cast
 
-import redis
-
 from taskherd.store import keys
+from taskherd.store.connection import Client
 from taskherd.store.errors import store_errors
 
 STOP_TTL_MS = 600_000
@@ -27,7 +26,7 @@ when it was made; a pod that heard it deletes its own entry as it deregisters.""
 class Membership:
     """Thread-safe (redis-py's pool). Every method raises StoreError when Redis fails."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._redis = client
         self._hold = client.register_script(resources.files("taskherd.store").joinpath("lua/hold.lua").read_text())
 

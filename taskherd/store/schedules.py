@@ -13,9 +13,8 @@ import json
 from importlib import resources
 from typing import Any, cast
 
-import redis
-
 from taskherd.store import keys
+from taskherd.store.connection import Client
 from taskherd.store.errors import store_errors
 
 
@@ -28,7 +27,7 @@ def digest(definition: str) -> str:
 class ScheduleStore:
     """Thread-safe (redis-py's pool). Every method raises StoreError when Redis fails."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._redis = client
         self._scripts = {name: client.register_script(
             resources.files("taskherd.store").joinpath(f"lua/{name}.lua").read_text())

@@ -16,9 +16,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import redis
-
 from taskherd.store import keys
+from taskherd.store.connection import Client
 from taskherd.store.errors import store_errors
 
 RETENTION_S = 900
@@ -46,7 +45,7 @@ def bucket(duration_s: float) -> int:
 class Series:
     """Thread-safe (redis-py's pool). Every method raises StoreError when Redis fails."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._redis = client
 
     def record(self, executions: Iterable[Execution], archived: Iterable[str], now_ms: int) -> None:

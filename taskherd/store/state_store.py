@@ -19,11 +19,13 @@ from importlib import resources
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from taskherd.config.settings import RedisSettings
 from taskherd.errors import StoreError, TaskherdError
 from taskherd.states import FINAL_STATES, LIVE_STATES, WAITING_STATES, TaskState
 from taskherd.store import keys
+from taskherd.store.connection import Client, connect
 from taskherd.store.errors import store_errors
 from taskherd.store.finishes import Finishes
 from taskherd.store.keyspace import Keyspace
@@ -31,6 +33,9 @@ from taskherd.store.limits import LimitStore
 from taskherd.store.membership import Membership
 from taskherd.store.schedules import ScheduleStore
 from taskherd.store.series import Series
+
+TOMBSTONE_MS = 10_000
+"""How long an archived task's id stays its job's (retire.lua's tombstone, and its index entry)."""
 
 LEASED = "leased"
 """The job count of running tasks leased ahead, not started yet (not a TaskState: they are running)."""
@@ -106,18 +111,9 @@ class Lease:
     """The task's priority (0-9), so a task handed back is published on its priority's topic again."""
 
 
-def connect(settings: RedisSettings) -> redis.Redis:
-    return redis.Redis(host=settings.host, port=settings.port, db=settings.db, password=settings.password,
-                       socket_timeout=settings.socket_timeout_s, socket_connect_timeout=settings.socket_timeout_s,
-                       decode_responses=True, health_check_interval=30,
-                       retry_on_error=[redis.ConnectionError], retry=_retry())
-
-
-def _retry() -> Any:
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
-
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+CLAIM_TTL_MS = 3_600_000
+"""How long a task id's claim lasts unconfirmed (`keys.index`): a submit killed between its claim and
+its create leaves the id to its job for this long, then free again."""
 
 
 @store_errors("redis")
@@ -126,8 +122,9 @@ class StateStore:
     a connection of its own (`_roundtrip`); other reads go through redis-py's pool. Every method
     raises StoreError when Redis fails (`store_errors`)."""
 
-    def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: RedisSettings, client: Client | None = None) -> None:
         self.redis = client or connect(settings)
+        self._wait = (settings.wait_replicas, int(settings.wait_timeout_s * 1000))
         """The client itself, for tests and the bench; taskherd's own code goes through the methods."""
         self.members = Membership(self.redis)
         self.keyspace = Keyspace(self.redis)
@@ -136,7 +133,8 @@ class StateStore:
         self.series = Series(self.redis)
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "start", "renew", "finish", "release", "requeue", "promote", "retire", "register",
-                          "cancel", "claim", "summarized", "settle", "expire", "forget", "join")}
+                          "cancel", "claim", "summarized", "expire", "forget", "join", "own", "disown",
+                          "reserve", "count")}
         self._local = threading.local()
 
     @functools.cached_property
@@ -153,80 +151,170 @@ class StateStore:
     def _run(self, name: str, keys_: list[str], args: list[Any]) -> Any:
         return self._pipelined([(name, keys_, args)])[0]
 
-    def _pipelined(self, calls: list[tuple[str, list[str], list[Any]]], *more: tuple[Any, ...]) -> list[Any]:
+    def _pipelined(self, calls: list[tuple[str, list[str], list[Any]]], *more: tuple[Any, ...],
+                   wait: bool = False) -> list[Any]:
         """Script calls (then plain commands, `more`) in one round trip; raises StoreError."""
         commands = [("EVALSHA", self._scripts[name].sha, len(keys_), *keys_, *args) for name, keys_, args in calls]
         try:
-            return self._roundtrip(commands + list(more))
+            return self._roundtrip(commands + list(more), wait)
         except redis.RedisError as exc:
-            raise StoreError(f"redis {'+'.join(name for name, _, _ in calls)}: {exc}") from exc
+            raise StoreError(f"redis {'+'.join(name for name, _, _ in calls) or more[0][0]}: {exc}") from exc
 
-    def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send every command at once on this thread's own connection, then read every reply.
+    def _roundtrip(self, commands: list[tuple[Any, ...]], wait: bool = False) -> list[Any]:
+        """Send every command at once on this thread's own connection to each node they go to (one
+        node, or each command to the cluster node of its first key), then read every reply.
 
         This is the hot path (a lease, a finish, a claim, an archive per call): a pool checkout costs a
         poll() on the socket and a Pipeline object its own bookkeeping, together a quarter of a worker
-        slot's CPU. Scripts go as EVALSHA; after a Redis restart the script cache is empty: load them
-        and go again. Every reply is read before an error is raised, so the connection stays in step;
-        a connection that failed mid-way is dropped (the next call connects afresh).
+        slot's CPU. Scripts go as EVALSHA; after a Redis restart (or a failover: scripts are not
+        replicated) the script cache is empty: load them and send again what it refused, as a
+        command a node refused because its slot moved (MOVED) is sent again where the slot went.
+        Neither ran, so neither runs twice. Every reply is read before an error is raised, so the
+        connections stay in step; a connection that failed mid-way is dropped (the next call
+        connects afresh). `wait`: then `WAIT` on each node for `[redis].wait_replicas` replicas to
+        hold what this connection wrote (StoreError when fewer did in time).
         """
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.redis.connection_pool.make_connection()
-        for attempt in (1, 2):
+        replies: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for _ in (1, 2, 3):
+            groups: dict[str, tuple[Any, list[int]]] = {}
+            for i in todo:
+                conn = self._connection(commands[i])
+                groups.setdefault(id(conn), (conn, []))[1].append(i)  # type: ignore[arg-type]
+            waits = self._wait[0] if wait else 0
             try:
-                conn.send_packed_command(conn.pack_commands(commands))
-                replies = []
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except redis.ResponseError as exc:
-                        replies.append(exc)
+                for conn, idx in groups.values():
+                    extra = [("WAIT", *self._wait)] if waits else []
+                    conn.send_packed_command(conn.pack_commands([commands[i] for i in idx] + extra))
+                acked = []
+                for conn, idx in groups.values():
+                    for i in idx:
+                        try:
+                            replies[i] = conn.read_response()
+                        except redis.ResponseError as exc:
+                            replies[i] = exc
+                    if waits:
+                        acked.append(conn.read_response())
             except (redis.ConnectionError, redis.TimeoutError, OSError):
-                conn.disconnect()
+                for conn, _ in groups.values():
+                    conn.disconnect()
+                self._refresh = True
                 raise
-            errors = [r for r in replies if isinstance(r, redis.ResponseError)]
-            if not errors:
+            again = [i for i in todo if isinstance(replies[i], (redis.exceptions.NoScriptError, redis.exceptions.AskError))]
+            errors = [replies[i] for i in todo if isinstance(replies[i], redis.ResponseError) and i not in again]
+            if errors:
+                raise errors[0]
+            if waits and acked and min(acked) < waits:
+                raise StoreError(f"only {min(acked)} of [redis].wait_replicas = {waits} replicas acknowledged "
+                                 f"within {self._wait[1]} ms")
+            if not again:
                 return replies
-            if attempt == 1 and all(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
+            if any(isinstance(replies[i], redis.exceptions.NoScriptError) for i in again):
                 for script in self._scripts.values():
                     self.redis.script_load(script.script)
-                continue
-            raise errors[0]
-        return []
+            if any(isinstance(replies[i], redis.exceptions.AskError) for i in again):
+                self._refresh = True
+            todo = again
+        raise replies[todo[0]]
+
+    def _connection(self, command: tuple[Any, ...]) -> Any:
+        """This thread's connection to the node `command` goes to (in a cluster, the node of its first
+        key: a script's first KEYS entry, a plain command's first argument)."""
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        if not isinstance(self.redis, RedisCluster):
+            node, pool = "", self.redis.connection_pool
+        else:
+            if getattr(self, "_refresh", False):
+                self._refresh = False
+                self.redis.nodes_manager.initialize()
+            key = command[3] if command[0] == "EVALSHA" and command[2] else command[1]
+            found = self.redis.nodes_manager.get_node_from_slot(self.redis.keyslot(key))  # type: ignore[no-untyped-call]
+            node, pool = found.name, self.redis.get_redis_connection(found).connection_pool
+        conn = conns.get(node)
+        if conn is None:
+            conn = conns[node] = pool.make_connection()
+        return conn
 
     # --- submit -------------------------------------------------------------------------------------
     def submit(self, job: str, tasks: list[NewTask], specs_version: str | None = None,
                bounds: tuple[int, int] = (0, 0), archive_checked_ms: int | None = None) -> list[str]:
         """'created' | 'exists' | 'conflict' (an id another live job owns) | 'cancelled' per task, in
-        order; one round trip. With `specs_version`, raises StaleSpecs (creating nothing) if the
-        executor specs have changed since that version was read (`executor_specs`). `bounds` (open
-        tasks of the job, of all jobs; 0: none): raises Full, creating nothing, if the batch's new
-        tasks would pass one; the count and the create are one script. A task created `scheduled` (a due
-        time still ahead) answers 'scheduled': created, but not to be published yet. `archive_checked_ms` (Unix ms)
-        is when the caller asked MySQL which ids were archived: an id retired since is answered from
-        its tombstone (retire.lua, 10 s), and a check over 5 s old raises Recheck, creating nothing."""
+        order. With `specs_version`, raises StaleSpecs (creating nothing) if the executor specs have
+        changed since that version was read (`executor_specs`). `bounds` (open tasks of the job, of all
+        jobs; 0: none): raises Full, creating nothing, if the batch's new tasks would pass one. A task
+        created `scheduled` (a due time still ahead) answers 'scheduled': created, but not to be
+        published yet. `archive_checked_ms` (Unix ms) is when the caller asked MySQL which ids were
+        archived: an id retired since is answered from its tombstone (retire.lua, 10 s), and a check
+        over 5 s old raises Recheck, creating nothing.
+
+        Three round trips, as the task-id index and the counts are global and the tasks are in their
+        job's slot: (1) read the specs version, put the job among the open ones and claim each id for
+        the job (a claim with a TTL; reserve room under the bound on all jobs if there is one); (2)
+        create, in one script on the job's slot, what the job's claims allow; (3) confirm the claims
+        of what was created, give up the others, count what was created, and put the job among the
+        open ones again (a settle racing the create may have taken it out). Safe at every cut: before
+        (2) nothing exists and the claims lapse; between (2) and (3) the tasks exist, their job is
+        among the open ones (1), and only the caller, who had no answer, resubmits, which confirms
+        them. With `[redis].wait_replicas`, (3) ends with `WAIT` on each node written to."""
         if not tasks:
             return []
-        args: list[Any] = [job, specs_version or "", *bounds]
+        ids = [t.id for t in tasks]
+        first = [("SADD", keys.JOBS, job)] + [("SET", keys.index(i), job, "NX", "PX", CLAIM_TTL_MS, "GET") for i in ids]
+        version, _, *owners = self._pipelined([], ("GET", keys.SPECS_VERSION), *first)
+        fresh = [i for i, owner in zip(ids, owners) if owner is None]
+        theirs = {i for i, owner in zip(ids, owners) if owner not in (None, job)}
+        if specs_version and version != specs_version:
+            self._disown(job, fresh)
+            raise StaleSpecs(f"executor specs changed since version {specs_version!r} was read")
+        reserved = 0
+        if bounds[1]:
+            r = self._run("reserve", [keys.OPEN_TASKS], [len(fresh), bounds[1]])
+            if r[0] == "full":
+                self._disown(job, fresh)
+                raise Full("all", "", int(r[1]), len(fresh))
+            reserved = len(fresh)
+        mine = [t for t in tasks if t.id not in theirs]
+        out = self._create(job, mine, bounds[0], archive_checked_ms) if mine else []
+        if out in (["recheck"], ["full"]) or (out and out[0] == "full"):
+            self._disown(job, fresh, -reserved)
+            if out == ["recheck"]:
+                raise Recheck(f"the archive was checked over 5 s before the create of {job!r}'s batch")
+            raise Full("job", job, int(out[1]), int(out[2]))
+        statuses = dict(zip([t.id for t in mine], [str(x) for x in out]))
+        created = [i for i, status in statuses.items() if status in ("created", "scheduled")]
+        unused = set(fresh) - set(created)
+        calls: list[tuple[str, list[str], list[Any]]] = [("own", [keys.index(i)], [job]) for i in created]
+        calls += [("disown", [keys.index(i)], [job]) for i in fresh if i in unused]
+        if len(created) != reserved:
+            calls.append(("count", [keys.OPEN_TASKS], [len(created) - reserved]))
+        more: list[tuple[Any, ...]] = [("SADD", keys.JOBS, job), ("ZREM", keys.JOBS_DONE, job)] if created else []
+        if created and self._wait[0]:
+            more.append(("EXISTS", keys.job_meta(job)))  # so that the job's node, which (2) wrote to, WAITs too
+        if calls or more:
+            self._pipelined(calls, *more, wait=bool(created))
+        return [statuses.get(i, "conflict") for i in ids]
+
+    def _create(self, job: str, tasks: list[NewTask], per_job: int, archive_checked_ms: int | None) -> list[Any]:
+        """submit.lua on the job's slot (see `submit`)."""
+        args: list[Any] = [job, per_job, keys.tombstone(job, "")]
         for t in tasks:
             args += [t.id, t.type, t.payload, t.digest, t.max_attempts, t.timeout_s, t.parent, t.revives, t.round,
                      t.history, t.due, t.priority]
-        args += [archive_checked_ms if archive_checked_ms is not None else "", keys.TOMBSTONE]
+        args.append(archive_checked_ms if archive_checked_ms is not None else "")
         if any(t.join for t in tasks):
             args += [keys.join(job, ""), keys.joins(job), *[t.join for t in tasks]]
-        out, _ = self._pipelined([("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING), keys.TASK_INDEX,
-                                              keys.JOBS, keys.SPECS_VERSION, *_open_keys(job),
-                                              *[keys.task(job, t.id) for t in tasks]], args)],
-                                 # open again if it was done: out of the done set, where expire.lua checks it anyway
-                                 ("ZREM", keys.JOBS_DONE, job))
-        if out == ["recheck"]:
-            raise Recheck(f"the archive was checked over 5 s before the create of {job!r}'s batch")
-        if out == ["stale"]:
-            raise StaleSpecs(f"executor specs changed since version {specs_version!r} was read")
-        if out and out[0] == "full":
-            raise Full(str(out[1]), job, int(out[2]), int(out[3]))
-        return [str(x) for x in out]
+        return cast(list[Any], self._run("submit", [keys.job_meta(job), keys.by_state(job, TaskState.PENDING),
+                                                    *_open_keys(job), *[keys.task(job, t.id) for t in tasks]], args))
+
+    def _disown(self, job: str, ids: list[str], count: int = 0) -> None:
+        """Give up claims a submit made and will not use (and what it reserved of the count, `count` < 0)."""
+        calls: list[tuple[str, list[str], list[Any]]] = [("disown", [keys.index(i)], [job]) for i in ids]
+        if count:
+            calls.append(("count", [keys.OPEN_TASKS], [count]))
+        if calls:
+            self._pipelined(calls)
 
     def check_bounds(self, groups: dict[str, list[NewTask]], bounds: tuple[int, int]) -> None:
         """Raise Full if the new tasks of a batch spanning several jobs (by job) would pass a bound;
@@ -236,17 +324,17 @@ class StateStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(keys.OPEN_TASKS)
         for job, tasks in groups.items():
-            for k in (keys.by_state(job, TaskState.PENDING), *_open_keys(job)[:-1]):
+            for k in (keys.by_state(job, TaskState.PENDING), *_open_keys(job)):
                 pipe.zcard(k)
-            pipe.hmget(keys.TASK_INDEX, [t.id for t in tasks])
             for t in tasks:
+                pipe.get(keys.index(t.id))
                 pipe.exists(keys.task(job, t.id))
         replies = iter(pipe.execute())
         total, asked_all = int(next(replies) or 0), 0
         for job, tasks in groups.items():
-            open_ = sum(next(replies) for _ in range(len(_open_keys(job))))
-            owners, exist = next(replies), [next(replies) for _ in tasks]
-            asked = sum(1 for owner, there in zip(owners, exist) if owner in (None, job) and not there)
+            open_ = sum(next(replies) for _ in range(len(_open_keys(job)) + 1))
+            found = [(next(replies), next(replies)) for _ in tasks]
+            asked = sum(1 for owner, there in found if owner in (None, job) and not there)
             if per_job and open_ + asked > per_job:
                 raise Full("job", job, open_, asked)
             asked_all += asked
@@ -385,11 +473,13 @@ class StateStore:
         fires: its held task gets its payload and comes due, and its id is appended to `fired` (the
         caller promotes and publishes it; the TimeoutWatcher does, should the caller die first)."""
         outcomes = outcomes or {}
-        args = [keys.task(job, ""), keys.executions(job, ""), keys.TOMBSTONE, keys.join(job, ""), keys.joins(job),
+        args = [keys.task(job, ""), keys.executions(job, ""), keys.tombstone(job, ""), keys.join(job, ""), keys.joins(job),
                 *[x for tid, state in done for x in (tid, state, outcomes.get(tid, ""))]]
-        out, _ = self._pipelined([("retire", [keys.job_meta(job), *[keys.by_state(job, s) for s in LIVE_STATES],
-                                             keys.OPEN_TASKS], args)],
-                                 ("HDEL", keys.TASK_INDEX, *[task_id for task_id, _ in done]))
+        out = self._run("retire", [keys.job_meta(job), *[keys.by_state(job, s) for s in LIVE_STATES]], args)
+        retired = [tid for (tid, _), r in zip(done, out) if r == "ok"]
+        if retired:  # the ids stay the job's TOMBSTONE_MS more: another job's resubmit racing the archive conflicts
+            self._pipelined([("count", [keys.OPEN_TASKS], [-len(retired)])],
+                            *[("PEXPIRE", keys.index(tid), TOMBSTONE_MS) for tid in retired])
         if fired is not None:
             fired += [str(x) for x in out[len(done) + 1:]]
         return out[:len(done)], out[len(done)] == "done"
@@ -403,12 +493,20 @@ class StateStore:
         conflict). 'registered' | 'exists' (registered before: an analysis run again) | 'gone' (the
         parent is no longer awaiting analysis) | 'cancelled' (the job refuses new tasks) | 'conflict'
         (the join task's id is taken)."""
-        ks = [keys.job_meta(job), keys.by_state(job, TaskState.SCHEDULED), keys.TASK_INDEX, keys.OPEN_TASKS,
-              keys.joins(job), keys.task(job, parent), keys.join(job, parent), keys.task(job, task.id)]
+        owner = self._pipelined([], ("SET", keys.index(task.id), job, "NX", "PX", CLAIM_TTL_MS, "GET"))[0]
+        if owner not in (None, job):
+            return "conflict"
+        ks = [keys.job_meta(job), keys.by_state(job, TaskState.SCHEDULED), keys.joins(job), keys.task(job, parent),
+              keys.join(job, parent), keys.task(job, task.id)]
         args = [job, parent, task.id, task.type, task.payload, task.digest, task.max_attempts, task.timeout_s,
                 keys.task(job, ""), keys.join(job, ""), json.dumps(listed),
                 *[x for cid in listed for x in (cid, outside.get(cid, ""))]]
-        return str(self._run("join", ks, args))
+        answer = str(self._run("join", ks, args))
+        if answer == "registered":
+            self._pipelined([("own", [keys.index(task.id)], [job]), ("count", [keys.OPEN_TASKS], [1])])
+        elif owner is None:
+            self._disown(job, [task.id])
+        return answer
 
     # --- reads --------------------------------------------------------------------------------------
     def priorities(self, job: str, ids: list[str]) -> list[int]:
@@ -422,7 +520,7 @@ class StateStore:
         return [int(p) if p else 5 for p in pipe.execute()]
 
     def job_of(self, task_id: str) -> str | None:
-        return cast(str | None, self.redis.hget(keys.TASK_INDEX, task_id))
+        return cast(str | None, self.redis.get(keys.index(task_id)))
 
     def task(self, job: str, task_id: str) -> dict[str, Any] | None:
         """The live task with its executions, or None once archived (or never submitted); `leased_ahead`
@@ -507,8 +605,22 @@ class StateStore:
         return cast(set[str], self.redis.smembers(keys.JOBS))
 
     def settle(self, job: str) -> bool:
-        """Move a done job out of the open jobs, into the done ones; False if it is still open."""
-        return bool(self._run("settle", [keys.job_meta(job), keys.JOBS, keys.JOBS_DONE], [job]))
+        """Move a done job out of the open jobs, into the done ones; False if it is still open.
+
+        Three steps, as the job sets are global: read the job's done flag, move it, read the flag
+        again and move it back if a submit opened the job meanwhile (a submit puts its job among the
+        open ones before and after it creates, so either that second add or this re-check keeps it)."""
+        done, finished = self.redis.hmget(keys.job_meta(job), ["done", "finished"])
+        if done is None and not self.redis.exists(keys.job_meta(job)):
+            self.redis.srem(keys.JOBS, job)  # nothing was ever created in it
+            return True
+        if done != "1":
+            return False
+        self._pipelined([], ("SREM", keys.JOBS, job), ("ZADD", keys.JOBS_DONE, int(finished or 0), job))
+        if self.redis.hget(keys.job_meta(job), "done") == "1":
+            return True
+        self._pipelined([], ("SADD", keys.JOBS, job), ("ZREM", keys.JOBS_DONE, job))
+        return False
 
     def done_before(self, before_ms: int, limit: int = 100) -> list[str]:
         """Done jobs that finished before `before_ms`, oldest first."""
@@ -521,9 +633,10 @@ class StateStore:
 
     def expire(self, job: str) -> bool:
         """Delete a done job's runtime state (its summary must be in MySQL first); False if it is open again."""
-        ks = [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES], keys.JOBS,
-              keys.JOBS_DONE]
-        return bool(self._run("expire", ks, [job]))
+        if not self._run("expire", [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES]], []):
+            return False
+        self.redis.zrem(keys.JOBS_DONE, job)
+        return True
 
     def now_ms(self) -> int:
         """Redis's clock, the one clock every lease and deadline is measured on."""
@@ -571,11 +684,13 @@ class StateStore:
         beside a million unrelated keys."""
         ids = self._live_ids(job)
         joins = cast(set[str], self.redis.smembers(keys.joins(job)))
-        self._run("forget", [keys.OPEN_TASKS, *[keys.by_state(job, s) for s in LIVE_STATES]], [])
+        live = self._run("forget", [keys.by_state(job, s) for s in LIVE_STATES], [])
+        if live:
+            self._run("count", [keys.OPEN_TASKS], [-int(live)])
         for batch in _chunks(iter([*self._job_keys(job, ids), *[keys.join(job, j) for j in joins]]), 500):
             self.redis.delete(*batch)
         for batch in _chunks(iter(ids), 500):
-            self.redis.hdel(keys.TASK_INDEX, *batch)
+            self._pipelined([], *[("DEL", keys.index(tid)) for tid in batch])
         pipe = self.redis.pipeline(transaction=False)
         pipe.srem(keys.JOBS, job)
         pipe.zrem(keys.JOBS_DONE, job)
@@ -589,15 +704,14 @@ class StateStore:
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.exists(name)
-        if ids:
-            pipe.hmget(keys.TASK_INDEX, ids)
-        else:
-            pipe.echo("")
+        for tid in ids:
+            pipe.get(keys.index(tid))
         pipe.sismember(keys.JOBS, job)
         pipe.zscore(keys.JOBS_DONE, job)
-        *exist, owners, open_, done = pipe.execute()
+        *exist, open_, done = pipe.execute()
+        exist, owners = exist[:len(names)], exist[len(names):]
         left = [name for name, n in zip(names, exist) if n]
-        left += [f"{keys.TASK_INDEX}[{tid}]" for tid, owner in zip(ids, owners or []) if owner == job]
+        left += [keys.index(tid) for tid, owner in zip(ids, owners) if owner == job]
         left += [f"{keys.JOBS}[{job}]"] if open_ else []
         left += [f"{keys.JOBS_DONE}[{job}]"] if done is not None else []
         return left
@@ -624,9 +738,9 @@ def _start_calls(started: Lease | None) -> list[tuple[str, list[str], list[Any]]
 
 def _open_keys(job: str) -> list[str]:
     """submit.lua's keys for counting open tasks: the job's running, retry, analyzing and scheduled sets
-    (its pending set is passed anyway), and the count of all jobs'."""
+    (its pending set is passed anyway)."""
     return [keys.by_state(job, TaskState.RUNNING), keys.by_state(job, TaskState.RETRY),
-            keys.by_state(job, TaskState.ANALYZING), keys.by_state(job, TaskState.SCHEDULED), keys.OPEN_TASKS]
+            keys.by_state(job, TaskState.ANALYZING), keys.by_state(job, TaskState.SCHEDULED)]
 
 
 def _lua(name: str) -> str:

@@ -3,8 +3,9 @@
 The Intake asks MySQL whether an id was archived, then creates it in Redis; the analyzer commits the
 archive row, then retires the task from Redis. A resubmit whose MySQL check came just before the
 commit and whose create came just after the retire found neither: it created the task anew, which
-then ran a second time. retire.lua now leaves a tombstone (job and digest, 10 s) that submit.lua
-reads, and a create whose archive check is over 5 s old is refused for a fresh check."""
+then ran a second time. retire.lua now leaves a tombstone (its digest, in the job's slot, 10 s) that
+submit.lua reads, the id's index entry stays the job's as long (another job's resubmit conflicts), and a
+create whose archive check is over 5 s old is refused for a fresh check."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from taskherd.intake import Intake, Submission
 from taskherd.nsq.publisher import Publisher
+from taskherd.store import keys
 from taskherd.store.archive import Archive, ArchivedTask
 from taskherd.store.state_store import NewTask, Recheck, StateStore
 from tests.helpers import Services
@@ -58,7 +60,9 @@ def test_a_resubmit_that_checked_mysql_before_the_commit_does_not_run_the_task_a
     same, other = intake.submit([Submission(type="t", job=JOB, payload={"n": 1}, id="a"),
                                  Submission(type="t", job=JOB, payload={"n": 2}, id="a")])
     assert (same.status, other.status) == ("exists", "conflict")
-    assert intake.store.task(JOB, "a") is None and intake.store.job_of("a") is None
+    assert intake.store.task(JOB, "a") is None and 0 < intake.store.redis.pttl(keys.index("a")) <= 10_000
+    elsewhere = intake.submit([Submission(type="t", job="another", payload={"n": 1}, id="a")])
+    assert [a.status for a in elsewhere] == ["conflict"] and intake.store.job("another") is None
     assert intake.store.job(JOB)["total"] == total and intake.store.job(JOB)["open"] == 0
 
 

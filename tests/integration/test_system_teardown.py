@@ -26,8 +26,8 @@ from tests.local_up import Up, run_one_echo_task, up_settings
 
 OK = [sys.executable, "-c", "import json,sys; print(json.dumps({'echo': json.load(sys.stdin)}))"]
 SLOW = [sys.executable, "-c", "import time; time.sleep(120)"]
-KEPT = ("th:executor:", "th:analyzer:", "th:specs-version", "th:nodes", "th:node:", "th:stop", "th:lease:timeout-watcher",
-        "th:gone:", "th:series:")
+KEPT = ("th:{specs}:", "th:nodes", "th:node:", "th:stop", "th:lease:timeout-watcher", "th:gone:", "th:{i:",
+        "th:series:")
 """What a system teardown keeps (taskherd.store.keyspace says why); the count of open tasks must be 0."""
 TASKHERD = [str(Path(sys.executable).parent / "taskherd")]
 
@@ -206,7 +206,8 @@ def test_keyspace_leftovers_keep_specs_nodes_and_tombstones_only(clean: Services
         r.hset(keys.node("n"), "id", "n")
         r.zadd(keys.NODES, {"n": 1})
         r.set(keys.WATCHER_LEASE, "n")
-        r.set(keys.TOMBSTONE + "x", "m d")
+        r.set(keys.tombstone("j", "x"), "d")
+        r.set(keys.index("x"), "j", px=10_000)
         r.hset(keys.series(1), "started", 1)
         r.set(keys.OPEN_TASKS, "0")
         r.hset(keys.task("j", "x"), "state", "pending")

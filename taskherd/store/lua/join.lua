@@ -5,9 +5,9 @@
 -- final), and register the join, counting the parent in until it retires (retire.lua), so the join
 -- fires exactly once, after the parent and every member are final. Run again (the analysis repeated
 -- after a crash or a failure), it answers 'exists' and changes nothing.
--- KEYS[1] meta, KEYS[2] scheduled zset, KEYS[3] task index, KEYS[4] open tasks of all jobs (a counter),
--- KEYS[5] the job's set of joins, KEYS[6] the parent's task hash, KEYS[7] the join hash, KEYS[8] the join
--- task's hash
+-- KEYS[1] meta, KEYS[2] scheduled zset, KEYS[3] the job's set of joins, KEYS[4] the parent's task hash,
+-- KEYS[5] the join hash, KEYS[6] the join task's hash (the caller claimed the join task's id for the job
+-- in the task index first, and counts it in the open tasks of all jobs once registered)
 -- ARGV[1] job, ARGV[2] parent id, ARGV[3] join task id, ARGV[4] type, ARGV[5] payload (a JSON object),
 -- ARGV[6] digest, ARGV[7] max_attempts, ARGV[8] timeout_s, ARGV[9] task key prefix, ARGV[10] join key
 -- prefix, ARGV[11] the listed children's ids (JSON list), then (child id, outcome JSON or '') pairs: the
@@ -19,43 +19,40 @@
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local job, parent, id = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('HGET', KEYS[6], 'state') ~= 'analyzing' then return 'gone' end
-if redis.call('HGET', KEYS[7], 'registered') == '1' then return 'exists' end
+if redis.call('HGET', KEYS[4], 'state') ~= 'analyzing' then return 'gone' end
+if redis.call('HGET', KEYS[5], 'registered') == '1' then return 'exists' end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancelled' end
-local owner = redis.call('HGET', KEYS[3], id)
-if (owner and owner ~= job) or redis.call('EXISTS', KEYS[8]) == 1 then return 'conflict' end
+if redis.call('EXISTS', KEYS[6]) == 1 then return 'conflict' end
 
-redis.call('HSET', KEYS[3], id, job)
-redis.call('HSET', KEYS[8], 'id', id, 'job', job, 'type', ARGV[4], 'payload', ARGV[5], 'digest', ARGV[6],
+redis.call('HSET', KEYS[6], 'id', id, 'job', job, 'type', ARGV[4], 'payload', ARGV[5], 'digest', ARGV[6],
   'max_attempts', ARGV[7], 'timeout_s', ARGV[8], 'parent', parent, 'state', 'scheduled', 'attempts', 0,
   'created', now, 'held', 1)
 redis.call('ZADD', KEYS[2], '+inf', id)
 redis.call('HINCRBY', KEYS[1], 'total', 1)
-redis.call('INCRBY', KEYS[4], 1)
-local outer = redis.call('HGET', KEYS[6], 'join')
+local outer = redis.call('HGET', KEYS[4], 'join')
 if outer then  -- the parent is itself in a join: so is its join task, which that join then waits for
-  redis.call('HSET', KEYS[8], 'join', outer)
+  redis.call('HSET', KEYS[6], 'join', outer)
   redis.call('HINCRBY', ARGV[10] .. outer, 'open', 1)
-  redis.call('SADD', KEYS[5], outer)
+  redis.call('SADD', KEYS[3], outer)
 end
 
 for i = 12, #ARGV, 2 do
   local cid, outcome = ARGV[i], ARGV[i + 1]
-  redis.call('HSET', KEYS[7], 'l:' .. cid, 1)
-  if redis.call('HEXISTS', KEYS[7], 'r:' .. cid) == 0 then  -- not a member retired already
+  redis.call('HSET', KEYS[5], 'l:' .. cid, 1)
+  if redis.call('HEXISTS', KEYS[5], 'r:' .. cid) == 0 then  -- not a member retired already
     local child = ARGV[9] .. cid
     local in_join = redis.call('HGET', child, 'join')
     if in_join == parent then
       -- a member, counted in when it was created
     elseif not in_join and redis.call('EXISTS', child) == 1 then
       redis.call('HSET', child, 'join', parent)
-      redis.call('HINCRBY', KEYS[7], 'open', 1)
+      redis.call('HINCRBY', KEYS[5], 'open', 1)
     else
-      redis.call('HSET', KEYS[7], 'r:' .. cid, outcome)
+      redis.call('HSET', KEYS[5], 'r:' .. cid, outcome)
     end
   end
 end
-redis.call('HSET', KEYS[7], 'registered', 1, 'task', id, 'type', ARGV[4], 'payload', ARGV[5], 'listed', ARGV[11])
-redis.call('HINCRBY', KEYS[7], 'open', 1)
-redis.call('SADD', KEYS[5], parent)
+redis.call('HSET', KEYS[5], 'registered', 1, 'task', id, 'type', ARGV[4], 'payload', ARGV[5], 'listed', ARGV[11])
+redis.call('HINCRBY', KEYS[5], 'open', 1)
+redis.call('SADD', KEYS[3], parent)
 return 'registered'

@@ -1,13 +1,13 @@
 -- analyzing -> gone from Redis, for a batch of one job's tasks whose MySQL rows are already committed.
 -- Counts each out of its job (after any children were counted in) and marks the job done exactly once,
 -- when nothing is open.
--- KEYS[1] meta, KEYS[2] pending, KEYS[3] running, KEYS[4] retry, KEYS[5] analyzing, KEYS[6] scheduled,
--- KEYS[7] open tasks of all jobs (a counter: what is retired leaves it; never below 0, so a counter that started after
--- tasks were live under-counts until they drain, and never blocks submits for ever)
+-- KEYS[1] meta, KEYS[2] pending, KEYS[3] running, KEYS[4] retry, KEYS[5] analyzing, KEYS[6] scheduled
+-- (the caller takes what was retired out of the count of open tasks of all jobs, and lets the ids'
+-- index entries lapse: global keys, in a step of their own)
 -- ARGV[1] task key prefix, ARGV[2] executions key prefix, ARGV[3] tombstone key prefix, ARGV[4] join
 -- hash key prefix, ARGV[5] the job's set of joins, then (id, final state, outcome) triples, the outcome
 -- ({id, state, record, error} JSON, or '') given for members of a fan-in join; the task, executions
--- and join keys carry the job's hash tag, like KEYS.
+-- join and tombstone keys carry the job's hash tag, like KEYS.
 -- Returns 'ok' or 'skip' (not awaiting analysis: a duplicate) per task, then 'done' or 'open', then the
 -- ids of join tasks that fired (to be promoted and published; they are due at once).
 -- Fan-in (see join.lua): a retired member is counted out of its join (`join` field), and its outcome
@@ -17,7 +17,7 @@
 -- now in the scheduled set (promote.lua moves it to pending, as for any due task), and the join hash
 -- goes. Registration counts the parent in, and the parent retires after it, so the count cannot
 -- reach 0 early; every member's children are created (counted in) before it retires.
--- A retired task leaves a tombstone (job and digest, for TOMBSTONE_MS) that submit.lua reads: a
+-- A retired task leaves a tombstone (its digest, for TOMBSTONE_MS) that submit.lua reads: a
 -- resubmit whose check of MySQL came just before the archive commit, and reaches Redis just after
 -- this removal, is then answered as the archive would have (exists or conflict), not run again.
 local TOMBSTONE_MS = 10000
@@ -79,17 +79,13 @@ for i = 6, #ARGV, 3 do
         if tonumber(redis.call('HGET', ARGV[4] .. id, 'open') or '0') <= 0 then forget_join(id) end
       end
     end
-    redis.call('SET', ARGV[3] .. id, KEYS[1] .. ' ' .. digest, 'PX', TOMBSTONE_MS)
+    redis.call('SET', ARGV[3] .. id, digest, 'PX', TOMBSTONE_MS)
     redis.call('DEL', task, ARGV[2] .. id)
     redis.call('ZREM', KEYS[5], id)
     redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1)
     out[#out + 1] = 'ok'
     retired = retired + 1
   end
-end
-if retired > 0 then
-  local left = tonumber(redis.call('GET', KEYS[7]) or '0') - retired
-  redis.call('SET', KEYS[7], math.max(0, left))
 end
 local open = 0
 for i = 2, 6 do open = open + redis.call('ZCARD', KEYS[i]) end

@@ -1,13 +1,11 @@
 -- Create tasks that do not exist yet; answer exists/conflict for those that do (by payload digest).
--- Task ids are global: the first job to claim an id in the task index owns it while the task is
--- live, and any other job's task of that id is a conflict.
--- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3] task index, KEYS[4] set of jobs,
--- KEYS[5] specs version, KEYS[6..9] running, retry, analyzing, scheduled zsets, KEYS[10] open tasks of
--- all jobs (a counter), KEYS[11..] task hashes (one per task, in ARGV order)
--- ARGV[1] job, ARGV[2] the specs version the batch was prepared under ('' to skip the check: it
--- answers {'stale'}, creating nothing, when a spec has changed since), ARGV[3] and ARGV[4] the bounds
--- on open tasks of the job and of all jobs (0: none; a batch whose new tasks would pass one answers
--- {'full', 'job' or 'all', open, new tasks asked}, creating nothing); then 12 per task: id, type,
+-- Task ids are global: the caller claimed each id in the task index first (`keys.index`, a key of its
+-- own) and passes here only those its job holds; this script touches the job's slot alone.
+-- KEYS[1] job meta, KEYS[2] pending zset, KEYS[3..6] running, retry, analyzing, scheduled zsets,
+-- KEYS[7..] task hashes (one per task, in ARGV order)
+-- ARGV[1] job, ARGV[2] the bound on open tasks of the job (0: none; a batch whose new tasks would pass
+-- it answers {'full', open, new tasks asked}, creating nothing), ARGV[3] the tombstone key prefix
+-- (retire.lua's, under the job's tag); then 12 per task: id, type,
 -- payload, digest, max_attempts, timeout_s, parent, revives (the final state of an archived task
 -- being retried, counted out of that state as it returns, and not into the total again), round (the
 -- retry round; '0', a first submission, is not stored), history (JSON list of the earlier rounds' executions),
@@ -15,65 +13,52 @@
 -- ahead creates it scheduled, in the scheduled zset scored by that time, answering 'scheduled' for
 -- 'created': nothing is published for it until the TimeoutWatcher promotes it; one already past
 -- creates it pending; either way the task keeps it as `run_at`), priority (0-9, kept in the hash)
-if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'stale'} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local FIRST, N = 11, 12
+local FIRST, N = 7, 12
 -- After the tasks' ARGV: when the caller asked MySQL which ids were archived (Unix ms, '' if it did
--- not), and the prefix of retire.lua's tombstones. That check must be younger than the tombstones
--- (10 s), with 5 s to spare for clocks: else {'recheck'}, creating nothing.
-local after = 4 + (#KEYS - FIRST + 1) * N
-local checked, tombstones = tonumber(ARGV[after + 1] or ''), ARGV[after + 2]
+-- not). That check must be younger than the tombstones (10 s), with 5 s to spare for clocks: else
+-- {'recheck'}, creating nothing.
+local after = 3 + (#KEYS - FIRST + 1) * N
+local checked, tombstones = tonumber(ARGV[after + 1] or ''), ARGV[3]
 -- Then, when any task of the batch belongs to a fan-in join: the join hashes' key prefix, the job's set
 -- of joins, and each task's join id ('' for none) in order; a task created in a join is counted open
 -- in it (retire.lua counts it out), so the join cannot fire while it is live.
-local join_prefix, join_set = ARGV[after + 3], ARGV[after + 4]
+local join_prefix, join_set = ARGV[after + 2], ARGV[after + 3]
 if checked and now - checked > 5000 then return {'recheck'} end
 local created, counted, out = 0, 0, {}
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   for i = FIRST, #KEYS do out[#out + 1] = 'cancelled' end
   return out
 end
-local per_job, all = tonumber(ARGV[3]), tonumber(ARGV[4])
-if per_job > 0 or all > 0 then
+local per_job = tonumber(ARGV[2])
+if per_job > 0 then
   local asked = #KEYS - FIRST + 1
   local open = redis.call('ZCARD', KEYS[2])
-  for k = 6, 9 do open = open + redis.call('ZCARD', KEYS[k]) end
-  local everywhere = tonumber(redis.call('GET', KEYS[10]) or '0')
-  if (per_job > 0 and open + asked > per_job) or (all > 0 and everywhere + asked > all) then
+  for k = 3, 6 do open = open + redis.call('ZCARD', KEYS[k]) end
+  if open + asked > per_job then
     asked = 0  -- count only what would be created: a resubmission fits where it was
     for i = FIRST, #KEYS do
-      local owner = redis.call('HGET', KEYS[3], ARGV[5 + (i - FIRST) * N])
-      if (not owner or owner == ARGV[1]) and redis.call('EXISTS', KEYS[i]) == 0 then asked = asked + 1 end
+      if redis.call('EXISTS', KEYS[i]) == 0 then asked = asked + 1 end
     end
-    if per_job > 0 and open + asked > per_job then return {'full', 'job', open, asked} end
-    if all > 0 and everywhere + asked > all then return {'full', 'all', everywhere, asked} end
+    if open + asked > per_job then return {'full', open, asked} end
   end
 end
-redis.call('SADD', KEYS[4], ARGV[1])
 for i = FIRST, #KEYS do
-  local a = 4 + (i - FIRST) * N
+  local a = 3 + (i - FIRST) * N
   local key, id, digest = KEYS[i], ARGV[a + 1], ARGV[a + 4]
-  local owner = redis.call('HGET', KEYS[3], id)
   local old = redis.call('HGET', key, 'digest')
-  if not old and ARGV[a + 8] == '' and tombstones then  -- retired a moment ago? (a revival is no resubmit)
-    local gone = redis.call('GET', tombstones .. id)
-    if gone then
-      local meta, gone_digest = string.match(gone, '^(.*) (%x+)$')
-      old = (meta == KEYS[1]) and gone_digest or 'another job'
-    end
+  if not old and ARGV[a + 8] == '' then  -- retired a moment ago? (a revival is no resubmit)
+    old = redis.call('GET', tombstones .. id)
   end
-  if owner and owner ~= ARGV[1] then
-    out[#out + 1] = 'conflict'
-  elseif old then
+  if old then
     out[#out + 1] = (old == digest) and 'exists' or 'conflict'
   else
-    if not owner then redis.call('HSET', KEYS[3], id, ARGV[1]) end
     redis.call('HSET', key, 'id', id, 'job', ARGV[1], 'type', ARGV[a + 2], 'payload', ARGV[a + 3],
       'digest', digest, 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'parent', ARGV[a + 7],
       'state', 'pending', 'attempts', 0, 'created', now, 'priority', ARGV[a + 12])
     if ARGV[a + 9] ~= '0' then redis.call('HSET', key, 'round', ARGV[a + 9], 'history', ARGV[a + 10]) end
-    local join = join_prefix and ARGV[after + 4 + i - FIRST + 1] or ''
+    local join = join_prefix and ARGV[after + 3 + i - FIRST + 1] or ''
     if join ~= '' then
       redis.call('HSET', key, 'join', join)
       redis.call('HINCRBY', join_prefix .. join, 'open', 1)
@@ -88,7 +73,7 @@ for i = FIRST, #KEYS do
     end
     if due and due > now then
       redis.call('HSET', key, 'state', 'scheduled')
-      redis.call('ZADD', KEYS[9], due, id)
+      redis.call('ZADD', KEYS[6], due, id)
     else
       redis.call('ZADD', KEYS[2], now, id)
     end
@@ -106,7 +91,6 @@ for i = FIRST, #KEYS do
 end
 if created > 0 then
   redis.call('HINCRBY', KEYS[1], 'total', counted)
-  redis.call('INCRBY', KEYS[10], created)
   redis.call('HSETNX', KEYS[1], 'created', now)
   if redis.call('HGET', KEYS[1], 'done') == '1' then
     redis.call('HSET', KEYS[1], 'done', 0)
