@@ -171,8 +171,8 @@ class RedisServer:
     """`redis-server` on 127.0.0.1:PORT with its data in DIR, AOF everysec like taskherd's own Redis
     (so the peers pay the same durability cost), no RDB snapshots."""
 
-    def __init__(self, port: int, data_dir: Path, appendonly: bool = True) -> None:
-        self.port, self.data_dir, self.appendonly = port, data_dir, appendonly
+    def __init__(self, port: int, data_dir: Path, appendonly: bool = True, extra: tuple[str, ...] = ()) -> None:
+        self.port, self.data_dir, self.appendonly, self.extra = port, data_dir, appendonly, extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> RedisServer:
@@ -181,7 +181,8 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-                "--daemonize", "no", "--protected-mode", "no", "--logfile", str(self.data_dir / "redis.log")]
+                "--daemonize", "no", "--protected-mode", "no", "--logfile", str(self.data_dir / "redis.log"),
+                *self.extra]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True, cwd=self.data_dir)
         record_pid(self.proc.pid, f"redis-server :{self.port}")
