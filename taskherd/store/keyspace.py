@@ -25,8 +25,10 @@ from taskherd.store import keys
 from taskherd.store.connection import Client
 from taskherd.store.errors import store_errors
 
-KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.index("")[:-1], keys.TOMBSTONES,
-                 keys.SERIES, keys.LIMITS)
+KEPT_PREFIXES = (keys.executor(""), keys.analyzer(""), keys.node(""), keys.TOMBSTONES, keys.SERIES, keys.LIMITS)
+_INDEX = keys.index("")[:-1]
+"""Prefix of the task-id index: an entry with a TTL (a tombstone, an unconfirmed claim) is kept, one
+without (a live task's) is a leftover."""
 KEPT = frozenset((keys.SPECS_VERSION, keys.NODES, keys.STOP, keys.WATCHER_LEASE,
                   keys.SCHEDULES, keys.SCHEDULE_NEXT, keys.SCHEDULE_FIRED))
 """Kept too: the schedules (configuration, like the specs: a later start fires them on; DELETE them to stop)."""
@@ -56,7 +58,8 @@ class Keyspace:
         """taskherd's keys that are task, job or lease state (all but `KEPT`), sorted, at most
         MAX_LISTED (then a last line says how many more)."""
         left = sorted(name for name in self._redis.scan_iter(match=keys.PREFIX + ":*", count=1000)
-                      if name not in KEPT and not name.startswith(KEPT_PREFIXES))
+                      if name not in KEPT and not name.startswith(KEPT_PREFIXES)
+                      and not (name.startswith(_INDEX) and self._redis.pttl(name) != -1))
         if keys.OPEN_TASKS in left and self._redis.get(keys.OPEN_TASKS) in ("0", None):
             left.remove(keys.OPEN_TASKS)
         if len(left) > MAX_LISTED:

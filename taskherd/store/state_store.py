@@ -277,7 +277,7 @@ class StateStore:
             reserved = len(fresh)
         mine = [t for t in tasks if t.id not in theirs]
         out = self._create(job, mine, bounds[0], archive_checked_ms) if mine else []
-        if out in (["recheck"], ["full"]) or (out and out[0] == "full"):
+        if out and out[0] in ("recheck", "full"):
             self._disown(job, fresh, -reserved)
             if out == ["recheck"]:
                 raise Recheck(f"the archive was checked over 5 s before the create of {job!r}'s batch")

@@ -211,12 +211,13 @@ def test_keyspace_leftovers_keep_specs_nodes_and_tombstones_only(clean: Services
         r.hset(keys.series(1), "started", 1)
         r.set(keys.OPEN_TASKS, "0")
         r.hset(keys.task("j", "x"), "state", "pending")
-        # Then only the job's key is a leftover, and its job is found from it
-        assert store.keyspace.leftovers() == [keys.task("j", "x")]
+        r.set(keys.index("y"), "j")  # a live task's index entry (no TTL)
+        # Then only the job's key and the live index entry are leftovers, and the job is found from them
+        assert store.keyspace.leftovers() == sorted([keys.task("j", "x"), keys.index("y")])
         assert store.keyspace.jobs() == ["j"]
         # and a count of open tasks other than 0 is one too
         r.set(keys.OPEN_TASKS, "3")
-        assert store.keyspace.leftovers() == sorted([keys.task("j", "x"), keys.OPEN_TASKS])
+        assert store.keyspace.leftovers() == sorted([keys.task("j", "x"), keys.index("y"), keys.OPEN_TASKS])
     finally:
         store.close()
 
