@@ -19,7 +19,7 @@ PYTHONS := python3.13 python3.12 python3.11 python3
 help:
 	@echo "make setup   venv, Python packages and service binaries (only what is missing)"
 	@echo "make check   ruff, mypy and the import-linter contracts (python -m tests.checks)"
-	@echo "make test    setup and check, then run the tests on real services"
+	@echo "make test    setup and check, then run the tests on real services (then again on a Redis Cluster)"
 	@echo "make demo    setup, then run the main job on a local cluster"
 	@echo "make bench   setup, then run the benchmarks"
 	@echo "make soak    setup, then the nemesis soak on namespace hosts (root; SOAK_S=1800 s, SOAK_SEED to replay)"
@@ -31,8 +31,13 @@ setup: $(STAMP)
 check: $(STAMP)
 	$(PY) -m tests.checks
 
+# Then the integration and fault suites again with Redis as a cluster of 3 masters + 3 replicas; tests
+# about the one instance itself (marked single_redis) are left out, and so is test_redis_cluster.py,
+# whose clusters are its own either way.
 test: setup check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	TASKHERD_TEST_REDIS=cluster $(PY) -m pytest -q -m "not single_redis" \
+	  --ignore=tests/integration/test_redis_cluster.py $(PYTEST_ARGS) tests/integration tests/faults
 
 demo: setup
 	$(VENV)/bin/taskherd demo

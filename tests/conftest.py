@@ -9,6 +9,9 @@
   whole block shifts by 1000 until a free one is found: always read ports from `services.settings`.
 - `clean` (function): restarts any service a previous test left stopped, then empties Redis, the
   MySQL database and taskherd's NSQ topics; returns the same `Services`.
+- TASKHERD_TEST_REDIS=cluster makes the session's Redis a cluster of 3 masters + 3 replicas
+  (`[redis].cluster_nodes`, tests/helpers.py); "redis" is then every node at once for `services.manager`.
+  Tests marked `single_redis` are about the one instance itself and are left out of that pass.
 - `stop_actors` (autouse): pykka's registry is global, so every test ends with no actor alive.
 """
 
@@ -25,7 +28,15 @@ from taskherd.config import Settings
 from taskherd.deploy.local import binaries
 from taskherd.deploy.local.services import PortInUse, ServiceManager
 from taskherd.errors import MissingBinary
-from tests.helpers import PORT_SHIFTS, Services, mysql_connect, nsqd_post, redis_client, settings_for_tests
+from tests.helpers import (
+    CLUSTER_NODE_TIMEOUT_MS,
+    PORT_SHIFTS,
+    Services,
+    mysql_connect,
+    nsqd_post,
+    redis_client,
+    settings_for_tests,
+)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +67,7 @@ def _start_on_free_ports(data_dir: Path) -> tuple[ServiceManager, Settings]:
     busy: list[str] = []
     for shift in PORT_SHIFTS:
         settings = settings_for_tests(shift)
-        manager = ServiceManager(settings, data_dir)
+        manager = ServiceManager(settings, data_dir, cluster_node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS)
         try:
             manager.start()
         except PortInUse as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -20,8 +21,10 @@ from typing import Any, TypeVar
 
 import pymysql
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from taskherd.config import Settings, from_dict
+from taskherd.deploy.local.redis_cluster import bus_port
 from taskherd.deploy.local.services import ServiceManager
 
 T = TypeVar("T")
@@ -46,17 +49,35 @@ TEST_PORTS = {"nsqd_tcp": 24150, "nsqd_http": 24151, "lookupd_tcp": 24160, "look
 """Base test ports; no two differ by a multiple of 1000, so shifted blocks never overlap."""
 PORT_SHIFTS = range(0, 10_000, 1000)
 """Shifts tried in turn when another test session holds the base ports."""
+TEST_CLUSTER_PORTS = tuple(range(26400, 26406))
+"""The Redis Cluster's nodes when TASKHERD_TEST_REDIS=cluster (their buses 100 above: 26500...), shifted
+with the rest; no port here or there differs from a TEST_PORTS one by a multiple of 1000 either."""
+CLUSTER_NODE_TIMEOUT_MS = 2000
+"""A test cluster's node timeout: a killed master's replica takes over within a few seconds."""
 
 
-def settings_for_tests(shift: int = 0) -> Settings:
-    """Settings for the test services, every port moved by `shift`."""
+def redis_cluster_wanted() -> bool:
+    """TASKHERD_TEST_REDIS=cluster: the session's Redis is a cluster of 3 masters + 3 replicas (unset or
+    `single`: one instance). Read when called, never at import."""
+    mode = os.environ.get("TASKHERD_TEST_REDIS", "single") or "single"
+    if mode not in ("single", "cluster"):
+        raise ValueError(f"TASKHERD_TEST_REDIS: expected single or cluster, got {mode!r}")
+    return mode == "cluster"
+
+
+def settings_for_tests(shift: int = 0, *, cluster: bool | None = None) -> Settings:
+    """Settings for the test services, every port moved by `shift`; Redis a cluster when `cluster`
+    (default: as TASKHERD_TEST_REDIS says). `[redis].port` stays set either way: tests derive their
+    session's shift from it."""
     p = {key: port + shift for key, port in TEST_PORTS.items()}
+    cluster = redis_cluster_wanted() if cluster is None else cluster
+    nodes = [f"127.0.0.1:{port + shift}" for port in TEST_CLUSTER_PORTS] if cluster else []
     return from_dict({
         "nsq": {"nsqd_tcp_address": f"127.0.0.1:{p['nsqd_tcp']}",
                 "nsqd_http_addresses": [f"127.0.0.1:{p['nsqd_http']}"],
                 "lookupd_tcp_address": f"127.0.0.1:{p['lookupd_tcp']}",
                 "lookupd_http_addresses": [f"127.0.0.1:{p['lookupd_http']}"]},
-        "redis": {"port": p["redis"]},
+        "redis": {"port": p["redis"], "cluster_nodes": nodes},
         "mysql": {"port": p["mysql"], "database": "taskherd_test"},
         "api": {"port": p["api"]},
         # Tests start several worker pods on one config, next to any `taskherd up`: each its own free port.
@@ -94,10 +115,48 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def port_free(port: int) -> bool:
+    """Nothing listens on loopback `port` now (TIME_WAIT leftovers aside)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_ports(count: int = 6) -> list[int]:
+    """`count` free ports for Redis Cluster nodes, each with its bus port (+ BUS_OFFSET) free too."""
+    found: list[int] = []
+    while len(found) < count:
+        port = free_port()
+        taken = {q for p in found for q in (p, bus_port(p))}
+        if bus_port(port) <= 65535 and port_free(bus_port(port)) and not {port, bus_port(port)} & taken:
+            found.append(port)
+    return found
+
+
+def redis_client(settings: Settings) -> redis.Redis | RedisCluster:
+    """A client of the configured Redis: one instance, or a cluster (`[redis].cluster_nodes`), whose
+    flushdb, keys, dbsize and scan_iter cover every master."""
     cfg = settings.redis
+    if cfg.cluster_nodes:
+        nodes = [ClusterNode(host, int(port)) for host, _, port in (n.rpartition(":") for n in cfg.cluster_nodes)]
+        return _EveryMaster(startup_nodes=nodes, password=cfg.password, socket_timeout=cfg.socket_timeout_s)
     return redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db, password=cfg.password,
                        socket_timeout=cfg.socket_timeout_s)
+
+
+class _EveryMaster(RedisCluster):
+    """redis-py sends KEYS and DBSIZE to one node of a cluster; tests mean every key (FLUSHDB and SCAN
+    already go to every master)."""
+
+    def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
+        return super().keys(pattern, **{"target_nodes": RedisCluster.PRIMARIES, **kwargs})
+
+    def dbsize(self, **kwargs: Any) -> Any:
+        return super().dbsize(**{"target_nodes": RedisCluster.PRIMARIES, **kwargs})
 
 
 def mysql_connect(settings: Settings, database: str | None = None) -> pymysql.connections.Connection:

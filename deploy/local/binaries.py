@@ -24,6 +24,7 @@ INSTALL_HINTS: dict[str, str] = {
     "nsqd": _NSQ_HINT,
     "nsqlookupd": _NSQ_HINT,
     "redis-server": _APT.format(package="redis-server"),
+    "redis-cli": _APT.format(package="redis-tools"),  # forms a local Redis Cluster (redis-server depends on it)
     "mariadbd": _APT.format(package="mariadb-server"),
     "mariadb-install-db": _APT.format(package="mariadb-server"),
 }

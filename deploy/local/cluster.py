@@ -11,6 +11,11 @@ the config says `nsqd_tcp_address = ""` (and lists every nsqd's HTTP address), s
 from all nsqd through nsqlookupd, and workers publish to one of them chosen by pid. The topics are
 created on every nsqd before the pods start, so nsqlookupd lists them all from the first lookup.
 
+A Redis Cluster (`--redis-cluster`): six redis-server on [redis].port ... port + 5 (each with its cluster
+bus 100 above), formed into 3 masters with a replica each; the pods' config lists them in
+`[redis].cluster_nodes`. `tend()` treats them as the one service "redis": a dead node is started again
+and rejoins (as a replica, when its own replica took over meanwhile).
+
 Pod logs stream to our stdout with a prefix per pod. A pod that exits on its own
 (its supervisor escalated) is restarted, as Kubernetes would, but not one that exits 0: it was asked to
 stop (`taskherd teardown --all --stop`); once every pod has, `up` stops the services and exits 0.
@@ -44,6 +49,8 @@ import httpx
 
 from taskherd.config.settings import Settings
 from taskherd.config.toml_out import dumps
+from taskherd.deploy.local.redis_cluster import MIN_NODES, bus_port
+from taskherd.deploy.local.redis_cluster import ports as cluster_ports
 from taskherd.deploy.local.services import ServiceManager, nsqd_addresses
 from taskherd.errors import ServiceError, StoreError
 from taskherd.store.state_store import StateStore
@@ -143,8 +150,10 @@ class Cluster:
     `tend()`, called from the thread that entered, restarts services that died (see the module doc)."""
 
     def __init__(self, settings: Settings, config_path: str | None = None, workers: int | None = None,
-                 data_dir: str | None = None, out: IO[str] | None = None, managers: int = 1, nsqd: int = 1) -> None:
-        self.settings = settings
+                 data_dir: str | None = None, out: IO[str] | None = None, managers: int = 1, nsqd: int = 1,
+                 redis_cluster: bool = False) -> None:
+        self.settings = with_redis_cluster(settings) if redis_cluster else settings
+        settings = self.settings
         self.data_dir = Path(data_dir or settings.local.data_dir).resolve()
         self.workers = settings.local.workers if workers is None else workers
         self.managers, self.nsqd = managers, nsqd
@@ -297,6 +306,12 @@ class Cluster:
                     pod.start()
 
 
+def with_redis_cluster(settings: Settings) -> Settings:
+    """`settings` with `[redis].cluster_nodes` = the six local nodes on [redis].port ... port + 5."""
+    nodes = tuple(f"127.0.0.1:{settings.redis.port + i}" for i in range(MIN_NODES))
+    return settings.model_copy(update={"redis": settings.redis.model_copy(update={"cluster_nodes": nodes})})
+
+
 def _check_ports(settings: Settings, managers: int, nsqd: int, workers: int) -> None:
     """ServiceError naming two parts of the cluster that would listen on one port."""
     nsq = settings.nsq
@@ -305,7 +320,11 @@ def _check_ports(settings: Settings, managers: int, nsqd: int, workers: int) -> 
     for i, (tcp, http) in enumerate(nsqd_addresses(settings, nsqd)):
         wanted += [(tcp, f"nsqd {i + 1} TCP"), (http, f"nsqd {i + 1} HTTP")]
     ports = [(int(address.rsplit(":", 1)[1]), what) for address, what in wanted]
-    ports += [(settings.redis.port, "redis"), (settings.mysql.port, "mysql")]
+    nodes = cluster_ports(settings.redis)
+    ports += [(settings.redis.port, "redis")] if not nodes else \
+        [(p, f"redis node {i + 1}") for i, p in enumerate(nodes)] + \
+        [(bus_port(p), f"redis node {i + 1} bus") for i, p in enumerate(nodes)]
+    ports += [(settings.mysql.port, "mysql")]
     ports += [(settings.api.port + i, f"manager {i + 1} API") for i in range(managers)]
     if settings.worker.http_port:
         ports += [(settings.worker.http_port + i, f"worker {i + 1} probes") for i in range(workers)]
@@ -325,15 +344,18 @@ def _exit_text(code: int) -> str:
 
 
 def up(settings: Settings, config_path: str | None, workers: int | None, data_dir: str | None,
-       managers: int = 1, nsqd: int = 1) -> int:
+       managers: int = 1, nsqd: int = 1, redis_cluster: bool = False) -> int:
     """Run the local cluster until Ctrl-C or SIGTERM."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        with Cluster(settings, config_path, workers, data_dir, managers=managers, nsqd=nsqd) as cluster:
+        with Cluster(settings, config_path, workers, data_dir, managers=managers, nsqd=nsqd,
+                     redis_cluster=redis_cluster) as cluster:
             apis = ", ".join(cluster.api_urls)
             more = f"{managers} managers, {nsqd} nsqd, " if managers > 1 or nsqd > 1 else ""
+            nodes = cluster.services.redis_nodes()
+            more += f"a Redis Cluster on ports {nodes[0]}-{nodes[-1]}, " if nodes else ""
             print(f"[up] cluster ready: API {apis} (docs at {cluster.api_url}/docs), {more}"
                   f"{cluster.workers} worker pod(s), data in {cluster.data_dir}. Ctrl-C stops it.", flush=True)
             # Wake often: to restart a dead service, and to let a signal caught by another thread run

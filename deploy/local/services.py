@@ -9,6 +9,11 @@ only once; Redis replays its AOF; nsqd reloads what a clean stop wrote to disk).
 Layout of `data_dir`: `nsqd/` (and `nsqd-2/`, ... with several), `redis/`, `mariadb/` (datadir, socket,
 pid file) and `logs/NAME.log` (each service's stdout and stderr; MariaDB's error log is the same file).
 
+With `[redis].cluster_nodes` set (loopback ports), the service "redis" is the group of those nodes, a
+Redis Cluster (redis_cluster.py): each node in `redis-PORT/` logging to `logs/redis-PORT.log`. Starting,
+stopping and killing "redis" act on every node, so a fault test's Redis outage is the whole cluster's;
+`kill_redis_node` / `start_redis_node` act on one (a master's loss, its replica taking over).
+
 Each service runs in a session of its own, so a Ctrl-C at the parent's terminal reaches the parent
 only, which then stops them in order (SIGTERM in reverse start order, SIGKILL after `stop_timeout_s`).
 On Linux a service also gets SIGTERM when the *thread* that started it dies (PR_SET_PDEATHSIG), so a
@@ -42,7 +47,7 @@ import psutil
 
 from taskherd.config import Settings
 from taskherd.config.settings import DEADLETTER_HEADROOM
-from taskherd.deploy.local import binaries
+from taskherd.deploy.local import binaries, redis_cluster
 from taskherd.errors import ServiceError
 from taskherd.store.archive import provision
 
@@ -71,10 +76,11 @@ class PortInUse(ServiceError):
 class _Plan:
     """How to launch one service and how to tell that it answers."""
 
-    name: str  # service name, also its log file's name
+    name: str  # process name (a service's, or `redis-PORT` for a cluster node), also its log file's name
     argv: list[str]  # full command line, binary first
     ports: tuple[tuple[int, str], ...]  # each port it binds, with the config key that chose it
     probe: Callable[[], None]  # returns when the service answers; raises otherwise
+    service: str = ""  # the service it belongs to, when not `name` (a cluster node's is "redis")
 
 
 def service_names(nsqd: int = 1) -> tuple[str, ...]:
@@ -96,7 +102,8 @@ class ServiceManager:
     `die_with_parent=False` keeps services alive past the starting thread (see the module doc)."""
 
     def __init__(self, settings: Settings, data_dir: str | Path, *, start_timeout_s: float = 60.0,
-                 stop_timeout_s: float = 30.0, die_with_parent: bool = True, nsqd: int = 1) -> None:
+                 stop_timeout_s: float = 30.0, die_with_parent: bool = True, nsqd: int = 1,
+                 cluster_node_timeout_ms: int = 5000) -> None:
         if nsqd < 1:
             raise ServiceError(f"at least one nsqd is needed, got {nsqd}")
         self.settings = settings
@@ -107,7 +114,11 @@ class ServiceManager:
         self.names = service_names(nsqd)
         self.nsqd = nsqd_addresses(settings, nsqd)
         """(TCP, HTTP) address of each nsqd, the first being the configured one."""
+        self._redis_nodes = redis_cluster.ports(settings.redis)
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
+        """How long a cluster node may not answer before it counts as failed and its replica takes over."""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        """Running (or exited, not yet reaped) processes by process name (`_members`)."""
 
     # --- public face ------------------------------------------------------------------------------
 
@@ -125,43 +136,77 @@ class ServiceManager:
             self.stop_one(name)
 
     def start_one(self, name: str) -> int:
-        """Start `name` (a no-op if running), wait until it answers, and return its pid."""
+        """Start `name` (a no-op if running), wait until it answers, and return its pid (a cluster's:
+        its first node's, once the cluster serves)."""
         self._start([self._known(name)])
-        return self._procs[name].pid
+        return self._procs[self._members(name)[0]].pid
 
     def stop_one(self, name: str, sig: int = signal.SIGTERM) -> None:
-        """Send `sig` to `name`, wait up to `stop_timeout_s`, then SIGKILL its process group."""
-        proc = self._procs.get(self._known(name))
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _signal(proc.pid, sig, group=(sig == signal.SIGKILL))
-            try:
-                proc.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored signal %d for %.0f s; sending SIGKILL",
-                            name, proc.pid, sig, self.stop_timeout_s)
-                _signal(proc.pid, signal.SIGKILL, group=True)
-                proc.wait()
-        # Anything the service forked (a Redis AOF rewrite child) must not outlive it.
-        _signal(proc.pid, signal.SIGKILL, group=True)
-        del self._procs[name]
-        log.info("%s stopped (pid %d, exit %s)", name, proc.pid, proc.returncode)
+        """Send `sig` to `name` (every node of a cluster at once), wait up to `stop_timeout_s`, then
+        SIGKILL its process group."""
+        self._stop(self._members(self._known(name)), sig)
 
     def kill_one(self, name: str) -> None:
         """SIGKILL `name` and its process group, as a crash would; the data stays for a restart."""
         self.stop_one(name, signal.SIGKILL)
 
     def pid(self, name: str) -> int | None:
-        """Pid of `name` while it runs, else None."""
-        proc = self._procs.get(self._known(name))
-        return proc.pid if proc is not None and proc.poll() is None else None
+        """Pid of `name` while it runs, else None. A cluster runs while every node does; its pid is
+        its first node's."""
+        pids = [self._running(member) for member in self._members(self._known(name))]
+        return pids[0] if None not in pids else None
+
+    def pids(self, name: str) -> list[int]:
+        """Every running process of `name`: one, or each node of a Redis cluster."""
+        return [pid for member in self._members(self._known(name)) if (pid := self._running(member))]
 
     def exit_code(self, name: str) -> int | None:
-        """How `name` ended (negative: the signal that killed it), once it has exited on its own;
-        None while it runs or when this manager does not hold it (never started, or stopped)."""
-        proc = self._procs.get(self._known(name))
-        return proc.poll() if proc is not None else None
+        """How `name` ended (negative: the signal that killed it), once it has exited on its own (a
+        cluster: its first node that did); None while it runs or when this manager does not hold it
+        (never started, or stopped)."""
+        for member in self._members(self._known(name)):
+            proc = self._procs.get(member)
+            if proc is not None and proc.poll() is not None:
+                return proc.returncode
+        return None
+
+    # --- one node of a Redis cluster ----------------------------------------------------------------
+
+    def redis_nodes(self) -> list[int]:
+        """The ports of the Redis cluster's nodes (`[redis].cluster_nodes`); empty for one instance."""
+        return list(self._redis_nodes)
+
+    def redis_node_pid(self, port: int) -> int | None:
+        return self._running(self._node(port))
+
+    def start_redis_node(self, port: int) -> int:
+        """Start one cluster node (a no-op if running), wait until it answers and sees the cluster
+        serving, and return its pid. A node that was failed over rejoins as its successor's replica."""
+        member = self._node(port)
+        self._launch([self._plan(member)] if self._running(member) is None else [])
+        redis_cluster.wait_ok([port], self.settings.redis.password, self.start_timeout_s,
+                              expect=len(self._redis_nodes))
+        return self._procs[member].pid
+
+    def stop_redis_node(self, port: int, sig: int = signal.SIGTERM) -> None:
+        self._stop([self._node(port)], sig)
+
+    def kill_redis_node(self, port: int) -> None:
+        """SIGKILL one node, as a crash would: its replica takes over after `cluster_node_timeout_ms`."""
+        self._stop([self._node(port)], signal.SIGKILL)
+
+    def redis_master_of(self, key: str) -> int:
+        """The port of the master serving `key`, as the first running node sees the cluster."""
+        password = self.settings.redis.password
+        for port in self._redis_nodes:
+            if self.redis_node_pid(port) is not None:
+                return redis_cluster.master_of(port, password, key)
+        raise ServiceError("redis: no cluster node is running")
+
+    def redis_cluster_view(self, port: int) -> list[redis_cluster.Node]:
+        """The cluster's nodes (roles, slots, failures) as the node at `port` sees them."""
+        self._node(port)
+        return redis_cluster.nodes(port, self.settings.redis.password)
 
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
@@ -180,7 +225,24 @@ class ServiceManager:
             raise ValueError(f"unknown service {name!r}; expected one of {', '.join(self.names)}")
         return name
 
+    def _members(self, name: str) -> list[str]:
+        """The processes of service `name`: itself, or each node of a Redis cluster."""
+        if name == "redis" and self._redis_nodes:
+            return [f"redis-{port}" for port in self._redis_nodes]
+        return [name]
+
+    def _node(self, port: int) -> str:
+        if port not in self._redis_nodes:
+            raise ValueError(f"{port} is not a Redis cluster node here; expected one of {self._redis_nodes}")
+        return f"redis-{port}"
+
+    def _running(self, member: str) -> int | None:
+        proc = self._procs.get(member)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def _plan(self, name: str) -> _Plan:
+        if name.startswith("redis-"):
+            return self._redis_node(int(name.removeprefix("redis-")))
         if self._known(name).startswith("nsqd"):
             return self._nsqd(int(name.partition("-")[2] or 1) - 1)
         return {"nsqlookupd": self._nsqlookupd, "redis": self._redis, "mariadb": self._mariadb}[name]()
@@ -224,6 +286,24 @@ class ServiceManager:
             argv += ["--requirepass", cfg.password]
         return _Plan("redis", argv, ((cfg.port, "[redis].port"),),
                      lambda: _redis_ping(cfg.port, cfg.password))
+
+    def _redis_node(self, port: int) -> _Plan:
+        """One node of the cluster: as the single instance (AOF everysec), plus its cluster config
+        (`nodes.conf`, relative to its --dir) and its bus on port + BUS_OFFSET."""
+        cfg = self.settings.redis
+        data = self.data_dir / f"redis-{port}"
+        data.mkdir(parents=True, exist_ok=True)
+        bus = redis_cluster.bus_port(port)
+        argv = [binaries.find("redis-server"), "--port", str(port), "--bind", _LOOPBACK,
+                "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
+                "--save", "", "--daemonize", "no", "--protected-mode", "no",
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus),
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms)]
+        if cfg.password:
+            argv += ["--requirepass", cfg.password, "--masterauth", cfg.password]  # replicas authenticate too
+        ports = ((port, redis_cluster.KEY),
+                 (bus, f"{redis_cluster.KEY}: the cluster bus of {port}, its port + {redis_cluster.BUS_OFFSET}"))
+        return _Plan(f"redis-{port}", argv, ports, lambda: _redis_ping(port, cfg.password), service="redis")
 
     def _mariadb(self) -> _Plan:
         cfg = self.settings.mysql
@@ -277,7 +357,13 @@ class ServiceManager:
     # --- launching and waiting --------------------------------------------------------------------
 
     def _start(self, names: Sequence[str]) -> None:
-        plans = [self._plan(name) for name in names if self.pid(name) is None]
+        members = [member for name in names for member in self._members(name)]
+        cluster = self._redis_nodes if "redis" in names else []
+        self._launch([self._plan(m) for m in members if self._running(m) is None], cluster)
+
+    def _launch(self, plans: list[_Plan], cluster: Sequence[int] = ()) -> None:
+        """Check every port, spawn, wait until each answers; then form the Redis `cluster` if it never
+        was, and wait until all its nodes see it serve. On any failure, kill what this call started."""
         for plan in plans:
             self._check_ports(plan)
         try:
@@ -285,15 +371,60 @@ class ServiceManager:
                 self._spawn(plan)
             for plan in plans:
                 self._wait_ready(plan)
+            if cluster:
+                self._settle_cluster(list(cluster))
         except BaseException:
-            for plan in reversed(plans):
-                self.kill_one(plan.name)
+            self._stop([plan.name for plan in reversed(plans)], signal.SIGKILL)
             raise
+
+    def _settle_cluster(self, ports: list[int]) -> None:
+        password = self.settings.redis.password
+        if redis_cluster.form(ports, password, self.log_path("redis-cluster"), self.start_timeout_s):
+            log.info("redis: formed a cluster of %d nodes (%s)", len(ports), ", ".join(map(str, ports)))
+        redis_cluster.wait_ok(ports, password, self.start_timeout_s)
+
+    def _stop(self, members: list[str], sig: int) -> None:
+        """`sig` to every process in `members` at once (a cluster's nodes then go together, with no
+        failover among them), then wait for each as `stop_one` says."""
+        procs = [(m, self._procs[m]) for m in members if m in self._procs]
+        for _, proc in procs:
+            if proc.poll() is None:
+                _signal(proc.pid, sig, group=(sig == signal.SIGKILL))
+        for member, proc in procs:
+            if proc.poll() is None:
+                try:
+                    self._wait_exit(member, proc, sig)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s (pid %d) ignored signal %d for %.0f s; sending SIGKILL",
+                                member, proc.pid, sig, self.stop_timeout_s)
+                    _signal(proc.pid, signal.SIGKILL, group=True)
+                    proc.wait()
+            # Anything the service forked (a Redis AOF rewrite child) must not outlive it.
+            _signal(proc.pid, signal.SIGKILL, group=True)
+            del self._procs[member]
+            log.info("%s stopped (pid %d, exit %s)", member, proc.pid, proc.returncode)
+
+    def _wait_exit(self, member: str, proc: subprocess.Popen[bytes], sig: int) -> None:
+        """Wait up to `stop_timeout_s` for `proc` to exit. A cluster node is sent `sig` again each
+        second: a replica that has just synced refuses a shutdown while it writes its first AOF
+        ("Writing initial AOF, can't exit") and then forgets the request."""
+        if not member.startswith("redis-") or sig == signal.SIGKILL:
+            proc.wait(timeout=self.stop_timeout_s)
+            return
+        deadline = time.monotonic() + self.stop_timeout_s
+        while True:
+            try:
+                proc.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                return
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
+                _signal(proc.pid, sig, group=False)
 
     def _check_ports(self, plan: _Plan) -> None:
         for port, key in plan.ports:
             if _port_in_use(port):
-                raise PortInUse(plan.name, port, key, _holder(port))
+                raise PortInUse(plan.service or plan.name, port, key, _holder(port))
 
     def _spawn(self, plan: _Plan) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -441,10 +572,11 @@ def _why(name: str, path: Path) -> str:
     if text is None:
         return f"(cannot read {path})"
     lines = text.split(_START_MARK)[-1].splitlines()[1:]
-    causes = [line for line in lines if _CAUSE.get(name, _ANY_CAUSE).search(line)] or \
+    kind = name.partition("-")[0]  # a cluster node's `redis-PORT` reads as Redis's log
+    causes = [line for line in lines if _CAUSE.get(kind, _ANY_CAUSE).search(line)] or \
         [line for line in lines if _ANY_CAUSE.search(line)]
     if causes:
-        cause = causes[-1] if name == "redis" else causes[0]
+        cause = causes[-1] if kind == "redis" else causes[0]
         more = f"; {len(causes) - 1} more such line(s)" if len(causes) > 1 else ""
         return f"{cause.strip()}\n    (from {path}{more})"
     tail = "\n".join("    " + line for line in lines[-5:]) or "    (log is empty)"

@@ -30,7 +30,7 @@ from taskherd.errors import MissingBinary, TaskherdError
 
 NSQ_VERSION = "v1.3.0"
 _NSQ_PACKAGES = ("github.com/nsqio/nsq/apps/nsqd", "github.com/nsqio/nsq/apps/nsqlookupd")
-_APT_PACKAGES = {"redis-server": "redis-server", "mariadbd": "mariadb-server",
+_APT_PACKAGES = {"redis-server": "redis-server", "redis-cli": "redis-tools", "mariadbd": "mariadb-server",
                  "mariadb-install-db": "mariadb-server"}
 _BROWSER = {"chromium": "chromium", "chromedriver": "chromium-driver"}
 """Binaries of the dashboard's browser tests, and the Debian packages holding them."""
@@ -128,7 +128,7 @@ def ensure_apt_services() -> None:
     absent = binaries.missing()
     missing = [name for name in _APT_PACKAGES if name in absent]
     if not missing:
-        say("redis-server, mariadbd, mariadb-install-db: found")
+        say(f"{', '.join(_APT_PACKAGES)}: found")
         return
     packages = sorted({_APT_PACKAGES[name] for name in missing})
     command = f"apt-get install -y {' '.join(packages)}"

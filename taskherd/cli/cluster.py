@@ -24,6 +24,9 @@ def add_commands(sub: Any) -> None:
     u = command(sub, "up", cmd_up, "run a local cluster (services + pods) until Ctrl-C")
     _topology(u)
     u.add_argument("--data-dir", metavar="DIR", help="data directory (default [local].data_dir)")
+    u.add_argument("--redis-cluster", action="store_true",
+                   help="Redis as a cluster of 3 masters + 3 replicas on [redis].port ... port + 5 (bus ports "
+                        "100 above), listed in the pods' [redis].cluster_nodes")
     d = command(sub, "demo", cmd_demo, "crawl a generated site on a local cluster, end to end")
     d.add_argument("--pages", type=int, default=300, metavar="N")
     _topology(d)
@@ -91,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from taskherd.deploy.local.cluster import up
 
-    return up(settings(args), args.config, args.workers, args.data_dir, managers=args.managers, nsqd=args.nsqd)
+    return up(settings(args), args.config, args.workers, args.data_dir, managers=args.managers, nsqd=args.nsqd,
+              redis_cluster=args.redis_cluster)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -15,12 +15,13 @@ import pytest
 import redis
 
 from taskherd.config import Settings, from_dict
-from taskherd.deploy.local import binaries
+from taskherd.deploy.local import binaries, redis_cluster
 from taskherd.deploy.local.services import SERVICES, PortInUse, ServiceManager
 from taskherd.errors import MissingBinary, ServiceError
 from tests.helpers import (
     DIRECT,
     Services,
+    free_cluster_ports,
     free_port,
     mysql_connect,
     nsqd_post,
@@ -102,14 +103,14 @@ def test_stop_leaves_no_process_behind_and_start_resumes_the_data(clean: Service
     client = redis_client(clean.settings)
     client.set("taskherd:test:resume", "yes")
     client.close()
-    procs = [psutil.Process(manager.pid(name)) for name in SERVICES]
+    procs = [psutil.Process(pid) for name in SERVICES for pid in manager.pids(name)]
     procs += [child for proc in procs for child in proc.children(recursive=True)]
     try:
         # When the manager stops them
         manager.stop()
         # Then no process is left and every port is free
         assert [p.pid for p in procs if p.is_running()] == []
-        assert all(manager.pid(name) is None for name in SERVICES)
+        assert all(manager.pid(name) is None and manager.pids(name) == [] for name in SERVICES)
         for port in _ports(clean):
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
@@ -133,6 +134,8 @@ def test_a_busy_port_names_the_service_and_port_and_starts_nothing(busy_service:
                  "redis": ("redis", "port"), "mariadb": ("mysql", "port")}
         section, key = ports[busy_service]
         settings = _on_free_ports(**{f"{section}.{key}": busy})
+        if busy_service == "redis" and settings.redis.cluster_nodes:  # a cluster: its third node's port
+            settings = _with_cluster_node(settings, 2, busy)
         manager = ServiceManager(settings, tmp_path)
         # When the manager starts
         try:
@@ -147,20 +150,22 @@ def test_a_busy_port_names_the_service_and_port_and_starts_nothing(busy_service:
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.single_redis  # how one redis-server's failed start reads (a cluster node's is the same code)
 def test_a_service_that_dies_at_start_reports_the_tail_of_its_log(monkeypatch, tmp_path) -> None:
     # Given a redis-server that fails at once, saying why
     _fake_binary(monkeypatch, tmp_path, "redis-server", "echo 'FATAL: cannot open the AOF' >&2; exit 3")
-    manager = ServiceManager(_on_free_ports(), tmp_path / "data")
+    manager = ServiceManager(_on_free_ports(cluster=False), tmp_path / "data")
     # When it is started, Then the error carries the exit code and the log's last lines
     with pytest.raises(ServiceError, match=r"(?s)redis exited with code 3 .*FATAL: cannot open the AOF"):
         manager.start_one("redis")
     assert manager.pid("redis") is None
 
 
+@pytest.mark.single_redis  # as above: one redis-server that never answers
 def test_a_service_that_never_answers_is_killed_at_the_deadline(monkeypatch, tmp_path) -> None:
     # Given a redis-server that runs but never answers
     _fake_binary(monkeypatch, tmp_path, "redis-server", "echo 'still thinking'; exec sleep 60")
-    manager = ServiceManager(_on_free_ports(), tmp_path / "data", start_timeout_s=0.5)
+    manager = ServiceManager(_on_free_ports(cluster=False), tmp_path / "data", start_timeout_s=0.5)
     # When it is started, Then the deadline names service and port, shows the log, kills the process
     with pytest.raises(ServiceError, match=r"(?s)redis did not answer on 127.0.0.1:\d+ within .*still thinking"):
         manager.start_one("redis")
@@ -184,13 +189,26 @@ def _ports(services: Services) -> list[int]:
     nsq = services.settings.nsq
     addresses = [nsq.nsqd_tcp_address, nsq.nsqd_http_addresses[0], nsq.lookupd_tcp_address,
                  nsq.lookupd_http_addresses[0]]
+    nodes = services.manager.redis_nodes()
     return [int(a.rsplit(":", 1)[1]) for a in addresses] + [services.settings.redis.port,
-                                                            services.settings.mysql.port]
+                                                            services.settings.mysql.port] + \
+        nodes + [redis_cluster.bus_port(p) for p in nodes]
 
 
-def _on_free_ports(**override: int) -> Settings:
-    """Test settings with every service on a fresh free port, then `section.key=port` overrides."""
-    data = settings_for_tests().model_dump()
+def _with_cluster_node(settings: Settings, index: int, port: int) -> Settings:
+    data = settings.model_dump()
+    nodes = list(data["redis"]["cluster_nodes"])
+    nodes[index] = f"127.0.0.1:{port}"
+    data["redis"]["cluster_nodes"] = nodes
+    return from_dict(data)
+
+
+def _on_free_ports(cluster: bool | None = None, **override: int) -> Settings:
+    """Test settings with every service on a fresh free port, then `section.key=port` overrides; Redis
+    a cluster as the session's (TASKHERD_TEST_REDIS), unless `cluster` says."""
+    data = settings_for_tests(cluster=cluster).model_dump()
+    if data["redis"]["cluster_nodes"]:
+        data["redis"]["cluster_nodes"] = [f"127.0.0.1:{p}" for p in free_cluster_ports()]
     data["nsq"].update(nsqd_tcp_address=f"127.0.0.1:{free_port()}",
                        nsqd_http_addresses=[f"127.0.0.1:{free_port()}"],
                        lookupd_tcp_address=f"127.0.0.1:{free_port()}",
