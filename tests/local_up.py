@@ -10,6 +10,7 @@ than the one running the test reads it too.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,8 @@ import httpx
 import psutil
 
 from taskherd.config import Settings, from_dict
-from tests.helpers import TEST_PORTS, settings_for_tests, wait_until
+from taskherd.deploy.local.redis_cluster import bus_port
+from tests.helpers import TEST_CLUSTER_PORTS, TEST_PORTS, redis_cluster_wanted, settings_for_tests, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 """The repository root: `up` runs with it as its working directory, as a developer would run it."""
@@ -41,8 +43,9 @@ def _port_free(port: int) -> bool:
 
 def up_settings() -> Settings:
     """Test settings on a free block of ports (never a test session's), with a short drain."""
+    nodes = [*TEST_CLUSTER_PORTS, *map(bus_port, TEST_CLUSTER_PORTS)] if redis_cluster_wanted() else []
     for shift in range(5500, 37_000, 100):
-        ports = [port + shift for port in TEST_PORTS.values()]
+        ports = [port + shift for port in (*TEST_PORTS.values(), *nodes)]
         if shift % 1000 and all(port < 65_536 and _port_free(port) for port in ports):
             data = settings_for_tests(shift).model_dump()
             data["worker"].update(SHORT["worker"])
@@ -63,6 +66,7 @@ def config_toml(settings: Settings) -> str:
              f'lookupd_tcp_address = "{nsq.lookupd_tcp_address}"',
              f'lookupd_http_addresses = ["{nsq.lookupd_http_addresses[0]}"]',
              "[redis]", f"port = {settings.redis.port}",
+             *([f"cluster_nodes = {json.dumps(list(settings.redis.cluster_nodes))}"] if settings.redis.cluster_nodes else []),
              "[mysql]", f"port = {settings.mysql.port}", f'database = "{settings.mysql.database}"',
              "[api]", f"port = {settings.api.port}"]
     sections = {**SHORT, "worker": {**SHORT["worker"], "http_port": settings.worker.http_port}}
@@ -91,6 +95,8 @@ class Up:
     cwd: Path = REPO
     extra_toml: str = ""
     """Appended to the config file (sections `config_toml` does not write, e.g. `[auth]`)."""
+    options: tuple[str, ...] = ()
+    """More options of `taskherd up` (e.g. `--redis-cluster`)."""
     proc: subprocess.Popen[bytes] | None = None
     recorded: list[tuple[int, float, str]] = field(default_factory=list)
 
@@ -106,7 +112,7 @@ class Up:
         config = self.workdir / "up.toml"
         config.write_text(config_toml(self.settings) + self.extra_toml)
         argv = [*self.command, "--config", str(config), "up", "--workers", str(self.workers),
-                "--data-dir", str(self.data_dir)]
+                "--data-dir", str(self.data_dir), *self.options]
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd,
                                          start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -147,6 +147,7 @@ def test_services_ping_redis_without_redis_py() -> None:
     assert done.stdout.strip() == "False", done.stderr
 
 
+@pytest.mark.single_redis  # probes the one instance's port; a cluster's password: tests/integration/test_redis_cluster.py
 def test_a_redis_with_a_password_is_probed_with_auth(service_binaries: dict[str, str],
                                                      tmp_path: Path) -> None:
     # Given settings with a Redis password

@@ -1,29 +1,36 @@
 """The local Redis Cluster under the services manager: six nodes form 3 masters + 3 replicas, a killed
 master's replica takes over and the master rejoins as a replica, the whole cluster killed comes back
-with its data (AOF), a stop leaves nothing behind, and a busy port names `[redis].cluster_nodes`.
+with its data (AOF), a stop leaves nothing behind, a busy port names `[redis].cluster_nodes`; and
+`taskherd up --redis-cluster` runs tasks on one and restarts a node that died.
 
 Each test runs clusters of its own on free ports, whichever Redis the session uses (TASKHERD_TEST_REDIS),
-so it runs in the first pass of `make test` and is left out of the cluster pass. It needs only
-redis-server and redis-cli; without them it skips, or fails when CI is set (`service_binaries`).
+so it runs in the first pass of `make test` and is left out of the cluster pass. Without the service
+binaries it skips, or fails when CI is set (`service_binaries`).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from taskherd.config import Settings, from_dict
+from taskherd.config import Settings, from_dict, load
 from taskherd.deploy.local import redis_cluster
 from taskherd.deploy.local.services import PortInUse, ServiceManager, service_names
 from taskherd.errors import ServiceError
 from tests.helpers import CLUSTER_NODE_TIMEOUT_MS, free_cluster_ports, port_free, redis_client, settings_for_tests, wait_until
+from tests.local_up import Up, run_one_echo_task, up_settings
 
+TASKHERD = [str(Path(sys.executable).parent / "taskherd")]
 PASSWORD = "s3cret"
 """The shared cluster runs with a password: replicas must authenticate to their masters (masterauth),
 and redis-cli to every node, for it to form and fail over at all."""
@@ -171,3 +178,39 @@ def test_the_session_client_reaches_every_master(cluster: ServiceManager) -> Non
     assert client.dbsize() == 0
     assert all(redis.Redis(port=p, password=PASSWORD).dbsize() == 0 for p in cluster.redis_nodes())
     client.close()
+
+
+def test_up_with_a_redis_cluster_runs_tasks_and_restarts_a_killed_node(service_binaries: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    # Given `taskherd up --redis-cluster` (single-instance settings: the option alone makes the cluster)
+    settings = up_settings()
+    up = Up(TASKHERD, settings, tmp_path / "data", tmp_path, options=("--redis-cluster",))
+    nodes = [f"127.0.0.1:{settings.redis.port + i}" for i in range(6)]
+    try:
+        up.start()
+        up.wait_ready()
+        # Then the pods' config lists the six nodes, which serve as one cluster, and a task runs
+        assert load(up.data_dir / "cluster.toml").redis.cluster_nodes == tuple(nodes)
+        ports = [settings.redis.port + i for i in range(6)]
+        redis_cluster.wait_ok(ports, None, 30)
+        assert run_one_echo_task(up, sys.executable, "on-a-cluster")["counts"].get("succeeded") == 1
+        # When a node dies, Then `up` restarts it like any service, and the cluster runs a task again
+        killed = up.child_pid("redis-server")
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: "[up] redis exited (code -9, SIGKILL); restarting (1/5)" in up.log(), timeout=15,
+                   message="`up` reports the dead node")
+        wait_until(lambda: "[up] redis restarted" in up.log(), timeout=90, message="`up` restarted the node")
+        assert len([p for p in psutil.Process(up.proc.pid).children(recursive=True) if p.name() == "redis-server"]) == 6
+        # (a 503 is retried: the store's first call on each pooled connection to the restarted node fails
+        # once, "Connection closed by server"; that is the store's to retry, not `up`'s. Submits are
+        # idempotent by id, so a retried one cannot double the task.)
+        again = wait_until(lambda: run_one_echo_task(up, sys.executable, "after-a-node-restart"), timeout=90,
+                           ignore=(httpx.HTTPStatusError,), message="a task runs after the node's restart")
+        assert again["counts"].get("succeeded") == 1
+        # And a stop leaves no process behind
+        assert up.stop() == 0
+        assert up.still_running() == []
+    finally:
+        up.kill()
+        sys.stderr.write(up.log())
