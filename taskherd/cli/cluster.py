@@ -60,7 +60,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         nodes = store.members.nodes()
         store.close()
     except StoreError as exc:
-        print(f"error: cannot read nodes from Redis at {config.redis.host}:{config.redis.port}: {exc}", file=sys.stderr)
+        where = ", ".join(config.redis.cluster_nodes) or f"{config.redis.host}:{config.redis.port}"
+        print(f"error: cannot read nodes from Redis at {where}: {exc}", file=sys.stderr)
         return 1
     _table(nodes, ("id", "role", "host", "pid", "slots", "version", "started"))
     return 0

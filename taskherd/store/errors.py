@@ -16,7 +16,9 @@ from taskherd.metrics import SERVICE_ERRORS
 
 C = TypeVar("C", bound=type)
 
-_LIBRARY_ERRORS = (redis.RedisError, pymysql.MySQLError)
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
+"""What redis-py raises: a cluster client's "no node reachable" is not a RedisError."""
+_LIBRARY_ERRORS = (*REDIS_ERRORS, pymysql.MySQLError)
 
 
 def store_errors(service: str) -> Callable[[C], C]:

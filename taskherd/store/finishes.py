@@ -24,11 +24,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from redis.cluster import RedisCluster
 
 from taskherd.store import keys
 from taskherd.store.connection import Client
+from taskherd.store.errors import REDIS_ERRORS
 
 log = logging.getLogger("taskherd.finishes")
 
@@ -109,7 +109,12 @@ class Finishes:
         while not self._closed.is_set():
             # Its own connection, without health checks: a PING on a subscribed connection answers in
             # pub/sub form, which redis-py's check would take for a broken connection.
-            pool = self._pool()
+            try:
+                pool = self._pool()
+            except REDIS_ERRORS as exc:  # a cluster with no node reachable
+                log.warning("waiting for task results: %s; reconnecting", exc)
+                self._closed.wait(RECONNECT_S)
+                continue
             conn = pool.connection_class(**{**pool.connection_kwargs, "health_check_interval": 0})
             try:
                 conn.connect()
@@ -120,7 +125,7 @@ class Finishes:
                 if channels:
                     conn.send_command("SUBSCRIBE", *channels)
                 self._serve(conn)
-            except (redis.RedisError, OSError) as exc:
+            except (*REDIS_ERRORS, OSError) as exc:
                 log.warning("waiting for task results: %s; reconnecting", exc)
                 self._closed.wait(RECONNECT_S)
             finally:

@@ -26,7 +26,7 @@ from taskherd.errors import StoreError, TaskherdError
 from taskherd.states import FINAL_STATES, LIVE_STATES, WAITING_STATES, TaskState
 from taskherd.store import keys
 from taskherd.store.connection import Client, connect
-from taskherd.store.errors import store_errors
+from taskherd.store.errors import REDIS_ERRORS, store_errors
 from taskherd.store.finishes import Finishes
 from taskherd.store.keyspace import Keyspace
 from taskherd.store.limits import LimitStore
@@ -157,7 +157,7 @@ class StateStore:
         commands = [("EVALSHA", self._scripts[name].sha, len(keys_), *keys_, *args) for name, keys_, args in calls]
         try:
             return self._roundtrip(commands + list(more), wait)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"redis {'+'.join(name for name, _, _ in calls) or more[0][0]}: {exc}") from exc
 
     def _roundtrip(self, commands: list[tuple[Any, ...]], wait: bool = False) -> list[Any]:

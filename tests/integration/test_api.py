@@ -26,6 +26,7 @@ from taskherd.api import build_app
 from taskherd.cli import main
 from taskherd.client import ApiUnreachable, Client, ClientError, WaitTimeout
 from taskherd.config import Settings
+from taskherd.config.toml_out import dumps
 from taskherd.intake import Intake
 from taskherd.nsq.publisher import Publisher
 from taskherd.store import keys
@@ -465,7 +466,7 @@ def test_nodes_are_listed_by_the_api_and_by_the_cli_from_redis(stack: Stack, tmp
     wait_until(lambda: stack.http.get("/nodes").json(), timeout=10, message="node registered")
     assert [n["id"] for n in stack.http.get("/nodes").json()] == [info.id]
     config = tmp_path / "taskherd.toml"
-    config.write_text(f"[redis]\nport = {stack.settings.redis.port}\n")
+    config.write_text(dumps(stack.settings))
     assert main(["--config", str(config), "nodes"]) == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split()[:3] == ["ID", "ROLE", "HOST"] and row.split()[:2] == [info.id, "worker"]
