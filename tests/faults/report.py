@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 from tests.faults.history import Figures
+from tests.helpers import redis_cluster_wanted
 
 ROWS: list[Figures] = []
-LAST_RUN = Path(__file__).with_name("last_run.md")
+LAST_RUN = Path(__file__).with_name("last_run_cluster.md" if redis_cluster_wanted() else "last_run.md")
+"""The cluster pass of `make test` (TASKHERD_TEST_REDIS=cluster) keeps its table beside the one instance's."""
 
 HEADER = ("case", "N", "lost", "unexp", "double", "execs tot/max", "calls tot/max", "overlap", "fenced",
           "outage s", "recovery s", "affected n / s", "done s", "wall s", "result", "notes")
