@@ -197,6 +197,8 @@ class ServiceManager:
 
     def redis_master_of(self, key: str) -> int:
         """The port of the master serving `key`, as the first running node sees the cluster."""
+        if not self._redis_nodes:
+            raise ServiceError(f"redis is one instance here, not a cluster ({redis_cluster.KEY} is empty)")
         password = self.settings.redis.password
         for port in self._redis_nodes:
             if self.redis_node_pid(port) is not None:

@@ -65,3 +65,12 @@ def test_cluster_nodes_a_local_cluster_cannot_start_are_refused_naming_the_key(n
                                                                                 tmp_path: Path) -> None:
     with pytest.raises(ServiceError, match=message):
         ServiceManager(from_dict({"redis": {"cluster_nodes": nodes}}, source="<test>"), tmp_path)
+
+
+def test_per_node_control_on_one_instance_says_it_is_not_a_cluster(tmp_path: Path) -> None:
+    manager = ServiceManager(from_dict({}, source="<test>"), tmp_path)
+    assert manager.redis_nodes() == []
+    with pytest.raises(ServiceError, match=r"redis is one instance here, not a cluster \(\[redis\]\.cluster_nodes is empty\)"):
+        manager.redis_master_of("k")
+    with pytest.raises(ValueError, match="not a Redis cluster node"):
+        manager.kill_redis_node(16379)
