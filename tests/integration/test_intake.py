@@ -9,7 +9,7 @@ from taskherd.nsq.publisher import Publisher
 from taskherd.store import keys
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
-from tests.helpers import topic_depth
+from tests.helpers import redis_client, topic_depth
 
 
 @pytest.fixture
@@ -32,12 +32,13 @@ def test_an_id_twice_in_one_batch_is_created_once_and_published_once(intake):
 
 
 def test_an_invalid_task_rejects_the_whole_batch_and_writes_nothing(intake):
-    before = intake.store.redis.dbsize()
+    everything = redis_client(intake.settings)  # every master of a cluster
+    before = everything.dbsize()
     with pytest.raises(InvalidTask) as bad:
         intake.submit([Submission(type="t", job="j", payload={}, id="ok"),
                        Submission(type="nope", job="j", payload={}, id="bad")])
     assert bad.value.field == "tasks[1].type"
-    assert intake.store.redis.dbsize() == before
+    assert everything.dbsize() == before
     assert topic_depth(intake.settings, intake.settings.nsq.tasks_topic) is None
 
 
