@@ -1,7 +1,8 @@
 """`python -m tests.hosts`: the hosts harness by hand (as root).
 
-    python -m tests.hosts up [--managers 1] [--workers 2] [--dir DIR] [--set worker.lease_ttl_s=3]
+    python -m tests.hosts up [--managers 1] [--workers 2] [--redis-cluster] [--dir DIR] [--set worker.lease_ttl_s=3]
         builds the hosts, starts everything, prints the hosts and the API URL; Ctrl-C removes it all
+        (--redis-cluster: Redis is a cluster of 3 masters + 3 replicas on hosts r1..r3)
     python -m tests.hosts cut|heal|pause|resume|kill HOST     a fault, from another shell
     python -m tests.hosts ls                                  our namespaces and their processes
     python -m tests.hosts clean                               remove what a killed run left
@@ -37,7 +38,8 @@ def _overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 def up(args: argparse.Namespace) -> int:
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="taskherd-hosts-"))
-    cluster = Cluster(workdir, managers=args.managers, workers=args.workers, overrides=_overrides(args.set))
+    cluster = Cluster(workdir, managers=args.managers, workers=args.workers, overrides=_overrides(args.set),
+                      redis_cluster=args.redis_cluster)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("up", help="build the hosts and run until Ctrl-C")
     u.add_argument("--managers", type=int, default=1)
     u.add_argument("--workers", type=int, default=2)
+    u.add_argument("--redis-cluster", action="store_true", help="Redis Cluster 3+3 on hosts r1..r3")
     u.add_argument("--dir", help="work directory (default: a new temporary one)")
     u.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a key over the ConfigMap's TOML (JSON value)")

@@ -3,7 +3,10 @@
 - infra (`10.77.0.1`): MariaDB, nsqlookupd, Redis, on the ConfigMap's ports (3306, 4160/4161, 6379);
 - each manager host: an nsqd (4150/4151, `--broadcast-address` = the host's address, registered with
   the infra nsqlookupd) and a manager pod (API on 8080);
-- each worker host: a worker pod (probes on 9090), which finds every nsqd through nsqlookupd.
+- each worker host: a worker pod (probes on 9090), which finds every nsqd through nsqlookupd;
+- with `redis_cluster=True`, Redis is a Redis Cluster of 3 masters + 3 replicas on hosts `r1..r3`
+  instead of infra's one server (tests/hosts/redis_nodes.py says why so); the pods then read
+  `[redis] cluster_nodes` (all six) and `wait_replicas = 1` on top of the ConfigMap's TOML.
 
 Services are started by `taskherd.deploy.local.services.ServiceManager` itself: `HostServices` only
 prefixes its argv with `ip netns exec`, binds the host's address instead of loopback, points nsqd at
@@ -32,6 +35,7 @@ import pymysql
 from taskherd.config import from_dict
 from taskherd.config.loader import check
 from taskherd.deploy.local.services import ServiceManager
+from tests.hosts import redis_nodes
 from tests.hosts.net import Host, HostsError, Network, Proc
 from tests.k8s_config import configmap_toml, local_toml
 
@@ -43,14 +47,17 @@ MYSQL_USER, MYSQL_PASSWORD, DATABASE = "taskherd", "hosts-secret", "taskherd"
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def service_settings(infra_ip: str, nsqd_ip: str) -> Any:
-    """Where the services are, seen from a pod whose first nsqd is on `nsqd_ip`."""
+def service_settings(infra_ip: str, nsqd_ip: str, redis_ports: list[int] | None = None) -> Any:
+    """Where the services are, seen from a pod whose first nsqd is on `nsqd_ip`. `redis_ports`: the
+    Redis Cluster's ports, listed on loopback only for ServiceManager (it plans and checks its nodes
+    from them; HostServices binds each to its host's address)."""
     return from_dict({
         "nsq": {"nsqd_tcp_address": f"{nsqd_ip}:{PORTS['nsqd_tcp']}",
                 "nsqd_http_addresses": [f"{nsqd_ip}:{PORTS['nsqd_http']}"],
                 "lookupd_tcp_address": f"{infra_ip}:{PORTS['lookupd_tcp']}",
                 "lookupd_http_addresses": [f"{infra_ip}:{PORTS['lookupd_http']}"]},
-        "redis": {"host": infra_ip, "port": PORTS["redis"]},
+        "redis": {"host": infra_ip, "port": PORTS["redis"],
+                  "cluster_nodes": [f"127.0.0.1:{p}" for p in redis_ports or ()]},
         "mysql": {"host": infra_ip, "port": PORTS["mysql"], "user": MYSQL_USER, "password": MYSQL_PASSWORD,
                   "database": DATABASE},
         "api": {"host": "0.0.0.0", "port": PORTS["api"]},
@@ -91,9 +98,18 @@ def _set_key(text: str, section: str, key: str, value: Any) -> str:
 class HostServices(ServiceManager):
     """ServiceManager's own argv and start logic, run on one host of the network."""
 
-    def __init__(self, host: Host, infra_ip: str, data_dir: Path) -> None:
-        super().__init__(service_settings(infra_ip, host.ip), data_dir, start_timeout_s=60)
+    def __init__(self, host: Host, infra_ip: str, data_dir: Path, redis_ports: list[int] | None = None) -> None:
+        super().__init__(service_settings(infra_ip, host.ip, redis_ports), data_dir, start_timeout_s=60,
+                         cluster_node_timeout_ms=redis_nodes.NODE_TIMEOUT_MS)
         self.host, self.infra_ip = host, infra_ip
+
+    def start_redis_node(self, port: int) -> int:
+        """Launch one cluster node and wait until it answers; the Cluster, which knows every node's
+        address, waits for the cluster to be whole (ServiceManager's own wait asks on loopback)."""
+        member = self._node(port)
+        self._launch([self._plan(member)] if self._running(member) is None else [])
+        self.host.procs[member] = Proc(member, self._procs[member], self.log_path(member))
+        return self._procs[member].pid
 
     def _plan(self, name: str) -> Any:
         plan = super()._plan(name)
@@ -107,6 +123,9 @@ class HostServices(ServiceManager):
 
     def _probe(self, name: str) -> Any:
         ip = self.host.ip
+        if name.startswith("redis-"):
+            port = int(name.removeprefix("redis-"))
+            return lambda: _redis_ping(ip, port)
         if name in ("nsqd", "nsqlookupd"):
             port = PORTS["nsqd_http" if name == "nsqd" else "lookupd_http"]
             return lambda: _DIRECT.open(f"http://{ip}:{port}/ping", timeout=1).read()
@@ -138,9 +157,10 @@ class Cluster:
     finally). `workdir` holds each host's data, each pod's config and log (`logs/HOST-ROLE.log`)."""
 
     def __init__(self, workdir: Path, managers: int = 1, workers: int = 2,
-                 overrides: dict[str, dict[str, Any]] | None = None) -> None:
+                 overrides: dict[str, dict[str, Any]] | None = None, redis_cluster: bool = False) -> None:
         self.workdir = Path(workdir)
         self.n_managers, self.n_workers = managers, workers
+        self.redis_cluster = redis_cluster
         self.overrides = overrides or {}
         self.net = Network()
         self.services: dict[str, HostServices] = {}
@@ -155,7 +175,11 @@ class Cluster:
             infra = self.net.add("infra")
             managers = [self.net.add(f"m{i}") for i in range(1, self.n_managers + 1)]
             workers = [self.net.add(f"w{i}") for i in range(1, self.n_workers + 1)]
-            self._services(infra, ("nsqlookupd", "redis", "mariadb"))
+            if self.redis_cluster:
+                self._services(infra, ("nsqlookupd", "mariadb"))
+                self._redis_cluster([self.net.add(f"r{i}") for i in range(1, redis_nodes.HOSTS + 1)])
+            else:
+                self._services(infra, ("nsqlookupd", "redis", "mariadb"))
             for host in managers:
                 self._services(host, ("nsqd",))
             for host in managers:
@@ -173,6 +197,16 @@ class Cluster:
             svc.start_one(name)
             host.procs[name] = Proc(name, svc._procs[name], svc.log_path(name))
 
+    def _redis_cluster(self, hosts: list[Host]) -> None:
+        """Every node up, then formed into 3 masters + 3 replicas (once: the cluster lives with the run)."""
+        all_ports = [p for i in range(len(hosts)) for p in redis_nodes.ports_of(i)]
+        for i, host in enumerate(hosts):
+            svc = self.services[host.name] = HostServices(host, self.infra.ip, self.workdir / host.name, all_ports)
+            for port in redis_nodes.ports_of(i):
+                svc.start_redis_node(port)
+        redis_nodes.create(self.redis_addresses, self.workdir / "logs" / "redis-cluster.log")
+        redis_nodes.wait_ok(self.redis_addresses)
+
     def _tokens_file(self) -> Path | None:
         if "tokens_file" not in configmap_toml():
             return None
@@ -189,7 +223,11 @@ class Cluster:
         nsqd_host = host if host.name.startswith("m") else self.managers[0]
         path = self.workdir / "config" / f"{host.name}.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(pod_toml(self.infra.ip, nsqd_host.ip, self.overrides, self._tokens_file()))
+        overrides = self.overrides
+        if self.redis_cluster:
+            mine = {"cluster_nodes": self.redis_addresses, "wait_replicas": 1}
+            overrides = {**overrides, "redis": {**mine, **overrides.get("redis", {})}}
+        path.write_text(pod_toml(self.infra.ip, nsqd_host.ip, overrides, self._tokens_file()))
         _, problems = check(path)
         if problems:
             raise HostsError(f"{path}: " + "; ".join(problems))
@@ -215,7 +253,10 @@ class Cluster:
                     proc.stop(timeout=10)
             for svc in self.services.values():
                 for name in list(svc._procs):
-                    svc.stop_one(name)
+                    if name.startswith("redis-"):
+                        svc.stop_redis_node(int(name.removeprefix("redis-")))
+                    else:
+                        svc.stop_one(name)
         finally:
             self.net.close()
 
@@ -237,6 +278,46 @@ class Cluster:
     @property
     def workers(self) -> list[Host]:
         return [h for n, h in self.net.hosts.items() if n.startswith("w")]
+
+    @property
+    def redis_hosts(self) -> list[Host]:
+        return [h for n, h in self.net.hosts.items() if n.startswith("r")]
+
+    @property
+    def redis_addresses(self) -> list[str]:
+        """`IP:PORT` of every Redis Cluster node (the pods' `[redis] cluster_nodes`); empty without one."""
+        return [f"{h.ip}:{p}" for i, h in enumerate(self.redis_hosts) for p in redis_nodes.ports_of(i)]
+
+    def redis(self) -> Any:
+        """A redis-py client of the run's Redis (a RedisCluster on a cluster), from the harness."""
+        import redis
+        from redis.cluster import ClusterNode, RedisCluster
+        common: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5, "decode_responses": True}
+        if not self.redis_cluster:
+            return redis.Redis(self.infra.ip, PORTS["redis"], **common)
+        return RedisCluster(startup_nodes=[ClusterNode(h, int(p)) for h, _, p in  # type: ignore[no-untyped-call]
+                                           (a.rpartition(":") for a in self.redis_addresses)], **common)
+
+    def redis_host_of(self, port: int) -> Host:
+        return next(h for i, h in enumerate(self.redis_hosts) if port in redis_nodes.ports_of(i))
+
+    def redis_master_of(self, key: str) -> redis_nodes.Node:
+        """The live master serving `key` (CLUSTER KEYSLOT, then CLUSTER NODES), as a running node sees it."""
+        live = [a for a in self.redis_addresses if self.redis_node_pid(int(a.rpartition(":")[2])) is not None]
+        return redis_nodes.master_of(live, key)
+
+    def redis_node_pid(self, port: int) -> int | None:
+        return self.services[self.redis_host_of(port).name].redis_node_pid(port)
+
+    def kill_redis_node(self, port: int) -> None:
+        """SIGKILL one node, as a crash would (its data stays for a restart)."""
+        self.services[self.redis_host_of(port).name].kill_redis_node(port)
+
+    def start_redis_node(self, port: int, timeout: float = 60) -> None:
+        """Start a node that is down, then wait until the cluster is whole again (it rejoins, a failed
+        master as the replica of the one promoted in its place)."""
+        self.services[self.redis_host_of(port).name].start_redis_node(port)
+        redis_nodes.wait_ok(self.redis_addresses, timeout)
 
     def host(self, name: str) -> Host:
         return self.net.hosts[name]

@@ -3,12 +3,20 @@ view of every watcher action, the faults themselves, and putting a cluster back 
 
 - `Managers`: clients of every manager; a call goes to the first that answers (a killed or cut-off
   manager is skipped), as a load balancer in front of the manager Deployment would.
-- `WatcherLog`: every requeue or promotion Redis receives, with the caller's address (Redis MONITOR),
-  beside the takeovers the managers log ("now the active TimeoutWatcher"). `acting_out_of_turn()` is
-  each requeue or promotion made by a manager that was not the latest to take the lease: two
-  watchers acting at once. Redis's clock and the pods' are the one machine's.
-- `FAULTS`: kind -> inject, hold, heal; each returns a `Fault` with its window.
-- `restore()`: heal, resume, start every service and pod that is down, wait for every pod's registration.
+- `WatcherLog`: every requeue or promotion Redis receives, with the caller's address (Redis MONITOR
+  on every node of a Redis Cluster: a script runs on the master of its job's slot, and a node failed
+  over and back is watched again), beside the takeovers the managers log ("now the active
+  TimeoutWatcher"). `acting_out_of_turn()` is each requeue or promotion made by a manager that was not
+  the latest to take the lease: two watchers acting at once. Redis's clock and the pods' are the one
+  machine's.
+- `FAULTS`: kind -> inject, hold, heal; each returns a `Fault` with its window. `faults(cluster)`: those
+  that apply to it (a Redis master's kill on a Redis Cluster only).
+- `restore()`: heal, resume, start every service, Redis node and pod that is down, wait until the
+  Redis Cluster is whole again and every pod registered.
+
+`REDIS_CLUSTER`: the multihost suite and the soak run Redis as a Redis Cluster of 3 masters + 3
+replicas on three hosts (tests/hosts/redis_nodes.py), as production would; `TASKHERD_HOSTS_REDIS=single`
+runs them on one Redis on the infra host instead.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import os
 import random
 import sys
 import threading
@@ -31,7 +40,7 @@ import redis
 from taskherd.client import Client, ClientError
 from taskherd.store import keys
 from tests.helpers import wait_until
-from tests.hosts import PORTS, Cluster, Host
+from tests.hosts import PORTS, Cluster, Host, redis_nodes
 from tests.hosts.net import HostsError, Proc
 from tests.multihost.checker import EXE, log_events
 
@@ -42,6 +51,7 @@ ERRORS = (ClientError, OSError, http.client.HTTPException)
 
 EXECUTOR = {"kind": "exe", "target": [sys.executable, "-c", EXE], "timeout_s": 60, "max_attempts": 8}
 ANALYZER = {"kind": "python", "target": "tests.multihost.soak_funcs:tree"}
+REDIS_CLUSTER = os.environ.get("TASKHERD_HOSTS_REDIS", "cluster") != "single"
 OVERRIDES = {"security": {"python_allow": ["taskherd.demo", "tests.multihost"]}}
 """Over the ConfigMap: admit the soak's analyzer module (auth is on, so an empty list refuses python)."""
 
@@ -84,8 +94,9 @@ def register(managers: Managers) -> None:
     managers.call("add_analyzer", "soak", ANALYZER, replace=True)
 
 
-def redis_of(cluster: Cluster) -> redis.Redis:
-    return redis.Redis(cluster.infra.ip, PORTS["redis"], socket_timeout=5, decode_responses=True)
+def redis_of(cluster: Cluster) -> Any:
+    """The run's Redis from the harness: one server's client, or a RedisCluster (follows a failover)."""
+    return cluster.redis()
 
 
 def active_manager(cluster: Cluster, r: redis.Redis) -> Host | None:
@@ -114,25 +125,38 @@ class WatcherLog:
                      for n in WATCHER_SCRIPTS}
         self.calls: list[tuple[float, str, str]] = []
         self._stop = threading.Event()
-        self._conn = redis.Redis(cluster.infra.ip, PORTS["redis"], decode_responses=True)
-        self._thread = threading.Thread(target=self._run, name="watcher-log", daemon=True)
+        self._monitors: dict[str, Any] = {}
+        # A replica's MONITOR shows its master's effects, never the EVALSHA: no call is seen twice.
+        addresses = cluster.redis_addresses or [f"{cluster.infra.ip}:{PORTS['redis']}"]
+        self._threads = [threading.Thread(target=self._run, args=(a,), name=f"watcher-log-{a}", daemon=True)
+                         for a in addresses]
 
     def start(self) -> WatcherLog:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
-    def _run(self) -> None:
-        with contextlib.suppress(redis.RedisError, OSError, ValueError), self._conn.monitor() as m:
-            for c in m.listen():
-                if self._stop.is_set():
-                    return
-                parts = c["command"].split(" ", 2)
-                if parts[0] == "EVALSHA" and len(parts) > 1 and parts[1] in self.shas:
-                    self.calls.append((c["time"], c["client_address"], self.shas[parts[1]]))
+    def _run(self, address: str) -> None:
+        """MONITOR one node, again whenever the connection breaks (a node killed and restarted)."""
+        while not self._stop.is_set():
+            with contextlib.suppress(redis.RedisError, OSError, ValueError, AttributeError):
+                with redis_nodes.client(address, timeout=30).monitor() as m:
+                    self._monitors[address] = m
+                    for c in m.listen():
+                        if self._stop.is_set():
+                            return
+                        parts = c["command"].split(" ", 2)
+                        if parts[0] == "EVALSHA" and len(parts) > 1 and parts[1] in self.shas:
+                            self.calls.append((c["time"], c["client_address"], self.shas[parts[1]]))
+            self._stop.wait(0.5)
 
     def stop(self) -> None:
-        self._stop.set()  # the next command Redis receives (heartbeats: every second) ends the thread
-        self._thread.join(10)
+        self._stop.set()  # a node's next command ends its thread; a quiet one's connection is closed
+        for m in list(self._monitors.values()):
+            with contextlib.suppress(Exception):
+                m.connection.disconnect()
+        for t in self._threads:
+            t.join(10)
 
     def acting_out_of_turn(self) -> list[str]:
         """Requeues and promotions by a manager other than the latest to take the lease."""
@@ -157,6 +181,8 @@ class Fault:
     start: float
     end: float = 0.0
     note: str = ""
+    slots: tuple[tuple[int, int], ...] = ()
+    """A Redis master's kill: the slots the killed master served."""
 
 
 def _hold(stop: threading.Event, rng: random.Random, lo: float, hi: float) -> float:
@@ -259,9 +285,29 @@ def mariadb_stop(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault
     return f
 
 
+def redis_master_kill(c: Cluster, rng: random.Random, stop: threading.Event) -> Fault:
+    """A Redis Cluster master SIGKILLed (its replica is promoted after the node time-out), started again a
+    while later: it rejoins as the replica of the one promoted in its place (or, back within the
+    time-out, as the master it was)."""
+    victim = rng.choice(redis_nodes.masters(c.redis_addresses))
+    h = c.redis_host_of(victim.port)
+    f = Fault("redis_master_kill", h.name, h.ip, time.time(), note=victim.address, slots=victim.slots)
+    c.kill_redis_node(victim.port)
+    _hold(stop, rng, 2, 10)
+    c.start_redis_node(victim.port)
+    f.end = time.time()
+    return f
+
+
 FAULTS: dict[str, Callable[[Cluster, random.Random, threading.Event], Fault]] = {
     f.__name__: f for f in (worker_cut, worker_pause, worker_kill, manager_kill, manager_cut, nsqd_lost,
-                            nsqd_restart, mariadb_stop)}
+                            nsqd_restart, mariadb_stop, redis_master_kill)}
+CLUSTER_ONLY = ("redis_master_kill",)
+
+
+def faults(cluster: Cluster) -> dict[str, Callable[[Cluster, random.Random, threading.Event], Fault]]:
+    """The faults that apply to `cluster`: a master's kill needs a Redis Cluster."""
+    return {k: f for k, f in FAULTS.items() if cluster.redis_cluster or k not in CLUSTER_ONLY}
 
 
 def restore(cluster: Cluster, timeout: float = 90) -> None:
@@ -275,6 +321,12 @@ def restore(cluster: Cluster, timeout: float = 90) -> None:
     for h in cluster.managers:
         if cluster.services[h.name].pid("nsqd") is None:
             start_service(cluster, h, "nsqd")
+    if cluster.redis_cluster:
+        for address in cluster.redis_addresses:
+            port = int(address.rpartition(":")[2])
+            if cluster.redis_node_pid(port) is None:
+                cluster.start_redis_node(port, timeout)
+        redis_nodes.wait_ok(cluster.redis_addresses, timeout)
     for h in [*cluster.managers, *cluster.workers]:
         if not cluster.pods[h.name].alive():
             _restart_pod(cluster, h, "manager" if h in cluster.managers else "worker")
@@ -282,7 +334,7 @@ def restore(cluster: Cluster, timeout: float = 90) -> None:
     pids = {cluster.pods[h.name].pid for h in [*cluster.managers, *cluster.workers]}
 
     def registered() -> bool:
-        live = r.zrangebyscore("th:nodes", int(time.time() * 1000), "+inf")
+        live = r.zrangebyscore(keys.NODES, int(time.time() * 1000), "+inf")
         return pids <= {int(n.rsplit("-", 1)[1]) for n in live}
     wait_until(registered, timeout=timeout, ignore=(redis.RedisError,), message="every pod registered")
     wait_until(lambda: active_manager(cluster, r), timeout=timeout, ignore=(redis.RedisError,),

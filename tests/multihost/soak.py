@@ -1,18 +1,21 @@
 """The nemesis soak: `make soak` (SOAK_S seconds, 1800 by default; SOAK_SEED to replay a run) or
 `python -m tests.multihost.soak`, and a 3-minute run in `make test` (tests/multihost/test_soak.py).
 
-On 5 hosts (infra, m1, m2, w1, w2) a steady producer submits exe tasks (a tenth fail their first
+On 8 hosts (infra, m1, m2, w1, w2, and r1..r3 holding a Redis Cluster of 3 masters + 3 replicas; 5
+with `TASKHERD_HOSTS_REDIS=single`, Redis then on infra) a steady producer submits exe tasks (a tenth fail their first
 attempt, so the watcher promotes retries; one in twenty outlives a lease) while job trees run one after
 another (an analyzer in the manager pods makes 3 children per task, 3 levels deep: 40 tasks each).
-Meanwhile a nemesis, seeded (the seed is printed), picks a fault at random among `nemesis.FAULTS`,
+Meanwhile a nemesis, seeded (the seed is printed), picks a fault at random among `nemesis.faults()`,
 holds it, heals, pauses a little, and again. At the end everything is healed, the producer finishes
 the task it was submitting, every job is waited for, and the whole history is checked:
 
 - lost: accepted (201 or 200 exists) and never archived; unexpected: archived and never accepted;
 - double-final: a second archive row or record of a task, or a second `ok` execution;
 - overlaps: two live executions of one task at once (the executor's flock), each explained by a
-  pause of the first one's host (a frozen executor keeps its lock while another host runs the task) or
-  counted as unexplained;
+  pause of the first one's host (a frozen executor keeps its lock while another host runs the task), or
+  by the kill of the Redis master serving the task's job while the first one ran (replication is
+  asynchronous: its lease, or the renewal of it, may not have reached the replica promoted in its
+  place), or counted as unexplained;
 - the watcher acting out of turn: a requeue or promotion Redis received from a manager that was not
   the latest to take the watcher lease.
 
@@ -35,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
+from redis.crc import key_slot
 
+from taskherd.store import keys
 from tests.hosts import Cluster, have_root
 from tests.hosts.cluster import DATABASE, MYSQL_PASSWORD, MYSQL_USER, PORTS
 from tests.multihost import nemesis
@@ -105,9 +110,10 @@ class Nemesis:
 
     def run(self) -> None:
         while not self.stop.wait(self.rng.uniform(2, 6)):
-            kind = self.rng.choice(sorted(nemesis.FAULTS))
+            kinds = nemesis.faults(self.cluster)
+            kind = self.rng.choice(sorted(kinds))
             try:
-                self.faults.append(nemesis.FAULTS[kind](self.cluster, self.rng, self.stop))
+                self.faults.append(kinds[kind](self.cluster, self.rng, self.stop))
                 print(f"  nemesis {time.strftime('%H:%M:%S')} {kind} {self.faults[-1].host} "
                       f"{self.faults[-1].end - self.faults[-1].start:.1f} s", flush=True)
                 nemesis.restore(self.cluster)
@@ -135,10 +141,28 @@ def archive(cluster: Cluster, jobs: list[str]) -> tuple[dict[str, dict[str, Any]
     return rows, dups, records
 
 
-def overlaps(calls: list[Call], faults: list[nemesis.Fault]) -> tuple[list[str], list[str]]:
+def _slot_of(task: str, job_of: dict[str, str]) -> int | None:
+    job = job_of.get(task)
+    return None if job is None else key_slot(keys.job_meta(job).encode())
+
+
+def _explain(a: Call, b: Call, faults: list[nemesis.Fault], slot: int | None) -> nemesis.Fault | None:
+    """The fault that explains `b` beginning while `a` ran: a pause of `a`'s host while it ran, or the
+    kill of the Redis master serving the task's job while `a` ran, `b` beginning after it."""
+    for f in faults:
+        if f.kind == "worker_pause" and f.ip == a.host and f.start < b.start and a.start < f.end:
+            return f
+        if (f.kind == "redis_master_kill" and slot is not None and any(lo <= slot <= hi for lo, hi in f.slots)
+                and a.start < f.end and (a.end is None or a.end > f.start) and b.start > f.start):
+            return f
+    return None
+
+
+def overlaps(calls: list[Call], faults: list[nemesis.Fault],
+             job_of: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """(explained, unexplained): a call that found its task's lock held (the checker's test), or that
-    began before an earlier call of its task ended; explained when the earlier call's host was
-    paused while it ran and the later one began during or after that pause."""
+    began before an earlier call of its task ended; explained by `_explain` (`job_of`: task -> job)."""
+    job_of = job_of or {}
     by_task: dict[str, list[Call]] = {}
     for c in calls:
         by_task.setdefault(c.task, []).append(c)
@@ -149,10 +173,10 @@ def overlaps(calls: list[Call], faults: list[nemesis.Fault]) -> tuple[list[str],
             if b.overlap and not earlier:
                 earlier = [a for a in cs[:i] if a.end is None][-1:]
             for a in earlier:
-                why = next((f for f in faults if f.kind == "worker_pause" and f.ip == a.host
-                            and f.start < b.start and a.start < f.end), None)
+                why = _explain(a, b, faults, _slot_of(task, job_of))
                 line = f"{task}: {a.host} (from {a.start:.2f}) and {b.host} (from {b.start:.2f})"
-                (explained if why else unexplained).append(line + (f", {a.host} paused at {why.start:.2f}" if why else ""))
+                (explained if why else unexplained).append(line + (f", {why.kind} {why.note or why.host} at "
+                                                                   f"{why.start:.2f}" if why else ""))
             if b.overlap and not earlier:
                 unexplained.append(f"{task}: {b.host} (from {b.start:.2f}) found the lock held")
     return explained, unexplained
@@ -164,7 +188,8 @@ def verdict(cluster: Cluster, load: Load, faults: list[nemesis.Fault], watch: ne
     rows, dups, records = archive(cluster, sorted(load.accepted))
     double = dups + sum(n > 1 for n in records.values())
     double += sum(sum(e.get("status") == "ok" for e in r["executions"]) > 1 for r in rows.values())
-    explained, unexplained = overlaps(read_calls(load.dir / "calls.jsonl"), faults)
+    job_of = {t: job for job, ids in load.accepted.items() for t in ids}
+    explained, unexplained = overlaps(read_calls(load.dir / "calls.jsonl"), faults, job_of)
     out_of_turn = watch.acting_out_of_turn()
     return {"tasks": len(expected), "archived": len(rows), "lost": len(expected - rows.keys()),
             "unexpected": len(rows.keys() - expected), "double_final": double,
@@ -211,7 +236,8 @@ def soak(cluster: Cluster, seconds: float, seed: int, workdir: Path) -> dict[str
             not_done.append(job)
     drain_s = time.time() - t_healed
     watch.stop()
-    figures = {"seed": seed, "soak_s": round(seconds), "faults": len(nem.faults),
+    figures = {"seed": seed, "soak_s": round(seconds),
+               "redis": "cluster 3+3" if cluster.redis_cluster else "single", "faults": len(nem.faults),
                "by_kind": dict(sorted(Counter(f.kind for f in nem.faults).items())),
                **verdict(cluster, load, nem.faults, watch, statuses), "jobs": len(load.accepted),
                "not_done": not_done, "drain_s": round(drain_s, 1), "duration_s": round(time.time() - t0, 1),
@@ -246,7 +272,8 @@ def main() -> int:
     seconds = float(os.environ.get("SOAK_S", "1800"))
     seed = int(os.environ.get("SOAK_SEED") or random.SystemRandom().randrange(1, 10**6))
     workdir = Path(tempfile.mkdtemp(prefix="taskherd-soak-"))
-    with Cluster(workdir, managers=2, workers=2, overrides=nemesis.OVERRIDES) as cluster:
+    with Cluster(workdir, managers=2, workers=2, overrides=nemesis.OVERRIDES,
+                 redis_cluster=nemesis.REDIS_CLUSTER) as cluster:
         fig = soak(cluster, seconds, seed, workdir)
     print(record(fig, "make soak"))
     print(nemesis.dump(fig["_details"]))

@@ -1,5 +1,6 @@
-"""The manager side on 5 hosts (infra, m1 and m2 each with an nsqd and a manager pod, w1, w2): the
-active manager killed, the active manager cut off, an nsqd lost with tasks in it.
+"""The manager side on 8 hosts (infra, m1 and m2 each with an nsqd and a manager pod, w1, w2, and r1..r3
+holding the Redis Cluster): the active manager killed, the active manager cut off, an nsqd lost with
+tasks in it, the Redis master serving a job killed.
 
 Pods read the ConfigMap's TOML (its timings are the defaults: the watcher sweeps every second and its
 lease lasts 3 sweeps, 3 s; republish_after_s 10; Redis socket time-out 5 s), with only the soak's
@@ -11,15 +12,19 @@ while the other held the watcher lease.
 from __future__ import annotations
 
 import random
+import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from taskherd.store import keys
 from tests.helpers import wait_until
-from tests.hosts import PORTS, Cluster, Host
+from tests.hosts import PORTS, Cluster, Host, redis_nodes
+from tests.hosts.net import HostsError
 from tests.multihost import nemesis
 from tests.multihost.checker import Job, check, log_events
 
@@ -32,7 +37,8 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 @pytest.fixture(scope="module")
 def cluster(root: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with Cluster(tmp_path_factory.mktemp("hosts"), managers=2, workers=2, overrides=nemesis.OVERRIDES) as c:
+    with Cluster(tmp_path_factory.mktemp("hosts"), managers=2, workers=2, overrides=nemesis.OVERRIDES,
+                 redis_cluster=nemesis.REDIS_CLUSTER) as c:
         nemesis.restore(c)
         yield c
 
@@ -199,3 +205,106 @@ def test_nsqd_lost_with_tasks_in_it_loses_none(cluster: Cluster, managers: nemes
     assert n_republished > 0, "the active watcher republished nothing"
     assert not verdict.problems(), verdict.problems()
     assert not watch.acting_out_of_turn(), watch.acting_out_of_turn()
+
+
+class _Producer:
+    """Tasks of `job` submitted one by one across a window, each until a definite answer (submit is
+    idempotent, so an id whose fate is unknown is sent again), as a client of the API would."""
+
+    def __init__(self, managers: nemesis.Managers, job: Job, prefix: str, every_s: float = 0.2) -> None:
+        self.managers, self.job, self.prefix, self.every_s = managers, job, prefix, every_s
+        self.stop = threading.Event()
+        self.accepted: list[str] = []
+        self.accepted_at: list[float] = []
+        self.refused = 0
+        self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
+
+    def __enter__(self) -> _Producer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(120)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.wait(self.every_s):
+            n += 1
+            task_id = f"{self.prefix}-{n:03d}"
+            task = {"id": task_id, "type": "soak", "job": self.job.name,
+                    "payload": {"id": task_id, "dir": str(self.job.dir), "sleep_s": 0.3, "fail_once": False}}
+            while True:
+                try:
+                    answer = self.managers.call("submit", task)
+                except nemesis.ERRORS:
+                    self.refused += 1  # the master of the job's slot is gone until its replica is promoted
+                    time.sleep(0.2)
+                    continue
+                assert answer["status"] in ("created", "exists"), answer
+                self.accepted.append(task_id)
+                self.accepted_at.append(time.time())
+                break
+
+
+@pytest.mark.skipif(not nemesis.REDIS_CLUSTER, reason="needs the Redis Cluster (TASKHERD_HOSTS_REDIS=single)")
+def test_redis_master_killed_its_replica_takes_over_and_the_job_runs_on(
+        cluster: Cluster, managers: nemesis.Managers, watch: nemesis.WatcherLog, figures: dict,
+        tmp_path: Path) -> None:
+    """The master serving a job's slot SIGKILLed mid-job, with submits into the job going on across the
+    failover. Pods WAIT for one replica before answering a submit (`wait_replicas = 1`), so no
+    acknowledged task is lost with the master; what it had not passed on of the rest (a lease, a
+    renewal, a result) is as if lost with a worker: the lease lapses, the task runs again, fenced."""
+    job = submit(managers, cluster, f"rkill-{int(time.time())}", 80, tmp_path, sleep_s=(0.5, 1.5), fail_every=5)
+    key = keys.job_meta(job.name)
+    wait_until(lambda: _ended(job) >= 10, timeout=60, message="10 tasks run")
+    master = cluster.redis_master_of(key)
+    replica = next(n for n in redis_nodes.nodes(master.address) if n.master_id == master.id)
+
+    with _Producer(managers, job, f"{job.name}-late") as producer:
+        wait_until(lambda: len(producer.accepted) >= 3, timeout=30, message="late submits accepted")
+        t_kill = time.time()
+        cluster.kill_redis_node(master.port)
+        promoted = wait_until(lambda: (n := cluster.redis_master_of(key)).port != master.port and n, timeout=60,
+                              ignore=(HostsError,), message=f"a replica of {master.address} promoted")
+        t_promoted = time.time()
+        ran_on = wait_until(lambda: min((c.start for c in job.calls() if c.start > t_promoted), default=None),
+                            timeout=60, message="a task of the job begun after the promotion")
+        accepted_at_promotion = len(producer.accepted)
+        wait_until(lambda: len(producer.accepted) >= accepted_at_promotion + 3, timeout=60,
+                   message="submits accepted again")
+    t_restart = time.time()
+    cluster.start_redis_node(master.port)  # rejoins as the replica of the one promoted in its place
+    t_rejoined = time.time()
+    rejoined = next(n for n in redis_nodes.nodes(promoted.address) if n.port == master.port)
+    job.expected += producer.accepted
+    status = managers.wait(job.name, timeout=180)
+    t_done = time.time()
+
+    verdict = check(job, status)
+    # An overlap here is a lease (or its renewal) the killed master acknowledged and never passed on:
+    # the task's first run began before the promotion, the second after the kill.
+    explained = [o for o in verdict.overlaps if _ran_across(job, o, t_kill, t_promoted)]
+    rows, _, _ = job.archive()
+    runs = Counter(str(e.get("status")) for r in rows.values() for e in r["executions"])
+    figures.update(tasks=len(job.expected), late_submits=len(producer.accepted), submits_refused=producer.refused,
+                   lost=len(verdict.lost), doubled=len(verdict.doubled), overlaps=len(verdict.overlaps),
+                   overlaps_unexplained=len(verdict.overlaps) - len(explained), executions=verdict.executions,
+                   runs_by_status=dict(sorted(runs.items())), fenced=verdict.fenced,
+                   killed=f"{master.address} (slot of {key})", promoted=promoted.address,
+                   node_timeout_ms=redis_nodes.NODE_TIMEOUT_MS, promoted_s=round(t_promoted - t_kill, 2),
+                   ran_on_s=round(ran_on - t_kill, 2),
+                   submits_back_s=round(min(t for t in producer.accepted_at if t > t_kill) - t_kill, 2),
+                   rejoin_s=round(t_rejoined - t_restart, 1),
+                   out_of_turn=len(watch.acting_out_of_turn()), done_after_kill_s=round(t_done - t_kill, 1))
+    assert promoted.id == replica.id, f"{promoted.address} promoted, not {master.address}'s replica {replica.address}"
+    assert not rejoined.master and rejoined.master_id == promoted.id, f"{master.address} rejoined as {rejoined}"
+    assert not verdict.problems(overlaps_allowed=True), verdict.problems()
+    assert len(explained) == len(verdict.overlaps), verdict.overlaps
+    assert not watch.acting_out_of_turn(), watch.acting_out_of_turn()
+
+
+def _ran_across(job: Job, overlap: str, t_kill: float, t_promoted: float) -> bool:
+    """Whether the overlap's task had a run begun before the promotion and still going at the kill."""
+    task = overlap.split(":", 1)[0].split(" on ", 1)[0]
+    return any(c.start < t_promoted and (c.end is None or c.end > t_kill) for c in job.calls() if c.task == task)

@@ -17,7 +17,8 @@ from tests.multihost import nemesis, soak
 
 @pytest.fixture(scope="module")
 def cluster(root: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with Cluster(tmp_path_factory.mktemp("hosts"), managers=2, workers=2, overrides=nemesis.OVERRIDES) as c:
+    with Cluster(tmp_path_factory.mktemp("hosts"), managers=2, workers=2, overrides=nemesis.OVERRIDES,
+                 redis_cluster=nemesis.REDIS_CLUSTER) as c:
         yield c
 
 

@@ -1,4 +1,5 @@
-"""A worker host cut off, or paused, past its lease, on 4 hosts: infra, m1 (nsqd + manager), w1, w2.
+"""A worker host cut off, or paused, past its lease, on 4 hosts: infra, m1 (nsqd + manager), w1, w2 (and
+r1..r3 holding the Redis Cluster, unless TASKHERD_HOSTS_REDIS=single).
 
 Pods read the ConfigMap's TOML with only service addresses substituted and no key overridden: its
 timings (the defaults: lease_ttl_s 5, lease_renew_s 1, watcher_interval_s 1) make each case last
@@ -18,15 +19,19 @@ from taskherd.client import Client, ClientError
 from tests.helpers import wait_until
 from tests.hosts import PORTS, Cluster
 from tests.multihost.checker import Call, Job, check, log_events
+from tests.multihost.nemesis import REDIS_CLUSTER
 
 LEASE_TTL_S = 5.0
 """[worker].lease_ttl_s: the ConfigMap leaves it at its default."""
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+ENDED_ALONE_S = 2.0
+"""An executor on the cut-off host that ended this soon after the cut ended on its own (no renewal had
+failed for long yet), not by the worker's kill."""
 
 
 @pytest.fixture(scope="module")
 def cluster(root: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with Cluster(tmp_path_factory.mktemp("hosts"), managers=1, workers=2) as c:
+    with Cluster(tmp_path_factory.mktemp("hosts"), managers=1, workers=2, redis_cluster=REDIS_CLUSTER) as c:
         client = c.client()
         wait_until(lambda: sum(n["role"] == "worker" for n in client.nodes()) == 2, timeout=60,
                    ignore=(OSError, ClientError), message="both worker pods registered")
@@ -100,7 +105,13 @@ def test_worker_cut_off_past_its_lease_kills_its_executor_and_rejoins(cluster: C
     kills = {e["task"]: e["ts"] for e in log_events(w1_log, "killed the executor")}
     t0, victims, requeued = story["fault"], sorted(story["victims"]), story["requeued"]
     reruns = _reruns(job, cluster.host("w1").ip, set(victims), t0)
-    figures.update(tasks=job.n, victims=len(story["victims"]), lost=len(verdict.lost), doubled=len(verdict.doubled),
+    # An executor that finished on its own in the cut's first moments (its `end` line written) had
+    # nothing left to kill: the cut only kept its result from Redis, and it ran again elsewhere. The
+    # worker kills what still runs ~3.5 s into a cut, so an `end` within ENDED_ALONE_S is its own.
+    ended = {c.task for c in job.calls() if c.host == cluster.host("w1").ip and c.task in story["victims"]
+             and c.start < t0 and c.end is not None and c.end < t0 + ENDED_ALONE_S}
+    figures.update(tasks=job.n, victims=len(story["victims"]), ended_alone=len(ended), lost=len(verdict.lost),
+                   doubled=len(verdict.doubled),
                    overlaps=len(verdict.overlaps), executions=verdict.executions, calls=verdict.calls,
                    detect_s=_spread([requeued[t] for t in victims], t0),
                    self_kill_s=_spread([kills[t] for t in victims if t in kills], t0),
@@ -109,8 +120,8 @@ def test_worker_cut_off_past_its_lease_kills_its_executor_and_rejoins(cluster: C
                    cut_s=round(story["heal"] - t0, 2), rejoin_s=round(rejoin_s, 2))
     assert status["done"]
     assert not verdict.problems(), verdict.problems()
-    assert set(kills) >= set(victims), f"w1 did not kill its executors of {set(victims) - set(kills)}"
-    late = {t: (kills[t] - t0, requeued[t] - t0) for t in victims if kills[t] >= requeued[t]}
+    assert set(kills) >= set(victims) - ended, f"w1 did not kill its executors of {set(victims) - ended - set(kills)}"
+    late = {t: (kills[t] - t0, requeued[t] - t0) for t in victims if t in kills and kills[t] >= requeued[t]}
     assert not late, f"w1 killed these executors only after their leases expired (kill, requeue s): {late}"
 
 
