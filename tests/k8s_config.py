@@ -8,6 +8,7 @@ and timings the manifests ship."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -30,14 +31,15 @@ def configmap_toml() -> str:
 
 
 def local_toml(services: Settings, tokens_file: Path | None = None) -> str:
-    """The ConfigMap's TOML with every service address replaced by those of `services`, and the
-    tokens file (the mounted Secret) by `tokens_file` when given; nothing else."""
+    """The ConfigMap's TOML with every service address replaced by those of `services` (a Redis
+    Cluster's nodes added when it is one), and the tokens file (the mounted Secret) by `tokens_file`
+    when given; nothing else."""
     nsq, redis, mysql, api = services.nsq, services.redis, services.mysql, services.api
     replacements = [
         (r'nsqd_http_addresses = \[.*\]', f'nsqd_http_addresses = ["{nsq.nsqd_http_addresses[0]}"]'),
         (r'lookupd_tcp_address = ".*"', f'lookupd_tcp_address = "{nsq.lookupd_tcp_address}"'),
         (r'lookupd_http_addresses = \[.*\]', f'lookupd_http_addresses = ["{nsq.lookupd_http_addresses[0]}"]'),
-        (r'(\[redis\]\nhost = )".*"\nport = \d+', rf'\1"{redis.host}"\nport = {redis.port}'),
+        (r'(\[redis\]\nhost = )".*"\nport = \d+', rf'\1"{redis.host}"\nport = {redis.port}' + _cluster(services)),
         (r'(\[mysql\]\nhost = )".*"\nport = \d+\nuser = ".*"\npassword = ".*"\ndatabase = ".*"',
          rf'\1"{mysql.host}"\nport = {mysql.port}\nuser = "{mysql.user}"\npassword = "{mysql.password}"\n'
          rf'database = "{mysql.database}"'),
@@ -49,3 +51,9 @@ def local_toml(services: Settings, tokens_file: Path | None = None) -> str:
         text, n = re.subn(pattern, replacement, text)
         assert n == 1, f"configmap.yaml no longer has {pattern!r}: update tests/k8s_config.py"
     return text
+
+
+def _cluster(services: Settings) -> str:
+    """On a Redis Cluster, the keys an operator adds to the ConfigMap's [redis] (README, "Redis Cluster")."""
+    nodes = services.redis.cluster_nodes
+    return f"\ncluster_nodes = {json.dumps(list(nodes))}\nwait_replicas = 1" if nodes else ""
