@@ -419,7 +419,7 @@ def test_a_pod_started_before_redis_waits_for_it_instead_of_escalating(pods: Cal
     # bound but not listening, so connecting is refused and no other process can take the port
     placeholder = socket.socket()
     placeholder.bind(("127.0.0.1", 0))
-    group = pods(redis={"port": placeholder.getsockname()[1]},
+    group = pods(redis={"port": placeholder.getsockname()[1], "cluster_nodes": []},  # one Redis, late, on either pass
                  supervisor={"max_restarts": 1, "max_seconds": 60.0, "sweep_interval_s": 0.2})
     try:
         pod = group.start("w", "worker")
