@@ -124,8 +124,10 @@ class StateStore:
 
     def __init__(self, settings: RedisSettings, client: Client | None = None) -> None:
         self.redis = client or connect(settings)
-        self._wait = (settings.wait_replicas, int(settings.wait_timeout_s * 1000))
         """The client itself, for tests and the bench; taskherd's own code goes through the methods."""
+        self._wait = (settings.wait_replicas, int(settings.wait_timeout_s * 1000))
+        self._refresh = False
+        """Set when a cluster node failed under a round trip: learn the slots' owners again before the next."""
         self.members = Membership(self.redis)
         self.keyspace = Keyspace(self.redis)
         self.limits = LimitStore(self.redis)
@@ -177,10 +179,10 @@ class StateStore:
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         for _ in (1, 2, 3):
-            groups: dict[str, tuple[Any, list[int]]] = {}
+            groups: dict[int, tuple[Any, list[int]]] = {}
             for i in todo:
                 conn = self._connection(commands[i])
-                groups.setdefault(id(conn), (conn, []))[1].append(i)  # type: ignore[arg-type]
+                groups.setdefault(id(conn), (conn, []))[1].append(i)
             waits = self._wait[0] if wait else 0
             try:
                 for conn, idx in groups.values():
@@ -226,7 +228,7 @@ class StateStore:
         if not isinstance(self.redis, RedisCluster):
             node, pool = "", self.redis.connection_pool
         else:
-            if getattr(self, "_refresh", False):
+            if self._refresh:
                 self._refresh = False
                 self.redis.nodes_manager.initialize()
             key = command[3] if command[0] == "EVALSHA" and command[2] else command[1]
