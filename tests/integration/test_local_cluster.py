@@ -107,6 +107,8 @@ def test_up_restarts_a_killed_redis_and_the_cluster_runs_a_task_again(cluster: U
                message="`up` reports the dead Redis")
     wait_until(lambda: redis_answers(cluster), timeout=30, ignore=(redis.ConnectionError,),
                message="Redis answers PING again")
+    # (a cluster's node answers PING before the cluster serves again: `up` says when it does)
+    wait_until(lambda: "[up] redis restarted" in cluster.log(), timeout=60, message="`up` restarted Redis")
     assert cluster.child_pid("redis-server") not in (None, killed)
     with pytest.raises(psutil.NoSuchProcess):  # reaped, not left a zombie
         psutil.Process(killed).status()
