@@ -24,9 +24,6 @@ def add_commands(sub: Any) -> None:
     u = command(sub, "up", cmd_up, "run a local cluster (services + pods) until Ctrl-C")
     _topology(u)
     u.add_argument("--data-dir", metavar="DIR", help="data directory (default [local].data_dir)")
-    u.add_argument("--redis-cluster", action="store_true",
-                   help="Redis as a cluster of 3 masters + 3 replicas on [redis].port ... port + 5 (bus ports "
-                        "100 above), listed in the pods' [redis].cluster_nodes")
     d = command(sub, "demo", cmd_demo, "crawl a generated site on a local cluster, end to end")
     d.add_argument("--pages", type=int, default=300, metavar="N")
     _topology(d)
@@ -39,6 +36,9 @@ def _topology(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nsqd", type=_at_least_one, default=1, metavar="M",
                    help="nsqd on consecutive port pairs from [nsq]'s (default 1); manager i publishes to "
                         "nsqd i mod M, every pod consumes from all through nsqlookupd")
+    p.add_argument("--redis-cluster", action="store_true",
+                   help="Redis as a cluster of 3 masters + 3 replicas on [redis].port ... port + 5 (bus ports "
+                        "100 above), listed in the pods' [redis].cluster_nodes")
 
 
 def _at_least_one(text: str) -> int:
@@ -104,4 +104,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = settings(args)
     return demo_main(config, args.config, args.pages, args.workers or config.local.workers,
-                     managers=args.managers, nsqd=args.nsqd)
+                     managers=args.managers, nsqd=args.nsqd, redis_cluster=args.redis_cluster)

@@ -46,7 +46,7 @@ class CrawlSummary:
 
 
 def main(settings: Settings, config_path: str | Path | None, pages: int = 300, workers: int = 2,
-         managers: int = 1, nsqd: int = 1) -> int:
+         managers: int = 1, nsqd: int = 1, redis_cluster: bool = False) -> int:
     """Run the demo end to end; 0 when the crawl matches the site and teardown leaves nothing."""
     from taskherd.deploy.local.cluster import Cluster
 
@@ -55,10 +55,11 @@ def main(settings: Settings, config_path: str | Path | None, pages: int = 300, w
     with DemoSite(pages, run=job) as site, _pod_log(settings, job) as log:
         print(f"  site     {site.root}")
         print(f"  logs     {log.name}")
-        print(f"  cluster  starting {'nsqd' if nsqd == 1 else f'{nsqd} nsqd'}, nsqlookupd, redis, mysql, "
+        redis = "a Redis Cluster (3 masters + 3 replicas)" if redis_cluster else "redis"
+        print(f"  cluster  starting {'nsqd' if nsqd == 1 else f'{nsqd} nsqd'}, nsqlookupd, {redis}, mysql, "
               f"{'1 manager' if managers == 1 else f'{managers} managers'} and {workers} worker pod(s)...", flush=True)
         with Cluster(settings, str(config_path) if config_path else None, workers=workers, data_dir=None, out=log,
-                     managers=managers, nsqd=nsqd) as cluster:
+                     managers=managers, nsqd=nsqd, redis_cluster=redis_cluster) as cluster:
             print(f"  cluster  ready, API at {', '.join(cluster.api_urls)}")
             client = _client(cluster.api_url)
             started = time.monotonic()
