@@ -80,16 +80,6 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 # --- processes -----------------------------------------------------------------------------------
 def record_pid(pid: int, what: str) -> None:
     """Note a process we started in the pid file (see PIDFILE)."""
@@ -167,6 +157,18 @@ def pid_of_tree_containing(pid: int, roots: dict[str, int]) -> str | None:
 
 
 # --- a private redis-server ----------------------------------------------------------------------
+def port_free(port: int) -> bool:
+    """As `taskherd.deploy.local.services.port_free`, written again: this module is also imported in the
+    peers' venv, which has no taskherd."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class RedisServer:
     """`redis-server` on 127.0.0.1:PORT with its data in DIR, AOF everysec like taskherd's own Redis
     (so the peers pay the same durability cost), no RDB snapshots."""
@@ -220,3 +222,12 @@ def dump_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
+
+
+
+def save_result(kind: str, report: Any) -> Path:
+    """Write one side bench's report to bench/results/KIND-TIMESTAMP.json and say where."""
+    path = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    dump_json(path, report)
+    log(f"written to {path}")
+    return path

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pymysql
 
-from bench.common import RESULTS, dump_json, log
+from bench.common import log, save_result
 from bench.cpu import cpu_by_process
 from bench.taskherd_runs import Taskherd
 
@@ -82,9 +82,8 @@ def main(argv: list[str]) -> int:
         th.teardown(job)
     for section in ("redis_per_task", "nsq_messages_per_task", "mysql_per_task", "cpu_ms_per_task"):
         log(f"{section}: " + ", ".join(f"{k} {v:g}" for k, v in report[section].items()))
-    path = RESULTS / f"costs-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    dump_json(path, report)
-    log(f"every task ran and was archived once: {report['checks_ok']}; written to {path}")
+    log(f"every task ran and was archived once: {report['checks_ok']}")
+    save_result("costs", report)
     return 0
 
 

@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RedisServer, dump_json, log, port_free
+from bench.common import RedisServer, log, port_free, save_result
 from taskherd.config import from_dict
 from taskherd.store.state_store import NewTask, StateStore
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ROUNDS = {1: 2000, 100: 200}
 """Batches timed per batch size (after 10% as many untimed to warm up)."""
 
@@ -82,9 +81,7 @@ def main() -> int:
         finally:
             for server in servers:
                 server.stop()
-    path = RESULTS / f"replication-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    dump_json(path, report)
-    log(f"written to {path}")
+    save_result("replication", report)
     return 0
 
 

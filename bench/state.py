@@ -18,15 +18,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import RedisServer, dump_json, log, port_free
+from bench.common import RedisServer, log, port_free, save_result
 from taskherd.actors.context import PodContext
 from taskherd.actors.timeout_watcher import TimeoutWatcher
 from taskherd.config import from_dict
 from taskherd.nsq.publisher import Publisher
 from taskherd.store import keys
 from taskherd.store.state_store import NewTask, StateStore
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def median_ms(fn: Callable[[], object], n: int = 5) -> float:
@@ -119,9 +117,7 @@ def main() -> int:
                       "teardown": teardown_costs(store)}
         finally:
             redis.stop()
-    path = RESULTS / f"state-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    dump_json(path, report)
-    log(f"written to {path}")
+    save_result("state", report)
     return 0
 
 

@@ -25,7 +25,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from taskherd.config import Settings, from_dict
 from taskherd.deploy.local.redis_cluster import bus_port
-from taskherd.deploy.local.services import ServiceManager
+from taskherd.deploy.local.services import ServiceManager, port_free
 
 T = TypeVar("T")
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -113,17 +113,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def port_free(port: int) -> bool:
-    """Nothing listens on loopback `port` now (TIME_WAIT leftovers aside)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_cluster_ports(count: int = 6) -> list[int]:

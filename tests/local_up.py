@@ -13,7 +13,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import psutil
 
 from taskherd.config import Settings, from_dict
 from taskherd.deploy.local.redis_cluster import bus_port
-from tests.helpers import TEST_CLUSTER_PORTS, TEST_PORTS, redis_cluster_wanted, settings_for_tests, wait_until
+from tests.helpers import TEST_CLUSTER_PORTS, TEST_PORTS, port_free, redis_cluster_wanted, settings_for_tests, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 """The repository root: `up` runs with it as its working directory, as a developer would run it."""
@@ -32,21 +31,12 @@ ECHO = ["-c", "import json,sys; print(json.dumps(json.load(sys.stdin)))"]
 """Arguments of a Python `exe` executor that answers its payload."""
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def up_settings() -> Settings:
     """Test settings on a free block of ports (never a test session's), with a short drain."""
     nodes = [*TEST_CLUSTER_PORTS, *map(bus_port, TEST_CLUSTER_PORTS)] if redis_cluster_wanted() else []
     for shift in range(5500, 37_000, 100):
         ports = [port + shift for port in (*TEST_PORTS.values(), *nodes)]
-        if shift % 1000 and all(port < 65_536 and _port_free(port) for port in ports):
+        if shift % 1000 and all(port < 65_536 and port_free(port) for port in ports):
             data = settings_for_tests(shift).model_dump()
             data["worker"].update(SHORT["worker"])
             data["registry"].update(SHORT["registry"])

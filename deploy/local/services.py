@@ -425,7 +425,7 @@ class ServiceManager:
 
     def _check_ports(self, plan: _Plan) -> None:
         for port, key in plan.ports:
-            if _port_in_use(port):
+            if not port_free(port):
                 raise PortInUse(plan.service or plan.name, port, key, _holder(port))
 
     def _spawn(self, plan: _Plan) -> None:
@@ -501,15 +501,17 @@ def _resp_call(sock: socket.socket, replies: BinaryIO, *args: str, expect: bytes
         raise ServiceError(f"redis answered {args[0]} with {reply[:120]!r}")
 
 
-def _port_in_use(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Nothing listens on loopback `port` now (the services' port check; tests and the bench pick
+    their ports with it too)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR: a port held only by TIME_WAIT connections of a stopped service is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((_LOOPBACK, port))
         except OSError:
-            return True
-    return False
+            return False
+    return True
 
 
 def _holder(port: int) -> str:

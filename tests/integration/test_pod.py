@@ -36,7 +36,7 @@ from taskherd.nsq.publisher import Publisher
 from taskherd.states import FINAL_STATES
 from taskherd.store import keys
 from taskherd.store.state_store import StateStore
-from tests.helpers import TEST_PORTS, Services, settings_for_tests, topic_depth, wait_until
+from tests.helpers import TEST_PORTS, Services, port_free, settings_for_tests, topic_depth, wait_until
 
 PY = "tests.e2e.funcs"
 """Executors the pods' runner children import (the pods run with this checkout as their cwd)."""
@@ -440,15 +440,6 @@ def test_a_pod_started_before_redis_waits_for_it_instead_of_escalating(pods: Cal
 
 
 # --- `taskherd up` ---------------------------------------------------------------------------------------
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def up_settings(services: Services) -> Settings:
     """Test settings on a block of ports 5000 above the session's (or further up), all free now."""
     session_shift = services.settings.redis.port - TEST_PORTS["redis"]
