@@ -239,6 +239,8 @@ class _Producer:
                     answer = self.managers.call("submit", task)
                 except nemesis.ERRORS:
                     self.refused += 1  # the master of the job's slot is gone until its replica is promoted
+                    # a producer's back-off, not a wait for a state: it retries until accepted even past
+                    # the case's stop, as a refused submit may have created the task (else "unexpected")
                     time.sleep(0.2)
                     continue
                 assert answer["status"] in ("created", "exists"), answer
