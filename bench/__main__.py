@@ -44,7 +44,8 @@ WORKLOADS = ("noop", "latency", "sleep10", "fanout", "scale", "recovery")
 PRIO_LIMITS = ("noop_prio", "noop_limits")
 # Each peer runs in taskherd's layout ("equal") and in its own recommended one for this machine's cores
 # ("best", one worker: Celery prefork -c cores; Dramatiq --processes cores with its default 8 threads; RQ one
-# worker per core), both on AOF everysec; then its best layout without persistence, as its users usually run it.
+# worker per core), both on AOF everysec (taskherd's own Redis: always); then its best layout without
+# persistence, as its users usually run it.
 LAYOUTS = (("", "equal", True), (" best", "best", True), (" best no-AOF", "best", False))
 NO_AOF_WORKLOADS = ("noop", "latency")
 """taskherd only, with `--prio-limits` (or named in --only): the no-op drain again with the tasks at
@@ -166,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not todo:
                     continue
                 name = p + key
-                if not aof and redises[p].appendonly:  # what the peers' users usually run: no persistence
+                if not aof and redises[p].appendfsync:  # what the peers' users usually run: no persistence
                     redises[p].stop()
-                    redises[p] = RedisServer(PEER_PORTS[p], run_dir / f"redis-{p}-noaof", appendonly=False).start()
+                    redises[p] = RedisServer(PEER_PORTS[p], run_dir / f"redis-{p}-noaof", appendfsync=None).start()
                 out = run_dir / f"{p}{key.replace(' ', '-')}.json"
                 log(f"bench: {name}: {', '.join(todo)}")
                 label = "workloads" + key.replace(" ", "-")
@@ -361,7 +362,8 @@ def configuration(cfg: dict[str, Any], reps: int, workers: int, slots: int, peer
     total = workers * slots
     return {
         "taskherd": f"1 manager pod + {workers} worker pods x {slots} slots = {total} slots; default settings "
-                    "except ports (+3000) and database name; Redis AOF everysec, nsqd with its default in-memory queues",
+                    "except ports (+3000) and database name; Redis AOF appendfsync always, "
+                    "nsqd with its default in-memory queues",
         "celery": f"{workers} workers x -c {slots} (prefork), acks_late=True, worker_prefetch_multiplier=1, "
                   "Redis broker and result backend, defaults otherwise (visibility_timeout 1 h)",
         "dramatiq": f"{workers} workers x --processes {slots} --threads 1, RedisBroker + Results(RedisBackend), "

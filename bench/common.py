@@ -170,11 +170,14 @@ def port_free(port: int) -> bool:
 
 
 class RedisServer:
-    """`redis-server` on 127.0.0.1:PORT with its data in DIR, AOF everysec like taskherd's own Redis
-    (so the peers pay the same durability cost), no RDB snapshots."""
+    """`redis-server` on 127.0.0.1:PORT with its data in DIR, no RDB snapshots, and an AOF fsynced as
+    `appendfsync` says (None: no AOF). The peers get everysec, what their users run with AOF on;
+    taskherd's own Redis runs `always` (deploy/local/services.REDIS_DURABILITY), a cost the peers
+    are spared."""
 
-    def __init__(self, port: int, data_dir: Path, appendonly: bool = True, extra: tuple[str, ...] = ()) -> None:
-        self.port, self.data_dir, self.appendonly, self.extra = port, data_dir, appendonly, extra
+    def __init__(self, port: int, data_dir: Path, appendfsync: str | None = "everysec",
+                 extra: tuple[str, ...] = ()) -> None:
+        self.port, self.data_dir, self.appendfsync, self.extra = port, data_dir, appendfsync, extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> RedisServer:
@@ -182,7 +185,8 @@ class RedisServer:
             raise BenchError(f"redis for the peers: port {self.port} is in use")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+                "--save", "", "--appendonly", "yes" if self.appendfsync else "no",
+                "--appendfsync", self.appendfsync or "everysec",
                 "--daemonize", "no", "--protected-mode", "no", "--logfile", str(self.data_dir / "redis.log"),
                 *self.extra]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -6,7 +6,7 @@ all on this machine) each goes to the nodes of its keys; with `[redis].wait_repl
 ends with `WAIT 1` on each node written to, so a submit is answered only once a replica holds it (a
 master killed then loses none of it). Measured through `StateStore.submit` (no API, no NSQ), one
 client thread, batches of 1 and of 100 tasks, each in a job of its own: latency p50/p99 of a batch
-and tasks per second. Every server has AOF everysec, as taskherd's own.
+and tasks per second. Every server fsyncs its AOF before it replies (`appendfsync always`), as taskherd's own.
 
 Prints a table and writes bench/results/replication-TIMESTAMP.json.
 """
@@ -46,8 +46,8 @@ def measure(store: StateStore, size: int, rounds: int, tag: str) -> dict[str, fl
 
 def start_cluster(base: int, tmp: Path) -> list[RedisServer]:
     ports = list(range(base, base + 6))
-    nodes = [RedisServer(p, tmp / f"node-{p}", extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                                      "--cluster-node-timeout", "2000")).start() for p in ports]
+    cluster = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+    nodes = [RedisServer(p, tmp / f"node-{p}", appendfsync="always", extra=cluster).start() for p in ports]
     subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "1",
                     "--cluster-yes"], check=True, capture_output=True, timeout=60)
     deadline = time.monotonic() + 30
@@ -64,7 +64,7 @@ def main() -> int:
     base = next(p for p in range(27700, 27800, 10) if all(port_free(p + i) for i in range(6)))
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
     with tempfile.TemporaryDirectory(prefix="taskherd-bench-replication-") as tmp:
-        servers = [RedisServer(single, Path(tmp) / "single").start()]
+        servers = [RedisServer(single, Path(tmp) / "single", appendfsync="always").start()]
         try:
             servers += start_cluster(base, Path(tmp))
             layouts = [("one Redis", {"port": single}),

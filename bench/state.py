@@ -105,7 +105,7 @@ def _scan_teardown(store: StateStore, job: str) -> None:
 def main() -> int:
     port = next(p for p in range(27400, 27500) if port_free(p))
     with tempfile.TemporaryDirectory(prefix="taskherd-bench-state-") as tmp:
-        redis = RedisServer(port, Path(tmp), appendonly=False).start()
+        redis = RedisServer(port, Path(tmp), appendfsync=None).start()
         try:
             settings = from_dict({"redis": {"port": port},
                                   # no nsqd: the sweep's backlog check answers at once, leaving Redis's share

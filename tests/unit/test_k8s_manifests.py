@@ -23,6 +23,7 @@ from taskherd.actors.worker import CHANNEL
 from taskherd.cli import build_parser
 from taskherd.config import Settings, from_dict, load
 from taskherd.config.settings import DEADLETTER_HEADROOM
+from taskherd.deploy.local.services import REDIS_DURABILITY
 from taskherd.nsq.topics import task_topic
 from taskherd.specs import PRIORITIES
 
@@ -110,6 +111,9 @@ def test_nsqd_keeps_its_queues_on_a_volume_and_announces_a_name_resolvable_from_
 def test_redis_and_mariadb_keep_their_data_on_volumes() -> None:
     redis_args = block_list(text("redis.yaml"), "args")
     assert redis_args[redis_args.index("--appendonly") + 1] == "yes"
+    # fsynced before it replies, as taskherd up runs it: everysec may lose an acknowledged submit
+    fsync = redis_args[redis_args.index("--appendfsync") + 1]
+    assert fsync == "always" == REDIS_DURABILITY[REDIS_DURABILITY.index("--appendfsync") + 1]
     assert redis_args[redis_args.index("--dir") + 1] == "/data"
     mariadb = text("mariadb.yaml")
     assert "mountPath: /var/lib/mysql" in mariadb and "volumeClaimTemplates:" in mariadb
