@@ -9,6 +9,7 @@ manager's /metrics. This is the profile the README's "what bounds it" quotes; py
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -39,7 +40,9 @@ def cpu_by_process(marker: str) -> dict[int, tuple[str, float]]:
 
 
 def main(argv: list[str]) -> int:
-    n = int(argv[0]) if argv else 5000
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("n", nargs="?", type=int, default=5000, help="no-op tasks to time (default 5,000)")
+    n = parser.parse_args(argv).n
     data = Path(tempfile.mkdtemp(prefix="taskherd-cpu-"))
     with Taskherd(2, 2, data, (data / "cluster.log").open("w")) as th:
         th.warm_up(500)
