@@ -118,8 +118,8 @@ def notes(report: dict[str, Any]) -> list[str]:
             "archive (taskherd) / last result seen by the driver (peers).")
     if "latency" in th:
         n.append("latency: taskherd's submit->result is the server's result timestamp; the peers' is the client "
-                 "holding the result (their blocking get), as taskherd's 'client holds result' (Client.result, the per-task "
-                 "long-poll); 'client sees done' is the long-poll on the job answering done, after the archive.")
+                 "holding the result (their blocking get), as taskherd's 'client holds result' (Client.run, submit and "
+                 "wait in one request); 'client sees done' is the long-poll on the job answering done, after the archive.")
     if "fanout" in th or any("fanout" in res.get(p, {}) for p in PEERS):
         sizes = [f"{s} {res[s]['fanout'].get('tasks')} tasks" for s in ("taskherd", *PEERS)
                  if s in res and "fanout" in res[s]]

@@ -7,8 +7,8 @@ Figures and how each is taken (timestamps are Redis's clock, in ms, on this same
   execution `started` in the archive -> the job's `finished_ms`, set by the archive step of its last task);
 - latency: one task at a time: submit -> result recorded (the task's `finished_ms`), submit -> archived
   (the job's `finished_ms`, the job being done again after each task), submit -> the client holds the
-  result (`Client.result`: the per-task long-poll GET /tasks/{id}?wait_s=, what a peer's blocking get
-  measures), and submit -> the client sees the job done (its long-poll answers);
+  result (`Client.run`: the submit and the per-task wait in one request, POST /tasks/run, what a
+  peer's `delay()` + blocking get measures), and submit -> the client sees the job done (its long-poll answers);
 - fan-out: submit of the root -> the job's `finished_ms`;
 - scale of state: Redis `used_memory` over the baseline, per live task (all queued while the worker
   pods are stopped, then sampled while they run it), after the job is archived and after teardown;
@@ -229,8 +229,8 @@ class Taskherd:
             for i in range(n):
                 tid = f"{job}-{i}"
                 t0 = time.time()
-                self.client.submit({"id": tid, "type": "noop", "job": job})
-                self.client.result(tid, timeout=30)  # the per-task long-poll: answers when the result is recorded
+                # submit and wait in one request (POST /tasks/run): answers when the result is recorded
+                self.client.run({"id": tid, "type": "noop", "job": job}, timeout=30)
                 held.append((time.time() - t0) * 1000)
                 status = self.client.job(job, wait_s=30)  # a long-poll: answers the moment the job is done
                 if not status["done"]:
@@ -255,7 +255,7 @@ class Taskherd:
                 f"{figures['archived_p99'][-1]:.1f} ms")
         notes = {"result": "submit -> result recorded in Redis (the task's finished_ms; 1 ms resolution)",
                  "archived": "submit -> archived in MySQL and counted out of the job (the job's finished_ms)",
-                 "held": "submit -> the client holds the result (Client.result: GET /tasks/ID?wait_s= answers)",
+                 "held": "submit -> the client holds the result (Client.run: POST /tasks/run answers)",
                  "seen": "submit -> the client sees the job done (its long-poll GET /jobs/J?wait_s= answers)"}
         out = {k: summary(v, "ms", "lower", notes[k.split("_")[0]]) for k, v in figures.items()}
         out["checks"] = {"ok": all(c["archived"] == c["expected"] and not c["leftovers"] for c in checks),

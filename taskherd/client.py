@@ -190,11 +190,25 @@ class Client:
             out += self._submit({"tasks": items[i:i + chunk]})["tasks"]
         return out
 
-    def _submit(self, body: dict[str, Any]) -> Any:
+    def run(self, task: Mapping[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Submit one task and wait for its result in the same request (`POST /tasks/run`): the
+        executor's result the moment it is recorded; TaskFailed or TaskTimeout as `result` says. One
+        request where `submit` + `result` make two; a task already submitted with this id (the same
+        payload) is waited for as it is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = TASK_WAIT_S if timeout is None else min(TASK_WAIT_S, timeout)
+        answer = self._submit(dict(task), "/tasks/run", {"wait_s": f"{step:g}"})
+        view = answer["task"]
+        if view["state"] not in RESULT_STATES:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            view = self.wait_task(answer["id"], left)
+        return _result_of(view)
+
+    def _submit(self, body: dict[str, Any], path: str = "/tasks", params: dict[str, str] | None = None) -> Any:
         deadline = time.monotonic() + self.submit_deadline
         while True:
             try:
-                return self._request("POST", "/tasks", json=body)
+                return self._request("POST", path, json=body, params=params)
             except ClientError as exc:
                 if exc.status != 429:
                     raise
@@ -225,10 +239,7 @@ class Client:
         """The executor's result, the moment it is recorded; TaskFailed if the executor failed or the task
         ended failed or cancelled, TaskTimeout past `timeout`. The analysis runs after: a task whose
         analyzer then fails it still gave this result (`wait_task` and the job show the final state)."""
-        task = self.wait_task(task_id, timeout)
-        if task["state"] == TaskState.SUCCEEDED or (task["state"] == TaskState.ANALYZING and task.get("outcome") == "ok"):
-            return dict(task.get("result") or {})
-        raise TaskFailed(task)
+        return _result_of(self.wait_task(task_id, timeout))
 
     # --- jobs ---------------------------------------------------------------------------------------
     def job(self, job: str, wait_s: float = 0.0) -> dict[str, Any]:
@@ -408,6 +419,13 @@ class _Connections:
             conns, self._all = self._all, []
         for conn in conns:
             conn.close()
+
+
+def _result_of(task: Mapping[str, Any]) -> dict[str, Any]:
+    """A task view with a result (`wait_task`'s answer): the executor's result, or TaskFailed."""
+    if task["state"] == TaskState.SUCCEEDED or (task["state"] == TaskState.ANALYZING and task.get("outcome") == "ok"):
+        return dict(task.get("result") or {})
+    raise TaskFailed(dict(task))
 
 
 def _retry_after(detail: Any) -> float:

@@ -123,6 +123,13 @@ class TaskType:
         assert isinstance(answer, dict)  # one task in, one answer out
         return Task(self.app, answer["id"], job, answer["status"])
 
+    def run(self, payload: dict[str, Any], *, job: str, id: str | None = None, timeout: float | None = None
+            ) -> dict[str, Any]:
+        """Submit one task of this type into `job` and wait for its result, in one request
+        (`Client.run`): the result the moment it is recorded; TaskFailed, or TaskTimeout past `timeout`."""
+        task = {"type": self.name, "job": job, "payload": payload, **({"id": id} if id is not None else {})}
+        return self.app.client.run(task, timeout)
+
     def schedule(self, name: str, payload: dict[str, Any] | None = None, *, cron: str | None = None,
                  every_s: int | None = None, timezone: str | None = None, job: str | None = None,
                  catch_up_s: int | None = None, fire_time_key: str | None = None) -> dict[str, Any]:

@@ -183,6 +183,13 @@ class Accepted(BaseModel):
     no new tasks (a single task answers either with a 409)."""
 
 
+class Ran(Accepted):
+    """`POST /tasks/run`'s answer: the submit's, and the task itself."""
+
+    task: dict[str, Any] = Field(description="The task as `GET /tasks/{id}` shows it once its result is recorded "
+                                 "(state `analyzing` or final), or as it is when `wait_s` ran out.")
+
+
 class BatchAccepted(BaseModel):
     tasks: list[Accepted]
     created: int

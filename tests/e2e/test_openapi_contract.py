@@ -5,8 +5,8 @@ finds no failure.
 What the run is told, and why (each only for the operations named):
 - `POST /system/teardown`: `stop=false`. `stop=true` ends every pod, this API included, by design;
   the rest of the run would test a dead server.
-- `wait_s=1` on the long-polls (`GET /jobs/{job}`, `GET /tasks/{task_id}`, `POST /jobs/{job}/teardown`,
-  `POST /system/teardown`):
+- `wait_s=1` on the long-polls (`GET /jobs/{job}`, `GET /tasks/{task_id}`, `POST /tasks/run`,
+  `POST /jobs/{job}/teardown`, `POST /system/teardown`):
   they answer after up to `wait_s` seconds (≤ 60) by design, so a fuzzed `wait_s` would spend the time
   budget waiting and trip the response-time check, which a long-poll cannot meet.
 - `PUT /schedules/{name}` may also answer 422 to a schema-valid body: its `cron` pattern says the
@@ -44,6 +44,10 @@ parameters = { "wait_s" = 1 }
 [[operations]]
 include-path = "/tasks/{task_id}"
 include-method = "GET"
+parameters = { "wait_s" = 1 }
+
+[[operations]]
+include-path = "/tasks/run"
 parameters = { "wait_s" = 1 }
 
 [[operations]]

@@ -1,6 +1,7 @@
 """Waiting for one task's result: `GET /tasks/{id}?wait_s=` answers the moment finish.lua records the
 outcome (woken through Redis pub/sub, before any analysis or archive), after `wait_s` with the task as
-it is, at once for an archived task; `Client.result` and `taskherd task wait` ride on it. Through the
+it is, at once for an archived task; `Client.result` and `taskherd task wait` ride on it, and `POST
+/tasks/run` (`Client.run`, the SDK's `run`) submits and waits in one request. Through the
 real API (Manager and HttpServer actors) on real services; the worker's side is driven through the
 StateStore, so the moment of the finish is the test's."""
 
@@ -150,3 +151,76 @@ def test_task_wait_on_the_command_line_prints_the_result_or_says_why_not(typed: 
     store.close()
 
 
+
+
+def test_a_run_answers_with_the_result_in_the_same_request(typed: Stack,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # No periodic re-read: only the watch, made before the task existed, can answer this wait
+    monkeypatch.setattr(tasks_routes, "RECHECK_S", 60.0)
+    store = StateStore(typed.settings.redis)
+    answered: list[tuple[float, int, dict]] = []
+
+    def submit_and_wait() -> None:
+        reply = typed.http.post("/tasks/run", json=typed.task(id="sw1"), params={"wait_s": 30})
+        answered.append((time.monotonic(), reply.status_code, reply.json()))
+
+    # Given a submit with wait_s in flight: the task is created, the request unanswered
+    waiter = threading.Thread(target=submit_and_wait)
+    waiter.start()
+    wait_until_created = time.monotonic() + 10
+    while store.task("j1", "sw1") is None and time.monotonic() < wait_until_created:
+        waiter.join(0.02)
+    assert store.task("j1", "sw1") is not None and not answered
+    # When a worker records its outcome
+    finished_at = time.monotonic()
+    run_and_finish(store, "j1", "sw1")
+    waiter.join(10)
+    # Then that one request answers at once: created, with the task and its result
+    at, status, body = answered[0]
+    assert status == 201 and body["id"] == "sw1" and body["status"] == "created", body
+    assert body["task"]["state"] == "analyzing" and body["task"]["result"] == {"echo": "sw1"}, body
+    assert at - finished_at < 1.0  # the wake-up, not a re-read
+    store.close()
+
+
+def test_a_run_resubmitted_answers_the_existing_task_and_a_batch_is_refused(typed: Stack) -> None:
+    store = StateStore(typed.settings.redis)
+    assert typed.http.post("/tasks", json=typed.task(id="sw3")).status_code == 201
+    run_and_finish(store, "j1", "sw3")
+    # An id already finished: answered at once (200, exists) with its result
+    start = time.monotonic()
+    reply = typed.http.post("/tasks/run", json=typed.task(id="sw3"), params={"wait_s": 20})
+    assert reply.status_code == 200 and reply.json()["status"] == "exists", reply.json()
+    assert reply.json()["task"]["result"] == {"echo": "sw3"} and time.monotonic() - start < 5
+    # A batch: 422 (one task is run), nothing created
+    reply = typed.http.post("/tasks/run", json={"tasks": [typed.task(id="sw4")]}, params={"wait_s": 5})
+    assert reply.status_code == 422, reply.json()
+    assert typed.http.get("/tasks/sw4").status_code == 404
+    # No id: the server makes one, and the wait ends after wait_s with the task as it is
+    reply = typed.http.post("/tasks/run", json={k: v for k, v in typed.task(id="x").items() if k != "id"},
+                            params={"wait_s": 0.3})
+    body = reply.json()
+    assert reply.status_code == 201 and body["task"]["id"] == body["id"] and body["task"]["state"] == "pending"
+    store.close()
+
+
+def test_client_run_returns_the_result_or_raises(typed: Stack) -> None:
+    store = StateStore(typed.settings.redis)
+
+    def finish_when_created(task_id: str, outcome: str, error: str = "") -> None:
+        deadline = time.monotonic() + 10
+        while store.task("j1", task_id) is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for the submit the client has in flight; bounded by the deadline
+        run_and_finish(store, "j1", task_id, outcome, error)
+
+    with Client(typed.url) as client, ThreadPoolExecutor(max_workers=2) as pool:
+        worker = pool.submit(finish_when_created, "r1", "ok")
+        assert client.run(typed.task(id="r1"), timeout=20) == {"echo": "r1"}
+        worker.result()
+        worker = pool.submit(finish_when_created, "r2", "failed", "boom")
+        with pytest.raises(TaskFailed, match="boom"):
+            client.run(typed.task(id="r2"), timeout=20)
+        worker.result()
+        with pytest.raises(TaskTimeout, match="still pending"):
+            client.run(typed.task(id="r3"), timeout=0.5)
+    store.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Response
@@ -29,6 +31,11 @@ FULL: dict[int | str, dict[str, Any]] = {429: {"model": m.ErrorBody, "headers": 
     "description": "Seconds to wait before sending the same submission again", "schema": {"type": "integer"}}},
     "description": "The herd is full: the submission would pass [manager].max_open_tasks or "
                    "max_open_tasks_per_job. Nothing of it was created; send it again after Retry-After."}}
+RUN_WAIT_S = 30.0
+"""`POST /tasks/run`'s wait when the request names none."""
+RAN: dict[int | str, dict[str, Any]] = {
+    201: {"description": "The task was created; `task` shows it with its result, or as it is if `wait_s` ran out"},
+    200: {"model": m.Ran, "description": "It existed already (same id and payload), and was waited for as it is"}}
 SUBMITTED: dict[int | str, dict[str, Any]] = {
     201: {"description": "At least one task was created"},
     200: {"model": m.Accepted | m.BatchAccepted, "description": "None was created: each exists already "
@@ -37,11 +44,31 @@ SUBMITTED: dict[int | str, dict[str, Any]] = {
 
 @router.post("/tasks", response_model=m.Accepted | m.BatchAccepted, status_code=201,
              responses={**SUBMITTED, **FULL})
-def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Response) -> Any:
+def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Response) -> m.Accepted | m.BatchAccepted:
     """Submit one task or `{"tasks": [...]}`. 201 if any was created, else 200; one conflicting
     task, or one for a cancelled job, is a 409, while a batch reports those per task. A batch is accepted all or nothing:
     one that would pass a bound on open tasks is a 429 with Retry-After, creating nothing. A type with
     no executor registered is a 409 (the body is well formed; the server lacks the executor)."""
+    return _submit(body, pod, response)
+
+
+@router.post("/tasks/run", response_model=m.Ran, status_code=201, responses={**RAN, **FULL})
+async def run_task(body: Annotated[m.TaskIn, Body()], pod: PodDep, response: Response,
+                   wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = RUN_WAIT_S) -> m.Ran:
+    """Submit one task and wait for its result in the same request: answers the moment the result is
+    recorded (as `GET /tasks/{id}?wait_s=` would), or after `wait_s` seconds, with the task as it is
+    then in `task`. Refused as `POST /tasks` refuses one task (409, 429). Resubmitting an id (the same
+    payload) waits for that task as it is."""
+    task_id = body.id or uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    async with _watching(pod, task_id) as woken:  # before the task exists, so its finish cannot slip by
+        accepted = await run_in_threadpool(_submit, body.model_copy(update={"id": task_id}), pod, response)
+        assert isinstance(accepted, m.Accepted)  # one task in, one answer out
+        task = await _until_result(pod, task_id, deadline, woken, read_first=accepted.status != "created")
+    return m.Ran(id=accepted.id, status=accepted.status, task=task)
+
+
+def _submit(body: m.SubmitBody, pod: PodDep, response: Response) -> m.Accepted | m.BatchAccepted:
     batch = isinstance(body, m.TaskBatch)
     tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
     _check_batch(tasks, pod.ctx.settings.api.max_batch)
@@ -75,19 +102,39 @@ async def get_task(task_id: TaskId, pod: PodDep,
 
 
 async def _wait_result(pod: PodDep, task_id: str, wait_s: float) -> dict[str, Any]:
-    """Woken by finish.lua's publish on the task's channel (`Finishes`); re-reads every RECHECK_S
-    besides, for the ways to a result that publish nothing (a cancel, a time-out the watcher ends).
-    A read that fails while time is left (Redis restarting) is tried again at the next wake-up."""
+    deadline = time.monotonic() + wait_s
+    async with _watching(pod, task_id) as woken:
+        return await _until_result(pod, task_id, deadline, woken)
+
+
+@contextlib.asynccontextmanager
+async def _watching(pod: PodDep, task_id: str) -> AsyncIterator[asyncio.Event]:
+    """An event set whenever finish.lua publishes a result of `task_id` (`Finishes`), subscribed on
+    entry (Redis has confirmed it): a finish after that is never missed."""
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
 
     def wake() -> None:
         loop.call_soon_threadsafe(woken.set)
 
-    deadline = time.monotonic() + wait_s
-    unwatch = await run_in_threadpool(pod.ctx.store.finishes.watch, task_id, wake)  # blocks until subscribed
+    unwatch = await run_in_threadpool(pod.ctx.store.finishes.watch, task_id, wake)
     try:
-        while True:
+        yield woken
+    finally:
+        unwatch()
+
+
+async def _until_result(pod: PodDep, task_id: str, deadline: float, woken: asyncio.Event,
+                        read_first: bool = True) -> dict[str, Any]:
+    """The task once it has a result (or is final), or as it is at `deadline`. Read after each wake-up,
+    and every RECHECK_S besides, for the ways to a result that publish nothing (a cancel, a time-out
+    the watcher ends); `read_first=False` when the caller knows it has none yet (it just created it
+    under `woken`'s watch). A read that fails while time is left (Redis restarting) is tried again at
+    the next wake-up."""
+    read = read_first
+    while True:
+        remaining = deadline - time.monotonic()
+        if read:
             woken.clear()
             try:
                 task = await run_in_threadpool(task_view, pod, task_id)
@@ -98,10 +145,9 @@ async def _wait_result(pod: PodDep, task_id: str, wait_s: float) -> dict[str, An
             remaining = deadline - time.monotonic()
             if task is not None and (task["state"] in RESULT_STATES or remaining <= 0):
                 return task
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), max(0.0, min(remaining, RECHECK_S)))
-    finally:
-        unwatch()
+        read = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), max(0.0, min(remaining, RECHECK_S)))
 
 
 @router.post("/tasks/{task_id:path}/cancel")

@@ -22,6 +22,7 @@ assert task.result(timeout=60) == {"path": "a.png", "width": 800}
 assert resize.submit({"path": "a.png"}, job="album-7", id="img-1").status == "exists"
 later = resize.submit({"path": "b.png", "width": 400}, job="album-7", delay_s=0.5)
 assert later.result(timeout=60) == {"path": "b.png", "width": 400}
+assert resize.run({"path": "d.png", "width": 100}, job="album-7", timeout=60) == {"path": "d.png", "width": 100}
 
 try:
     explode.submit({"path": "c.png"}, job="album-7", id="img-3").result(timeout=60)
@@ -30,6 +31,6 @@ except taskherd.TaskFailed as exc:
     assert "no such image: c.png" in str(exc), exc
 
 status = app.job("album-7").wait(timeout=60)
-assert status["done"] and status["counts"]["succeeded"] == 2 and status["counts"]["failed"] == 1, status
+assert status["done"] and status["counts"]["succeeded"] == 3 and status["counts"]["failed"] == 1, status
 assert resize({"path": "local.png"}) == {"path": "local.png", "width": 800}  # still the function
 print("sdk ok")
