@@ -2,9 +2,9 @@
 
 Starts the bench's taskherd cluster (1 manager + 2 worker pods x 2 slots, ports +3000), warms it up,
 then submits N no-op tasks (default 5,000) and waits for the job: prints the CPU seconds (user +
-system, psutil) each process spent meanwhile, per task, and the analyzer's batch sizes from the
-manager's /metrics. This is the profile the README's "what bounds it" quotes; py-spy on the pods
-(`py-spy record --gil -p PID`) shows where inside a pod.
+system, psutil) each process spent meanwhile, per task, the analyzer's batch sizes from the manager's
+/metrics and Redis's commands per task (INFO commandstats). This is the profile the README's "what
+bounds it" quotes; py-spy on the pods (`py-spy record --gil -p PID`) shows where inside a pod.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -39,6 +40,17 @@ def cpu_by_process(marker: str) -> dict[int, tuple[str, float]]:
     return out
 
 
+def redis_commands(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Calls and µs by command between two INFO commandstats (EVALSHA's time includes its script's
+    commands, which count as calls of their own)."""
+    out = {}
+    for key, stat in after.items():
+        was = before.get(key, {"calls": 0, "usec": 0})
+        if stat["calls"] > was["calls"]:
+            out[key.removeprefix("cmdstat_")] = (stat["calls"] - was["calls"], stat["usec"] - was["usec"])
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("n", nargs="?", type=int, default=5000, help="no-op tasks to time (default 5,000)")
@@ -47,12 +59,14 @@ def main(argv: list[str]) -> int:
     with Taskherd(2, 2, data, (data / "cluster.log").open("w")) as th:
         th.warm_up(500)
         before = cpu_by_process(str(data))
+        commands_before = th.store.redis.info("commandstats")
         job = f"cpu-{th.tag}"
         t0 = time.time()
         th.client.submit([{"id": f"{job}-{i}", "type": "noop", "job": job} for i in range(n)])
         status = th.wait_done(job, 600)
         wall = time.time() - t0
         after = cpu_by_process(str(data))
+        commands = redis_commands(commands_before, th.store.redis.info("commandstats"))
         check = th.check_job(job, n, status)
         totals: dict[str, float] = {}
         for pid, (name, cpu) in after.items():
@@ -70,6 +84,11 @@ def main(argv: list[str]) -> int:
         total_results = next(float(line.split()[-1]) for line in metrics.splitlines()
                              if line.startswith("taskherd_analyzer_batch_size_sum"))
         print(f"  analyzer: {total_results / max(count, 1):.1f} results per batch on average")
+        calls, usec = sum(c for c, _ in commands.values()), sum(u for _, u in commands.values())
+        print(f"  redis: {calls / n:.1f} commands per task (those inside scripts included), {usec / n:.0f} µs "
+              f"of command time per task; the costliest:")
+        for name, (c, u) in sorted(commands.items(), key=lambda kv: -kv[1][1])[:6]:
+            print(f"    {name:<16} {c / n:5.2f} per task  {u / n:6.1f} µs per task")
         th.teardown(job)
     return 0
 
