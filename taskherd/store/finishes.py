@@ -84,6 +84,14 @@ class Finishes:
 
         return unwatch
 
+    def wait_subscribed(self, task_id: str, timeout: float = CONFIRM_S) -> None:
+        """Block until Redis has confirmed the subscription a `watch(task_id, ..., confirm_s=0)` asked
+        for (at most `timeout`): a caller that did something meanwhile reads the task's state after this."""
+        with self._lock:
+            confirmed = self._subscribed.get(keys.finished(task_id))
+        if confirmed is not None:
+            confirmed.wait(timeout)
+
     def _pool(self) -> Any:
         """A pool of the one server, or of a cluster node (any: a cluster's PUBLISH reaches every node),
         chosen anew at each reconnect, as the node may be the one that died."""

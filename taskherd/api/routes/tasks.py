@@ -61,10 +61,18 @@ async def run_task(body: Annotated[m.TaskIn, Body()], pod: PodDep, response: Res
     payload) waits for that task as it is."""
     task_id = body.id or uuid.uuid4().hex
     deadline = time.monotonic() + wait_s
-    async with _watching(pod, task_id) as woken:  # before the task exists, so its finish cannot slip by
-        accepted = await run_in_threadpool(_submit, body.model_copy(update={"id": task_id}), pod, response)
+    finishes = pod.ctx.store.finishes
+
+    def submit_subscribed() -> m.Accepted | m.BatchAccepted:
+        accepted = _submit(body.model_copy(update={"id": task_id}), pod, response)
+        finishes.wait_subscribed(task_id)  # the task's state is read after this: no finish slips by
+        return accepted
+
+    # Redis confirms the subscription while the task is created, not before (off the answer's path)
+    async with _watching(pod, task_id, confirm_s=0.0) as woken:
+        accepted = await run_in_threadpool(submit_subscribed)
         assert isinstance(accepted, m.Accepted)  # one task in, one answer out
-        task = await _until_result(pod, task_id, deadline, woken, read_first=accepted.status != "created")
+        task = await _until_result(pod, task_id, deadline, woken)
     return m.Ran(id=accepted.id, status=accepted.status, task=task)
 
 
@@ -108,44 +116,43 @@ async def _wait_result(pod: PodDep, task_id: str, wait_s: float) -> dict[str, An
 
 
 @contextlib.asynccontextmanager
-async def _watching(pod: PodDep, task_id: str) -> AsyncIterator[asyncio.Event]:
+async def _watching(pod: PodDep, task_id: str, confirm_s: float | None = None) -> AsyncIterator[asyncio.Event]:
     """An event set whenever finish.lua publishes a result of `task_id` (`Finishes`), subscribed on
-    entry (Redis has confirmed it): a finish after that is never missed."""
+    entry (Redis has confirmed it): a finish after that is never missed. `confirm_s=0`: only asked
+    for on entry (no thread hop); the caller then waits with `Finishes.wait_subscribed`."""
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
 
     def wake() -> None:
         loop.call_soon_threadsafe(woken.set)
 
-    unwatch = await run_in_threadpool(pod.ctx.store.finishes.watch, task_id, wake)
+    finishes = pod.ctx.store.finishes
+    if confirm_s == 0:
+        unwatch = finishes.watch(task_id, wake, confirm_s=0)  # a lock and a pipe write: no blocking
+    else:
+        unwatch = await run_in_threadpool(finishes.watch, task_id, wake)
     try:
         yield woken
     finally:
         unwatch()
 
 
-async def _until_result(pod: PodDep, task_id: str, deadline: float, woken: asyncio.Event,
-                        read_first: bool = True) -> dict[str, Any]:
+async def _until_result(pod: PodDep, task_id: str, deadline: float, woken: asyncio.Event) -> dict[str, Any]:
     """The task once it has a result (or is final), or as it is at `deadline`. Read after each wake-up,
     and every RECHECK_S besides, for the ways to a result that publish nothing (a cancel, a time-out
-    the watcher ends); `read_first=False` when the caller knows it has none yet (it just created it
-    under `woken`'s watch). A read that fails while time is left (Redis restarting) is tried again at
+    the watcher ends). A read that fails while time is left (Redis restarting) is tried again at
     the next wake-up."""
-    read = read_first
     while True:
+        woken.clear()
+        try:
+            task = await run_in_threadpool(task_view, pod, task_id)
+        except StoreError:
+            if time.monotonic() >= deadline:
+                raise
+            task = None
         remaining = deadline - time.monotonic()
-        if read:
-            woken.clear()
-            try:
-                task = await run_in_threadpool(task_view, pod, task_id)
-            except StoreError:
-                if time.monotonic() >= deadline:
-                    raise
-                task = None
-            remaining = deadline - time.monotonic()
-            if task is not None and (task["state"] in RESULT_STATES or remaining <= 0):
-                return task
-        read = True
+        if task is not None and (task["state"] in RESULT_STATES or remaining <= 0):
+            return task
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), max(0.0, min(remaining, RECHECK_S)))
 
