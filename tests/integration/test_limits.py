@@ -3,6 +3,7 @@ a manager and worker pods, the executor recording each call's start and end from
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -62,12 +63,19 @@ def test_a_rate_limit_holds_across_four_pods_and_a_limited_task_is_no_attempt(
     print(f"rate 5/s burst 5, 40 tasks on 4 pods x 2 slots: at most {most} starts in a 1 s window, "
           f"first to last start {took:.2f} s ({(len(calls) - 1) / took:.2f} starts/s)")
     assert len(calls) == 40
-    assert most <= 10
     assert took >= 6.0
     # And every task ran once, as its first and only attempt (waiting on the limit is no attempt)
-    for task_id in ids:
-        task = group.client.task(task_id)
+    tasks = {task_id: group.client.task(task_id) for task_id in ids}
+    for task in tasks.values():
         assert task["state"] == "succeeded" and task["attempts"] == 1, task
+    # The bucket grants at most rate + burst tokens in any 1 s; a start is seen here its lease's round
+    # trip and the runner's pipe after its token. Starts whose lags differ by up to `spread` can bring
+    # ceil(spread x rate) more into one window (CI once saw 11: the burst's five started late, on busy
+    # cores). A limiter that does not hold still fails: unlimited, the 40 start within a second.
+    lags = [start - tasks[f"rate-{tag}"]["executions"][-1]["started"] / 1000 for start, _, tag in calls]
+    spread = max(lags) - min(lags)
+    print(f"start after lease: {min(lags) * 1000:.1f}-{max(lags) * 1000:.1f} ms")
+    assert most <= 10 + math.ceil(spread * 5), (most, spread)
 
 
 def test_max_concurrency_is_never_exceeded_across_four_pods(pods: Callable[..., Pods], tmp_path: Path) -> None:

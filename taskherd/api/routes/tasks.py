@@ -69,7 +69,7 @@ async def run_task(body: Annotated[m.TaskIn, Body()], pod: PodDep, response: Res
         return accepted
 
     # Redis confirms the subscription while the task is created, not before (off the answer's path)
-    async with _watching(pod, task_id, confirm_s=0.0) as woken:
+    async with _watching(pod, task_id, confirmed=False) as woken:
         accepted = await run_in_threadpool(submit_subscribed)
         assert isinstance(accepted, m.Accepted)  # one task in, one answer out
         task = await _until_result(pod, task_id, deadline, woken)
@@ -116,10 +116,10 @@ async def _wait_result(pod: PodDep, task_id: str, wait_s: float) -> dict[str, An
 
 
 @contextlib.asynccontextmanager
-async def _watching(pod: PodDep, task_id: str, confirm_s: float | None = None) -> AsyncIterator[asyncio.Event]:
+async def _watching(pod: PodDep, task_id: str, confirmed: bool = True) -> AsyncIterator[asyncio.Event]:
     """An event set whenever finish.lua publishes a result of `task_id` (`Finishes`), subscribed on
-    entry (Redis has confirmed it): a finish after that is never missed. `confirm_s=0`: only asked
-    for on entry (no thread hop); the caller then waits with `Finishes.wait_subscribed`."""
+    entry (Redis has confirmed it): a finish after that is never missed. `confirmed=False`: only
+    asked for on entry (no thread hop); the caller then waits with `Finishes.wait_subscribed`."""
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
 
@@ -127,10 +127,10 @@ async def _watching(pod: PodDep, task_id: str, confirm_s: float | None = None) -
         loop.call_soon_threadsafe(woken.set)
 
     finishes = pod.ctx.store.finishes
-    if confirm_s == 0:
-        unwatch = finishes.watch(task_id, wake, confirm_s=0)  # a lock and a pipe write: no blocking
-    else:
+    if confirmed:
         unwatch = await run_in_threadpool(finishes.watch, task_id, wake)
+    else:
+        unwatch = finishes.watch(task_id, wake, confirm_s=0)  # a lock and a pipe write: no blocking
     try:
         yield woken
     finally:
