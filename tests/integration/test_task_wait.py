@@ -23,7 +23,7 @@ from taskherd.intake import Intake
 from taskherd.nsq.publisher import Publisher
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import Lease, StateStore
-from tests.helpers import write_config
+from tests.helpers import wait_until, write_config
 from tests.integration import test_api
 from tests.integration.test_api import Stack
 from tests.integration.test_job_totals import analyze
@@ -167,10 +167,8 @@ def test_a_run_answers_with_the_result_in_the_same_request(typed: Stack,
     # Given a submit with wait_s in flight: the task is created, the request unanswered
     waiter = threading.Thread(target=submit_and_wait)
     waiter.start()
-    wait_until_created = time.monotonic() + 10
-    while store.task("j1", "sw1") is None and time.monotonic() < wait_until_created:
-        waiter.join(0.02)
-    assert store.task("j1", "sw1") is not None and not answered
+    wait_until(lambda: store.task("j1", "sw1"), timeout=10, message="the run's task is created")
+    assert not answered
     # When a worker records its outcome
     finished_at = time.monotonic()
     run_and_finish(store, "j1", "sw1")
@@ -208,9 +206,7 @@ def test_client_run_returns_the_result_or_raises(typed: Stack) -> None:
     store = StateStore(typed.settings.redis)
 
     def finish_when_created(task_id: str, outcome: str, error: str = "") -> None:
-        deadline = time.monotonic() + 10
-        while store.task("j1", task_id) is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # polling for the submit the client has in flight; bounded by the deadline
+        wait_until(lambda: store.task("j1", task_id), timeout=10, message=f"{task_id} is created")
         run_and_finish(store, "j1", task_id, outcome, error)
 
     with Client(typed.url) as client, ThreadPoolExecutor(max_workers=2) as pool:

@@ -49,34 +49,6 @@ def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Res
     task, or one for a cancelled job, is a 409, while a batch reports those per task. A batch is accepted all or nothing:
     one that would pass a bound on open tasks is a 429 with Retry-After, creating nothing. A type with
     no executor registered is a 409 (the body is well formed; the server lacks the executor)."""
-    return _submit(body, pod, response)
-
-
-@router.post("/tasks/run", response_model=m.Ran, status_code=201, responses={**RAN, **FULL})
-async def run_task(body: Annotated[m.TaskIn, Body()], pod: PodDep, response: Response,
-                   wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = RUN_WAIT_S) -> m.Ran:
-    """Submit one task and wait for its result in the same request: answers the moment the result is
-    recorded (as `GET /tasks/{id}?wait_s=` would), or after `wait_s` seconds, with the task as it is
-    then in `task`. Refused as `POST /tasks` refuses one task (409, 429). Resubmitting an id (the same
-    payload) waits for that task as it is."""
-    task_id = body.id or uuid.uuid4().hex
-    deadline = time.monotonic() + wait_s
-    finishes = pod.ctx.store.finishes
-
-    def submit_subscribed() -> m.Accepted | m.BatchAccepted:
-        accepted = _submit(body.model_copy(update={"id": task_id}), pod, response)
-        finishes.wait_subscribed(task_id)  # the task's state is read after this: no finish slips by
-        return accepted
-
-    # Redis confirms the subscription while the task is created, not before (off the answer's path)
-    async with _watching(pod, task_id, confirmed=False) as woken:
-        accepted = await run_in_threadpool(submit_subscribed)
-        assert isinstance(accepted, m.Accepted)  # one task in, one answer out
-        task = await _until_result(pod, task_id, deadline, woken)
-    return m.Ran(id=accepted.id, status=accepted.status, task=task)
-
-
-def _submit(body: m.SubmitBody, pod: PodDep, response: Response) -> m.Accepted | m.BatchAccepted:
     batch = isinstance(body, m.TaskBatch)
     tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
     _check_batch(tasks, pod.ctx.settings.api.max_batch)
@@ -95,6 +67,30 @@ def _submit(body: m.SubmitBody, pod: PodDep, response: Response) -> m.Accepted |
         return _single(accepted[0], tasks[0].job)
     return m.BatchAccepted(tasks=[m.Accepted(id=a.id, status=a.status) for a in accepted],
                            **{s: statuses.count(s) for s in ("created", "exists", "conflict")})
+
+
+@router.post("/tasks/run", response_model=m.Ran, status_code=201, responses={**RAN, **FULL})
+async def run_task(body: Annotated[m.TaskIn, Body()], pod: PodDep, response: Response,
+                   wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = RUN_WAIT_S) -> m.Ran:
+    """Submit one task and wait for its result in the same request: answers the moment the result is
+    recorded (as `GET /tasks/{id}?wait_s=` would), or after `wait_s` seconds, with the task as it is
+    then in `task`. Refused as `POST /tasks` refuses one task (409, 429). Resubmitting an id (the same
+    payload) waits for that task as it is."""
+    task_id = body.id or uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    finishes = pod.ctx.store.finishes
+
+    def submit_subscribed() -> m.Accepted | m.BatchAccepted:
+        accepted = post_tasks(body.model_copy(update={"id": task_id}), pod, response)
+        finishes.wait_subscribed(task_id)  # the task's state is read after this: no finish slips by
+        return accepted
+
+    # Redis confirms the subscription while the task is created, not before (off the answer's path)
+    async with _watching(pod, task_id, confirmed=False) as woken:
+        accepted = await run_in_threadpool(submit_subscribed)
+        assert isinstance(accepted, m.Accepted)  # one task in, one answer out
+        task = await _until_result(pod, task_id, deadline, woken)
+    return m.Ran(id=accepted.id, status=accepted.status, task=task)
 
 
 @router.get("/tasks/{task_id:path}")
