@@ -1,12 +1,13 @@
 """`python -m bench.replication`: what a Redis Cluster and an acknowledged replica cost a submit.
 
-A submit creates its tasks in three round trips (claim the ids, create them in the job's slot, confirm;
-`StateStore.submit`). On one Redis all go to one server; on a Redis Cluster (3 masters + 3 replicas,
-all on this machine) each goes to the nodes of its keys; with `[redis].wait_replicas = 1` the last one
-ends with `WAIT 1` on each node written to, so a submit is answered only once a replica holds it (a
-master killed then loses none of it). Measured through `StateStore.submit` (no API, no NSQ), one
-client thread, batches of 1 and of 100 tasks, each in a job of its own: latency p50/p99 of a batch
-and tasks per second. Every server fsyncs its AOF before it replies (`appendfsync always`), as taskherd's own.
+On one Redis a submit is one script; on a Redis Cluster (3 masters + 3 replicas, all on this machine)
+three round trips (claim the ids, create them in the job's slot, confirm; `StateStore.submit`), each
+to the nodes of its keys (one Redis is measured in three steps too, beside its one script); with
+`[redis].wait_replicas = 1` the last one ends with `WAIT 1` on each node written to, so a submit is
+answered only once a replica holds it (a master killed then loses none of it). Measured through
+`StateStore.submit` (no API, no NSQ), one client thread, batches of 1 and of 100 tasks, each in a job
+of its own: latency p50/p99 of a batch and tasks per second. Every server fsyncs its AOF before it
+replies (`appendfsync always`), as taskherd's own.
 
 Prints a table and writes bench/results/replication-TIMESTAMP.json.
 """
@@ -67,11 +68,14 @@ def main() -> int:
         servers = [RedisServer(single, Path(tmp) / "single", appendfsync="always").start()]
         try:
             servers += start_cluster(base, Path(tmp))
-            layouts = [("one Redis", {"port": single}),
-                       ("Redis Cluster 3+3", {"cluster_nodes": [f"127.0.0.1:{base}"]}),
-                       ("Redis Cluster 3+3, wait_replicas 1", {"cluster_nodes": [f"127.0.0.1:{base}"], "wait_replicas": 1})]
-            for name, redis_cfg in layouts:
+            layouts = [("one Redis, one script", {"port": single}, True),
+                       ("one Redis, three steps", {"port": single}, False),
+                       ("Redis Cluster 3+3", {"cluster_nodes": [f"127.0.0.1:{base}"]}, False),
+                       ("Redis Cluster 3+3, wait_replicas 1", {"cluster_nodes": [f"127.0.0.1:{base}"], "wait_replicas": 1},
+                        False)]
+            for name, redis_cfg, whole in layouts:
                 store = StateStore(from_dict({"redis": redis_cfg}, source="<bench>").redis)
+                store.whole_submit = whole
                 for size, rounds in ROUNDS.items():
                     row = {"layout": name, "batch": size, **measure(store, size, rounds, f"b{len(report['rows'])}")}
                     report["rows"].append(row)

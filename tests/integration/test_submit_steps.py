@@ -1,9 +1,11 @@
-"""A submit in three steps (claim the ids, create in the job's slot, confirm), safe at every cut.
+"""A submit in three steps (claim the ids, create in the job's slot, confirm), safe at every cut; and
+in one script on one Redis, with the same answers.
 
 The task-id index, the job sets and the count of open tasks are global keys; on a Redis Cluster they
 live on other nodes than a job's tasks, so a submit cannot change them in the job's script
 (`StateStore.submit` says why each cut is safe). Each test here breaks one step off and checks what
-the next submit, or the watcher, then finds."""
+the next submit, or the watcher, then finds. On one Redis the steps run too, with the whole submit
+turned off: that is how the cluster's protocol is tested on the first pass."""
 
 from __future__ import annotations
 
@@ -12,13 +14,22 @@ from collections.abc import Iterator
 import pytest
 
 from taskherd.store import keys
-from taskherd.store.state_store import CLAIM_TTL_MS, NewTask, StaleSpecs, StateStore
+from taskherd.store.state_store import CLAIM_TTL_MS, Full, NewTask, StaleSpecs, StateStore
 from tests.helpers import Services
 
 
-@pytest.fixture
-def store(clean: Services) -> Iterator[StateStore]:
+@pytest.fixture(params=["steps", pytest.param("whole", marks=pytest.mark.single_redis)])
+def store(clean: Services, request: pytest.FixtureRequest) -> Iterator[StateStore]:
     s = StateStore(clean.settings.redis)
+    s.whole_submit = request.param == "whole"
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def steps(clean: Services) -> Iterator[StateStore]:
+    s = StateStore(clean.settings.redis)
+    s.whole_submit = False
     yield s
     s.close()
 
@@ -53,8 +64,9 @@ def test_what_a_submit_did_not_create_is_not_claimed_afterwards(store: StateStor
     assert store.redis.exists(keys.index("w")) == 0 and store.task("d", "w") is None
 
 
-def test_a_settle_racing_a_create_leaves_the_job_among_the_open_ones(store: StateStore,
+def test_a_settle_racing_a_create_leaves_the_job_among_the_open_ones(steps: StateStore,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = steps
     # Given a job that is done and settled out of the open jobs (what the watcher sweeps)
     store.submit("a", [task("a", "x")])
     store.redis.hset(keys.job_meta("a"), mapping={"done": 1, "finished": 1})
@@ -95,3 +107,25 @@ def test_a_settle_that_read_done_before_a_create_moves_the_job_back(store: State
     # Then the settle sees it on its re-check, and leaves the job open
     assert store.settle("a") is False
     assert "a" in store.jobs() and store.redis.zscore(keys.JOBS_DONE, "a") is None
+
+
+def test_a_resubmit_confirms_a_task_created_before_its_claim_was(store: StateStore) -> None:
+    # Given a submit of job a killed between its create and its confirm: the task exists, its claim lapses
+    store.redis.set(keys.index("x"), "a", nx=True, px=CLAIM_TTL_MS)
+    store._create("a", [task("a", "x")], 0, None)
+    # When its client resubmits (it had no answer), Then the claim is confirmed
+    assert store.submit("a", [task("a", "x")]) == ["exists"]
+    assert store.redis.pttl(keys.index("x")) == -1 and store.job_of("x") == "a"
+
+
+def test_the_bound_on_all_jobs_counts_only_new_ids(store: StateStore) -> None:
+    store.submit("a", [task("a", "x"), task("a", "y")])
+    assert store.open_tasks() == 2
+    # a resubmission and another job's id are not new: the batch fits under 3 with one new task
+    assert store.submit("b", [task("b", "x"), task("b", "z")], bounds=(0, 3)) == ["conflict", "created"]
+    assert store.open_tasks() == 3
+    with pytest.raises(Full) as full:
+        store.submit("c", [task("c", "w")], bounds=(0, 3))
+    assert (full.value.scope, full.value.open, full.value.asked) == ("all", 3, 1)
+    assert store.redis.exists(keys.index("w")) == 0 and store.task("c", "w") is None
+    assert store.submit("a", [task("a", "x")], bounds=(0, 3)) == ["exists"]
