@@ -59,6 +59,9 @@ class Submission:
     """The fan-in join it is created in (an analyzer's children; see `join.lua`)."""
     priority: int | None = None
     """0-9, higher first; None: the executor spec's `priority`, else 5 (`taskherd.specs.DEFAULT_PRIORITY`)."""
+    minted: bool = False
+    """`id` was made by the caller a moment ago with `uuid.uuid4()` (as intake does for a task with no id),
+    so the archive is not asked about it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +213,12 @@ class Intake:
             log.warning("publish of %d task(s) failed; the TimeoutWatcher will republish them: %s", len(refs), exc)
 
     def _known(self, tasks: list[NewTask]) -> dict[str, str]:
-        """Statuses of ids that are already archived: the same payload exists, anything else conflicts."""
-        archived = self.archive.known([t.id for t in tasks])
+        """Statuses of ids that are already archived: the same payload exists, anything else conflicts.
+        An id made here (no id given) is not looked up: a one-task submit saves its MySQL round trip."""
+        given = [t.id for t in tasks if not t.minted]
+        if not given:
+            return {}
+        archived = self.archive.known(given)
         return {t.id: ("exists" if archived[t.id] == (t.job, t.digest) else "conflict")
                 for t in tasks if t.id in archived}
 
@@ -255,7 +262,8 @@ class Intake:
         if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
             raise InvalidTask(f"{where}.priority", f"expected an integer from 0 to 9 (higher first), got {priority!r}")
         return NewTask(task_id, s.job, s.type, payload, digest, attempts, timeout_s, s.parent,
-                       due=_due(where, s.delay_s, s.run_at), join=s.join, priority=priority)
+                       due=_due(where, s.delay_s, s.run_at), join=s.join, priority=priority,
+                       minted=s.id is None or s.minted)
 
 
 def _next_round(row: dict[str, Any]) -> dict[str, Any]:

@@ -17,10 +17,13 @@ class Queries:
     def __init__(self, store: StateStore, archive: Archive) -> None:
         self.store, self.archive = store, archive
 
-    def task(self, task_id: str) -> dict[str, Any] | None:
-        """A task wherever it is: live in Redis, or archived in MySQL; None if never submitted."""
-        job = self.store.job_of(task_id)
+    def task(self, task_id: str, job: str | None = None) -> dict[str, Any] | None:
+        """A task wherever it is: live in Redis, or archived in MySQL; None if never submitted. `job`:
+        the job it is known to be in (a waiter's second read), which saves the id's lookup while live."""
         live = self.store.task(job, task_id) if job else None
+        if live is None:
+            found = self.store.job_of(task_id)
+            live = self.store.task(found, task_id) if found and found != job else None
         if live is not None:
             return _live_view(live)
         row = self.archive.task(task_id)

@@ -57,9 +57,9 @@ def job_status(pod: Pod, job: str) -> dict[str, Any]:
     return status
 
 
-def task_view(pod: Pod, task_id: str) -> dict[str, Any]:
-    """The task, live or archived; 404 when never submitted."""
-    task = pod.queries.task(task_id)
+def task_view(pod: Pod, task_id: str, job: str | None = None) -> dict[str, Any]:
+    """The task, live or archived; 404 when never submitted (`job`: see `Queries.task`)."""
+    task = pod.queries.task(task_id, job)
     if task is None:
         raise ApiError(404, "id", f"no task with id {task_id!r}")
     return task

@@ -84,6 +84,13 @@ class Finishes:
 
         return unwatch
 
+    def subscribed(self, task_id: str) -> bool:
+        """Whether Redis has confirmed the subscription to `task_id`'s results: every finish from now
+        on reaches the watchers."""
+        with self._lock:
+            confirmed = self._subscribed.get(keys.finished(task_id))
+        return confirmed is not None and confirmed.is_set()
+
     def wait_subscribed(self, task_id: str, timeout: float = CONFIRM_S) -> None:
         """Block until Redis has confirmed the subscription a `watch(task_id, ..., confirm_s=0)` asked
         for (at most `timeout`): a caller that did something meanwhile reads the task's state after this."""

@@ -86,6 +86,8 @@ class NewTask:
     priority: int = 5
     """0-9, higher first: kept in the task's hash, so a retry, a requeue and a promotion publish it on its
     priority's topic again (`taskherd.nsq.topics.task_topic`)."""
+    minted: bool = False
+    """Its id was made by this process a moment ago (a uuid4), not given: no archive can hold it yet."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,9 @@ def test_a_done_job_leaves_the_sweep_at_once_and_redis_after_retention(clean: Se
     old = Queries(store, archive).job("old")
     assert old is not None and (old["done"], old["total"], old["counts"]["succeeded"]) == (True, 2, 2)
     assert Queries(store, archive).task("a")["state"] == "succeeded"
+    # (a waiter's read names the job it knows: archived, or another job named, the task is found all the same)
+    assert Queries(store, archive).task("a", "old")["state"] == "succeeded"
+    assert Queries(store, archive).task("d", "old")["job"] == "open"
 
 
 def test_a_settled_job_that_takes_a_new_task_is_open_again_and_not_expired(clean: Services, store: StateStore,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from taskherd.intake import Intake, InvalidTask, Submission
@@ -9,7 +11,7 @@ from taskherd.nsq.publisher import Publisher
 from taskherd.store import keys
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import StateStore
-from tests.helpers import redis_client, topic_depth
+from tests.helpers import mysql_connect, redis_client, topic_depth
 
 
 @pytest.fixture
@@ -60,3 +62,26 @@ def test_specs_are_read_once_and_a_spec_replaced_elsewhere_is_seen_by_the_next_s
     timeouts = {tid: intake.store.redis.hget(keys.task("j", tid), "timeout_s") for tid in ("a", "b", "c")}
     assert float(timeouts["c"]) == 77 and float(timeouts["a"]) == float(timeouts["b"]) == 300
     assert topic_depth(intake.settings, intake.settings.nsq.tasks_topic) == 3
+
+
+def _archive_selects(settings) -> int:
+    conn = mysql_connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
+            return int(cur.fetchone()[1])
+    finally:
+        conn.close()
+
+
+def test_only_a_given_id_is_looked_up_in_the_archive(intake):
+    """An id intake makes (none given) cannot be archived yet: its submit skips the MySQL round trip."""
+    intake.submit([Submission(type="t", job="j", payload={}, id="warm")])
+    before = _archive_selects(intake.settings)
+    [made] = intake.submit([Submission(type="t", job="j", payload={})])
+    minted = uuid.uuid4().hex  # as POST /tasks/run makes one, to watch it before it exists
+    [theirs] = intake.submit([Submission(type="t", job="j", payload={}, id=minted, minted=True)])
+    assert (made.status, theirs.status) == ("created", "created")
+    assert _archive_selects(intake.settings) == before
+    intake.submit([Submission(type="t", job="j", payload={}, id="given")])
+    assert _archive_selects(intake.settings) == before + 1

@@ -49,11 +49,17 @@ def post_tasks(body: Annotated[m.SubmitBody, Body()], pod: PodDep, response: Res
     task, or one for a cancelled job, is a 409, while a batch reports those per task. A batch is accepted all or nothing:
     one that would pass a bound on open tasks is a 429 with Retry-After, creating nothing. A type with
     no executor registered is a 409 (the body is well formed; the server lacks the executor)."""
+    return _submit(body, pod, response)
+
+
+def _submit(body: m.SubmitBody, pod: PodDep, response: Response, minted: str = "") -> m.Accepted | m.BatchAccepted:
+    """`POST /tasks`; `minted`: an id the route made with uuid4 (`Submission.minted`)."""
     batch = isinstance(body, m.TaskBatch)
     tasks = body.tasks if isinstance(body, m.TaskBatch) else [body]
     _check_batch(tasks, pod.ctx.settings.api.max_batch)
     subs = [Submission(type=t.type, job=t.job, payload=t.payload, id=t.id, timeout_s=t.timeout_s,
-                       max_attempts=t.max_attempts, delay_s=t.delay_s, run_at=t.run_at, priority=t.priority)
+                       max_attempts=t.max_attempts, delay_s=t.delay_s, run_at=t.run_at, priority=t.priority,
+                       minted=bool(minted) and t.id == minted)
             for t in tasks]
     try:
         accepted = pod.intake.submit(subs, bounded=True)
@@ -80,16 +86,20 @@ async def run_task(body: Annotated[m.TaskIn, Body()], pod: PodDep, response: Res
     deadline = time.monotonic() + wait_s
     finishes = pod.ctx.store.finishes
 
-    def submit_subscribed() -> m.Accepted | m.BatchAccepted:
-        accepted = post_tasks(body.model_copy(update={"id": task_id}), pod, response)
-        finishes.wait_subscribed(task_id)  # the task's state is read after this: no finish slips by
-        return accepted
+    def submit_subscribed() -> tuple[m.Accepted | m.BatchAccepted, bool]:
+        early = finishes.subscribed(task_id)
+        accepted = _submit(body.model_copy(update={"id": task_id}), pod, response, "" if body.id else task_id)
+        if not early:
+            finishes.wait_subscribed(task_id)  # the task's state is read after this: no finish slips by
+        return accepted, early
 
     # Redis confirms the subscription while the task is created, not before (off the answer's path)
     async with _watching(pod, task_id, confirmed=False) as woken:
-        accepted = await run_in_threadpool(submit_subscribed)
+        accepted, early = await run_in_threadpool(submit_subscribed)
         assert isinstance(accepted, m.Accepted)  # one task in, one answer out
-        task = await _until_result(pod, task_id, deadline, woken)
+        # subscribed before it was created: its finish will wake us, no read can find one before
+        unfinished = early and accepted.status == "created"
+        task = await _until_result(pod, task_id, deadline, woken, body.job, read=not unfinished)
     return m.Ran(id=accepted.id, status=accepted.status, task=task)
 
 
@@ -133,22 +143,27 @@ async def _watching(pod: PodDep, task_id: str, confirmed: bool = True) -> AsyncI
         unwatch()
 
 
-async def _until_result(pod: PodDep, task_id: str, deadline: float, woken: asyncio.Event) -> dict[str, Any]:
+async def _until_result(pod: PodDep, task_id: str, deadline: float, woken: asyncio.Event, job: str | None = None,
+                        read: bool = True) -> dict[str, Any]:
     """The task once it has a result (or is final), or as it is at `deadline`. Read after each wake-up,
     and every RECHECK_S besides, for the ways to a result that publish nothing (a cancel, a time-out
     the watcher ends). A read that fails while time is left (Redis restarting) is tried again at
-    the next wake-up."""
+    the next wake-up. `job`: the task's, when known (one Redis round trip a read, not two); `read`
+    False: the first read is skipped (the caller knows it has no result yet and is watched)."""
     while True:
-        woken.clear()
-        try:
-            task = await run_in_threadpool(task_view, pod, task_id)
-        except StoreError:
-            if time.monotonic() >= deadline:
-                raise
-            task = None
+        if read:
+            woken.clear()
+            try:
+                task = await run_in_threadpool(task_view, pod, task_id, job)
+                job = task["job"]
+            except StoreError:
+                if time.monotonic() >= deadline:
+                    raise
+                task = None
+            if task is not None and (task["state"] in RESULT_STATES or deadline <= time.monotonic()):
+                return task
+        read = True
         remaining = deadline - time.monotonic()
-        if task is not None and (task["state"] in RESULT_STATES or remaining <= 0):
-            return task
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), max(0.0, min(remaining, RECHECK_S)))
 
