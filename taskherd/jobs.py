@@ -10,6 +10,7 @@ from typing import Any
 
 from taskherd.states import FINAL_STATES, LIVE_STATES, TaskState
 from taskherd.store.archive import Archive
+from taskherd.store.finishes import recorded_task
 from taskherd.store.state_store import LEASED, StateStore
 
 
@@ -35,6 +36,12 @@ class Queries:
                 "result": row["result"], "error": row["error"], "record": row.get("record"),
                 "executions": row["executions"], "created_ms": row["created_ms"], "finished_ms": row["finished_ms"],
                 "run_at_ms": row.get("run_at_ms"), "priority": row.get("priority"), "children": row.get("children")}
+
+    @staticmethod
+    def recorded(message: str) -> dict[str, Any] | None:
+        """The task view of a finish published to a waiter (`Finishes`), or None when it must be read."""
+        live = recorded_task(message)
+        return _live_view(live) if live is not None else None
 
     def job(self, job: str) -> dict[str, Any] | None:
         """Counts by state and the done flag; after teardown, the summary kept in MySQL."""

@@ -3,7 +3,9 @@
 finish.lua publishes on the task's own channel (`keys.finished(id)`) when it records an outcome the
 analyzer will see; a process that waits for a task (the API's `GET /tasks/{id}?wait_s=`) subscribes to
 that channel on its one pub/sub connection. A channel nobody listens to costs Redis a dictionary
-lookup per finish, so the hot path pays nothing for the feature when nobody waits.
+lookup per finish, so the hot path pays nothing for the feature when nobody waits. The message is
+the task as recorded (`recorded_task`), or 'analyzing' when the waiter's connection is on another
+node of a cluster than the task: then the waiter reads the task.
 
 One thread per process owns the connection and does every read and write on it (redis-py's PubSub
 is not thread-safe); a waiter hands its (un)subscribe over through a queue and a self-pipe that wakes
@@ -16,6 +18,7 @@ schedule (the API every RECHECK_S).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -38,12 +41,13 @@ CONFIRM_S = 0.25
 
 
 class Finishes:
-    """Callbacks run (in this object's thread) when a watched task's result is recorded."""
+    """Callbacks run (in this object's thread) when a watched task's result is recorded, given the
+    message (see `recorded_task`)."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._watchers: dict[str, set[Callable[[], None]]] = {}
+        self._watchers: dict[str, set[Callable[[str], None]]] = {}
         self._subscribed: dict[str, threading.Event] = {}
         """Channel -> set once Redis confirmed the subscription (cleared with the connection)."""
         self._changes: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
@@ -52,7 +56,7 @@ class Finishes:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, task_id: str, callback: Callable[[], None], confirm_s: float = CONFIRM_S) -> Callable[[], None]:
+    def watch(self, task_id: str, callback: Callable[[str], None], confirm_s: float = CONFIRM_S) -> Callable[[], None]:
         """Run `callback` when `task_id`'s result is recorded (at most once per finish); returns the
         call that stops watching. Blocks until Redis has confirmed the subscription (at most
         `confirm_s`: with Redis away, the caller's own re-reads carry on): read the task's state after
@@ -173,10 +177,28 @@ class Finishes:
             return
         if kind != "message":
             return  # unsubscribe confirmations
+        message = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
         with self._lock:
             callbacks = list(self._watchers.get(channel, ()))
         for callback in callbacks:
             try:
-                callback()
+                callback(message)
             except Exception:  # a waiter's failure must not stop the others' wake-ups
                 log.exception("a task-result waiter failed")
+
+
+def recorded_task(message: str) -> dict[str, Any] | None:
+    """The task as finish.lua published it (`StateStore.task`'s shape), or None for a bare wake-up."""
+    if not message.startswith("["):
+        return None
+    fields, execs = json.loads(message)
+    return {**with_executions(dict(zip(fields[::2], fields[1::2])), execs or []), "leased_ahead": False}
+
+
+def with_executions(fields: dict[str, Any], execs: list[str]) -> dict[str, Any]:
+    """A task's hash with `executions`: those of earlier retry rounds (its `history`), then this
+    round's, each marked with the round it belonged to."""
+    history = fields.pop("history", "")
+    current = int(fields.get("round") or 0)
+    return {**fields, "executions": (json.loads(history) if history else [])
+            + [{**json.loads(e), "round": current} for e in execs]}

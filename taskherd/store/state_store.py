@@ -27,7 +27,7 @@ from taskherd.states import FINAL_STATES, LIVE_STATES, WAITING_STATES, TaskState
 from taskherd.store import keys
 from taskherd.store.connection import Client, connect
 from taskherd.store.errors import REDIS_ERRORS, store_errors
-from taskherd.store.finishes import Finishes
+from taskherd.store.finishes import Finishes, with_executions
 from taskherd.store.keyspace import Keyspace
 from taskherd.store.limits import LimitStore
 from taskherd.store.membership import Membership
@@ -563,7 +563,7 @@ class StateStore:
         fields, execs, ahead = pipe.execute()
         if not fields:
             return None
-        return {**_with_executions(fields, execs), "leased_ahead": bool(ahead)}
+        return {**with_executions(fields, execs), "leased_ahead": bool(ahead)}
 
     def claim_results(self, job: str, limit: int, claim_ms: int, type_hints: Iterable[str] = ()
                       ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
@@ -576,7 +576,7 @@ class StateStore:
               [limit, claim_ms, keys.task(job, ""), keys.executions(job, "")])],
             *([("MGET", *[keys.analyzer(t) for t in hinted])] if hinted else []))
         specs = {t: json.loads(r) if r else None for t, r in zip(hinted, got[0] if got else [])}
-        tasks = [_with_executions(dict(zip(f[::2], f[1::2])), x) for f, x in rows]
+        tasks = [with_executions(dict(zip(f[::2], f[1::2])), x) for f, x in rows]
         missing = {t["type"] for t in tasks} - set(specs)
         if missing:
             specs |= self.specs("analyzer", missing)
@@ -776,15 +776,6 @@ def _open_keys(job: str) -> list[str]:
 
 def _lua(name: str) -> str:
     return resources.files("taskherd.store").joinpath(f"lua/{name}.lua").read_text()
-
-
-def _with_executions(fields: dict[str, Any], execs: list[str]) -> dict[str, Any]:
-    """A task's hash with `executions`: those of earlier retry rounds (its `history`), then this
-    round's, each marked with the round it belonged to."""
-    history = fields.pop("history", "")
-    current = int(fields.get("round") or 0)
-    return {**fields, "executions": (json.loads(history) if history else [])
-            + [{**json.loads(e), "round": current} for e in execs]}
 
 
 def _int(v: str | None) -> int | None:

@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from redis.cluster import RedisCluster
 
 from taskherd.api.routes import tasks as tasks_routes
 from taskherd.client import Client, TaskFailed, TaskTimeout
 from taskherd.intake import Intake
+from taskherd.jobs import Queries
 from taskherd.nsq.publisher import Publisher
 from taskherd.store.archive import Archive
 from taskherd.store.state_store import Lease, StateStore
@@ -220,3 +222,25 @@ def test_client_run_returns_the_result_or_raises(typed: Stack) -> None:
         with pytest.raises(TaskTimeout, match="still pending"):
             client.run(typed.task(id="r3"), timeout=0.5)
     store.close()
+
+
+def test_a_finish_sends_a_waiter_the_task_as_a_read_would_find_it(typed: Stack) -> None:
+    """finish.lua publishes the task as recorded to a waiter subscribed on its server, so the API
+    answers without reading it back; on a cluster a waiter on another node than the task is sent
+    'analyzing', and reads it."""
+    store = StateStore(typed.settings.redis)
+    assert typed.http.post("/tasks", json=typed.task(id="sent", payload={"n": "é"})).status_code == 201
+    messages: list[str] = []
+    unwatch = store.finishes.watch("sent", messages.append)
+    try:
+        run_and_finish(store, "j1", "sent")
+        wait_until(lambda: messages, timeout=5.0)
+        read = Queries(store, Archive(typed.settings.mysql)).task("sent", "j1")  # before any analysis
+    finally:
+        unwatch()
+    sent = Queries.recorded(messages[0])
+    if sent is None:  # the waiter's connection is on another node than the task's slot
+        assert messages == ["analyzing"] and isinstance(store.redis, RedisCluster)
+        return
+    assert sent == read and sent["state"] == "analyzing" and sent["result"] == {"echo": "sent"}
+    assert sent["payload"] == {"n": "é"} and [e["status"] for e in sent["executions"]] == ["ok"]

@@ -121,16 +121,26 @@ async def _wait_result(pod: PodDep, task_id: str, wait_s: float) -> dict[str, An
         return await _until_result(pod, task_id, deadline, woken)
 
 
+class _Woken(asyncio.Event):
+    """Set whenever finish.lua publishes a result of the task; `message` the latest it published."""
+
+    message = ""
+
+    def wake(self, message: str) -> None:
+        self.message = message
+        self.set()
+
+
 @contextlib.asynccontextmanager
-async def _watching(pod: PodDep, task_id: str, confirmed: bool = True) -> AsyncIterator[asyncio.Event]:
+async def _watching(pod: PodDep, task_id: str, confirmed: bool = True) -> AsyncIterator[_Woken]:
     """An event set whenever finish.lua publishes a result of `task_id` (`Finishes`), subscribed on
     entry (Redis has confirmed it): a finish after that is never missed. `confirmed=False`: only
     asked for on entry (no thread hop); the caller then waits with `Finishes.wait_subscribed`."""
     loop = asyncio.get_running_loop()
-    woken = asyncio.Event()
+    woken = _Woken()
 
-    def wake() -> None:
-        loop.call_soon_threadsafe(woken.set)
+    def wake(message: str) -> None:
+        loop.call_soon_threadsafe(woken.wake, message)
 
     finishes = pod.ctx.store.finishes
     if confirmed:
@@ -143,13 +153,14 @@ async def _watching(pod: PodDep, task_id: str, confirmed: bool = True) -> AsyncI
         unwatch()
 
 
-async def _until_result(pod: PodDep, task_id: str, deadline: float, woken: asyncio.Event, job: str | None = None,
+async def _until_result(pod: PodDep, task_id: str, deadline: float, woken: _Woken, job: str | None = None,
                         read: bool = True) -> dict[str, Any]:
-    """The task once it has a result (or is final), or as it is at `deadline`. Read after each wake-up,
-    and every RECHECK_S besides, for the ways to a result that publish nothing (a cancel, a time-out
-    the watcher ends). A read that fails while time is left (Redis restarting) is tried again at
-    the next wake-up. `job`: the task's, when known (one Redis round trip a read, not two); `read`
-    False: the first read is skipped (the caller knows it has no result yet and is watched)."""
+    """The task once it has a result (or is final), or as it is at `deadline`: as the finish published
+    it, else read after each wake-up, and every RECHECK_S besides, for the ways to a result that
+    publish nothing (a cancel, a time-out the watcher ends). A read that fails while time is left
+    (Redis restarting) is tried again at the next wake-up. `job`: the task's, when known (one Redis
+    round trip a read, not two); `read` False: the first read is skipped (the caller knows it has no
+    result yet and is watched)."""
     while True:
         if read:
             woken.clear()
@@ -166,6 +177,9 @@ async def _until_result(pod: PodDep, task_id: str, deadline: float, woken: async
         remaining = deadline - time.monotonic()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), max(0.0, min(remaining, RECHECK_S)))
+        recorded = pod.queries.recorded(woken.message) if woken.is_set() else None
+        if recorded is not None:
+            return recorded
 
 
 @router.post("/tasks/{task_id:path}/cancel")

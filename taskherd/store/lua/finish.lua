@@ -7,12 +7,18 @@
 -- KEYS[7] rung, KEYS[8] leased; ARGV[1] id, ARGV[2] execution id, ARGV[3] outcome (ok|failed), ARGV[4] result JSON,
 -- ARGV[5] error, ARGV[6] retry delay ms (-1: final), ARGV[7] execution record JSON, ARGV[8] the task's
 -- finished channel: a final outcome is published there for whoever waits for this task's result (a
--- channel nobody listens to costs a lookup).
+-- channel nobody listens to costs a lookup). A waiter connected to this server is sent the task as
+-- recorded, JSON [its hash's HGETALL, its executions], so it answers without reading it back; one
+-- elsewhere (another node of a cluster) is sent 'analyzing', and reads it.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local function analyzing()
   redis.call('ZADD', KEYS[4], now, ARGV[1])
-  if ARGV[8] then redis.call('PUBLISH', ARGV[8], 'analyzing') end
+  local message = 'analyzing'
+  if redis.call('PUBSUB', 'NUMSUB', ARGV[8])[2] > 0 then
+    message = cjson.encode({redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)})
+  end
+  redis.call('PUBLISH', ARGV[8], message)
   if redis.call('SET', KEYS[7], 1, 'NX', 'PX', 10000) then return 'ring' end
   return 'analyzing'
 end
