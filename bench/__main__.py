@@ -59,6 +59,13 @@ FULL = {"noop": 20_000, "latency": 500, "sleep": 2_000, "fan": 10, "depth": 4, "
 QUICK = {"noop": 1_500, "latency": 50, "sleep": 400, "fan": 10, "depth": 2, "scale": 2_000,
          "peer_scale": 500, "cap": 10.0, "task_s": 5.0, "max_rep_s": 6.0, "scale_timeout": 300.0}
 
+BEST_SLOTS = 4
+"""taskherd at its best for the no-op drain and the latency ("taskherd best", beside the equal layout):
+one worker pod per core, 4 slots each. Measured 2026-12-06 on 2 cores, no-op drain, 2 runs each (tasks/s):
+2 x 4 1,587-1,753; 4 x 4 1,604-1,637; 1 x 8 1,411-1,668; 2 x 8 1,506-1,628; 2 x 2 1,229-1,375; 4 x 1
+1,178-1,362; 3 x 1 1,113-1,232. More slots keep more tasks in flight, and Redis fsyncs their writes
+together. The 10 ms tasks keep the equal layout (4 x 1: 89-92 % of ideal; 2 x 4: 80 %, its slots
+sharing a GIL)."""
 WORKER_PODS, SLOTS_PER_POD = 4, 1
 """Every system gets the same layout: 4 worker processes (taskherd pods; Celery workers, Dramatiq
 workers, each with one pool process) running one task at a time each. One slot per taskherd pod, as
@@ -146,11 +153,21 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench: peers' recovery trials started in the background ({', '.join(peers)})")
 
         if "taskherd" in systems:
-            try:
-                run_taskherd(workloads, cfg, reps, args, run_dir, logs, report, launch_peer_recovery)
-            except Exception as exc:
-                report["errors"]["taskherd"] = f"{type(exc).__name__}: {exc}"
-                log(f"bench: taskherd failed ({type(exc).__name__}: {exc}); see {logs / 'taskherd-cluster.log'}")
+            best = (os.cpu_count() or 2, BEST_SLOTS)
+            layouts = [("taskherd", (args.workers, args.slots), workloads)]
+            if (args.workers, args.slots) == (WORKER_PODS, SLOTS_PER_POD) != best:
+                # first: the equal layout's run starts the peers' recovery trials in the background
+                layouts.insert(0, ("taskherd best", best, [w for w in workloads if w in NO_AOF_WORKLOADS]))
+            for name, (workers, slots), todo in layouts:
+                if not todo:
+                    continue
+                try:
+                    run_taskherd(name, workers, slots, todo, cfg, reps, run_dir, logs, report, launch_peer_recovery)
+                except Exception as exc:
+                    report["errors"][name] = f"{type(exc).__name__}: {exc}"
+                    log(f"bench: {name} failed ({type(exc).__name__}: {exc}); see {logs / 'taskherd-cluster.log'}")
+            report["configuration"]["taskherd_layout"] = "; ".join(
+                f"{name}: {w} worker pods x {s} slot(s)" for name, (w, s), todo in layouts if todo)
         if not recovery_drivers:
             launch_peer_recovery()
 
@@ -214,39 +231,41 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report["errors"] else 0
 
 
-def run_taskherd(workloads: list[str], cfg: dict[str, Any], reps: int, args: argparse.Namespace, run_dir: Path,
-                 logs: Path, report: dict[str, Any], launch_peer_recovery: Any) -> dict[str, Any]:
+def run_taskherd(system: str, workers: int, slots: int, workloads: list[str], cfg: dict[str, Any], reps: int,
+                 run_dir: Path, logs: Path, report: dict[str, Any], launch_peer_recovery: Any) -> dict[str, Any]:
+    """`workloads` on a taskherd cluster of `workers` pods x `slots`; figures under `system` in the report."""
     from bench.taskherd_runs import Taskherd
 
-    results: dict[str, Any] = report["results"].setdefault("taskherd", {})  # partial figures survive an error
+    results: dict[str, Any] = report["results"].setdefault(system, {})  # partial figures survive an error
     with (logs / "taskherd-cluster.log").open("a") as out, \
-            Taskherd(args.workers, args.slots, run_dir / "taskherd", out) as th:
+            Taskherd(workers, slots, run_dir / system.replace(" ", "-"), out) as th:
         report["configuration"]["taskherd_settings"] = th.settings.model_dump()
         th.warm_up()
 
         def attempt(name: str, fn: Any) -> None:
             if name not in workloads:
                 return
-            log(f"bench: taskherd: {name} (load average {os.getloadavg()[0]:.2f})")
+            log(f"bench: {system}: {name} (load average {os.getloadavg()[0]:.2f})")
             results[name] = {}
             try:
                 results[name] = fn(results[name])
                 results[name]["load_average"] = os.getloadavg()
             except BenchError as exc:
-                log(f"bench: taskherd {name}: {exc}")
-                report["errors"][f"taskherd.{name}"] = str(exc)
+                log(f"bench: {system} {name}: {exc}")
+                report["errors"][f"{system}.{name}"] = str(exc)
 
         attempt("noop", lambda _: th.throughput("noop", cfg["noop"], reps))
         attempt("noop_prio", lambda _: th.throughput("noop", cfg["noop"], reps, priorities=True))
         attempt("noop_limits", lambda _: th.throughput("noop_limited", cfg["noop"], reps))
         attempt("latency", lambda _: th.latency(cfg["latency"], reps))
-        attempt("sleep10", lambda _: _sleep10(th, cfg, reps, args.workers * args.slots))
+        attempt("sleep10", lambda _: _sleep10(th, cfg, reps, workers * slots))
         attempt("fanout", lambda _: th.fanout(cfg["fan"], cfg["depth"], reps))
-        launch_peer_recovery()
+        if "recovery" in workloads:
+            launch_peer_recovery()
         attempt("scale", lambda partial: th.scale(cfg["scale"], cfg["scale_timeout"], partial))
         attempt("recovery", lambda _: th.recovery(reps, cfg["cap"], cfg["task_s"]))
         restarts = {p.name: p.restarts for p in th.cluster.pods} if th.cluster else {}
-        report["configuration"]["taskherd_pod_restarts"] = restarts
+        report["configuration"].setdefault("taskherd_pod_restarts", {})[system] = restarts
     return results
 
 
@@ -371,7 +390,7 @@ def configuration(cfg: dict[str, Any], reps: int, workers: int, slots: int, peer
         "rq": f"{total} `rq worker` processes (a forked work horse per job, RQ's default Worker), results in Redis",
         "peer_redis": "one redis-server 7 per peer, its own port, --appendonly yes --appendfsync everysec --save ''; "
                       "for the '<peer> best no-AOF' runs --appendonly no",
-        "taskherd_layout": f"{workers} worker pods x {slots} slot(s) (its best measured on 2 cores: 4 x 1 beat 2 x 2)",
+        "taskherd_layout": f"{workers} worker pods x {slots} slot(s)",
         "total_slots": total, "peers": peers, "reps": reps, "sizes": cfg,
     }
 

@@ -78,19 +78,26 @@ def ratio(th: dict[str, Any] | None, peer: dict[str, Any] | None, cap: float | N
     return f"{a / b:.2f}"
 
 
+def layouts(res: dict[str, Any], system: str) -> list[str]:
+    """Every layout `system` ran in ("dramatiq", "dramatiq best", "dramatiq best no-AOF")."""
+    return sorted((k for k in res if k == system or k.startswith(system + " ")), key=lambda k: (k != system, k))
+
+
 def rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The ratio columns set taskherd's equal layout against each peer layout; `headline` its best."""
     res = report.get("results", {})
     th = res.get("taskherd", {})
-    # every layout a peer ran in ("dramatiq", "dramatiq best", "dramatiq best no-AOF"), in PEERS order
-    peers = [k for p in PEERS for k in res if k == p or k.startswith(p + " ")]
-    header = ["figure", "taskherd"] + peers + [f"th/{p}" for p in peers]
+    ths = layouts(res, "taskherd")
+    peers = [k for p in PEERS for k in layouts(res, p)]
+    header = ["figure", *ths] + peers + [f"th/{p}" for p in peers]
     out: list[list[str]] = []
     for label, w, key, peer_key, how in ROWS:
         t = th.get(w, {}).get(key)
         cap = th.get(w, {}).get("cap_s")
-        if not t and (peer_key is None or not any(res[p].get(w, {}).get(peer_key) for p in peers)):
+        if not any(res[x].get(w, {}).get(key) for x in ths) and (
+                peer_key is None or not any(res[p].get(w, {}).get(peer_key) for p in peers)):
             continue
-        line = [label, cell(t, how, cap)]
+        line = [label, *[cell(res[x].get(w, {}).get(key), how, cap) for x in ths]]
         ratios = []
         for p in peers:
             pw = res[p].get(w, {})
@@ -143,26 +150,30 @@ def notes(report: dict[str, Any]) -> list[str]:
 
 
 def headline(report: dict[str, Any]) -> list[str]:
-    """taskherd's no-op drain against each peer at whichever of its layouts drained fastest in this run."""
+    """taskherd's no-op drain at its fastest layout in this run against each peer at its fastest."""
     res = report.get("results", {})
-    t = res.get("taskherd", {}).get("noop", {}).get("drain_rate")
-    layouts = report.get("configuration", {}).get("peer_layouts", {})
+    peer_layouts = report.get("configuration", {}).get("peer_layouts", {})
     out = []
-    if layouts:
-        out.append("layouts: taskherd " + str(report.get("configuration", {}).get("taskherd_layout", "")) + "; "
-                   + "; ".join(f"{k}: {v}" for k, v in layouts.items() if v) + ".")
-    if not t or "median" not in t:
+    if peer_layouts:
+        out.append("layouts: " + str(report.get("configuration", {}).get("taskherd_layout", "")) + "; "
+                   + "; ".join(f"{k}: {v}" for k, v in peer_layouts.items() if v) + ".")
+    fastest = {s: _fastest(res, s) for s in ("taskherd", *PEERS)}
+    th = fastest.pop("taskherd")
+    if th is None:
         return out
-    best = []
-    for p in PEERS:
-        runs = [(k, res[k]["noop"]["drain_rate"]) for k in res if (k == p or k.startswith(p + " "))
-                and "median" in res[k].get("noop", {}).get("drain_rate", {})]
-        if runs:
-            k, fig = max(runs, key=lambda kv: kv[1]["median"])
-            best.append(f"{ratio(t, fig, None)}x {p} (its best here: {k}, {fig['median']:.0f}/s)")
+    best = [f"{ratio(th[1], fig, None)}x {p} (its best here: {k}, {fig['median']:.0f}/s)"
+            for p, (k, fig) in ((p, f) for p, f in fastest.items() if f is not None)]
     if best:
-        out.append("headline, no-op drain against each peer's best layout: " + ", ".join(best) + ".")
+        out.append(f"headline, no-op drain of {th[0]} ({th[1]['median']:.0f}/s) against each peer's best layout: "
+                   + ", ".join(best) + ".")
     return out
+
+
+def _fastest(res: dict[str, Any], system: str) -> tuple[str, dict[str, Any]] | None:
+    """(the layout, its no-op drain figure) of `system`'s fastest no-op drain in this run."""
+    runs = [(k, res[k]["noop"]["drain_rate"]) for k in layouts(res, system)
+            if "median" in res[k].get("noop", {}).get("drain_rate", {})]
+    return max(runs, key=lambda kv: kv[1]["median"]) if runs else None
 
 
 def text_table(report: dict[str, Any]) -> str:
