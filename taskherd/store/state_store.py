@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
 
@@ -191,7 +192,7 @@ class StateStore:
             try:
                 for conn, idx in groups.values():
                     extra = [("WAIT", *self._wait)] if waits else []
-                    conn.send_packed_command(conn.pack_commands([commands[i] for i in idx] + extra))
+                    conn.send_packed_command(_pack([commands[i] for i in idx] + extra))
                 acked = []
                 for conn, idx in groups.values():
                     for i in idx:
@@ -757,6 +758,15 @@ class StateStore:
     def _job_keys(job: str, ids: list[str]) -> list[str]:
         return [keys.job_meta(job), keys.rung(job), *[keys.by_state(job, s) for s in LIVE_STATES], keys.leased(job),
                 keys.joins(job), *[k for tid in ids for k in (keys.task(job, tid), keys.executions(job, tid))]]
+
+
+def _pack(commands: list[tuple[Any, ...]]) -> list[bytes]:
+    """RESP for `commands` (str, bytes, int and float arguments), as redis-py's pack_commands makes it,
+    at a tenth of its cost (its per-argument encoding in Python was a tenth of a worker slot's CPU)."""
+    try:
+        return [hiredis.pack_command(command) for command in commands]
+    except TypeError as exc:
+        raise redis.DataError(f"{exc}: {commands}") from None
 
 
 def _start_calls(started: Lease | None) -> list[tuple[str, list[str], list[Any]]]:
