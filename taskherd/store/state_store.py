@@ -766,7 +766,7 @@ def _pack(commands: list[tuple[Any, ...]]) -> list[bytes]:
     try:
         return [hiredis.pack_command(command) for command in commands]
     except TypeError as exc:
-        raise redis.DataError(f"{exc}: {commands}") from None
+        raise redis.DataError(str(exc)) from None
 
 
 def _start_calls(started: Lease | None) -> list[tuple[str, list[str], list[Any]]]:
