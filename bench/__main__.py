@@ -63,9 +63,11 @@ BEST_SLOTS = 4
 """taskherd at its best for the no-op drain and the latency ("taskherd best", beside the equal layout):
 one worker pod per core, 4 slots each. Measured 2026-12-06 on 2 cores, no-op drain, 2 runs each (tasks/s):
 2 x 4 1,587-1,753; 4 x 4 1,604-1,637; 1 x 8 1,411-1,668; 2 x 8 1,506-1,628; 2 x 2 1,229-1,375; 4 x 1
-1,178-1,362; 3 x 1 1,113-1,232. More slots keep more tasks in flight, and Redis fsyncs their writes
-together. The 10 ms tasks keep the equal layout (4 x 1: 89-92 % of ideal; 2 x 4: 80 %, its slots
-sharing a GIL)."""
+1,178-1,362; 3 x 1 1,113-1,232; then 3 interleaved pairs, 2 x 4 ahead in each (1,390 / 1,187 / 1,659
+against 1,351 / 963 / 1,565). More slots keep more tasks in flight, and Redis fsyncs their writes
+together. Not in the full run of 2026-12-07 00:45 (1,231 against 1,336; it ran first, its first
+repetition the slowest). The 10 ms tasks keep the equal layout (4 x 1: 89-92 % of ideal; 2 x 4: 80 %,
+its slots sharing a GIL)."""
 WORKER_PODS, SLOTS_PER_POD = 4, 1
 """Every system gets the same layout: 4 worker processes (taskherd pods; Celery workers, Dramatiq
 workers, each with one pool process) running one task at a time each. One slot per taskherd pod, as
