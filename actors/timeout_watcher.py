@@ -8,19 +8,24 @@ pending tasks that NSQ lost, rings for results left unclaimed (a lost doorbell, 
 writes the summary of a done job if its writer crashed.
 
 Only one watcher is active at a time: it holds a Redis lease that it takes or extends every sweep
-in one script (`Membership.hold`), so two manager replicas never both requeue.
+in one script (`Membership.hold`), so two manager replicas never both requeue. Holding it at a
+sweep's start is not enough: a sweep stalled mid-way (its host cut off, its Redis calls retried for
+seconds) would carry on after another replica took the lapsed lease. So the lease has a fence, a
+time on Redis's clock one interval before it lapses, that every requeue and promotion carries and
+Redis checks (`LeaseLapsed` past it), and a long sweep extends the lease as it goes.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
 from taskherd.actors.context import PodContext
-from taskherd.errors import QueueError, StoreError
+from taskherd.errors import LeaseLapsed, QueueError, StoreError
 from taskherd.jobs import write_summary
 from taskherd.logs import task_fields
 from taskherd.metrics import JOBS_OPEN, OLDEST_PENDING_AGE, OPEN_TASKS, QUEUE_DEPTH, SWEEP_FAILURES
@@ -51,6 +56,8 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         self.ctx = ctx
         self.sweeps = 0
         self._shortfall = 0
+        self._fence_ms = 0
+        self._extend_at = 0.0
 
     def on_start(self) -> None:
         self.tick_every(SweepJobs(), self.ctx.settings.manager.watcher_interval_s)
@@ -59,22 +66,35 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         match message:
             case SweepJobs():
                 try:
-                    if self._leader():
-                        self.sweep()
+                    self.sweep()
                 except (StoreError, QueueError) as exc:
                     log.warning("sweep skipped: %s", exc)
             case _:
                 log.warning("watcher: unknown message %r", message)
         return None
 
-    def _leader(self) -> bool:
-        ttl_ms = int(self.ctx.settings.manager.watcher_interval_s * 3000)
-        held = self.ctx.store.members.hold(keys.WATCHER_LEASE, self.ctx.node_id, ttl_ms)
+    def _lead(self) -> bool:
+        """Take or extend the watcher lease (3 intervals long); while held, `_fence_ms` is one interval
+        before it lapses (Redis's clock; the margin is for other Redis nodes' clocks), and the sweep
+        extends it again once an interval has passed (`_extend_at`, this process's clock)."""
+        interval_s = self.ctx.settings.manager.watcher_interval_s
+        extend_at = time.monotonic() + interval_s
+        held, expiry_ms = self.ctx.store.members.hold(keys.WATCHER_LEASE, self.ctx.node_id, int(interval_s * 3000))
         if held == "taken":
             log.info("this node is now the active TimeoutWatcher")
+        self._fence_ms, self._extend_at = (expiry_ms - int(interval_s * 1000), extend_at) if held else (0, 0.0)
         return held is not None
 
-    def sweep(self) -> None:
+    def _still_leading(self) -> None:
+        """Mid-sweep: extend the lease if an interval has passed; LeaseLapsed if another took it."""
+        if time.monotonic() >= self._extend_at and not self._lead():
+            raise LeaseLapsed("the sweep")
+
+    def sweep(self) -> bool:
+        """Requeue, promote, republish and settle what is due in every open job, if this node holds the
+        watcher lease (False, nothing done, if another does)."""
+        if not self._lead():
+            return False
         store, s = self.ctx.store, self.ctx.settings
         tasks: list[TaskRef] = []
         results: list[bytes] = []
@@ -84,6 +104,7 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         open_tasks, open_jobs, oldest = 0, 0, now
         in_a_row = 0
         for job in store.jobs():
+            self._still_leading()
             try:
                 waiting, published = store.load(job)
                 if not waiting and self._settle(job):
@@ -92,6 +113,9 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
                 oldest = min(oldest, published if published is not None else now)
                 self._sweep_job(job, now, stale_before, tasks, results, stale)
                 in_a_row = 0
+            except LeaseLapsed:
+                self._publish(tasks, results)  # the jobs swept before (the one it stopped in: see _republish_lost)
+                raise
             except Exception as exc:  # one broken job must not stall every other job's timeouts
                 in_a_row += 1
                 if in_a_row >= MAX_FAILED_JOBS:
@@ -100,9 +124,7 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
                 log.error("sweep of job %s failed; the other jobs are swept: %s", job, exc, extra=task_fields(job),
                           exc_info=not isinstance(exc, (StoreError, QueueError)))
         self._expire(now - int(s.manager.retain_done_s * 1000))
-        if tasks:
-            self.ctx.publisher.publish_tasks(tasks)
-        self._ring(s.nsq.results_topic, results)
+        self._publish(tasks, results)
         self._republish_lost(stale, stale_before)
         OPEN_TASKS.set(open_tasks)
         JOBS_OPEN.set(open_jobs)
@@ -111,6 +133,7 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         if results_depth is not None:
             QUEUE_DEPTH.labels(s.nsq.results_topic).set(results_depth)
         self.sweeps += 1
+        return True
 
     def _sweep_job(self, job: str, now: int, stale_before: int, tasks: list[TaskRef], results: list[bytes],
                    stale: dict[str, list[str]]) -> None:
@@ -119,14 +142,16 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         store, s = self.ctx.store, self.ctx.settings
         pending: list[str] = []
         for task_id in store.due(job, TaskState.RUNNING, now):
-            moved = store.requeue(job, task_id)
+            self._still_leading()
+            moved = store.requeue(job, task_id, self._fence_ms)
             log.info("lease of %s/%s expired -> %s", job, task_id, moved, extra=task_fields(job, task_id))
             if moved == TaskState.PENDING:
                 pending.append(task_id)
             elif moved == TaskState.ANALYZING:
                 results.append(TaskRef(job, task_id).encode())
         for task_id in store.due(job, TaskState.RETRY, now):
-            if store.promote(job, task_id):
+            self._still_leading()
+            if store.promote(job, task_id, fence_ms=self._fence_ms):
                 pending.append(task_id)
         tasks += self._task_refs(job, pending + self._promote_scheduled(job, now))
         stale[job] = store.due(job, TaskState.PENDING, stale_before)
@@ -135,6 +160,11 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
             log.warning("results of %s waited %.0f s unclaimed: ringing its doorbell again", job,
                         s.manager.republish_after_s)
             results.append(TaskRef(job, unheard[0]).encode())
+
+    def _publish(self, tasks: list[TaskRef], results: list[bytes]) -> None:
+        if tasks:
+            self.ctx.publisher.publish_tasks(tasks)
+        self._ring(self.ctx.settings.nsq.results_topic, results)
 
     def _task_refs(self, job: str, ids: list[str]) -> list[TaskRef]:
         """Refs to publish, each with its task's priority (kept in Redis), so a requeue, a retry and a
@@ -147,7 +177,7 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         moved: list[str] = []
         while len(moved) < SCHEDULED_PER_SWEEP:
             due = self.ctx.store.due(job, TaskState.SCHEDULED, now)
-            moved += self.ctx.store.promote_due(job, TaskState.SCHEDULED, due)
+            moved += self.ctx.store.promote_due(job, TaskState.SCHEDULED, due, self._fence_ms)
             if len(due) < 500:
                 break
         return moved

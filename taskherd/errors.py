@@ -61,6 +61,14 @@ class StoreError(TaskherdError):
     """Redis refused or lost a state transition."""
 
 
+class LeaseLapsed(StoreError):
+    """Redis refused a singleton's act (the TimeoutWatcher's requeue or promotion): the holder's lease
+    had run out by Redis's clock, so another node may hold it and act now. The act is left to it."""
+
+    def __init__(self, act: str) -> None:
+        super().__init__(f"{act} refused: this node's watcher lease ran out mid-sweep (another may hold it)")
+
+
 class QueueError(TaskherdError):
     """NSQ refused a publish or a subscription."""
 

@@ -72,10 +72,11 @@ class Membership:
         nodes: list[dict[str, Any]] = [n for n in pipe.execute() if n]
         return sorted(nodes, key=lambda n: float(n.get("started", 0)))
 
-    def hold(self, lease: str, holder: str, ttl_ms: int) -> str | None:
-        """Take or extend a singleton lease: 'taken' (it was free), 'held' (extended), None (another holds it)."""
-        got = self._hold(keys=[lease], args=[holder, ttl_ms])
-        return {1: "held", 2: "taken"}.get(int(got))
+    def hold(self, lease: str, holder: str, ttl_ms: int) -> tuple[str | None, int]:
+        """Take or extend a singleton lease: ('taken', expiry) if it was free, ('held', expiry) if
+        extended, (None, 0) if another holds it. `expiry`: when it lapses, in ms on Redis's clock."""
+        got, expiry = self._hold(keys=[lease], args=[holder, ttl_ms])
+        return {1: "held", 2: "taken"}.get(int(got)), int(expiry)
 
     def holder(self, lease: str) -> str | None:
         return cast(str | None, self._redis.get(lease))

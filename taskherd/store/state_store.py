@@ -23,7 +23,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from taskherd.config.settings import RedisSettings
-from taskherd.errors import StoreError, TaskherdError
+from taskherd.errors import LeaseLapsed, StoreError, TaskherdError
 from taskherd.states import FINAL_STATES, LIVE_STATES, WAITING_STATES, TaskState
 from taskherd.store import keys
 from taskherd.store.connection import Client, connect
@@ -450,22 +450,32 @@ class StateStore:
         return bool(self._run("release", ks, [lease.task_id, lease.exec_id]))
 
     # --- watcher transitions ------------------------------------------------------------------------
-    def requeue(self, job: str, task_id: str) -> str:
+    def requeue(self, job: str, task_id: str, fence_ms: int = 0) -> str:
+        """A running task whose lease expired to pending (or to analyzing, out of attempts); 'alive' if
+        its lease has not expired. `fence_ms`: the watcher's lease fence (TimeoutWatcher), 0 for none;
+        raises LeaseLapsed, nothing done, once Redis's clock has reached it."""
         ks = [keys.task(job, task_id), keys.executions(job, task_id), keys.by_state(job, TaskState.RUNNING),
               keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.ANALYZING), keys.leased(job)]
-        return str(self._run("requeue", ks, [task_id]))
+        moved = str(self._run("requeue", ks, [task_id, fence_ms]))
+        if moved == "lapsed":
+            raise LeaseLapsed(f"requeue of {job}/{task_id}")
+        return moved
 
-    def promote(self, job: str, task_id: str, state: TaskState = TaskState.RETRY) -> bool:
+    def promote(self, job: str, task_id: str, state: TaskState = TaskState.RETRY, fence_ms: int = 0) -> bool:
         """One task waiting in `state` (retry or scheduled) to pending if it is due; False if it was not."""
-        return bool(self.promote_due(job, state, [task_id]))
+        return bool(self.promote_due(job, state, [task_id], fence_ms))
 
-    def promote_due(self, job: str, state: TaskState, ids: list[str]) -> list[str]:
+    def promote_due(self, job: str, state: TaskState, ids: list[str], fence_ms: int = 0) -> list[str]:
         """Tasks of one job waiting in `state` (retry or scheduled) whose due time has come, to pending in
-        one round trip; returns those moved (to be published)."""
+        one round trip; returns those moved (to be published). `fence_ms` as in `requeue`; 0 for a caller
+        that holds no lease (an analyzer's join task, due the moment its last child is archived)."""
         if not ids:
             return []
         ks = [keys.by_state(job, state), keys.by_state(job, TaskState.PENDING)]
-        return [str(x) for x in self._run("promote", ks, [state, keys.task(job, ""), *ids])]
+        moved = self._run("promote", ks, [state, keys.task(job, ""), fence_ms, *ids])
+        if not isinstance(moved, list):
+            raise LeaseLapsed(f"promotion of {len(ids)} {state} task(s) of {job}")
+        return [str(x) for x in moved]
 
     def due(self, job: str, state: str, before_ms: int, limit: int = 500) -> list[str]:
         """Ids in a live state whose score (lease expiry, due time, publish time) is before `before_ms`."""

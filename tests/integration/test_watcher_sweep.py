@@ -1,6 +1,7 @@
 """One broken job does not stall the TimeoutWatcher for every other job: the sweep logs it, counts
 it (`taskherd_sweep_failures_total`) and sweeps the rest; only several failing in a row (Redis gone)
-end the sweep early."""
+end the sweep early. A sweep that stalls past its watcher lease acts no more: Redis refuses its
+requeues and promotions once the lease's fence has passed, and leaves them to the new holder."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import pytest
 
 from taskherd.actors.context import PodContext
 from taskherd.actors.timeout_watcher import MAX_FAILED_JOBS, TimeoutWatcher
-from taskherd.errors import StoreError
+from taskherd.errors import LeaseLapsed, StoreError
 from taskherd.metrics import SWEEP_FAILURES
 from taskherd.nsq.publisher import Publisher
 from taskherd.states import TaskState
 from taskherd.store import keys
 from taskherd.store.state_store import NewTask, StateStore
-from tests.helpers import Services
+from tests.helpers import Services, wait_until
 
 
 @pytest.fixture
@@ -22,8 +23,10 @@ def store(clean: Services) -> StateStore:
     return StateStore(clean.settings.redis)
 
 
-def watcher(clean: Services, store: StateStore) -> TimeoutWatcher:
-    ctx = PodContext(clean.settings, "node", store, Publisher(clean.settings.nsq), None)
+def watcher(clean: Services, store: StateStore, node: str = "node", interval_s: float = 1.0) -> TimeoutWatcher:
+    settings = clean.settings.model_copy(
+        update={"manager": clean.settings.manager.model_copy(update={"watcher_interval_s": interval_s})})
+    ctx = PodContext(settings, node, store, Publisher(clean.settings.nsq), None)
     return TimeoutWatcher(ctx, supervisor=None, slot="watcher")
 
 
@@ -59,3 +62,50 @@ def test_jobs_failing_in_a_row_end_the_sweep_as_an_outage(clean: Services, store
         break_job(store, f"broken-{i}")
     with pytest.raises(StoreError, match="jobs in a row failed the sweep"):
         watcher(clean, store).sweep()
+
+
+def test_redis_refuses_a_requeue_or_promotion_past_the_lease_fence(clean: Services, store: StateStore) -> None:
+    # Given a task whose lease expired and one waiting for its retry, both due
+    expired_lease(store, "j", "run")
+    store.submit("j", [NewTask("again", "j", "t", "{}", "d-again", 3, 60.0)])
+    lease, _ = store.lease("j", "again", "exec-again", "w", 10_000, "t")
+    assert not isinstance(lease, str), lease
+    assert store.finish(lease, "failed", None, "boom", 0, {"exec": "exec-again"}) == "retry"
+    assert store.task("j", "again")["state"] == TaskState.RETRY
+    past, future = store.now_ms() - 1, store.now_ms() + 60_000
+    # When a watcher whose fence has passed asks, then one whose fence has not
+    with pytest.raises(LeaseLapsed, match="requeue of j/run"):
+        store.requeue("j", "run", past)
+    with pytest.raises(LeaseLapsed, match="promotion of 1 retry"):
+        store.promote("j", "again", fence_ms=past)
+    states = {t: store.task("j", t)["state"] for t in ("run", "again")}
+    # Then the first did nothing, the second did both
+    assert states == {"run": TaskState.RUNNING, "again": TaskState.RETRY}
+    assert store.requeue("j", "run", future) == TaskState.PENDING
+    assert store.promote("j", "again", fence_ms=future) is True
+
+
+def test_a_sweep_stalled_past_its_lease_leaves_its_acts_to_the_new_holder(
+        clean: Services, store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a task whose lease expired, and watcher A (a 0.1 s interval: a 0.3 s lease) sweeping it
+    expired_lease(store, "j", "t1")
+    a, b = watcher(clean, store, "a", 0.1), watcher(clean, store, "b", 0.1)
+    requeue = store.requeue
+
+    def stalled(job: str, task_id: str, fence_ms: int = 0) -> str:
+        # A's requeue is held in flight (a cut-off host, a retried connection) until its lease has
+        # lapsed and B has taken it, then reaches Redis
+        wait_until(lambda: store.members.hold(keys.WATCHER_LEASE, "b", 300)[0] == "taken", timeout=5,
+                   message="B taking the lapsed lease")
+        return requeue(job, task_id, fence_ms)
+
+    monkeypatch.setattr(store, "requeue", stalled)
+    # When A's sweep runs: its requeue arrives after the takeover
+    with pytest.raises(LeaseLapsed):
+        a.sweep()
+    monkeypatch.setattr(store, "requeue", requeue)
+    # Then A moved nothing, and B's sweep does it
+    assert store.task("j", "t1")["state"] == TaskState.RUNNING
+    assert a.sweep() is False
+    assert b.sweep() is True
+    assert store.task("j", "t1")["state"] == TaskState.PENDING

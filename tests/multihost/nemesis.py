@@ -6,9 +6,10 @@ view of every watcher action, the faults themselves, and putting a cluster back 
 - `WatcherLog`: every requeue or promotion Redis receives, with the caller's address (Redis MONITOR
   on every node of a Redis Cluster: a script runs on the master of its job's slot, and a node failed
   over and back is watched again), beside the takeovers the managers log ("now the active
-  TimeoutWatcher"). `acting_out_of_turn()` is each requeue or promotion made by a manager that was not
-  the latest to take the lease: two watchers acting at once. Redis's clock and the pods' are the one
-  machine's.
+  TimeoutWatcher"). A call that reached Redis at or after its lease fence (an argument of the call)
+  was refused by the script, nothing done: it is counted in `refused`, not in `calls`.
+  `acting_out_of_turn()` is each requeue or promotion made by a manager that was not the latest to
+  take the lease: two watchers acting at once. Redis's clock and the pods' are the one machine's.
 - `FAULTS`: kind -> inject, hold, heal; each returns a `Fault` with its window. `faults(cluster)`: those
   that apply to it (a Redis master's kill on a Redis Cluster only).
 - `restore()`: heal, resume, start every service, Redis node and pod that is down, wait until the
@@ -45,8 +46,9 @@ from tests.hosts.net import HostsError, Proc
 from tests.multihost.checker import EXE, log_events
 
 WATCHER_LEASE = keys.WATCHER_LEASE
-WATCHER_SCRIPTS = ("requeue", "promote")
-"""The scripts only the active TimeoutWatcher calls: requeue an expired lease, promote a due retry."""
+WATCHER_SCRIPTS = {"requeue": 1, "promote": 2}
+"""The scripts only the active TimeoutWatcher calls (requeue an expired lease, promote a due retry),
+each with the index of its lease fence among its arguments."""
 ERRORS = (ClientError, OSError, http.client.HTTPException)
 
 EXECUTOR = {"kind": "exe", "target": [sys.executable, "-c", EXE], "timeout_s": 60, "max_attempts": 8}
@@ -124,6 +126,7 @@ class WatcherLog:
         self.shas = {hashlib.sha1(src.joinpath(f"lua/{n}.lua").read_text().encode()).hexdigest(): n
                      for n in WATCHER_SCRIPTS}
         self.calls: list[tuple[float, str, str]] = []
+        self.refused: list[tuple[float, str, str]] = []
         self._stop = threading.Event()
         self._monitors: dict[str, Any] = {}
         # A replica's MONITOR shows its master's effects, never the EVALSHA: no call is seen twice.
@@ -145,9 +148,12 @@ class WatcherLog:
                     for c in m.listen():
                         if self._stop.is_set():
                             return
-                        parts = c["command"].split(" ", 2)
-                        if parts[0] == "EVALSHA" and len(parts) > 1 and parts[1] in self.shas:
-                            self.calls.append((c["time"], c["client_address"], self.shas[parts[1]]))
+                        parts = c["command"].split(" ")
+                        if parts[0] == "EVALSHA" and len(parts) > 2 and parts[1] in self.shas:
+                            name = self.shas[parts[1]]
+                            fence_ms = int(parts[3 + int(parts[2]) + WATCHER_SCRIPTS[name]])
+                            acted = fence_ms == 0 or c["time"] * 1000 < fence_ms
+                            (self.calls if acted else self.refused).append((c["time"], c["client_address"], name))
             self._stop.wait(0.5)
 
     def stop(self) -> None:

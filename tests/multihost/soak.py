@@ -198,6 +198,7 @@ def verdict(cluster: Cluster, load: Load, faults: list[nemesis.Fault], watch: ne
             "fenced": sum(int(s.get("fenced", 0)) for s in statuses.values()),
             "overlaps": len(explained) + len(unexplained), "overlaps_unexplained": len(unexplained),
             "watcher_takeovers": len(nemesis.takeovers(cluster)), "watcher_calls": len(watch.calls),
+            "watcher_refused": len(watch.refused),
             "watcher_out_of_turn": len(out_of_turn),
             "_details": {"lost": sorted(expected - rows.keys())[:10], "unexpected": sorted(rows.keys() - expected)[:10],
                          "unexplained": unexplained[:10], "explained": explained[:10], "out_of_turn": out_of_turn[:10]}}

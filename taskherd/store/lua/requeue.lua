@@ -1,9 +1,13 @@
 -- A running execution whose lease expired (its worker died, hung, or overran its deadline):
 -- back to pending, or to analyzing as failed when out of attempts.
 -- KEYS[1] task, KEYS[2] executions list, KEYS[3] running, KEYS[4] pending, KEYS[5] analyzing, KEYS[6] leased
--- ARGV[1] id
+-- ARGV[1] id, ARGV[2] the caller's watcher lease fence in ms (0: none). Returns 'lapsed' (nothing done)
+-- once this server's clock has reached the fence: a watcher that stalled mid-sweep (cut off, paused)
+-- while another took its lease over must not act beside it.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local fence = tonumber(ARGV[2])
+if fence > 0 and now >= fence then return 'lapsed' end
 local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not score or tonumber(score) > now then return 'alive' end
 local st = redis.call('HMGET', KEYS[1], 'state', 'exec', 'attempts', 'max_attempts', 'worker', 'started', 'cancelled')
