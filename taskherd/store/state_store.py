@@ -38,6 +38,10 @@ from taskherd.store.series import Series
 TOMBSTONE_MS = 10_000
 """How long an archived task's id stays its job's (retire.lua's tombstone, and its index entry)."""
 
+STALE_CHECK_S = 1.0
+"""A thread's connection idle this long is checked before use (one poll): Redis restarted or failed
+over meanwhile closed it, and the call on it would fail (an API request's 503) though Redis is back."""
+
 LEASED = "leased"
 """The job count of running tasks leased ahead, not started yet (not a TaskState: they are running)."""
 
@@ -239,9 +243,13 @@ class StateStore:
             key = command[3] if command[0] == "EVALSHA" and command[2] else command[1]
             found = self.redis.nodes_manager.get_node_from_slot(self.redis.keyslot(key))  # type: ignore[no-untyped-call]
             node, pool = found.name, self.redis.get_redis_connection(found).connection_pool
-        conn = conns.get(node)
+        conn, used = conns.get(node) or (None, 0.0)
+        now = time.monotonic()
         if conn is None:
-            conn = conns[node] = pool.make_connection()
+            conn = pool.make_connection()
+        elif now - used > STALE_CHECK_S and _closed(conn):
+            conn.disconnect()  # sending on it would fail: the next send connects afresh
+        conns[node] = (conn, now)
         return conn
 
     # --- submit -------------------------------------------------------------------------------------
@@ -811,3 +819,12 @@ def _chunks(it: Iterable[Any], n: int) -> Iterable[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def _closed(conn: Any) -> bool:
+    """Whether an idle connection was closed by its server: readable with no command sent (EOF, or
+    an error Redis wrote as it closed it)."""
+    try:
+        return bool(conn.can_read(0))
+    except (redis.ConnectionError, OSError):
+        return True
