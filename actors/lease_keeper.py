@@ -32,7 +32,7 @@ from typing import Any
 import pykka
 
 from taskherd.actors.context import PodContext
-from taskherd.actors.leases import Execution, Pause, give_back
+from taskherd.actors.leases import Execution, Pause, give_back, stale_after_s
 from taskherd.errors import QueueError, StoreError
 from taskherd.logs import task_fields
 from taskherd.metrics import LEASES_HELD, SLOTS
@@ -84,8 +84,6 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
         self.topic = ctx.settings.nsq.tasks_topic
         self.executions: dict[int, Execution] = {}
         self.slots: dict[int, tuple[pykka.ActorRef[Any], Feed]] = {}
-        self.renewed_at: dict[str, float] = {}
-        """exec id -> when the request that last renewed (or took) its lease was sent (monotonic)."""
         self.progress_sent: dict[str, str] = {}
         """exec id -> the progress report last written for it (JSON), so an unchanged one is not sent again."""
         self.paused = False
@@ -116,14 +114,14 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
         """Kill every executor (drop every task leased ahead) whose lease was last renewed or taken
         more than the TTL less 1.5 renewal intervals ago. From the guard's thread."""
         worker = self.ctx.settings.worker
-        limit = worker.lease_ttl_s - 1.5 * worker.lease_renew_s
+        limit = stale_after_s(self.ctx)
         now, held = time.monotonic(), set()
         for index, execution in list(self.executions.items()):
             for lease in (execution.current(), execution.ahead()):
                 if lease is None:
                     continue
                 held.add(lease.exec_id)
-                since = now - self.renewed_at.get(lease.exec_id, lease.asked_at or now)
+                since = execution.since_renewed(lease, now)
                 if since > limit and lease.exec_id not in self._guard_killed:
                     self._guard_killed.add(lease.exec_id)
                     self._kill(index, lease, f"its lease was last renewed {since:.1f} s ago (TTL "
@@ -209,10 +207,8 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
                 feed.shed()
             for one in (lease, execution.ahead(), execution.unrecorded):
                 if one is not None:
-                    self.renewed_at.setdefault(one.exec_id, one.asked_at or time.monotonic())
                     by_job.setdefault(one.job, []).append((index, one))
         live = {one.exec_id for held in by_job.values() for _, one in held}
-        self.renewed_at = {e: t for e, t in self.renewed_at.items() if e in live}
         self.progress_sent = {e: t for e, t in self.progress_sent.items() if e in live}
         ttl = self.ctx.settings.worker.lease_ttl_s
         self._hold_seats(int(ttl * 1000))
@@ -227,7 +223,7 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
                 continue
             for (index, lease), renewed in zip(held, ok):
                 if renewed:
-                    self.renewed_at[lease.exec_id] = sent
+                    self.executions[index].renewed(lease.exec_id, sent)
                     if lease.exec_id in progress:
                         self.progress_sent[lease.exec_id] = progress[lease.exec_id]
                 else:

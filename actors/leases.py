@@ -33,7 +33,15 @@ class Execution:
     others meanwhile: a late record must find its lease alive, or the task would run twice. `ahead`
     is the next task, leased while the current one runs, its message
     still in flight; whichever thread takes it first (the slot to run it, the LeaseKeeper to give it
-    back) has it. The pod holds all three."""
+    back) has it. The pod holds all three.
+
+    When each lease was last known good (taken or renewed: `renewed`), and which ones the LeaseKeeper
+    gave up on (`kill`), live here too, for the one lease neither thread can see: the task the slot
+    has taken to run and not started yet, while it records the previous outcome (a Redis round trip,
+    a doorbell's publish to an nsqd that may hang for seconds). `unsafe_to_start` is the slot's last
+    look before it starts an executor: a lease not renewed for as long as the guard allows, or one the
+    LeaseKeeper killed meanwhile, is given back instead (the watcher may have requeued it, and another
+    pod run it: CI's soak saw an exe start 1.1 s after its lease was requeued)."""
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
@@ -42,6 +50,10 @@ class Execution:
         self._ahead: Ahead | None = None
         self.began_at = 0.0
         self.unrecorded: Lease | None = None
+        self._renewed: dict[str, float] = {}
+        """exec id -> when (monotonic) the request that took or last renewed its lease was sent."""
+        self._killed: dict[str, None] = {}
+        """exec ids the LeaseKeeper killed or dropped (an ordered set, kept short)."""
         self._seats: dict[str, str] = {}
         """exec id -> task type: the seats of limited types (max_concurrency) this slot holds, renewed
         by the LeaseKeeper with the leases, given back when the executor ends or the task is given back."""
@@ -96,8 +108,48 @@ class Execution:
             return current, (self._runner.progress() if current is not None else None)
 
     def kill(self, exec_id: str) -> bool:
+        """Kill the executor running under `exec_id`, if it is the current one; either way the lease
+        is never started from now on."""
         with self._lock:
+            self._killed[exec_id] = None
+            _trim(self._killed)
             return self._current is not None and self._current.exec_id == exec_id and self._runner.kill()
+
+    def renewed(self, exec_id: str, sent_at: float) -> None:
+        with self._lock:
+            self._renewed[exec_id] = sent_at
+            _trim(self._renewed)
+
+    def since_renewed(self, lease: Lease, now: float) -> float:
+        """Seconds since the lease was last known good (taken, or renewed by the LeaseKeeper)."""
+        with self._lock:
+            return now - self._renewed.get(lease.exec_id, lease.asked_at or now)
+
+    def unsafe_to_start(self, lease: Lease, stale_after_s: float) -> str | None:
+        """Why the slot must not start `lease` now, or None."""
+        with self._lock:
+            if lease.exec_id in self._killed:
+                return "the LeaseKeeper gave it up (cancelled, superseded or not renewed)"
+            since = time.monotonic() - self._renewed.get(lease.exec_id, lease.asked_at or time.monotonic())
+        if since > stale_after_s:
+            return f"its lease was last renewed {since:.1f} s ago: it may have expired"
+        return None
+
+
+_KEPT = 64
+"""Renewal times and kills kept per slot: a slot holds at most three leases at once (current, ahead,
+unrecorded), and a lease older than the last few dozen is long settled."""
+
+
+def _trim(kept: dict[str, Any]) -> None:
+    while len(kept) > _KEPT:
+        del kept[next(iter(kept))]
+
+
+def stale_after_s(ctx: PodContext) -> float:
+    """A lease not renewed for this long may expire before the next renewal gets through: the guard
+    kills its executor, and the slot does not start it (the TTL less 1.5 renewal intervals)."""
+    return ctx.settings.worker.lease_ttl_s - 1.5 * ctx.settings.worker.lease_renew_s
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import pykka
 
 from taskherd.actors.context import PodContext, find
 from taskherd.actors.lease_keeper import LeaseKeeper, SlotStarted
-from taskherd.actors.leases import Ahead, Execution, Pause, give_back, give_seat
+from taskherd.actors.leases import Ahead, Execution, Pause, give_back, give_seat, stale_after_s
 from taskherd.errors import QueueError, StoreError
 from taskherd.logs import task_fields
 from taskherd.metrics import EXECUTION_SECONDS, TASKS
@@ -143,6 +143,15 @@ class Worker(Supervised, pykka.ThreadingActor):
     def _run(self, task: Ahead) -> None:
         spec, target = self._spec(task.raw)
         self.execution.begin(task.lease)
+        why = self.execution.unsafe_to_start(task.lease, stale_after_s(self.ctx))
+        if why is not None:
+            self.execution.end()
+            if self._unstarted is task.lease:
+                self._unstarted = None
+            log.warning("not starting %s: %s; given back", task.lease.task_id, why,
+                        extra=task_fields(task.lease.job, task.lease.task_id, task.lease.exec_id, task.lease.type))
+            give_back(self.ctx, task, self.execution)
+            return
         try:
             wait = self._start(task.lease, target)
             task.delivery.finish()  # after the start: nsqd's work on it overlaps the executor's
