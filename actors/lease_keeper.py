@@ -121,7 +121,7 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
                 if lease is None:
                     continue
                 held.add(lease.exec_id)
-                since = execution.since_renewed(lease, now)
+                since = now - execution.last_good(lease)
                 if since > limit and lease.exec_id not in self._guard_killed:
                     self._guard_killed.add(lease.exec_id)
                     self._kill(index, lease, f"its lease was last renewed {since:.1f} s ago (TTL "

@@ -120,17 +120,17 @@ class Execution:
             self._renewed[exec_id] = sent_at
             _trim(self._renewed)
 
-    def since_renewed(self, lease: Lease, now: float) -> float:
-        """Seconds since the lease was last known good (taken, or renewed by the LeaseKeeper)."""
+    def last_good(self, lease: Lease) -> float:
+        """When (monotonic) the request that took or last renewed the lease was sent."""
         with self._lock:
-            return now - self._renewed.get(lease.exec_id, lease.asked_at or now)
+            return self._renewed.get(lease.exec_id, lease.asked_at or time.monotonic())
 
     def unsafe_to_start(self, lease: Lease, stale_after_s: float) -> str | None:
         """Why the slot must not start `lease` now, or None."""
         with self._lock:
             if lease.exec_id in self._killed:
                 return "the LeaseKeeper gave it up (cancelled, superseded or not renewed)"
-            since = time.monotonic() - self._renewed.get(lease.exec_id, lease.asked_at or time.monotonic())
+        since = time.monotonic() - self.last_good(lease)
         if since > stale_after_s:
             return f"its lease was last renewed {since:.1f} s ago: it may have expired"
         return None

@@ -129,10 +129,12 @@ def test_the_guard_kills_an_executor_whose_lease_went_unrenewed_for_ttl_less_a_m
     d.ctx.store.down = True
     d._renew()  # fails: nothing renewed, nothing killed by the keeper itself
     runner = execution._runner
-    d.renewed_at["exec-running"] = d.renewed_at["exec-ahead"] = time.monotonic() - 3.4
+    for exec_id in ("exec-running", "exec-ahead"):
+        execution.renewed(exec_id, time.monotonic() - 3.4)
     d.kill_unrenewed()
     assert runner.kills == 0 and message.answers == []
-    d.renewed_at["exec-running"] = d.renewed_at["exec-ahead"] = time.monotonic() - 3.6
+    for exec_id in ("exec-running", "exec-ahead"):
+        execution.renewed(exec_id, time.monotonic() - 3.6)
     d.kill_unrenewed()
     d.kill_unrenewed()
     # Then the executor was killed once, and the task leased ahead dropped (it can no longer be started)
@@ -141,10 +143,10 @@ def test_the_guard_kills_an_executor_whose_lease_went_unrenewed_for_ttl_less_a_m
 
 
 def test_a_lease_counts_from_when_its_renewal_was_sent_not_answered():
-    d, _, _, _ = slot(running_for_s=0.0)
+    d, execution, _, _ = slot(running_for_s=0.0)
     before = time.monotonic()
     d._renew()
-    assert before <= d.renewed_at["exec-running"] <= d.ctx.store.renew_entered[0]
+    assert before <= execution.last_good(execution.current()) <= d.ctx.store.renew_entered[0]  # type: ignore[arg-type]
 
 
 def test_a_new_lease_counts_from_when_it_was_asked_for():
@@ -154,6 +156,6 @@ def test_a_new_lease_counts_from_when_it_was_asked_for():
     execution.begin(Lease("job", "late", "exec-late", "t", "{}", 60.0, 1, 3, 0, asked_at=asked))
     d.ctx.store.down = True
     d._renew()
-    assert d.renewed_at["exec-late"] == asked
+    assert execution.last_good(execution.current()) == asked  # type: ignore[arg-type]
     d.kill_unrenewed()
     assert execution._runner.kills == 1
