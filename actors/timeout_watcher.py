@@ -58,6 +58,7 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         self._shortfall = 0
         self._fence_ms = 0
         self._extend_at = 0.0
+        self._leading = False
 
     def on_start(self) -> None:
         self.tick_every(SweepJobs(), self.ctx.settings.manager.watcher_interval_s)
@@ -79,11 +80,16 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         extends it again once an interval has passed (`_extend_at`, this process's clock)."""
         interval_s = self.ctx.settings.manager.watcher_interval_s
         extend_at = time.monotonic() + interval_s
+        was_leading, self._leading = self._leading, False
         held, expiry_ms = self.ctx.store.members.hold(keys.WATCHER_LEASE, self.ctx.node_id, int(interval_s * 3000))
-        if held == "taken":
+        self._leading = held is not None
+        # Logged whenever this node starts acting, not only when Redis says "taken": a hold whose answer
+        # was lost (a time-out, a cut-off host's retried request) may have taken the lease, and the next
+        # one answers "held".
+        if self._leading and not was_leading:
             log.info("this node is now the active TimeoutWatcher")
         self._fence_ms, self._extend_at = (expiry_ms - int(interval_s * 1000), extend_at) if held else (0, 0.0)
-        return held is not None
+        return self._leading
 
     def _still_leading(self) -> None:
         """Mid-sweep: extend the lease if an interval has passed; LeaseLapsed if another took it."""

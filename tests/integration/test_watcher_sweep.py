@@ -109,3 +109,16 @@ def test_a_sweep_stalled_past_its_lease_leaves_its_acts_to_the_new_holder(
     assert a.sweep() is False
     assert b.sweep() is True
     assert store.task("j", "t1")["state"] == TaskState.PENDING
+
+
+def test_a_node_that_took_the_lease_without_hearing_it_says_so_when_it_first_acts(
+        clean: Services, store: StateStore, caplog: pytest.LogCaptureFixture) -> None:
+    # Given the lease already held in this node's name by a request whose answer it never got (a hold
+    # that timed out on a cut-off host and reached Redis at the heal)
+    assert store.members.hold(keys.WATCHER_LEASE, "node", 3000)[0] == "taken"
+    # When its watcher sweeps: Redis answers "held"
+    with caplog.at_level("INFO", logger="taskherd.watcher"):
+        assert watcher(clean, store).sweep() is True
+    # Then it still logs that it is now the active watcher (what operators and the multihost checker
+    # read to know who acts)
+    assert "this node is now the active TimeoutWatcher" in caplog.messages
