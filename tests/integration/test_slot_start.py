@@ -64,29 +64,21 @@ def taken(slot: Worker, task_id: str, log: Path) -> tuple[Lease, str | None]:
     return lease, raw
 
 
-def test_a_lease_unrenewed_past_the_guards_limit_is_given_back_not_started(slot: Worker, tmp_path: Path) -> None:
-    # Given a task the slot leased longer ago than the guard allows, never renewed since
+@pytest.mark.parametrize("why", ["unrenewed past the guard's limit", "given up by the LeaseKeeper"])
+def test_a_lease_the_slot_cannot_count_on_is_given_back_not_started(slot: Worker, tmp_path: Path, why: str) -> None:
+    # Given a task the slot leased longer ago than the guard allows, never renewed since; or one whose
+    # lease the LeaseKeeper gave up on before the slot started it
     lease, raw = taken(slot, "a", tmp_path / "calls")
-    old = dataclasses.replace(lease, asked_at=time.monotonic() - stale_after_s(slot.ctx) - 1)
-    delivery = Delivery()
-    # When the slot comes to run it
-    slot._run(Ahead(old, delivery, raw))  # type: ignore[arg-type]
-    # Then no executor started, the task is pending again and its message back with nsqd
-    assert slot.runner.python_pid is None and not (tmp_path / "calls").exists()
-    assert slot.ctx.store.task(JOB, "a")["state"] == "pending"
-    assert delivery.answers == ["requeue"]
-
-
-def test_a_lease_the_lease_keeper_gave_up_is_given_back_not_started(slot: Worker, tmp_path: Path) -> None:
-    # Given a task the slot holds, whose lease the LeaseKeeper gave up on before the slot started it
-    lease, raw = taken(slot, "b", tmp_path / "calls")
-    slot.execution.kill(lease.exec_id)
+    if why == "given up by the LeaseKeeper":
+        slot.execution.kill(lease.exec_id)
+    else:
+        lease = dataclasses.replace(lease, asked_at=time.monotonic() - stale_after_s(slot.ctx) - 1)
     delivery = Delivery()
     # When the slot comes to run it
     slot._run(Ahead(lease, delivery, raw))  # type: ignore[arg-type]
-    # Then nothing started and the task is pending again
+    # Then no executor started, the task is pending again and its message back with nsqd
     assert slot.runner.python_pid is None and not (tmp_path / "calls").exists()
-    assert slot.ctx.store.task(JOB, "b")["state"] == "pending"
+    assert slot.ctx.store.task(JOB, "a")["state"] == "pending"
     assert delivery.answers == ["requeue"]
 
 
