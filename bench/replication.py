@@ -75,7 +75,7 @@ def main() -> int:
                         False)]
             for name, redis_cfg, whole in layouts:
                 store = StateStore(from_dict({"redis": redis_cfg}, source="<bench>").redis)
-                store.whole_submit = whole
+                store.one_redis = whole
                 for size, rounds in ROUNDS.items():
                     row = {"layout": name, "batch": size, **measure(store, size, rounds, f"b{len(report['rows'])}")}
                     report["rows"].append(row)

@@ -143,10 +143,11 @@ class StateStore:
         self._scripts = {name: self.redis.register_script(_lua(name)) for name in
                          ("submit", "lease", "start", "renew", "finish", "release", "requeue", "promote", "retire", "register",
                           "cancel", "claim", "summarized", "expire", "forget", "join", "own", "disown",
-                          "reserve", "count")}
+                          "reserve", "count", "settle")}
         self._local = threading.local()
-        self.whole_submit = not isinstance(self.redis, RedisCluster)
-        """A submit in one script (one Redis) rather than three steps (a cluster: see `submit`)."""
+        self.one_redis = not isinstance(self.redis, RedisCluster)
+        """One Redis: a submit and a settle each in one script, rather than in steps (a cluster, whose
+        job sets and id index live on other nodes than a job's keys: see `submit` and `settle`)."""
 
     @functools.cached_property
     def finishes(self) -> Finishes:
@@ -278,7 +279,7 @@ class StateStore:
         written to."""
         if not tasks:
             return []
-        if self.whole_submit:
+        if self.one_redis:
             return self._submit_whole(job, tasks, specs_version, bounds, archive_checked_ms)
         ids = [t.id for t in tasks]
         first = [("SADD", keys.JOBS, job)] + [("SET", keys.index(i), job, "NX", "PX", CLAIM_TTL_MS, "GET") for i in ids]
@@ -657,9 +658,14 @@ class StateStore:
     def settle(self, job: str) -> bool:
         """Move a done job out of the open jobs, into the done ones; False if it is still open.
 
-        Three steps, as the job sets are global: read the job's done flag, move it, read the flag
-        again and move it back if a submit opened the job meanwhile (a submit puts its job among the
-        open ones before and after it creates, so either that second add or this re-check keeps it)."""
+        On one Redis, one script. On a cluster the job sets are global (other nodes than the job's),
+        so three steps: read the job's done flag, move it, read the flag again; if a submit opened the
+        job meanwhile, move it back (a submit puts its job among the open ones before and after it
+        creates, so either that second add or this re-check keeps it); if a teardown deleted the job
+        meanwhile, take it out of both (a torn-down job put back would be a key a system teardown
+        finds left over)."""
+        if self.one_redis:
+            return bool(self._run("settle", [keys.job_meta(job), keys.JOBS, keys.JOBS_DONE], [job]))
         done, finished = self.redis.hmget(keys.job_meta(job), ["done", "finished"])
         if done is None and not self.redis.exists(keys.job_meta(job)):
             self.redis.srem(keys.JOBS, job)  # nothing was ever created in it
@@ -667,7 +673,11 @@ class StateStore:
         if done != "1":
             return False
         self._pipelined([], ("SREM", keys.JOBS, job), ("ZADD", keys.JOBS_DONE, int(finished or 0), job))
-        if self.redis.hget(keys.job_meta(job), "done") == "1":
+        done = self.redis.hget(keys.job_meta(job), "done")
+        if done == "1":
+            return True
+        if done is None and not self.redis.exists(keys.job_meta(job)):
+            self._pipelined([], ("ZREM", keys.JOBS_DONE, job))
             return True
         self._pipelined([], ("SADD", keys.JOBS, job), ("ZREM", keys.JOBS_DONE, job))
         return False

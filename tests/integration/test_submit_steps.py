@@ -21,7 +21,7 @@ from tests.helpers import Services
 @pytest.fixture(params=["steps", pytest.param("whole", marks=pytest.mark.single_redis)])
 def store(clean: Services, request: pytest.FixtureRequest) -> Iterator[StateStore]:
     s = StateStore(clean.settings.redis)
-    s.whole_submit = request.param == "whole"
+    s.one_redis = request.param == "whole"
     yield s
     s.close()
 
@@ -29,7 +29,7 @@ def store(clean: Services, request: pytest.FixtureRequest) -> Iterator[StateStor
 @pytest.fixture
 def steps(clean: Services) -> Iterator[StateStore]:
     s = StateStore(clean.settings.redis)
-    s.whole_submit = False
+    s.one_redis = False
     yield s
     s.close()
 
@@ -90,8 +90,9 @@ def test_a_settle_racing_a_create_leaves_the_job_among_the_open_ones(steps: Stat
     assert "a" in store.jobs() and store.redis.zscore(keys.JOBS_DONE, "a") is None
 
 
-def test_a_settle_that_read_done_before_a_create_moves_the_job_back(store: StateStore,
+def test_a_settle_that_read_done_before_a_create_moves_the_job_back(steps: StateStore,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    store = steps
     # Given a done job, When a task is created in it between the settle's read and its move
     store.submit("a", [task("a", "x")])
     store.redis.zrem(keys.by_state("a", "pending"), "x")
@@ -107,6 +108,55 @@ def test_a_settle_that_read_done_before_a_create_moves_the_job_back(store: State
     # Then the settle sees it on its re-check, and leaves the job open
     assert store.settle("a") is False
     assert "a" in store.jobs() and store.redis.zscore(keys.JOBS_DONE, "a") is None
+
+
+def done_job(store: StateStore, job: str) -> None:
+    """A job flagged done, still among the open jobs (its task left for the teardown to find)."""
+    store.submit(job, [task(job, "x")])
+    store.redis.hset(keys.job_meta(job), mapping={"done": 1, "finished": 1})
+
+
+@pytest.mark.parametrize("hook", ["hmget", "hget"])
+def test_a_teardown_between_a_settles_steps_leaves_the_job_in_neither_set(steps: StateStore, hook: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a done job, When a teardown deletes it after the settle read its flag (hmget), or after the
+    # settle moved it and before its re-check (hget): what CI's system teardown met, a job put back
+    # among the open ones after it was torn down, found as a leftover
+    store = steps
+    done_job(store, "a")
+    read = getattr(store.redis, hook)
+
+    def torn_down_around(*args: object) -> object:
+        if hook == "hget":
+            assert store.teardown("a") == []
+            return read(*args)
+        out = read(*args)
+        assert store.teardown("a") == []
+        return out
+
+    monkeypatch.setattr(store.redis, hook, torn_down_around)
+    # Then the settle takes the gone job out of both sets, and Redis holds nothing of it
+    assert store.settle("a") is True
+    assert "a" not in store.jobs() and store.redis.zscore(keys.JOBS_DONE, "a") is None
+    assert store.leftovers("a") == [] and store.keyspace.leftovers() == []
+
+
+@pytest.mark.single_redis
+def test_a_settle_on_one_redis_is_one_script(clean: Services) -> None:
+    store = StateStore(clean.settings.redis)
+    try:
+        assert store.one_redis
+        done_job(store, "a")
+        store.submit("b", [task("b", "y")])
+        store.redis.sadd(keys.JOBS, "c")  # put among the open jobs, nothing created in it
+        store.redis.sadd(keys.JOBS, "d")
+        done_job(store, "d")
+        assert store.teardown("d") == []
+        store.redis.sadd(keys.JOBS, "d")  # a stale entry of a torn-down job
+        assert [store.settle(j) for j in "abcd"] == [True, False, True, True]
+        assert store.jobs() == {"b"} and store.redis.zrange(keys.JOBS_DONE, 0, -1, withscores=True) == [("a", 1.0)]
+    finally:
+        store.close()
 
 
 def test_a_resubmit_confirms_a_task_created_before_its_claim_was(store: StateStore) -> None:
