@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     with Taskherd(2, 2, data, (data / "cluster.log").open("w")) as th:
         th.warm_up(500)
         before = cpu_by_process(str(data))
-        commands_before = th.store.redis.info("commandstats")
+        commands_before, io_before = th.store.redis.info("commandstats"), th.store.redis.info("stats")
         job = f"cpu-{th.tag}"
         t0 = time.time()
         th.client.submit([{"id": f"{job}-{i}", "type": "noop", "job": job} for i in range(n)])
@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
         wall = time.time() - t0
         after = cpu_by_process(str(data))
         commands = redis_commands(commands_before, th.store.redis.info("commandstats"))
+        io = {k: th.store.redis.info("stats")[k] - io_before[k] for k in ("total_reads_processed", "total_writes_processed")}
         check = th.check_job(job, n, status)
         totals: dict[str, float] = {}
         for pid, (name, cpu) in after.items():
@@ -87,8 +88,10 @@ def main(argv: list[str]) -> int:
         calls, usec = sum(c for c, _ in commands.values()), sum(u for _, u in commands.values())
         print(f"  redis: {calls / n:.1f} commands per task (those inside scripts included), {usec / n:.0f} µs "
               f"of command time per task; the costliest:")
-        for name, (c, u) in sorted(commands.items(), key=lambda kv: -kv[1][1])[:6]:
+        for name, (c, u) in sorted(commands.items(), key=lambda kv: -kv[1][1])[:10]:
             print(f"    {name:<16} {c / n:5.2f} per task  {u / n:6.1f} µs per task")
+        print(f"  redis: {io['total_reads_processed'] / n:.2f} reads and {io['total_writes_processed'] / n:.2f} writes "
+              "per task (each a client's round trip, or part of one)")
         th.teardown(job)
     return 0
 
