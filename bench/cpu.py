@@ -67,7 +67,8 @@ def main(argv: list[str]) -> int:
         wall = time.time() - t0
         after = cpu_by_process(str(data))
         commands = redis_commands(commands_before, th.store.redis.info("commandstats"))
-        io = {k: th.store.redis.info("stats")[k] - io_before[k] for k in ("total_reads_processed", "total_writes_processed")}
+        io_after = th.store.redis.info("stats")
+        io = {k: io_after[k] - io_before[k] for k in ("total_reads_processed", "total_writes_processed")}
         check = th.check_job(job, n, status)
         totals: dict[str, float] = {}
         for pid, (name, cpu) in after.items():

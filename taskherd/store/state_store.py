@@ -667,7 +667,7 @@ class StateStore:
         if self.one_redis:
             return bool(self._run("settle", [keys.job_meta(job), keys.JOBS, keys.JOBS_DONE], [job]))
         done, finished = self.redis.hmget(keys.job_meta(job), ["done", "finished"])
-        if done is None and not self.redis.exists(keys.job_meta(job)):
+        if self._gone(job, done):
             self.redis.srem(keys.JOBS, job)  # nothing was ever created in it
             return True
         if done != "1":
@@ -676,11 +676,15 @@ class StateStore:
         done = self.redis.hget(keys.job_meta(job), "done")
         if done == "1":
             return True
-        if done is None and not self.redis.exists(keys.job_meta(job)):
+        if self._gone(job, done):
             self._pipelined([], ("ZREM", keys.JOBS_DONE, job))
             return True
         self._pipelined([], ("SADD", keys.JOBS, job), ("ZREM", keys.JOBS_DONE, job))
         return False
+
+    def _gone(self, job: str, done: object) -> bool:
+        """No done flag read because the job has no meta at all (never created, or torn down)."""
+        return done is None and not self.redis.exists(keys.job_meta(job))
 
     def done_before(self, before_ms: int, limit: int = 100) -> list[str]:
         """Done jobs that finished before `before_ms`, oldest first."""
