@@ -82,8 +82,13 @@ def child_id(parent_id: str, position: int) -> str:
     return "c-" + hashlib.sha256(f"{parent_id}\0{position}".encode()).hexdigest()[:32]
 
 
-def canonical(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def canonical(payload: Any, where: str = "payload") -> str:
+    """`payload` as the JSON text stored and handed to the executor as is: strict JSON (NaN and Infinity
+    are refused here, where the user hears which field, rather than failing every attempt at run time)."""
+    try:
+        return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidTask(where, "NaN and Infinity are not JSON numbers; send a number, null or a string") from None
 
 
 def _check_name(where: str, value: Any) -> str:
@@ -249,7 +254,7 @@ class Intake:
             raise InvalidTask(f"{where}.id", f"expected a non-empty string of at most {MAX_ID_CHARS} characters")
         if not isinstance(s.payload, dict):
             raise InvalidTask(f"{where}.payload", f"expected a JSON object, got {type(s.payload).__name__}")
-        payload = canonical(s.payload)
+        payload = canonical(s.payload, f"{where}.payload")
         limit = self.settings.api.max_payload_bytes
         if len(payload.encode()) > limit:
             raise InvalidTask(f"{where}.payload", f"{len(payload.encode())} bytes exceeds the limit of {limit}")

@@ -229,6 +229,21 @@ def test_a_body_that_is_not_json_or_too_large_is_rejected_naming_the_body(typed:
     assert typed.frozen() == before
 
 
+@pytest.mark.parametrize("content, field", [
+    (b'{"type": "echo", "job": "j1", "payload": {"x": NaN}}', "payload"),
+    (b'{"tasks": [{"type": "echo", "job": "j1"}, {"type": "echo", "job": "j1", "payload": {"x": [-Infinity]}}]}',
+     "tasks.1.payload"),
+])
+def test_a_payload_with_nan_or_infinity_is_a_422_naming_it(typed: Stack, content: bytes, field: str) -> None:
+    # Python's json reads and writes them; they are not JSON, and the payload's stored text goes to the
+    # executor as it is
+    before = typed.frozen()
+    response = typed.http.post("/tasks", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert error(response)["field"] == field and "NaN" in str(error(response)["message"])
+    assert typed.frozen() == before
+
+
 def test_a_body_that_is_not_sent_as_json_is_a_415(typed: Stack) -> None:
     response = typed.http.post("/tasks", content=b'{"type": "echo", "job": "j1"}',
                                headers={"content-type": "text/plain"})

@@ -48,3 +48,21 @@ def test_a_failing_statement_rolls_back_the_whole_batch(archive, monkeypatch):
 def test_tasks_without_records_are_one_statement(archive):
     archive.archive([_task(i, record=None, state="failed") for i in range(3)])
     assert archive.counts("j") == {"failed": 3, "records": 0}
+
+
+def test_every_field_comes_back_as_written(archive):
+    """Rows travel as multi-row INSERTs escaped by the client: text beyond the BMP, quotes,
+    backslashes, control characters, NULLs, 64-bit integers and empty strings survive it."""
+    odd = 'é中😀 "q" \\ \n\t\x00 end'
+    t = ArchivedTask(id="t-odd-" + odd[:3], job="j", type="noop", state="failed", attempts=7, digest="f" * 64,
+                     parent="", payload='{"s": "' + odd.replace("\\", "\\\\").replace('"', '\\"') + '"}',
+                     result=None, error=odd, executions='[{"n": 1}]', created_ms=2**53 + 1,
+                     finished_ms=1796655600123, record='{"r": "😀"}', retry_round=2, run_at_ms=None,
+                     children='["c1"]', priority=9)
+    archive.archive([t])
+    cols = archive_module._TASK_COLUMNS
+    row = archive._execute(lambda cur: (cur.execute("SELECT * FROM tasks WHERE id = %s", (t.id,)), cur.fetchone())[1])
+    assert {c: row[c] for c in cols} == {c: getattr(t, c) for c in cols}
+    rec = archive._execute(lambda cur: (cur.execute("SELECT * FROM records WHERE task_id = %s", (t.id,)),
+                                        cur.fetchone())[1])
+    assert (rec["job"], rec["type"], rec["record"]) == ("j", "noop", t.record)

@@ -36,7 +36,7 @@ def put_schedule(name: Name, body: m.ScheduleIn, pod: PodDep, response: Response
     """Create or replace a schedule: 201 created, 200 replaced or unchanged; 409 when its task type has
     no executor; 422 naming the field (cron, timezone, every_s, task...)."""
     schedule = Schedule.from_input(name, body.model_dump(exclude_none=True))
-    size, limit = len(canonical(schedule.task["payload"]).encode()), pod.ctx.settings.api.max_payload_bytes
+    size, limit = len(canonical(schedule.task["payload"], "task.payload").encode()), pod.ctx.settings.api.max_payload_bytes
     if size > limit:
         raise InvalidInput("task.payload", f"{size} bytes exceeds the limit of {limit}")
     if pod.ctx.store.spec("executor", schedule.task["type"]) is None:
