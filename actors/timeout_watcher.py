@@ -83,11 +83,14 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         was_leading, self._leading = self._leading, False
         held, expiry_ms = self.ctx.store.members.hold(keys.WATCHER_LEASE, self.ctx.node_id, int(interval_s * 3000))
         self._leading = held is not None
-        # Logged whenever this node starts acting, not only when Redis says "taken": a hold whose answer
-        # was lost (a time-out, a cut-off host's retried request) may have taken the lease, and the next
-        # one answers "held".
-        if self._leading and not was_leading:
+        # Logged whenever this node starts a term: when Redis says "taken" (even if this node thought it
+        # led: its lease lapsed during a stalled step, another may have acted since), and when it starts
+        # acting on a "held" (a hold whose answer was lost, a time-out or a cut-off host's retried
+        # request, may have taken the lease). Operators and the multihost checker read who acts from it.
+        if held == "taken" or (self._leading and not was_leading):
             log.info("this node is now the active TimeoutWatcher")
+        elif was_leading and not self._leading:
+            log.info("this node is no longer the active TimeoutWatcher: another took the lease")
         self._fence_ms, self._extend_at = (expiry_ms - int(interval_s * 1000), extend_at) if held else (0, 0.0)
         return self._leading
 

@@ -77,6 +77,9 @@ class Publisher:
         """(when nsqlookupd was last asked, the nsqds it listed)."""
         self._failed: dict[str, float] = {}
         """nsqd TCP address -> until when it is tried last."""
+        self._silent: dict[str, float] = {}
+        """nsqd HTTP address -> until when `backlog` skips it (it did not answer: a cut-off host's nsqd
+        would otherwise cost every TimeoutWatcher sweep its time-out, twice, and the watcher its lease)."""
         self._identities: dict[str, tuple[float, str]] = {}
         """A configured HTTP address -> (until when known, the "host:tcp_port" its /info gave)."""
         self._this_host: set[str] | None = None
@@ -263,6 +266,7 @@ class Publisher:
                 r = self._http.get(f"http://{addr}/stats", params=params, timeout=2.0)
                 stats: dict[str, Any] = r.json()
             except (httpx.HTTPError, ValueError):
+                self._hush(addr)
                 continue
             answered = True
             for t in stats.get("topics") or []:
@@ -275,16 +279,19 @@ class Publisher:
 
     def _each_nsqd(self) -> list[str]:
         """An HTTP address of every nsqd, once each: the configured ones (that answer /info), then those
-        nsqlookupd lists that are none of them."""
+        nsqlookupd lists that are none of them; none that was silent within FAILED_BACKOFF_S."""
         seen: set[str] = set()
         out: list[str] = []
+        now = time.monotonic()
         for addr in self._order_configured():
+            if self._silent.get(addr, 0.0) > now:
+                continue
             ident = self._identity(addr)
             if ident is not None and ident not in seen:
                 seen.add(ident)
                 out.append(addr)
         for n in self._discover():
-            if n.tcp not in seen:
+            if n.tcp not in seen and self._silent.get(n.http, 0.0) <= now:
                 seen.add(n.tcp)
                 out.append(n.http)
         return out
@@ -306,9 +313,14 @@ class Publisher:
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             log.debug("nsqd %s: no /info: %s", addr, exc)
             self._identities.pop(addr, None)
+            self._hush(addr)
             return None
         self._identities[addr] = (now + self.settings.lookupd_poll_interval_s, ident)
         return ident
+
+    def _hush(self, addr: str) -> None:
+        """`backlog` skips the nsqd at HTTP `addr` for FAILED_BACKOFF_S: it did not answer."""
+        self._silent[addr] = time.monotonic() + FAILED_BACKOFF_S
 
     def close(self) -> None:
         self._http.close()

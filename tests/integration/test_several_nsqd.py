@@ -4,6 +4,8 @@ a topic's messages on every nsqd, each once, however many names the configuratio
 
 from __future__ import annotations
 
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +75,34 @@ def test_backlog_counts_every_nsqd_once(two: ServiceManager, configured: str) ->
     publisher = Publisher(nsq_settings(two, nsqd_tcp_address="", nsqd_http_addresses=addresses).nsq)
     # Then each message counts once
     assert publisher.backlog(topic) == 5
+
+
+def test_backlog_skips_an_nsqd_that_did_not_answer_for_a_while(two: ServiceManager) -> None:
+    # Given 3 messages on nsqd 1, and a configured nsqd address that accepts connections and never
+    # answers (a cut-off host's: each ask costs the whole time-out)
+    (tcp1, http1), _ = two.nsqd
+    topic = f"silent-{uuid.uuid4().hex[:8]}"
+    Publisher(nsq_settings(two).nsq, own=tcp1).publish(topic, [b"1", b"2", b"3"])
+    silent = socket.create_server(("127.0.0.1", 0))
+    asked: list[socket.socket] = []
+    threading.Thread(target=lambda: [asked.append(silent.accept()[0]) for _ in range(10)], daemon=True).start()
+    addr = f"127.0.0.1:{silent.getsockname()[1]}"
+    publisher = Publisher(nsq_settings(two, nsqd_tcp_address="", nsqd_http_addresses=(addr, http1)).nsq)
+    try:
+        # When the backlog is counted twice in a row (the TimeoutWatcher's sweep does: tasks, results)
+        assert publisher.backlog(topic) == 3
+        assert len(asked) == 1
+        assert publisher.backlog(topic) == 3
+        # Then the silent nsqd was asked once, not again within its back-off
+        assert len(asked) == 1
+        # And once the back-off is over, it is asked again
+        publisher._silent.clear()
+        assert publisher.backlog(topic) == 3
+        wait_until(lambda: len(asked) == 2, timeout=5, message="the silent nsqd asked again")
+    finally:
+        silent.close()
+        for conn in asked:
+            conn.close()
 
 
 def test_a_publisher_whose_nsqd_is_killed_publishes_to_another_and_back_once_it_returns(two: ServiceManager) -> None:

@@ -15,7 +15,7 @@ from taskherd.nsq.publisher import Publisher
 from taskherd.states import TaskState
 from taskherd.store import keys
 from taskherd.store.state_store import NewTask, StateStore
-from tests.helpers import Services, wait_until
+from tests.helpers import Services, redis_client, wait_until
 
 
 @pytest.fixture
@@ -35,6 +35,20 @@ def expired_lease(store: StateStore, job: str, task_id: str) -> None:
     store.submit(job, [NewTask(task_id, job, "t", "{}", f"d-{task_id}", 3, 60.0)])
     lease, _ = store.lease(job, task_id, f"exec-{task_id}", "w", 1, "t")
     assert not isinstance(lease, str), lease
+
+
+def lapse(clean: Services) -> None:
+    """The watcher lease lapses (its TTL passed without an extend)."""
+    redis_client(clean.settings).delete(keys.WATCHER_LEASE)
+
+
+def overtaken(clean: Services, store: StateStore) -> TimeoutWatcher:
+    """Watcher A, leading until its lease lapsed and node B took it (A has not swept since)."""
+    a = watcher(clean, store, "a")
+    assert a.sweep() is True
+    lapse(clean)
+    assert store.members.hold(keys.WATCHER_LEASE, "b", 3000)[0] == "taken"
+    return a
 
 
 def break_job(store: StateStore, job: str) -> None:
@@ -122,3 +136,28 @@ def test_a_node_that_took_the_lease_without_hearing_it_says_so_when_it_first_act
     # Then it still logs that it is now the active watcher (what operators and the multihost checker
     # read to know who acts)
     assert "this node is now the active TimeoutWatcher" in caplog.messages
+
+
+def test_a_leader_whose_lease_lapsed_under_it_says_so_when_it_takes_it_again(
+        clean: Services, store: StateStore, caplog: pytest.LogCaptureFixture) -> None:
+    # Given node A leading, then stalled past its lease: B took it, acted, and let it lapse in turn
+    a = overtaken(clean, store)
+    lapse(clean)
+    # When A sweeps again: Redis answers "taken", though A thought it still led
+    caplog.clear()
+    with caplog.at_level("INFO", logger="taskherd.watcher"):
+        assert a.sweep() is True
+    # Then A logs a new term, so a reader of the logs sees A act after B's term, not B's term go on
+    assert "this node is now the active TimeoutWatcher" in caplog.messages
+
+
+def test_a_leader_that_finds_another_holding_the_lease_says_it_no_longer_leads(
+        clean: Services, store: StateStore, caplog: pytest.LogCaptureFixture) -> None:
+    # Given node A leading, then stalled past its lease, and B holding it now
+    a = overtaken(clean, store)
+    # When A sweeps again
+    caplog.clear()
+    with caplog.at_level("INFO", logger="taskherd.watcher"):
+        assert a.sweep() is False
+    # Then A says it stopped leading, once
+    assert caplog.messages.count("this node is no longer the active TimeoutWatcher: another took the lease") == 1

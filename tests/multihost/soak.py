@@ -201,7 +201,8 @@ def verdict(cluster: Cluster, load: Load, faults: list[nemesis.Fault], watch: ne
             "watcher_refused": len(watch.refused),
             "watcher_out_of_turn": len(out_of_turn),
             "_details": {"lost": sorted(expected - rows.keys())[:10], "unexpected": sorted(rows.keys() - expected)[:10],
-                         "unexplained": unexplained[:10], "explained": explained[:10], "out_of_turn": out_of_turn[:10]}}
+                         "unexplained": unexplained[:10], "explained": explained[:10], "out_of_turn": out_of_turn[:10],
+                         "takeovers": [f"{ip} at {ts:.3f}" for ts, ip in nemesis.takeovers(cluster)]}}
 
 
 def soak(cluster: Cluster, seconds: float, seed: int, workdir: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ then the whole history is checked. Its figures go to the session's figures and t
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ def test_nemesis_soak_loses_and_doubles_nothing(cluster: Cluster, figures: dict,
     # keeps one), and one such case of a 7-minute soak (an exe started 1.2 s after its lease was
     # requeued) is still to be explained.
     hard = [p for p in soak.problems(fig) if not p.startswith("overlaps_unexplained")]
-    assert not hard, (hard, fig["_details"])
+    # A string message, not a tuple: pytest shortens a tuple's repr and the details are the point.
+    assert not hard, f"{hard}: {json.dumps(fig['_details'], indent=1)}"
     if fig["overlaps_unexplained"]:
         print(f"WARNING: {fig['overlaps_unexplained']} unexplained overlap(s): {fig['_details']}")
