@@ -1,9 +1,10 @@
 """LeaseKeeper: keeps the pod's leases alive, sheds what waits behind long tasks, drains the pod.
 
-Each slot reads its own nsqd connection with RDY 1 (taskherd/nsq/feed.py) and finishes a message once
-it holds the task's lease, so nsqd sends the slot's next message while its executor runs, and the
-slot leases that next task ahead. Nothing passes through here per task. Behind a task that runs past
-a renewal tick, what waits is given back (the task leased ahead to pending and its message to nsqd,
+Each slot reads its own nsqd connection with RDY 1 (taskherd/nsq/feed.py; up to a batch for a type
+whose runs are short) and finishes a message once it holds the task's lease, so nsqd sends the slot's
+next message while its executor runs, and the slot leases that next task (or batch) ahead. Nothing
+passes through here per task. Behind a task that runs past
+a renewal tick, what waits is given back (the tasks leased ahead to pending and their messages to nsqd,
 for an idle slot; RDY 0 until the slot is free), so a pod never holds work behind a long task that
 an idle pod elsewhere could take.
 
@@ -117,7 +118,7 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
         limit = stale_after_s(self.ctx)
         now, held = time.monotonic(), set()
         for index, execution in list(self.executions.items()):
-            for lease in (execution.current(), execution.ahead()):
+            for lease in (execution.current(), *execution.aheads()):
                 if lease is None:
                     continue
                 held.add(lease.exec_id)
@@ -141,6 +142,7 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
         match message:
             case SlotStarted(index, ref, execution, feed):
                 self.executions[index], self.slots[index] = execution, (ref, feed)
+                self._gauge()  # the slot counts from its start, not from the next renewal tick
                 if self.paused:
                     ref.tell(Pause())
             case RenewLeases():
@@ -167,8 +169,7 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
 
     def _held_count(self) -> int:
         """Leases held: running, leased ahead, or run and not yet recorded."""
-        return sum((e.current() is not None) + (e.ahead() is not None) + (e.unrecorded is not None)
-                   for e in self.executions.values())
+        return sum((e.current() is not None) + len(e.aheads()) + len(e.unrecorded) for e in self.executions.values())
 
     def _gauge(self) -> None:
         busy = sum(e.current() is not None for e in self.executions.values())
@@ -200,12 +201,12 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
                 if self.progress_sent.get(lease.exec_id) != text:
                     progress[lease.exec_id] = text
             if lease is not None and time.monotonic() - execution.began_at > self.ctx.settings.worker.lease_renew_s:
-                # A long task: what waits behind it goes to an idle slot (the task leased ahead, and
-                # the message nsqd sent meanwhile).
-                if (ahead := execution.take_ahead()) is not None:
+                # A long task: what waits behind it goes to an idle slot (the tasks leased ahead, and
+                # the messages nsqd sent meanwhile).
+                for ahead in execution.take_all_ahead():
                     give_back(self.ctx, ahead, execution)
                 feed.shed()
-            for one in (lease, execution.ahead(), execution.unrecorded):
+            for one in (lease, *execution.aheads(), *execution.unrecorded):
                 if one is not None:
                     by_job.setdefault(one.job, []).append((index, one))
         live = {one.exec_id for held in by_job.values() for _, one in held}
@@ -234,7 +235,7 @@ class LeaseKeeper(Ticking, Supervised, pykka.ThreadingActor):
         were finished when their leases were taken)."""
         refs = []
         for index, execution in self.executions.items():
-            if (ahead := execution.take_ahead()) is not None:
+            for ahead in execution.take_all_ahead():
                 give_back(self.ctx, ahead, execution)
             lease = execution.current()
             if lease is None:

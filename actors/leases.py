@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +31,11 @@ class Execution:
     while it is still the one asked for: a kill meant for a finished lease must not hit the slot's
     next task. `unrecorded` is the lease of an outcome that waits to be recorded (the slot records it
     as its next python executor runs, or before the next exe or http one starts), renewed like the
-    others meanwhile: a late record must find its lease alive, or the task would run twice. `ahead`
-    is the next task, leased while the current one runs, its message
-    still in flight; whichever thread takes it first (the slot to run it, the LeaseKeeper to give it
-    back) has it. The pod holds all three.
+    others meanwhile: a late record must find its lease alive, or the task would run twice (a slot
+    running short tasks records several outcomes at once: `unrecorded` holds them all). The tasks
+    `ahead` are the next ones, leased while the current one runs (one, or a batch for a type whose
+    runs are short), their messages still in flight; whichever thread takes one first (the slot to
+    run it, the LeaseKeeper to give it back) has it. The pod holds them all.
 
     When each lease was last known good (taken or renewed: `renewed`), and which ones the LeaseKeeper
     gave up on (`kill`), live here too, for the one lease neither thread can see: the task the slot
@@ -47,9 +49,9 @@ class Execution:
         self._runner = runner
         self._lock = threading.Lock()
         self._current: Lease | None = None
-        self._ahead: Ahead | None = None
+        self._ahead: deque[Ahead] = deque()
         self.began_at = 0.0
-        self.unrecorded: Lease | None = None
+        self.unrecorded: tuple[Lease, ...] = ()
         self._renewed: dict[str, float] = {}
         """exec id -> when (monotonic) the request that took or last renewed its lease was sent."""
         self._killed: dict[str, None] = {}
@@ -71,22 +73,35 @@ class Execution:
         with self._lock:
             return dict(self._seats)
 
-    def hold_ahead(self, ahead: Ahead) -> None:
+    def hold_ahead(self, aheads: list[Ahead]) -> None:
+        """Queue tasks leased ahead, to run in this order after those already queued."""
         with self._lock:
-            self._ahead = ahead
+            self._ahead.extend(aheads)
 
     def take_ahead(self, exec_id: str | None = None) -> Ahead | None:
-        """The task leased ahead (only if its execution is `exec_id`, when given), now yours."""
+        """The next task leased ahead (or the one whose execution is `exec_id`), now yours."""
         with self._lock:
-            ahead = self._ahead
-            if ahead is None or (exec_id is not None and ahead.lease.exec_id != exec_id):
-                return None
-            self._ahead = None
-            return ahead
+            if exec_id is None:
+                return self._ahead.popleft() if self._ahead else None
+            for ahead in self._ahead:
+                if ahead.lease.exec_id == exec_id:
+                    self._ahead.remove(ahead)
+                    return ahead
+            return None
 
-    def ahead(self) -> Lease | None:
+    def take_all_ahead(self) -> list[Ahead]:
+        """Every task leased ahead, now yours (to give back: a long task, a drain, a stop)."""
         with self._lock:
-            return self._ahead.lease if self._ahead else None
+            aheads, self._ahead = list(self._ahead), deque()
+            return aheads
+
+    def queued(self) -> int:
+        """How many tasks wait leased ahead."""
+        return len(self._ahead)
+
+    def aheads(self) -> list[Lease]:
+        with self._lock:
+            return [ahead.lease for ahead in self._ahead]
 
     def begin(self, lease: Lease) -> None:
         with self._lock:
@@ -137,8 +152,12 @@ class Execution:
 
 
 _KEPT = 64
-"""Renewal times and kills kept per slot: a slot holds at most three leases at once (current, ahead,
-unrecorded), and a lease older than the last few dozen is long settled."""
+"""Renewal times and kills kept per slot: a slot holds at most 1 + 2 × BATCH_MOST leases at once
+(current, ahead, unrecorded), and a lease older than the last few dozen is long settled."""
+
+BATCH_MOST = 8
+"""The most tasks a slot leases ahead in one round trip (a type whose runs are short: see
+`taskherd.actors.worker`), and so the most outcomes it records in one."""
 
 
 def _trim(kept: dict[str, Any]) -> None:

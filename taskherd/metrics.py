@@ -21,6 +21,9 @@ TASKS = Counter("taskherd_tasks_total", "Task executions and dead letters, by ta
 EXECUTION_SECONDS = Histogram("taskherd_execution_seconds", "How long executions ran, by task type", ["type"],
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900))
 SLOTS = Gauge("taskherd_worker_slots", "Worker slots of this pod, busy (running an executor) or idle", ["state"])
+LEASE_BATCH = Histogram("taskherd_lease_batch_size",
+                        "Tasks a worker slot leased in one Redis round trip (several for a type whose runs are short)",
+                        buckets=(1, 2, 4, 8))
 LEASES_HELD = Gauge("taskherd_leases_held", "Leases this pod holds: running, leased ahead, or run and not yet recorded")
 ACTOR_RESTARTS = Counter("taskherd_actor_restarts_total", "Actors restarted by their supervisor", ["actor"])
 SERVICE_ERRORS = Counter("taskherd_service_errors_total", "Failed calls to a backing service", ["service"])

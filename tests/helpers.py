@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
+import random
 import time
 import urllib.error
 import urllib.request
@@ -47,8 +47,8 @@ class Services:
 TEST_PORTS = {"nsqd_tcp": 24150, "nsqd_http": 24151, "lookupd_tcp": 24160, "lookupd_http": 24161,
               "redis": 26379, "mysql": 23306, "api": 28080}
 """Base test ports; no two differ by a multiple of 1000, so shifted blocks never overlap."""
-PORT_SHIFTS = range(0, 10_000, 1000)
-"""Shifts tried in turn when another test session holds the base ports."""
+PORT_SHIFTS = range(0, 5000, 1000)
+"""Shifts tried in turn when another test session holds the base ports (all below `ephemeral_low()`)."""
 TEST_CLUSTER_PORTS = tuple(range(26400, 26406))
 """The Redis Cluster's nodes when TASKHERD_TEST_REDIS=cluster (their buses 100 above: 26500...), shifted
 with the rest; no port here or there differs from a TEST_PORTS one by a multiple of 1000 either."""
@@ -108,11 +108,42 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections. A test port at or above it can be taken
+    between the check that it is free and the bind, by any connection's local end (a pod's own Redis
+    client held one on 2026-12-07 and its API could not listen): test blocks stay below it."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def free_block_shift() -> int:
+    """A shift for a block of test ports of its own (a `taskherd up`, a second set of services): not a
+    multiple of 1000 (test sessions take those), every port it moves (the cluster's nodes and their
+    buses too, when TASKHERD_TEST_REDIS=cluster) free now and below `ephemeral_low()`."""
+    nodes = [*TEST_CLUSTER_PORTS, *map(bus_port, TEST_CLUSTER_PORTS)] if redis_cluster_wanted() else []
+    bases = [*TEST_PORTS.values(), *nodes]
+    for shift in range(100, ephemeral_low() - max(bases), 100):
+        if shift % 1000 and all(port_free(port + shift) for port in bases):
+            return shift
+    raise AssertionError(f"no free block of test ports below {ephemeral_low()}")
+
+
+_HANDED_OUT: set[int] = set()
+"""Ports `free_port` has given in this session: a port given but not yet bound is not given twice."""
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on right now, in 10000-19999: below `ephemeral_low()` (the OS
+    would pick from the ephemeral range, where a connection's local end can take it before the bind)
+    and clear of the test blocks (23306 and up) and of `taskherd up`'s defaults."""
+    for _ in range(1000):
+        port = random.randrange(10_000, 20_000)
+        if port not in _HANDED_OUT and port_free(port):
+            _HANDED_OUT.add(port)
+            return port
+    raise AssertionError("no free port in 10000-19999")
 
 
 def free_cluster_ports(count: int = 6) -> list[int]:

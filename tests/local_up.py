@@ -2,7 +2,8 @@
 tree recorded, and a small HTTP helper for the API it serves.
 
 Ports: a block of the test ports shifted by an amount that is not a multiple of 1000 (test sessions
-take those, see tests/helpers.py), with every port free when chosen; each `up` takes its own block.
+take those, see tests/helpers.py), with every port free when chosen and below the kernel's ephemeral
+range; each `up` takes its own block.
 The config file names only those ports and a few timings, so a taskherd installed from another tree
 than the one running the test reads it too.
 """
@@ -22,8 +23,7 @@ import httpx
 import psutil
 
 from taskherd.config import Settings, from_dict
-from taskherd.deploy.local.redis_cluster import bus_port
-from tests.helpers import TEST_CLUSTER_PORTS, TEST_PORTS, port_free, redis_cluster_wanted, settings_for_tests, wait_until
+from tests.helpers import free_block_shift, settings_for_tests, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 """The repository root: `up` runs with it as its working directory, as a developer would run it."""
@@ -33,15 +33,10 @@ ECHO = ["-c", "import json,sys; print(json.dumps(json.load(sys.stdin)))"]
 
 def up_settings() -> Settings:
     """Test settings on a free block of ports (never a test session's), with a short drain."""
-    nodes = [*TEST_CLUSTER_PORTS, *map(bus_port, TEST_CLUSTER_PORTS)] if redis_cluster_wanted() else []
-    for shift in range(5500, 37_000, 100):
-        ports = [port + shift for port in (*TEST_PORTS.values(), *nodes)]
-        if shift % 1000 and all(port < 65_536 and port_free(port) for port in ports):
-            data = settings_for_tests(shift).model_dump()
-            data["worker"].update(SHORT["worker"])
-            data["registry"].update(SHORT["registry"])
-            return from_dict(data)
-    raise AssertionError("no free block of ports for `taskherd up`")
+    data = settings_for_tests(free_block_shift()).model_dump()
+    data["worker"].update(SHORT["worker"])
+    data["registry"].update(SHORT["registry"])
+    return from_dict(data)
 
 
 SHORT = {"worker": {"slots": 1, "drain_grace_s": 5.0}, "registry": {"heartbeat_s": 0.5, "node_ttl_s": 1.0}}

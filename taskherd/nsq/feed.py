@@ -1,5 +1,5 @@
 """Feed: a subscription to one topic whose owner reads nsqd's connection(s) in its own thread: a
-worker slot (the tasks topic, RDY 1) or the ResultAnalyzer (the results topic, RDY one batch).
+worker slot (the tasks topics, RDY 1, or a batch's worth: `want`) or the ResultAnalyzer (the results topic, RDY one batch).
 
 Why the owner reads its own connection instead of sharing a pynsq Reader on an IOLoop thread: through
 the Reader a task crossed threads four times (IOLoop -> slot, the FIN back to the IOLoop, "slot free"
@@ -18,7 +18,8 @@ hold the topic (every `lookupd_poll_interval_s`) and keeps RDY on each (a slot m
 message per nsqd at once: the extra ones wait in `_ready`, and are shed the same way).
 
 Priorities (a slot's feed of the tasks topics): NSQ has none, so each priority has its own topic
-(`taskherd.nsq.topics.task_topic`) and a slot subscribes to all of them, RDY 1 on each, highest first.
+(`taskherd.nsq.topics.task_topic`) and a slot subscribes to all of them, RDY 1 (or its batch) on each,
+highest first.
 Of the messages it holds, `next` hands out the highest priority's first, and before it hands out a
 lower one it waits a moment (`GRACE_S`) on each higher topic's connection that may still be sending
 one (`_Conn.expecting`: RDY was sent, or a message was answered, since the last one came): nsqd sends
@@ -88,7 +89,7 @@ class _Conn:
     thread, under `lock`. A failed send marks it broken: nsqd requeues what it had in flight on it."""
 
     def __init__(self, address: str, topic: str, channel: str, settings: NsqSettings, name: str, ready: int,
-                 rank: int = 0) -> None:
+                 rank: int = 0, most: int = 1) -> None:
         host, port = address.rsplit(":", 1)
         self.address, self.topic, self.rank = address, topic, rank
         self.key = (address, topic)
@@ -105,8 +106,9 @@ class _Conn:
                     "msg_timeout": int(settings.msg_timeout_s * 1000)}
         # At RDY 1 nsqd's output buffer stays on: it flushes as soon as the one message is out, and a
         # whole frame goes in one write (unbuffered, size and body are separate writes). With room for
-        # more, nsqd would hold a lone message in its buffer for output_buffer_timeout (250 ms).
-        if ready > 1:
+        # more, nsqd would hold a lone message in its buffer for output_buffer_timeout (250 ms); `most`
+        # is the highest RDY this connection will be set to.
+        if max(ready, most) > 1:
             identify["output_buffer_size"] = -1
         self.sock.sendall(protocol.MAGIC_V2 + protocol.identify(identify))
         self._expect_ok("IDENTIFY")
@@ -171,10 +173,12 @@ class _Conn:
 
 class Feed:
     def __init__(self, settings: NsqSettings, topic: str | Sequence[str], channel: str, name: str,
-                 ready: int = 1) -> None:
-        """`topic`: one topic, or several, most urgent first (a slot's tasks topics, one per priority)."""
+                 ready: int = 1, most: int = 1) -> None:
+        """`topic`: one topic, or several, most urgent first (a slot's tasks topics, one per priority).
+        `ready`: RDY on each connection; `most`: the highest the owner may raise it to (`want`)."""
         self.topics = [topic] if isinstance(topic, str) else list(topic)
         self.settings, self.topic, self.channel, self.name, self.ready = settings, self.topics[0], channel, name, ready
+        self.most = max(ready, most)
         self._conns: dict[tuple[str, str], _Conn] = {}
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
@@ -249,21 +253,53 @@ class Feed:
             if not events and left <= 0 and grace_until is None:
                 return None
 
+    def want(self, ready: int) -> None:
+        """RDY `ready` (at most `most`) on each connection from now on: a slot leasing short tasks in
+        batches has nsqd send a batch's worth while it runs the one before."""
+        ready = max(1, min(ready, self.most))
+        if ready == self.ready:
+            return
+        with self._reading:  # not while the LeaseKeeper sheds (RDY 0 until the owner reads again)
+            self.ready = ready
+            if not self._shed and not self._paused:
+                for conn in list(self._conns.values()):
+                    conn.send(protocol.ready(ready))
+
+    def more(self, n: int, rank: int) -> list[FeedDelivery]:
+        """Up to `n` messages of topic rank `rank` that nsqd has already sent, in its order, now the
+        owner's (the rest of a batch the slot leases in one round trip); no waiting."""
+        with self._reading:
+            self._read_arrived()
+            with self._lock:
+                out = [d for d in self._ready if d.rank == rank][:n]
+                for delivery in out:
+                    self._ready.remove(delivery)
+                return out
+
+    def unread(self, deliveries: list[FeedDelivery]) -> None:
+        """Messages the owner took and does not want yet, back in front of what it holds."""
+        with self._lock:
+            self._ready.extendleft(reversed(deliveries))
+
     def better(self, rank: int) -> FeedDelivery | None:
         """A message more urgent than `rank` that nsqd has already sent, if any, now the owner's (the
         slot swaps the task it leased ahead for it)."""
         if rank == 0:
             return None
         with self._reading:
-            for key, _ in self._selector.select(0):
-                if key.data is not None:
-                    self._read(key.data)
+            self._read_arrived()
             with self._lock:
                 best = _best(self._ready)
                 if best is None or best.rank >= rank:
                     return None
                 self._ready.remove(best)
                 return best
+
+    def _read_arrived(self) -> None:
+        """Read what nsqd has already sent on every connection, without waiting (under `_reading`)."""
+        for key, _ in self._selector.select(0):
+            if key.data is not None:
+                self._read(key.data)
 
     def pause(self) -> None:
         """RDY 0 everywhere; what was already sent to us goes back to nsqd (drain, shutdown)."""
@@ -334,7 +370,7 @@ class Feed:
                 continue
             try:
                 conn = _Conn(address, topic, self.channel, self.settings, self.name, self.ready,
-                             self.topics.index(topic))
+                             self.topics.index(topic), self.most)
             except (OSError, ConnectionError) as exc:
                 SERVICE_ERRORS.labels("nsqd").inc()
                 self._failures += 1

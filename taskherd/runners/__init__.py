@@ -15,6 +15,7 @@ from typing import Any
 
 _EXPORTS = {
     "Outcome": "outcome",
+    "StoredPayload": "outcome",
     "Runner": "runner",
     "Started": "runner",
     "PythonRunner": "python_runner",

@@ -29,6 +29,7 @@ from taskherd.runners.outcome import (
     RESULT_SLACK,
     TAIL_BYTES,
     Outcome,
+    Payload,
     bounded,
     encode_payload,
     failed,
@@ -56,7 +57,7 @@ class ExeRunner:
         self._max_result_bytes = max_result_bytes
         self._progress: ProgressPipe | None = None
 
-    def run(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Outcome:
+    def run(self, spec: RunnerSpec, payload: Payload, timeout_s: float) -> Outcome:
         """Run `spec.target` with `payload` on stdin; the deadline covers start to exit."""
         started = time.monotonic()
         data, problem = encode_payload(payload)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import httpx
 
@@ -28,6 +27,7 @@ from taskherd.runners.outcome import (
     RESULT_SLACK,
     TAIL_BYTES,
     Outcome,
+    Payload,
     bounded,
     encode_payload,
     failed,
@@ -67,7 +67,7 @@ class HttpRunner:
         self._in_call = False
         self._kill = threading.Event()
 
-    def run(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Outcome:
+    def run(self, spec: RunnerSpec, payload: Payload, timeout_s: float) -> Outcome:
         """POST `payload` to `spec.target` and judge the answer; the deadline covers connect to last byte."""
         started = time.monotonic()
         body, problem = encode_payload(payload)

@@ -132,8 +132,22 @@ def json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def encode_payload(payload: Any) -> tuple[bytes, str | None]:
+@dataclass(frozen=True, slots=True)
+class StoredPayload:
+    """A payload as the intake stored it: a JSON object's strict text (`intake.canonical` refuses NaN and
+    Infinity). Runners send it on as it is; a worker decoded it only to encode it again."""
+
+    text: str
+
+
+Payload = dict[str, Any] | StoredPayload
+"""What a runner hands its executor: an object (tests, the CLI's local run) or its stored text."""
+
+
+def encode_payload(payload: Payload) -> tuple[bytes, str | None]:
     """The payload as JSON bytes, or why it cannot be sent (it came from a user: say so, do not raise)."""
+    if isinstance(payload, StoredPayload):
+        return payload.text.encode(), None
     if not isinstance(payload, dict):
         return b"", f"payload: expected a dict (a JSON object), got {type(payload).__name__}"
     try:

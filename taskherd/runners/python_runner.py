@@ -33,6 +33,7 @@ from taskherd.config.settings import MAX_RESULT_BYTES
 from taskherd.runners.outcome import (
     RESULT_SLACK,
     Outcome,
+    Payload,
     encode_payload,
     failed,
     killed,
@@ -103,11 +104,11 @@ class PythonRunner:
         child, call = self._child, self._in_flight
         return child.progress.latest(call) if child is not None and call is not None else None
 
-    def run(self, target: str, payload: dict[str, Any], timeout_s: float) -> Outcome:
+    def run(self, target: str, payload: Payload, timeout_s: float) -> Outcome:
         """Call `target(payload)` in the child; the deadline covers start-up, import and the call."""
         return self.start(target, payload, timeout_s)()
 
-    def start(self, target: str, payload: dict[str, Any], timeout_s: float) -> Callable[[], Outcome]:
+    def start(self, target: str, payload: Payload, timeout_s: float) -> Callable[[], Outcome]:
         """Send the call to the child and return at once; calling the result waits for its outcome
         (the caller may do other work meanwhile: the worker records its previous task's outcome)."""
         started = time.monotonic()
@@ -145,7 +146,7 @@ class PythonRunner:
         if self._child:
             self._discard(self._child)
 
-    def _encode_request(self, target: str, payload: Any) -> tuple[bytes, str | None]:
+    def _encode_request(self, target: str, payload: Payload) -> tuple[bytes, str | None]:
         data, problem = encode_payload(payload)
         if problem:
             return b"", problem

@@ -15,7 +15,7 @@ import httpx
 from taskherd.config.settings import MAX_RESULT_BYTES
 from taskherd.runners.exe_runner import ExeRunner
 from taskherd.runners.http_runner import HttpRunner
-from taskherd.runners.outcome import Outcome
+from taskherd.runners.outcome import Outcome, Payload
 from taskherd.runners.python_runner import PythonRunner
 from taskherd.specs import RunnerSpec
 
@@ -68,11 +68,11 @@ class Runner:
         """The python child's pid, or None while none runs: for health checks and tests."""
         return self._python.pid
 
-    def run(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Outcome:
+    def run(self, spec: RunnerSpec, payload: Payload, timeout_s: float) -> Outcome:
         """Run `spec` on `payload`, giving up after `timeout_s` (the task's remaining time)."""
         return self.start(spec, payload, timeout_s)()
 
-    def start(self, spec: RunnerSpec, payload: dict[str, Any], timeout_s: float) -> Started[Outcome]:
+    def start(self, spec: RunnerSpec, payload: Payload, timeout_s: float) -> Started[Outcome]:
         """Start the call and return what waits for its outcome. A python call runs in the child while
         the caller goes on; the other kinds run here and now, and the wait returns their outcome."""
         runners: dict[str, PythonRunner | ExeRunner | HttpRunner] = {"python": self._python, "exe": self._exe,

@@ -118,6 +118,9 @@ class Lease:
     """The task's priority (0-9), so a task handed back is published on its priority's topic again."""
 
 
+LeaseArgs = tuple[str, str, str, str, int, str, bool]
+"""`StateStore.lease`'s first arguments: job, task id, execution id, worker, TTL ms, type hint, ahead."""
+
 CLAIM_TTL_MS = 3_600_000
 """How long a task id's claim lasts unconfirmed (`keys.index`): a submit killed between its claim and
 its create leaves the id to its job for this long, then free again."""
@@ -395,28 +398,35 @@ class StateStore:
         round trip; a replaced executor is thus used from the next task on, with no cache to invalidate.
         `ahead`: the slot's executor runs another task meanwhile; the job counts this one `leased`
         until `start` (or the lease's end). With `started`, `start(started)` in the same round trip."""
-        _, leased, raw = self.finish_and_lease(None, job, task_id, exec_id, worker, ttl_ms, type_hint, ahead, started)
-        return leased, raw
+        _, leased = self.record([], started, [(job, task_id, exec_id, worker, ttl_ms, type_hint, ahead)])
+        return leased[0]
 
-    def finish_and_lease(self, finishing: tuple[Any, ...] | None, job: str, task_id: str, exec_id: str, worker: str,
-                         ttl_ms: int, type_hint: str = "", ahead: bool = False,
-                         started: Lease | None = None) -> tuple[str | None, Lease | str, str | None]:
-        """`finish(*finishing)` (when given), `start(started)` (when given) and `lease(...)` in one
-        round trip: in a drain a slot's outcome, the start of its next task and the lease of the one
-        after fall due at the same moment. (finish's answer or None, lease's two)."""
-        ks = [keys.task(job, task_id), keys.by_state(job, TaskState.PENDING), keys.by_state(job, TaskState.RUNNING),
-              keys.leased(job)]
-        calls = ([self._finish_call(*finishing)] if finishing else []) + _start_calls(started) + [
-            ("lease", ks, [task_id, exec_id, worker, ttl_ms, int(ahead)])]
+    def record(self, finishing: list[tuple[Any, ...]], started: Lease | None, leasing: list[LeaseArgs],
+               ) -> tuple[list[str], list[tuple[Lease | str, str | None]]]:
+        """`finish(*f)` for each of `finishing`, `start(started)` (when given), then `lease(*l)` for each
+        of `leasing`, all in one round trip: in a drain a slot's outcomes, the start of its next task and
+        the leases of the ones after fall due at the same moment, and each round trip waits for an fsync
+        (AOF always). (finish's answers, lease's pairs as `lease` returns them.)"""
+        calls = [self._finish_call(*f) for f in finishing] + _start_calls(started) + [
+            ("lease", [keys.task(job, task_id), keys.by_state(job, TaskState.PENDING),
+                       keys.by_state(job, TaskState.RUNNING), keys.leased(job)],
+             [task_id, exec_id, worker, ttl_ms, int(ahead)])
+            for job, task_id, exec_id, worker, ttl_ms, _, ahead in leasing]
+        hints = list(dict.fromkeys(hint or "-" for *_, hint, _ in leasing))
         asked_at = time.monotonic()
-        *finished, r, raw = self._pipelined(calls, ("GET", keys.executor(type_hint or "-")))
-        if r[0] != "ok":
-            return (finished or [None])[0], (r[1] if len(r) > 1 else r[0]), None
-        lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]), ahead,
-                      asked_at, int(r[7]) if len(r) > 7 else 5)
-        if lease.type != type_hint:
-            raw = self.redis.get(keys.executor(lease.type))
-        return (finished or [None])[0], lease, raw
+        replies = self._pipelined(calls, *[("GET", keys.executor(hint)) for hint in hints])
+        finished = [str(r) for r in replies[:len(finishing)]]
+        specs = dict(zip(hints, replies[len(calls):]))
+        leased: list[tuple[Lease | str, str | None]] = []
+        for (job, task_id, exec_id, _, _, hint, ahead), r in zip(leasing, replies[len(calls) - len(leasing):len(calls)]):
+            if r[0] != "ok":
+                leased.append(((r[1] if len(r) > 1 else r[0]), None))
+                continue
+            lease = Lease(job, task_id, exec_id, r[1], r[2], float(r[3]), int(r[4]), int(r[5]), int(r[6]), ahead,
+                          asked_at, int(r[7]) if len(r) > 7 else 5)
+            raw = specs[hint or "-"] if lease.type == hint else self.redis.get(keys.executor(lease.type))
+            leased.append((lease, cast(str | None, raw)))
+        return finished, leased
 
     def renew(self, job: str, held: list[tuple[str, str]], ttl_ms: int,
               progress: Mapping[str, str] | None = None) -> list[bool]:

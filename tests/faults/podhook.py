@@ -48,12 +48,12 @@ def _raise_once(what: str) -> Any:
 
 
 def _crash_at_finish(worker: Any, exec_id: str, report: Path) -> Any:
-    """Stands in for a Worker's `_finish`, which it looks up to record an outcome: for the armed
-    execution it writes `report` and raises in the worker's thread, before the outcome is recorded
+    """Stands in for a Worker's `_finish`, which it looks up to record outcomes: for the armed
+    execution (among them) it writes `report` and raises in the worker's thread, before the outcome is recorded
     (the slot records the outcome it holds as its next task runs, so an earlier one may come first)."""
-    def crash(lease: Any, *args: Any, **kwargs: Any) -> None:
-        if lease.exec_id != exec_id:
-            return type(worker)._finish(worker, lease, *args, **kwargs)
+    def crash(finishing: list[Any], *args: Any, **kwargs: Any) -> Any:
+        if all(lease.exec_id != exec_id for lease, _, _ in finishing):
+            return type(worker)._finish(worker, finishing, *args, **kwargs)
         report.write_text(json.dumps({"exec": exec_id, "runner_pid": worker.runner.python_pid}))
         raise InjectedCrash("fault suite: injected crash in a worker slot, its executor call just returned")
     return crash

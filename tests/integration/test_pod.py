@@ -36,7 +36,7 @@ from taskherd.nsq.publisher import Publisher
 from taskherd.states import FINAL_STATES
 from taskherd.store import keys
 from taskherd.store.state_store import StateStore
-from tests.helpers import TEST_PORTS, Services, port_free, settings_for_tests, topic_depth, wait_until
+from tests.helpers import Services, free_block_shift, settings_for_tests, topic_depth, wait_until
 
 PY = "tests.e2e.funcs"
 """Executors the pods' runner children import (the pods run with this checkout as their cwd)."""
@@ -314,21 +314,22 @@ def test_a_sigkilled_runner_child_fails_the_attempt_and_the_retry_succeeds(herd:
     assert not worker.exited()
 
 
-def corrupt_payload(settings: Settings, job: str, task_id: str) -> Callable[[], None]:
-    """Make a waiting task's stored payload unreadable JSON in Redis (state no API can produce, so
-    the Worker raises on it rather than failing the task); returns the undo."""
+def corrupt_task(settings: Settings, job: str, task_id: str) -> Callable[[], None]:
+    """Make a waiting task's stored max_attempts unreadable in Redis (state no API can produce; only the
+    worker reads it, after the lease, so the Worker raises on it rather than failing the task); returns
+    the undo. (The payload no longer serves: its stored text goes to the executor as it is.)"""
     store = StateStore(settings.redis)
-    good = store.redis.hget(keys.task(job, task_id), "payload")
-    store.redis.hset(keys.task(job, task_id), "payload", "{this is not json")
+    good = store.redis.hget(keys.task(job, task_id), "max_attempts")
+    store.redis.hset(keys.task(job, task_id), "max_attempts", "many")
 
     def restore() -> None:
-        store.redis.hset(keys.task(job, task_id), "payload", good)
+        store.redis.hset(keys.task(job, task_id), "max_attempts", good)
         store.redis.close()
     return restore
 
 
 def test_a_crashing_worker_slot_is_restarted_and_its_task_runs_again(pods: Callable[..., Pods]) -> None:
-    """A real actor crash from outside: a stored payload that is not JSON makes the Worker actor raise
+    """A real actor crash from outside: a stored max_attempts that is not a number makes the Worker actor raise
     in its message handler after the lease; pykka calls on_failure and the slots supervisor restarts
     that slot. The orphaned lease expires and the TimeoutWatcher runs the task again."""
     group = pods()
@@ -337,14 +338,14 @@ def test_a_crashing_worker_slot_is_restarted_and_its_task_runs_again(pods: Calla
     client = group.client
     wait_until(lambda: client.ready(), timeout=30, ignore=(ClientError,), message="manager API ready")
     client.add_executor("fragile", {"kind": "python", "target": f"{PY}:echo"})
-    # Given a task waiting for a worker, and its payload corrupted in Redis
+    # Given a task waiting for a worker, and its record corrupted in Redis
     client.submit({"id": "victim", "type": "fragile", "job": "c", "payload": {"n": 7}})
-    restore = corrupt_payload(group.settings, "c", "victim")
+    restore = corrupt_task(group.settings, "c", "victim")
     # When a worker pod leases it
     worker = group.start("worker", "worker")
     # Then the slot crashes and its supervisor restarts it
     wait_until(lambda: group.log.has("restarting child worker-"), timeout=30, message="a slot restarted")
-    # And once the payload is readable again the task runs to success on the same pod
+    # And once the record is readable again the task runs to success on the same pod
     restore()
     task = final(client, "victim")
     assert task["state"] == "succeeded" and task["result"]["echo"] == {"n": 7}, task
@@ -362,8 +363,8 @@ class CrashedSlot:
 
 @pytest.fixture
 def crashed_slot(pods: Callable[..., Pods]) -> CrashedSlot:
-    """A one-slot worker pod whose only slot crashed while leasing task `victim` (spec not JSON) after
-    running a python task; the payload is readable again when this returns."""
+    """A one-slot worker pod whose only slot crashed while leasing task `victim` (its
+    max_attempts not a number) after running a python task; readable again when this returns."""
     group = pods(worker={"slots": 1})
     manager, worker = group.start("manager", "manager"), group.start("worker", "worker")
     registered(group.settings, manager)
@@ -376,7 +377,7 @@ def crashed_slot(pods: Callable[..., Pods]) -> CrashedSlot:
     wait_until(lambda: client.task("busy")["state"] == "running", timeout=30, message="busy task running")
     warm = wait_until(lambda: runner_children(worker), timeout=15, message="the slot's runner child")[0]
     client.submit({"id": "victim", "type": "fragile", "job": "c", "payload": {"n": 7}})
-    restore = corrupt_payload(group.settings, "c", "victim")
+    restore = corrupt_task(group.settings, "c", "victim")
     wait_until(lambda: group.log.has("restarting child worker-0"), timeout=30, message="the slot restarted")
     restore()
     return CrashedSlot(group, worker, warm)
@@ -440,16 +441,6 @@ def test_a_pod_started_before_redis_waits_for_it_instead_of_escalating(pods: Cal
 
 
 # --- `taskherd up` ---------------------------------------------------------------------------------------
-def up_settings(services: Services) -> Settings:
-    """Test settings on a block of ports 5000 above the session's (or further up), all free now."""
-    session_shift = services.settings.redis.port - TEST_PORTS["redis"]
-    for extra in range(5000, 20_000, 100):
-        shift = session_shift + extra
-        if all(port + shift < 65_536 and port_free(port + shift) for port in TEST_PORTS.values()):
-            return fast(settings_for_tests(shift))
-    pytest.fail("no free block of ports for `taskherd up`")
-
-
 @dataclass
 class Up:
     """One `taskherd up` process, in its own process group so SIGINT reaches it as Ctrl-C would."""
@@ -529,7 +520,7 @@ def still_running(recorded: list[tuple[int, float, str]]) -> list[str]:
 
 @pytest.fixture
 def up(services: Services, tmp_path: Path) -> Iterator[Up]:
-    settings = up_settings(services)
+    settings = fast(settings_for_tests(free_block_shift()))  # after `services`: a block clear of its ports
     config = tmp_path / "up.toml"
     config.write_text(dumps(settings))
     cluster = Up(settings, config, tmp_path / "data", tmp_path / "up.log")

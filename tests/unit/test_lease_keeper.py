@@ -93,7 +93,7 @@ def slot(running_for_s: float) -> tuple[LeaseKeeper, Execution, Message, Feed]:
     execution, message, feed = Execution(Runner()), Message(), Feed()
     execution.begin(lease("running"))
     execution.began_at = time.monotonic() - running_for_s
-    execution.hold_ahead(Ahead(lease("ahead"), message, None))
+    execution.hold_ahead([Ahead(lease("ahead"), message, None)])
     d.executions[0], d.slots[0] = execution, (None, feed)
     return d, execution, message, feed
 
@@ -102,8 +102,25 @@ def test_a_task_leased_ahead_of_a_long_task_goes_back_at_the_next_tick():
     d, execution, message, feed = slot(running_for_s=2.0)
     d._renew()
     assert d.ctx.store.released == ["ahead"] and message.answers == ["requeue 0"]
-    assert execution.ahead() is None and feed.shed_count == 1
+    assert execution.aheads() == [] and feed.shed_count == 1
     assert d.ctx.store.renewed == [[("running", "exec-running")]]
+
+
+def test_a_whole_batch_leased_behind_a_long_task_goes_back_at_the_next_tick_and_counts_until_then():
+    d, execution, message, feed = slot(running_for_s=0.0)
+    second, third = Message(), Message()
+    execution.hold_ahead([Ahead(lease("b2"), second, None), Ahead(lease("b3"), third, None)])
+    execution.unrecorded = (lease("done1"), lease("done2"))
+    assert d.on_receive(HeldCount()) == 6  # running, three leased ahead, two run and not yet recorded
+    d._renew()
+    assert d.ctx.store.renewed[0] == [
+        ("running", "exec-running"), ("ahead", "exec-ahead"), ("b2", "exec-b2"), ("b3", "exec-b3"),
+        ("done1", "exec-done1"), ("done2", "exec-done2")]
+    execution.began_at = time.monotonic() - 2.0  # now it has run past a tick
+    d._renew()
+    assert d.ctx.store.released == ["ahead", "b2", "b3"]
+    assert message.answers == second.answers == third.answers == ["requeue 0"]
+    assert execution.aheads() == [] and feed.shed_count == 1
 
 
 def test_a_task_leased_ahead_of_a_short_task_stays_and_is_renewed_with_it():
@@ -115,7 +132,7 @@ def test_a_task_leased_ahead_of_a_short_task_stays_and_is_renewed_with_it():
 
 def test_a_drain_counts_the_task_leased_ahead_and_hands_both_back():
     d, execution, message, _ = slot(running_for_s=0.0)
-    execution.unrecorded = True
+    execution.unrecorded = (lease("done"),)
     assert d.on_receive(HeldCount()) == 3  # running, leased ahead, run and not yet recorded
     d._hand_back()
     assert d.ctx.store.released == ["ahead", "running"] and message.answers == ["requeue 0"]
@@ -139,7 +156,7 @@ def test_the_guard_kills_an_executor_whose_lease_went_unrenewed_for_ttl_less_a_m
     d.kill_unrenewed()
     # Then the executor was killed once, and the task leased ahead dropped (it can no longer be started)
     assert runner.kills == 1
-    assert execution.ahead() is None and message.answers == ["finish"]
+    assert execution.aheads() == [] and message.answers == ["finish"]
 
 
 def test_a_lease_counts_from_when_its_renewal_was_sent_not_answered():
