@@ -71,8 +71,8 @@ def busy_ports(settings: Settings) -> list[int]:
 class Taskherd:
     """The cluster plus the clients the workloads use. A context manager: everything stops on exit."""
 
-    def __init__(self, workers: int, slots: int, data_dir: Path, out: IO[str]) -> None:
-        self.workers, self.slots = workers, slots
+    def __init__(self, workers: int, slots: int, data_dir: Path, out: IO[str], fsync: str = "always") -> None:
+        self.workers, self.slots, self.fsync = workers, slots, fsync
         self.settings = bench_settings(slots)
         self.data_dir, self.out = data_dir, out
         self.cluster: Cluster | None = None
@@ -91,6 +91,9 @@ class Taskherd:
         self.client = Client(self.cluster.api_url, timeout=120)
         self.archive = Archive(self.settings.mysql)
         self.store = StateStore(self.settings.redis)
+        if self.fsync != "always":  # the cluster starts with taskherd's own (REDIS_DURABILITY); set at run time
+            self.store.redis.config_set("appendfsync", self.fsync)
+            log(f"taskherd: Redis appendfsync {self.store.redis.config_get('appendfsync')['appendfsync']}")
         self.client.add_executor("noop", {"kind": "python", "target": "bench.funcs:noop"}, replace=True)
         self.client.add_executor("sleep", {"kind": "python", "target": "bench.funcs:sleep"}, replace=True)
         # limits that never bind: the take script runs before every lease, the seat is renewed and given back
