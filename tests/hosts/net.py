@@ -67,6 +67,15 @@ def signal_pids(pids: Sequence[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
+def _state(pid: int) -> str | None:
+    """The state letter of `pid` in /proc (R, S, D, T stopped, Z...); None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
 def _die_with_parent(parent: int) -> Callable[[], None]:
     """preexec: SIGTERM the child when the harness dies (PR_SET_PDEATHSIG survives `ip netns exec`)."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -160,8 +169,14 @@ class Host:
                 proc.popen.wait(10)
 
     def pause(self) -> None:
-        """SIGSTOP every process on the host (a VM frozen, a stop-the-world pause)."""
-        signal_pids(self.pids(), signal.SIGSTOP)
+        """SIGSTOP every process on the host (a VM frozen, a stop-the-world pause), pass after pass until
+        none runs: a process forked after a pass read the list (an executor starting) is left running
+        by it."""
+        deadline = time.monotonic() + 10
+        while running := [pid for pid in self.pids() if _state(pid) not in ("T", "Z", None)]:
+            if time.monotonic() > deadline:
+                raise HostsError(f"{self.name}: processes {running} still run after SIGSTOP for 10 s")
+            signal_pids(running, signal.SIGSTOP)
 
     def resume(self) -> None:
         signal_pids(self.pids(), signal.SIGCONT)

@@ -65,13 +65,36 @@ def _break_mid_task(cluster: Cluster, job: Job, fault: str) -> dict:
     t_fault = time.time()
     getattr(w1, fault)()
     victims = {c.task for c in _victims(job, w1.ip, t_fault, t_fault)}
-    requeued = wait_until(lambda: victims <= (r := _requeued(cluster, job)).keys() and r,
-                          timeout=LEASE_TTL_S + 20, message=f"every task w1 ran at the {fault} requeued")
+    try:
+        requeued = wait_until(lambda: victims <= (r := _requeued(cluster, job)).keys() and r,
+                              timeout=LEASE_TTL_S + 20, message=f"every task w1 ran at the {fault} requeued")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {_unrequeued(cluster, job, victims, t_fault)}") from None
     wait_until(lambda: time.time() > t_fault + LEASE_TTL_S + 2, timeout=LEASE_TTL_S + 5,
                message="the fault outlasting a lease")
     t_heal = time.time()
     getattr(w1, {"cut": "heal", "pause": "resume"}[fault])()
     return {"fault": t_fault, "heal": t_heal, "victims": victims, "requeued": requeued}
+
+
+def _unrequeued(cluster: Cluster, job: Job, victims: set[str], t_fault: float) -> str:
+    """What a failed wait for the requeues saw: each victim left, its calls, its state on the API, and
+    the manager's log lines that name it or warn (a rare CI failure gave no more than 'False')."""
+    missing = sorted(victims - _requeued(cluster, job).keys())
+    client = cluster.client()
+    seen = []
+    for task in missing:
+        calls = [(c.host, c.pid, round(c.start - t_fault, 2), c.end and round(c.end - t_fault, 2))
+                 for c in job.calls() if c.task == task]
+        try:
+            state = {k: v for k, v in client.task(task).items() if k not in ("payload", "result")}
+        except Exception as error:  # the diagnosis must not hide the failure it explains
+            state = {"error": repr(error)}
+        seen.append(f"{task}: calls (host, pid, start, end; s after the fault) {calls}, on the API {state}")
+    log = cluster.pods["m1"].log.read_text(errors="replace").splitlines()
+    lines = [line[:300] for line in log if any(t in line for t in missing) or '"WARNING"' in line
+             or '"ERROR"' in line][-30:]
+    return "not requeued: " + "; ".join(seen) + "; m1's log lines naming them or warning:\n" + "\n".join(lines)
 
 
 def _spread(times: list[float], t0: float) -> str:
