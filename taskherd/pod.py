@@ -9,6 +9,7 @@ alone. Past the restart intensity the root gives up and the process exits 1, so 
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -68,6 +69,11 @@ def run(settings: Settings, role: str, config_path: str | None = None, nsqd: str
                             sweep_interval_s=settings.supervisor.sweep_interval_s,
                             on_escalate=lambda _exc: _set_all(escalated, stop))
     log.info("pod %s up (role %s)", ctx.node_id, role)
+    # What start-up made (imports, the app, the actors: ~100,000 objects) lives as long as the pod;
+    # frozen, out of the collector's reach, a full collection scans only what came since. Without it
+    # each full collection of a worker pod took 40-70 ms, its slots stalled meanwhile (and the pods'
+    # collections fall in step, as their allocation counts do), against < 3 ms frozen.
+    gc.freeze()
     while not stop.wait(0.5):  # a signal delivered to another thread only runs its handler once we wake
         pass
     if not escalated.is_set() and role in ("worker", "all"):
