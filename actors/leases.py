@@ -97,7 +97,8 @@ class Execution:
 
     def queued(self) -> int:
         """How many tasks wait leased ahead."""
-        return len(self._ahead)
+        with self._lock:
+            return len(self._ahead)
 
     def aheads(self) -> list[Lease]:
         with self._lock:
