@@ -29,7 +29,6 @@ from taskherd.actors.result_analyzer import ResultAnalyzer
 from taskherd.actors.scheduler import Scheduler
 from taskherd.actors.timeout_watcher import TimeoutWatcher
 from taskherd.actors.worker import Worker
-from taskherd.api import build_app
 from taskherd.api.probes import Checks, probe_app
 from taskherd.config.loader import tokens
 from taskherd.config.settings import Settings
@@ -190,6 +189,8 @@ def _worker_slot(ctx: PodContext, index: int) -> Factory:
 
 def _api_app(ctx: PodContext, intake: Intake) -> Callable[[], Any]:
     """What the HttpServer serves: the API over this pod, asking whichever Manager is alive."""
+    from taskherd.api.app import build_app  # here, not at the top: a worker pod boots sooner without the routes
+
     def manager() -> pykka.ActorRef[Any]:
         return find(Manager)
 

@@ -22,7 +22,7 @@ import redis
 from taskherd.actors.context import PodContext
 from taskherd.actors.http_server import HttpServer
 from taskherd.actors.manager import Manager
-from taskherd.api import build_app
+from taskherd.api.app import build_app
 from taskherd.cli import main
 from taskherd.client import ApiUnreachable, Client, ClientError, WaitTimeout
 from taskherd.config import Settings

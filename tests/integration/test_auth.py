@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from taskherd.actors.context import PodContext
 from taskherd.actors.http_server import HttpServer
 from taskherd.actors.manager import Manager
-from taskherd.api import build_app
+from taskherd.api.app import build_app
 from taskherd.api.auth import api_routes
 from taskherd.cli import main
 from taskherd.client import Client, ClientError

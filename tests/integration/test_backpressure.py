@@ -19,7 +19,7 @@ import pytest
 from taskherd.actors.context import PodContext
 from taskherd.actors.http_server import HttpServer
 from taskherd.actors.manager import Manager
-from taskherd.api import build_app
+from taskherd.api.app import build_app
 from taskherd.cli import main
 from taskherd.config import Settings
 from taskherd.config.toml_out import dumps
