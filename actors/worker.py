@@ -93,6 +93,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         type not run yet, limited, or not a python executor (not batched)."""
 
     def on_start(self) -> None:
+        self.runner.warm()
         find(LeaseKeeper).tell(SlotStarted(self.index, self.actor_ref, self.execution, self.feed))
         self.actor_ref.tell(Poll())
 

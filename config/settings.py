@@ -132,7 +132,7 @@ class WorkerSettings(_Section):
     drain_grace_s: float = Field(20.0, ge=0)
     lease_renew_s: float = Field(1.0, gt=0)
     lease_ttl_s: float = Field(5.0, gt=0)
-    recycle_after: int = Field(1000, ge=1)
+    recycle_after: int = Field(10_000, ge=1)
     http_host: str = "127.0.0.1"
     """Where a worker pod serves /healthz, /readyz and /metrics ("0.0.0.0" on Kubernetes)."""
     http_port: int = Field(18090, ge=0, le=65535)

@@ -48,7 +48,7 @@ class Runner:
         *,
         pythonpath: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
-        recycle_after: int = 1000,
+        recycle_after: int = 10_000,
         http_client: httpx.Client | None = None,
         max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
@@ -67,6 +67,10 @@ class Runner:
     def python_pid(self) -> int | None:
         """The python child's pid, or None while none runs: for health checks and tests."""
         return self._python.pid
+
+    def warm(self) -> None:
+        """Boot the python child ahead of the first call (a slot calls it as it starts)."""
+        self._python.warm()
 
     def run(self, spec: RunnerSpec, payload: Payload, timeout_s: float) -> Outcome:
         """Run `spec` on `payload`, giving up after `timeout_s` (the task's remaining time)."""

@@ -195,6 +195,45 @@ def test_python_child_is_recycled_after_n_calls(tmp_path: Path) -> None:
         assert runner.run(py("whoami"), {}, timeout_s=10).result["pid"] != first
 
 
+def _python_children() -> list[int]:
+    """This process's live python children (the runners' warm children)."""
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if "taskherd.runners.child" in " ".join(child.cmdline()) and not is_dead(child.pid):
+                found.append(child.pid)
+        except psutil.Error:
+            pass  # gone, or a zombie
+    return found
+
+
+def test_python_child_is_started_by_warm_and_its_successor_ahead_of_the_recycle(tmp_path: Path) -> None:
+    """No call waits for an interpreter to boot: the first child starts at `warm()` (a slot's start),
+    and the next one while its predecessor still serves its last calls."""
+    with Runner(pythonpath=[str(FIXTURES)], recycle_after=2) as runner:
+        runner.warm()
+        first = runner.python_pid
+        assert first is not None and _python_children() == [first]
+        assert runner.run(py("whoami"), {}, timeout_s=10).result["pid"] == first
+        assert runner.run(py("whoami"), {}, timeout_s=10).result["pid"] == first  # its last call: recycled
+        assert runner.python_pid is None and is_dead(first)
+        successor = _python_children()
+        assert len(successor) == 1, f"expected the successor booted ahead, found {successor}"
+        assert runner.run(py("whoami"), {}, timeout_s=10).result["pid"] == successor[0]
+    assert _python_children() == [], "close() leaves no child behind, the successor included"
+
+
+def test_a_successor_that_died_while_waiting_is_replaced(tmp_path: Path) -> None:
+    with Runner(pythonpath=[str(FIXTURES)], recycle_after=1) as runner:
+        first = runner.run(py("whoami"), {}, timeout_s=10).result["pid"]
+        wait_until(lambda: is_dead(first), what="the first child recycled")
+        (standby,) = _python_children()
+        psutil.Process(standby).kill()
+        wait_until(lambda: is_dead(standby), what="the successor killed")
+        outcome = runner.run(py("whoami"), {}, timeout_s=10)
+        assert outcome.status == "ok" and outcome.result["pid"] not in (first, standby)
+
+
 # -- exe ---------------------------------------------------------------------------------------
 
 
