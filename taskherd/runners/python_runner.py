@@ -177,7 +177,10 @@ class PythonRunner:
         if self._child is None:
             self._child, self._standby = self._take_standby() or self._spawn(), None
         if self._standby is None and self._child.calls >= self._standby_at:
-            self._standby = self._spawn()
+            try:
+                self._standby = self._spawn()
+            except OSError:
+                pass  # this call has its child: the next one starts another when it needs it, or says why not
         return self._child
 
     def _take_standby(self) -> _Child | None:
