@@ -134,13 +134,16 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
                           exc_info=not isinstance(exc, (StoreError, QueueError)))
         self._expire(now - int(s.manager.retain_done_s * 1000))
         self._publish(tasks, results)
-        self._republish_lost(stale, stale_before)
+        topics = task_topics(s.nsq)
+        depths = self.ctx.publisher.backlogs([*topics, s.nsq.results_topic])  # one /stats per nsqd
+        backlog = None if depths is None else sum(depths[t] for t in topics)
+        self._republish_lost(stale, stale_before, backlog)
         OPEN_TASKS.set(open_tasks)
         JOBS_OPEN.set(open_jobs)
         OLDEST_PENDING_AGE.set((now - oldest) / 1000)
-        results_depth = self.ctx.publisher.backlog(s.nsq.results_topic)
-        if results_depth is not None:
-            QUEUE_DEPTH.labels(s.nsq.results_topic).set(results_depth)
+        if depths is not None and backlog is not None:
+            QUEUE_DEPTH.labels(s.nsq.tasks_topic).set(backlog)  # every priority's
+            QUEUE_DEPTH.labels(s.nsq.results_topic).set(depths[s.nsq.results_topic])
         self.sweeps += 1
         return True
 
@@ -207,8 +210,9 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
                 log.info("job %s expired from Redis (done over %g s ago); MySQL keeps it", job,
                          self.ctx.settings.manager.retain_done_s, extra=task_fields(job))
 
-    def _republish_lost(self, stale: dict[str, list[str]], stale_before: int) -> None:
-        """Republish pending refs only when nsqd holds fewer messages than Redis has pending tasks.
+    def _republish_lost(self, stale: dict[str, list[str]], stale_before: int, backlog: int | None) -> None:
+        """Republish pending refs only when nsqd holds fewer messages than Redis has pending tasks
+        (`backlog`: what every nsqd holds on the tasks topics; None if none answered).
 
         A long backlog is not a loss: republishing every old pending task would flood NSQ with
         duplicates. A shortfall means nsqd lost messages (a SIGKILL, a wiped disk) or a publish failed
@@ -216,15 +220,13 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         harmless (the lease drops it). Results need no count: one doorbell per job stands for all of
         its results, and the sweep rings for any left unclaimed (above).
         """
-        topic = self.ctx.settings.nsq.tasks_topic
         # Only tasks waiting longer than republish_after_s count: a task just written to Redis whose
         # message is still on its way would otherwise look lost.
         waiting = sum(self.ctx.store.count(j, TaskState.PENDING, stale_before) for j in stale)
-        backlog = self.ctx.publisher.backlog(task_topics(self.ctx.settings.nsq))  # every priority's
-        if backlog is not None:
-            QUEUE_DEPTH.labels(topic).set(backlog)
         shortfall = 0 if backlog is None else max(0, waiting - backlog)
-        # Counts read at two instants race with live traffic: act only on a shortfall seen twice.
+        # Counts read at two instants race with live traffic: act only on a shortfall seen twice. nsqd's
+        # is read first (by the sweep): a message finished between the two reads takes its task out of
+        # Redis's count as well, where the other order would count the task and miss its message.
         budget, self._shortfall = min(shortfall, self._shortfall), shortfall
         for job, ids in stale.items():
             ids = ids[:budget]

@@ -256,11 +256,16 @@ class Publisher:
 
     def backlog(self, topic: str | Sequence[str]) -> int | None:
         """Messages held for `topic` (or several topics: the tasks topics of every priority) by every
-        nsqd (topic depth plus, per channel, depth, in flight and deferred), each nsqd counted once;
-        None when no nsqd answers. The TimeoutWatcher compares it with Redis to find lost messages."""
-        total, answered = 0, False
-        wanted = {topic} if isinstance(topic, str) else set(topic)
-        params = {"format": "json", **({"topic": topic} if isinstance(topic, str) else {})}
+        nsqd, each nsqd counted once; None when no nsqd answers (`backlogs`)."""
+        depths = self.backlogs([topic] if isinstance(topic, str) else topic)
+        return None if depths is None else sum(depths.values())
+
+    def backlogs(self, topics: Sequence[str]) -> dict[str, int] | None:
+        """Per topic, the messages every nsqd holds for it (topic depth plus, per channel, depth, in
+        flight and deferred), each nsqd counted once, in one /stats request to each; None when no
+        nsqd answers. The TimeoutWatcher compares them with Redis to find lost messages."""
+        totals, answered = dict.fromkeys(topics, 0), False
+        params = {"format": "json", **({"topic": topics[0]} if len(topics) == 1 else {})}
         for addr in self._each_nsqd():
             try:
                 r = self._http.get(f"http://{addr}/stats", params=params, timeout=2.0)
@@ -270,12 +275,13 @@ class Publisher:
                 continue
             answered = True
             for t in stats.get("topics") or []:
-                if t.get("topic_name") not in wanted:
+                name = t.get("topic_name")
+                if name not in totals:
                     continue
-                total += int(t.get("depth", 0))
-                for ch in t.get("channels") or []:
-                    total += int(ch.get("depth", 0)) + int(ch.get("in_flight_count", 0)) + int(ch.get("deferred_count", 0))
-        return total if answered else None
+                totals[name] += int(t.get("depth", 0)) + sum(
+                    int(ch.get("depth", 0)) + int(ch.get("in_flight_count", 0)) + int(ch.get("deferred_count", 0))
+                    for ch in t.get("channels") or [])
+        return totals if answered else None
 
     def _each_nsqd(self) -> list[str]:
         """An HTTP address of every nsqd, once each: the configured ones (that answer /info), then those

@@ -63,9 +63,10 @@ def test_each_publisher_publishes_to_its_own_nsqd(two: ServiceManager) -> None:
 def test_backlog_counts_every_nsqd_once(two: ServiceManager, configured: str) -> None:
     # Given 3 messages on nsqd 1 and 2 on nsqd 2, of one topic
     (tcp1, http1), (tcp2, http2) = two.nsqd
-    topic = f"backlog-{uuid.uuid4().hex[:8]}"
+    topic, other = f"backlog-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
     Publisher(nsq_settings(two).nsq, own=tcp1).publish(topic, [b"1", b"2", b"3"])
     Publisher(nsq_settings(two).nsq, own=tcp2).publish(topic, [b"4", b"5"])
+    Publisher(nsq_settings(two).nsq, own=tcp2).publish(other, [b"6"])
     wait_until(lambda: registered(two) == 2, message="both nsqd registered with nsqlookupd")
     # When a publisher configured with no, one, both nsqd HTTP addresses (or each under two names)
     # counts the topic's backlog (the others it finds through nsqlookupd)
@@ -73,8 +74,10 @@ def test_backlog_counts_every_nsqd_once(two: ServiceManager, configured: str) ->
     addresses = {"none": (), "first": (http1,), "both": (http1, http2),
                  "both-twice-by-other-names": (http1, alias[http1], http2, alias[http2])}[configured]
     publisher = Publisher(nsq_settings(two, nsqd_tcp_address="", nsqd_http_addresses=addresses).nsq)
-    # Then each message counts once
+    # Then each message counts once, by topic when several are asked at once (the watcher's sweep)
     assert publisher.backlog(topic) == 5
+    assert publisher.backlogs([topic, other, "never-published"]) == {topic: 5, other: 1, "never-published": 0}
+    assert publisher.backlog([topic, other]) == 6
 
 
 def test_backlog_skips_an_nsqd_that_did_not_answer_for_a_while(two: ServiceManager) -> None:
@@ -89,7 +92,7 @@ def test_backlog_skips_an_nsqd_that_did_not_answer_for_a_while(two: ServiceManag
     addr = f"127.0.0.1:{silent.getsockname()[1]}"
     publisher = Publisher(nsq_settings(two, nsqd_tcp_address="", nsqd_http_addresses=(addr, http1)).nsq)
     try:
-        # When the backlog is counted twice in a row (the TimeoutWatcher's sweep does: tasks, results)
+        # When the backlog is counted twice in a row (the TimeoutWatcher's sweep and the pod's readiness)
         assert publisher.backlog(topic) == 3
         assert len(asked) == 1
         assert publisher.backlog(topic) == 3
