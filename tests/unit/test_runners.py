@@ -7,6 +7,7 @@ waiting to be reaped by whoever inherited it).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import threading
@@ -229,7 +230,9 @@ def test_a_successor_that_died_while_waiting_is_replaced(tmp_path: Path) -> None
         wait_until(lambda: is_dead(first), what="the first child recycled")
         (standby,) = _python_children()
         psutil.Process(standby).kill()
-        wait_until(lambda: is_dead(standby), what="the successor killed")
+        # dead and reapable: a SIGKILLed process shows as a zombie while its other threads still exit
+        wait_until(lambda: os.waitid(os.P_PID, standby, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None,
+                   what="the successor killed")
         outcome = runner.run(py("whoami"), {}, timeout_s=10)
         assert outcome.status == "ok" and outcome.result["pid"] not in (first, standby)
 
