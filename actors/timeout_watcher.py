@@ -141,8 +141,8 @@ class TimeoutWatcher(Ticking, Supervised, pykka.ThreadingActor):
         OPEN_TASKS.set(open_tasks)
         JOBS_OPEN.set(open_jobs)
         OLDEST_PENDING_AGE.set((now - oldest) / 1000)
-        if depths is not None and backlog is not None:
-            QUEUE_DEPTH.labels(s.nsq.tasks_topic).set(backlog)  # every priority's
+        if depths is not None:
+            QUEUE_DEPTH.labels(s.nsq.tasks_topic).set(backlog or 0)  # every priority's
             QUEUE_DEPTH.labels(s.nsq.results_topic).set(depths[s.nsq.results_topic])
         self.sweeps += 1
         return True

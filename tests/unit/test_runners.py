@@ -197,14 +197,14 @@ def test_python_child_is_recycled_after_n_calls(tmp_path: Path) -> None:
 
 
 def _python_children() -> list[int]:
-    """This process's live python children (the runners' warm children)."""
+    """The live python children (the runners' warm children) among `live_children()`."""
     found = []
-    for child in psutil.Process().children():
+    for child in live_children():
         try:
-            if "taskherd.runners.child" in " ".join(child.cmdline()) and not is_dead(child.pid):
+            if "taskherd.runners.child" in " ".join(child.cmdline()):
                 found.append(child.pid)
         except psutil.Error:
-            pass  # gone, or a zombie
+            pass  # gone meanwhile
     return found
 
 
