@@ -46,6 +46,7 @@ from nsq import protocol
 
 from taskherd.config.settings import NsqSettings
 from taskherd.metrics import SERVICE_ERRORS
+from taskherd.nsq.topics import plain_http
 
 log = logging.getLogger("taskherd.feed")
 
@@ -190,6 +191,8 @@ class Feed:
         self._shed = False
         self._addresses: list[tuple[str, str]] = []
         self._looked_up_at = -1e9
+        self._lookups: httpx.Client | None = None
+        """nsqlookupd's HTTP client, made at the first lookup (a static nsqd needs none)."""
         self._retry_at = 0.0
         self._failures = 0
 
@@ -311,6 +314,8 @@ class Feed:
         for conn in list(self._conns.values()):
             self._drop(conn)
         self._selector.close()
+        if self._lookups is not None:
+            self._lookups.close()
 
     def _give_back_all(self) -> None:
         """RDY 0, read what nsqd already sent, and give every message held here back to nsqd."""
@@ -391,10 +396,12 @@ class Feed:
         if now - self._looked_up_at >= s.lookupd_poll_interval_s:
             self._looked_up_at = now
             found: list[tuple[str, str]] = []
+            if self._lookups is None:
+                self._lookups = plain_http(2.0)
             for lookupd in s.lookupd_http_addresses:
                 for topic in self.topics:
                     try:
-                        r = httpx.get(f"http://{lookupd}/lookup", params={"topic": topic}, timeout=2.0)
+                        r = self._lookups.get(f"http://{lookupd}/lookup", params={"topic": topic})
                         if r.status_code == 200:
                             found += [(f"{p['broadcast_address']}:{p['tcp_port']}", topic)
                                       for p in r.json().get("producers", [])]

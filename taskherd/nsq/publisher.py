@@ -41,7 +41,7 @@ from taskherd.config.settings import NsqSettings
 from taskherd.errors import QueueError
 from taskherd.metrics import SERVICE_ERRORS
 from taskherd.nsq.messages import TaskRef
-from taskherd.nsq.topics import task_topic
+from taskherd.nsq.topics import plain_http, task_topic
 
 if TYPE_CHECKING:
     from taskherd.nsq.feed import FeedDelivery
@@ -70,7 +70,7 @@ class Publisher:
         self.own = own or settings.nsqd_tcp_address
         """This publisher's own nsqd (TCP address); "" = found through nsqlookupd (see the module doc)."""
         self._addresses = list(settings.nsqd_http_addresses)
-        self._http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=16))
+        self._http = plain_http(10.0, limits=httpx.Limits(max_keepalive_connections=16))
         self._lock = threading.Lock()
         self._local = threading.local()
         self._found: tuple[float, list[Nsqd]] = (-1e9, [])

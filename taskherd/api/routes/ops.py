@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from taskherd.api import models as m
 from taskherd.api.deps import Pod, PodDep
-from taskherd.api.probes import metrics_response, readiness
+from taskherd.api.probes import metrics_text, readiness
 
 router = APIRouter(tags=["ops"])
 
@@ -32,13 +32,15 @@ def healthz() -> dict[str, bool]:
 def readyz(pod: PodDep) -> JSONResponse:
     """Readiness: Redis, MySQL, nsqd and the Manager actor all answer; 503 names what does not. `auth`
     says whether this API wants tokens ("on") or is open to anyone who reaches it ("off")."""
-    return readiness(_probes(pod), auth="on" if pod.ctx.settings.auth.on else "off")
+    status, body = readiness(_probes(pod), auth="on" if pod.ctx.settings.auth.on else "off")
+    return JSONResponse(body, status_code=status)
 
 
 @router.get("/metrics", response_class=Response)
 def metrics() -> Response:
     """Prometheus metrics of this process (default registry)."""
-    return metrics_response()
+    body, kind = metrics_text()
+    return Response(body, media_type=kind)
 
 
 def _probes(pod: Pod) -> dict[str, Callable[[], Any]]:
