@@ -41,7 +41,9 @@ class Pod:
         return answer
 
 
-def _pod(request: Request) -> Pod:
+async def _pod(request: Request) -> Pod:
+    """`async`, though it awaits nothing: FastAPI runs a plain `def` dependency in its thread pool, a
+    thread hop per request (two context switches and a wake-up of the event loop) to read an attribute."""
     pod: Pod = request.app.state.pod
     return pod
 
