@@ -35,7 +35,7 @@ from taskherd.actors.leases import BATCH_MOST, Ahead, Execution, Pause, give_bac
 from taskherd.errors import QueueError, StoreError
 from taskherd.logs import task_fields
 from taskherd.metrics import EXECUTION_SECONDS, LEASE_BATCH, TASKS
-from taskherd.nsq.feed import Feed, FeedDelivery
+from taskherd.nsq.feed import Feed, FeedDelivery, finish_all
 from taskherd.nsq.messages import TaskRef, decode
 from taskherd.nsq.topics import task_topics
 from taskherd.retries import retry_delay_ms
@@ -84,6 +84,8 @@ class Worker(Supervised, pykka.ThreadingActor):
         self._unrecorded: list[Finishing] = []
         self._unstarted: Lease | None = None
         """A task leased ahead that the slot now runs: its start rides in the slot's next round trip."""
+        self._fins: list[FeedDelivery] = []
+        """Messages of tasks started in a batch whose FINs wait for its last start (`_fin`)."""
         self._specs: dict[str | None, tuple[dict[str, Any] | None, Runnable]] = {}
         self._limits: dict[str, TypeLimits | None] = {}
         """Task type -> its limits, from the executor spec its last lease brought (a replaced spec is
@@ -204,7 +206,9 @@ class Worker(Supervised, pykka.ThreadingActor):
             return
         try:
             wait = self._start(task.lease, target)
-            task.delivery.finish()  # after the start: nsqd's work on it overlaps the executor's
+            self._fins.append(task.delivery)  # after the start: nsqd's work on it overlaps the executor's
+            if not self.execution.queued():
+                self._fin()
             self._record_and_lease_ahead(wait.fileno)
             outcome = wait()
         finally:
@@ -270,6 +274,7 @@ class Worker(Supervised, pykka.ThreadingActor):
         if then_lease and self._limits.get(then_lease[0][0].type) is not None:
             self._record()  # a limited type (never batched) takes its seat before its lease
             return [ahead] if (ahead := self._lease(*then_lease[0])) is not None else []
+        self._fin()
         started, self._unstarted = self._unstarted, None
         if not self._unrecorded and not then_lease:
             if started is not None and started.ahead:
@@ -279,6 +284,17 @@ class Worker(Supervised, pykka.ThreadingActor):
         self._unrecorded = []
         self.execution.unrecorded = ()
         return aheads
+
+    def _fin(self) -> None:
+        """FIN the messages of the tasks started so far, in one write per nsqd connection. A batch's
+        wait for its last start (at most BATCH_SPAN_S), or for the next `_record` behind a long task,
+        which also runs before the slot waits idle or stands down. A FIN never sent (the slot died)
+        costs a redelivery, which the task's lease in Redis answers, as it does any duplicate."""
+        fins, self._fins = self._fins, []
+        if len(fins) == 1:
+            fins[0].finish()
+        elif fins:
+            finish_all(fins)
 
     def _started(self, lease: Lease) -> None:
         try:

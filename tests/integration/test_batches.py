@@ -11,8 +11,11 @@ from typing import Any
 
 import httpx
 
+from taskherd.actors.worker import CHANNEL
 from taskherd.client import Client, ClientError
-from tests.helpers import wait_until
+from taskherd.nsq.topics import task_topic
+from taskherd.specs import DEFAULT_PRIORITY
+from tests.helpers import channel_stats, wait_until
 from tests.integration import test_pod
 from tests.integration.test_pod import PY, Pods, registered
 
@@ -65,6 +68,12 @@ def test_short_tasks_are_leased_in_batches_and_each_runs_once(pods: Callable[...
     after = _batches(metrics_url)
     trips, leased, batched = (a - b for a, b in zip(after, before))
     assert leased == 200 and trips < 200 and batched >= 1, (trips, leased, batched)
+    # and nsqd saw each message finished (a batch's FINs go in one write as its last task starts): none
+    # waits in flight for msg_timeout (15 s) to come back
+    topic = task_topic(group.settings.nsq, DEFAULT_PRIORITY)
+    wait_until(lambda: (channel_stats(group.settings, topic, CHANNEL) or {}).get("in_flight_count") == 0,
+               timeout=5, message="no message left in flight on nsqd")
+    assert channel_stats(group.settings, topic, CHANNEL)["timeout_count"] == 0
 
 
 def test_behind_a_long_task_the_rest_of_a_batch_goes_to_an_idle_slot(pods: Callable[..., Pods]) -> None:

@@ -44,3 +44,15 @@ def test_only_the_first_answer_to_a_message_reaches_nsqd():
     d.finish()
     d.requeue(1.0)
     assert conn.sent == [protocol.finish(b"m" * 16)] and d.answered
+
+
+def test_a_batch_of_fins_goes_in_one_write_per_connection_and_answers_each_message_once():
+    a, b = Conn(), Conn()
+    first, second, other, done = (FeedDelivery(conn, bytes([65 + i]) * 16, 1, b"{}")
+                                  for i, conn in enumerate((a, a, b, a)))
+    done.finish()
+    feed_module.finish_all([first, other, second, done])
+    assert a.sent == [protocol.finish(done.id), protocol.finish(first.id) + protocol.finish(second.id)]
+    assert b.sent == [protocol.finish(other.id)] and a.expecting and b.expecting
+    first.requeue(1.0)  # answered: nothing more goes out
+    assert len(a.sent) == 2 and all(d.answered for d in (first, second, other, done))
