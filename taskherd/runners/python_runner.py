@@ -174,6 +174,10 @@ class PythonRunner:
         return envelope[:-1].encode() + b',"payload":' + data + b"}\n", None  # splice: no second encoding
 
     def _ensure_child(self) -> _Child:
+        if self._child is not None and self._child.proc.poll() is not None:
+            # It died between calls (killed while idle: the OOM killer, an operator): the call goes to a
+            # new child rather than failing an attempt on a dead one. A waitpid a call, ~1 µs.
+            self._discard(self._child)
         if self._child is None:
             self._child, self._standby = self._take_standby() or self._spawn(), None
         if self._standby is None and self._child.calls >= self._standby_at:

@@ -295,13 +295,17 @@ def test_a_target_the_worker_cannot_import_fails_its_tasks_and_is_logged_once(he
     assert len(warnings) == 1 and "PYTHONPATH" in warnings[0], warnings
 
 
-def test_a_sigkilled_runner_child_fails_the_attempt_and_the_retry_succeeds(herd: Pods) -> None:
+def test_a_sigkilled_runner_child_fails_the_attempt_and_the_retry_succeeds(herd: Pods, tmp_path: Path) -> None:
     client = herd.client
     worker = next(p for p in herd.started if p.role == "worker")
-    # Given a long task running in a worker slot's python child
-    client.submit({"id": "long", "type": "sleepy", "job": "k", "payload": {"sleep_s": 3.0}})
-    wait_until(lambda: client.task("long")["state"] == "running", timeout=30, message="task running")
-    child = wait_until(lambda: runner_children(worker), timeout=15, message="the slot's runner child")[0]
+    client.add_executor("marked", {"kind": "python", "target": f"{PY}:marker_sleep"})
+    # Given a long task running in a worker slot's python child (which writes its pid: each slot has a
+    # warm child, and only one of them runs the task)
+    pidfile = tmp_path / "pid"
+    client.submit({"id": "long", "type": "marked", "job": "k", "payload": {"sleep_s": 3.0, "pidfile": str(pidfile)}})
+    wait_until(lambda: pidfile.exists() and pidfile.read_text(), timeout=30, message="the task running")
+    child = psutil.Process(int(pidfile.read_text()))
+    assert child in runner_children(worker)
     # When that child is SIGKILLed mid-task
     child.kill()
     # Then the attempt fails as retryable, the retry succeeds, and the pod is still up

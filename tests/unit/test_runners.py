@@ -237,6 +237,16 @@ def test_a_successor_that_died_while_waiting_is_replaced(tmp_path: Path) -> None
         assert outcome.status == "ok" and outcome.result["pid"] not in (first, standby)
 
 
+def test_a_child_killed_while_idle_is_replaced_before_the_next_call() -> None:
+    with Runner(pythonpath=[str(FIXTURES)]) as runner:
+        first = runner.run(py("whoami"), {}, timeout_s=10).result["pid"]
+        psutil.Process(first).kill()
+        wait_until(lambda: os.waitid(os.P_PID, first, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None,
+                   what="the idle child killed")
+        outcome = runner.run(py("whoami"), {}, timeout_s=10)
+        assert outcome.status == "ok" and outcome.result["pid"] != first, outcome
+
+
 # -- exe ---------------------------------------------------------------------------------------
 
 
