@@ -287,9 +287,9 @@ class Worker(Supervised, pykka.ThreadingActor):
 
     def _fin(self) -> None:
         """FIN the messages of the tasks started so far, in one write per nsqd connection. A batch's
-        wait for its last start (at most BATCH_SPAN_S), or for the next `_record` behind a long task,
-        which also runs before the slot waits idle or stands down. A FIN never sent (the slot died)
-        costs a redelivery, which the task's lease in Redis answers, as it does any duplicate."""
+        FINs wait for its last start (BATCH_SPAN_S at most), or, behind a long task, for the next
+        `_record`, which also runs before the slot waits idle or stands down. A FIN never sent (the
+        slot died) costs a redelivery, which the task's lease in Redis answers, as any duplicate."""
         fins, self._fins = self._fins, []
         if len(fins) == 1:
             fins[0].finish()
