@@ -174,12 +174,11 @@ class PythonRunner:
         return envelope[:-1].encode() + b',"payload":' + data + b"}\n", None  # splice: no second encoding
 
     def _ensure_child(self) -> _Child:
-        if self._child is not None and self._child.proc.poll() is not None:
-            # It died between calls (killed while idle: the OOM killer, an operator): the call goes to a
-            # new child rather than failing an attempt on a dead one. A waitpid a call, ~1 µs.
-            self._discard(self._child)
+        # A child that died while it waited (the OOM killer, an operator) is replaced: the call goes to a
+        # live one rather than failing an attempt on a dead one. A waitpid a call, ~1 µs.
+        self._child = self._alive(self._child)
         if self._child is None:
-            self._child, self._standby = self._take_standby() or self._spawn(), None
+            self._child, self._standby = self._alive(self._standby) or self._spawn(), None
         if self._standby is None and self._child.calls >= self._standby_at:
             try:
                 self._standby = self._spawn()
@@ -187,13 +186,12 @@ class PythonRunner:
                 pass  # this call has its child: the next one starts another when it needs it, or says why not
         return self._child
 
-    def _take_standby(self) -> _Child | None:
-        """The successor, if it is still alive (something may have killed it while it waited)."""
-        standby = self._standby
-        if standby is not None and standby.proc.poll() is not None:
-            standby.reap()
+    def _alive(self, child: _Child | None) -> _Child | None:
+        """`child` (the current one or the successor), unless it has exited: then it is discarded."""
+        if child is not None and child.proc.poll() is not None:
+            self._discard(child)
             return None
-        return standby
+        return child
 
     def _spawn(self) -> _Child:
         return _Child(self._argv(), self._child_env(), self._max_result_bytes + RESULT_SLACK)

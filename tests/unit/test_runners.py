@@ -224,15 +224,19 @@ def test_python_child_is_started_by_warm_and_its_successor_ahead_of_the_recycle(
     assert _python_children() == [], "close() leaves no child behind, the successor included"
 
 
+def _reapable(pid: int) -> bool:
+    """Dead and reapable: a SIGKILLed process shows as a zombie while its other threads still exit,
+    before waitpid (the runner's `poll`) can report it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
 def test_a_successor_that_died_while_waiting_is_replaced(tmp_path: Path) -> None:
     with Runner(pythonpath=[str(FIXTURES)], recycle_after=1) as runner:
         first = runner.run(py("whoami"), {}, timeout_s=10).result["pid"]
         wait_until(lambda: is_dead(first), what="the first child recycled")
         (standby,) = _python_children()
         psutil.Process(standby).kill()
-        # dead and reapable: a SIGKILLed process shows as a zombie while its other threads still exit
-        wait_until(lambda: os.waitid(os.P_PID, standby, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None,
-                   what="the successor killed")
+        wait_until(lambda: _reapable(standby), what="the successor killed")
         outcome = runner.run(py("whoami"), {}, timeout_s=10)
         assert outcome.status == "ok" and outcome.result["pid"] not in (first, standby)
 
@@ -241,8 +245,7 @@ def test_a_child_killed_while_idle_is_replaced_before_the_next_call() -> None:
     with Runner(pythonpath=[str(FIXTURES)]) as runner:
         first = runner.run(py("whoami"), {}, timeout_s=10).result["pid"]
         psutil.Process(first).kill()
-        wait_until(lambda: os.waitid(os.P_PID, first, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None,
-                   what="the idle child killed")
+        wait_until(lambda: _reapable(first), what="the idle child killed")
         outcome = runner.run(py("whoami"), {}, timeout_s=10)
         assert outcome.status == "ok" and outcome.result["pid"] != first, outcome
 
